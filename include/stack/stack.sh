@@ -1,0 +1,482 @@
+#!/usr/bin/env bash
+# The local AI Factory stack on one machine: sshd (the HPC login node), munge + MariaDB + slurmdbd +
+# slurmctld + slurmd (a one-node Slurm cluster with accounting), moto's S3 server, and Airflow 3.3
+# (scheduler, dag-processor, triggerer, api-server) on SQLite.
+#
+#   stack.sh setup    install what is missing (system packages as root via apt-get, the Airflow venv,
+#                     the cluster's training venv); idempotent
+#   stack.sh up       setup, then start every component that is not running; idempotent
+#   stack.sh down     stop every component this script started (by PID file), nothing else
+#   stack.sh status   what runs, and the endpoints and logins
+#
+# Every PID file, log and generated key lives under $AIFP_STATE_DIR (default <repo>/.stack).
+# The Slurm configuration is the machine's (/etc/slurm), as on a real cluster.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+STATE="${AIFP_STATE_DIR:-$REPO/.stack}"
+VENV="${AIFP_VENV:-$REPO/.venv}"
+HPC_ROOT="${AIFP_HPC_ROOT:-/srv/aifactory}"
+HPC_USER="${AIFP_HPC_USER:-aifactory}"
+SSH_PORT="${AIFP_SSH_PORT:-2222}"
+S3_PORT="${AIFP_S3_PORT:-5555}"
+AIRFLOW_PORT="${AIFP_AIRFLOW_PORT:-8080}"
+CLUSTER_NAME="${AIFP_CLUSTER_NAME:-aifactory}"
+PYTHON="${AIFP_PYTHON:-python3}"
+S3_ACCESS_KEY="aifactory-local"
+S3_SECRET_KEY="aifactory-local-secret"
+DB_PASSWORD="aifactory-slurmdbd"
+
+RUN="$STATE/run"
+LOG="$STATE/log"
+SSHDIR="$STATE/ssh"
+AIRFLOW_HOME_DIR="$STATE/airflow"
+ENV_FILE="$STATE/stack.env"
+
+say() { printf '[stack] %s\n' "$*"; }
+die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# setup: system packages, venvs
+# ---------------------------------------------------------------------------------------------
+SYSTEM_CMDS=(sshd:openssh-server munged:munge mariadbd:mariadb-server slurmctld:slurmctld
+             slurmd:slurmd slurmdbd:slurmdbd sbatch:slurm-client sacctmgr:slurm-client ssh-keygen:openssh-client)
+
+missing_packages() {
+  local pair cmd pkg out=()
+  for pair in "${SYSTEM_CMDS[@]}"; do
+    cmd="${pair%%:*}"; pkg="${pair##*:}"
+    if ! PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1; then out+=("$pkg"); fi
+  done
+  printf '%s\n' "${out[@]}" | sort -u | tr '\n' ' '
+}
+
+setup_system() {
+  local missing; missing="$(missing_packages)"
+  [ -z "${missing// }" ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing system packages: $missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing slurm-wlm-basic-plugins >"$LOG/apt.log" 2>&1 \
+      || { tail -20 "$LOG/apt.log" >&2; die "apt-get install failed (log: $LOG/apt.log)"; }
+  else
+    die "missing system packages: $missing. Install them (Debian: apt-get install $missing) or run this script as root on Debian."
+  fi
+}
+
+setup_venv() {
+  local stamp="$VENV/.aifp-requirements.sha256" want
+  want="$(cat "$REPO/requirements.txt" "$REPO/include/constraints.txt" "$REPO/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+  if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
+  say "creating the Airflow venv in $VENV (requirements.txt)"
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip >"$LOG/pip.log" 2>&1 || true
+  (cd "$REPO" && "$VENV/bin/pip" install -q -r requirements.txt && "$VENV/bin/pip" install -q --no-deps -e .) \
+    >>"$LOG/pip.log" 2>&1 || { tail -30 "$LOG/pip.log" >&2; die "pip install failed (log: $LOG/pip.log)"; }
+  "$VENV/bin/pip" check >/dev/null || die "pip check failed in $VENV"
+  echo "$want" >"$stamp"
+}
+
+setup_hpc() {
+  # The HPC side: a login user, a root for tenant data, and the training environment.
+  if ! id "$HPC_USER" >/dev/null 2>&1; then
+    say "creating HPC user $HPC_USER"
+    useradd --create-home --shell /bin/bash "$HPC_USER"
+  fi
+  # '*' = no password but not locked (sshd without PAM refuses locked accounts even with keys)
+  usermod -p '*' "$HPC_USER"
+  install -d -m 0755 -o "$HPC_USER" -g "$HPC_USER" "$HPC_ROOT"
+  local tv="$HPC_ROOT/venv" stamp want
+  stamp="$tv/.aifp-requirements.sha256"
+  want="$(sha256sum "$REPO/requirements-train.txt" | cut -d' ' -f1)"
+  if [ ! -x "$tv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "creating the cluster's training venv in $tv (requirements-train.txt)"
+    [ -x "$tv/bin/python" ] || "$PYTHON" -m venv "$tv"
+    "$tv/bin/pip" install -q -r "$REPO/requirements-train.txt" >"$LOG/pip-train.log" 2>&1 \
+      || { tail -30 "$LOG/pip-train.log" >&2; die "training venv install failed (log: $LOG/pip-train.log)"; }
+    echo "$want" >"$stamp"
+  fi
+  # the interpreter must be usable by the HPC user
+  chmod -R a+rX "$tv"
+  # the venv's python may live under /root (pyenv): make its path traversable for the HPC user
+  local real; real="$(readlink -f "$tv/bin/python")"
+  local d; d="$(dirname "$real")"
+  while [ "$d" != "/" ]; do chmod o+x "$d" 2>/dev/null || true; d="$(dirname "$d")"; done
+  chmod -R o+rX "$(dirname "$(dirname "$real")")/lib" 2>/dev/null || true
+}
+
+cmd_setup() {
+  mkdir -p "$RUN" "$LOG" "$SSHDIR"
+  setup_system
+  setup_venv
+  setup_hpc
+}
+
+# ---------------------------------------------------------------------------------------------
+# process helpers
+# ---------------------------------------------------------------------------------------------
+pid_of() { local f="$RUN/$1.pid"; [ -s "$f" ] && cat "$f"; }
+alive() { local p; p="$(pid_of "$1" || true)"; [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+
+# start NAME CMD...: run CMD detached in its own session, logging to $LOG/NAME.log
+start_bg() {
+  local name="$1"; shift
+  if alive "$name"; then return 0; fi
+  setsid "$@" >>"$LOG/$name.log" 2>&1 < /dev/null &
+  echo $! >"$RUN/$name.pid"
+}
+
+wait_for() { # wait_for DESCRIPTION SECONDS CMD...
+  local what="$1" secs="$2"; shift 2
+  local i
+  for ((i = 0; i < secs * 4; i++)); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.25
+  done
+  die "$what did not come up within ${secs}s (logs: $LOG)"
+}
+
+stop_pid() { # stop NAME: TERM, wait, KILL; the whole process group (setsid made it a leader)
+  local name="$1" p i
+  p="$(pid_of "$name" || true)"
+  [ -z "$p" ] && { rm -f "$RUN/$name.pid"; return 0; }
+  if kill -0 "$p" 2>/dev/null; then
+    kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true
+    for ((i = 0; i < 60; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.25; done
+    kill -KILL -- "-$p" 2>/dev/null || true
+    kill -KILL "$p" 2>/dev/null || true
+    say "stopped $name (pid $p)"
+  fi
+  rm -f "$RUN/$name.pid"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ---------------------------------------------------------------------------------------------
+# sshd: the HPC login node
+# ---------------------------------------------------------------------------------------------
+up_sshd() {
+  [ -f "$SSHDIR/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/ssh_host_ed25519_key" -C aifactory-hpc-host
+  [ -f "$SSHDIR/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/id_ed25519" -C aifactory-airflow
+  chmod 600 "$SSHDIR/ssh_host_ed25519_key" "$SSHDIR/id_ed25519"
+  # the pinned host key, as known_hosts for [127.0.0.1]:PORT
+  printf '[127.0.0.1]:%s %s\n' "$SSH_PORT" "$(cut -d' ' -f1,2 "$SSHDIR/ssh_host_ed25519_key.pub")" >"$SSHDIR/known_hosts"
+  local home; home="$(getent passwd "$HPC_USER" | cut -d: -f6)"
+  install -d -m 0700 -o "$HPC_USER" -g "$HPC_USER" "$home/.ssh"
+  install -m 0600 -o "$HPC_USER" -g "$HPC_USER" "$SSHDIR/id_ed25519.pub" "$home/.ssh/authorized_keys"
+  cat >"$SSHDIR/sshd_config" <<EOF
+Port $SSH_PORT
+ListenAddress 127.0.0.1
+HostKey $SSHDIR/ssh_host_ed25519_key
+PidFile $RUN/sshd.pid
+AuthorizedKeysFile .ssh/authorized_keys
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+AllowUsers $HPC_USER
+UsePAM no
+X11Forwarding no
+AllowTcpForwarding no
+# many triggers and workers talk to one login node; see FAILURE-MODES.md item 10
+MaxStartups 100:30:200
+MaxSessions 50
+Subsystem sftp internal-sftp
+LogLevel INFO
+EOF
+  if alive sshd; then return 0; fi
+  mkdir -p /run/sshd && chmod 0755 /run/sshd
+  /usr/sbin/sshd -t -f "$SSHDIR/sshd_config" || die "sshd config test failed ($SSHDIR/sshd_config)"
+  /usr/sbin/sshd -f "$SSHDIR/sshd_config" -E "$LOG/sshd.log"
+  wait_for "sshd on 127.0.0.1:$SSH_PORT" 10 port_open "$SSH_PORT"
+  say "sshd up on 127.0.0.1:$SSH_PORT"
+}
+
+# ---------------------------------------------------------------------------------------------
+# munge, MariaDB, slurmdbd, slurmctld, slurmd
+# ---------------------------------------------------------------------------------------------
+up_munge() {
+  if alive munged; then return 0; fi
+  install -d -m 0755 -o munge -g munge /run/munge
+  [ -f /etc/munge/munge.key ] || { mungekey --create >/dev/null 2>&1 || /usr/sbin/mungekey -c; chown munge:munge /etc/munge/munge.key; }
+  runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid --force
+  wait_for munged 10 test -s /run/munge/munged.pid
+  cp /run/munge/munged.pid "$RUN/munged.pid"
+  wait_for "munge round trip" 10 bash -c 'munge -n | unmunge'
+  say "munged up"
+}
+
+up_mariadb() {
+  if ! alive mariadb; then
+    install -d -m 0755 -o mysql -g mysql /run/mysqld
+    if [ ! -d /var/lib/mysql/mysql ]; then
+      mariadb-install-db --user=mysql --datadir=/var/lib/mysql >"$LOG/mariadb-install.log" 2>&1
+    fi
+    start_bg mariadb /usr/sbin/mariadbd --user=mysql --bind-address=127.0.0.1 --port=3306 \
+      --socket=/run/mysqld/mysqld.sock --pid-file=/run/mysqld/aifp.pid
+    wait_for "MariaDB" 30 mariadb -uroot -e 'select 1'
+    say "MariaDB up"
+  fi
+  mariadb -uroot <<EOF
+CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$DB_PASSWORD';
+GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
+FLUSH PRIVILEGES;
+EOF
+}
+
+write_slurm_conf() {
+  local host node_line mem
+  host="$(hostname -s)"
+  node_line="$(slurmd -C | head -1)"
+  # keep some memory back for Airflow itself; the node offers the rest to jobs
+  mem="$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$node_line")"
+  mem=$(( mem > 8192 ? mem - 4096 : mem ))
+  node_line="$(sed "s/RealMemory=[0-9]*/RealMemory=$mem/" <<<"$node_line")"
+  install -d -m 0755 /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
+  cat >/etc/slurm/slurm.conf.aifp <<EOF
+# Written by AI Factory Pipelines' include/stack/stack.sh: a one-node local cluster.
+ClusterName=$CLUSTER_NAME
+SlurmctldHost=$host(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=/run/slurmctld.pid
+SlurmdPidFile=/run/slurmd.pid
+SlurmctldLogFile=$LOG/slurmctld.log
+SlurmdLogFile=$LOG/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+SchedulerType=sched/backfill
+ReturnToService=2
+MpiDefault=none
+# accounting: sacct is the source of truth once a job leaves squeue
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStorageEnforce=associations,limits
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=10
+JobCompType=jobcomp/none
+# finished jobs leave squeue after MinJobAge seconds (the engine must then use sacct)
+MinJobAge=${AIFP_SLURM_MIN_JOB_AGE:-300}
+KillWait=10
+InactiveLimit=0
+SlurmctldTimeout=120
+SlurmdTimeout=300
+DefMemPerCPU=512
+$node_line State=UNKNOWN
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+EOF
+  cat >/etc/slurm/slurmdbd.conf.aifp <<EOF
+AuthType=auth/munge
+DbdHost=localhost
+DbdAddr=127.0.0.1
+SlurmUser=root
+PidFile=/run/slurmdbd.pid
+LogFile=$LOG/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=3306
+StorageUser=slurm
+StoragePass=$DB_PASSWORD
+StorageLoc=slurm_acct_db
+EOF
+  mv /etc/slurm/slurm.conf.aifp /etc/slurm/slurm.conf
+  mv /etc/slurm/slurmdbd.conf.aifp /etc/slurm/slurmdbd.conf
+  chown root:root /etc/slurm/slurmdbd.conf
+  chmod 600 /etc/slurm/slurmdbd.conf
+  chmod 644 /etc/slurm/slurm.conf
+}
+
+tenant_accounts() { # prints "tenant account" per tenant spec
+  "$VENV/bin/python" - "$REPO/include/tenants" <<'EOF'
+import sys, pathlib, yaml
+for p in sorted(pathlib.Path(sys.argv[1]).glob("*.yaml")):
+    spec = yaml.safe_load(p.read_text())
+    print(spec["tenant"], spec["slurm"]["account"])
+EOF
+}
+
+up_slurm() {
+  write_slurm_conf
+  if ! alive slurmdbd; then
+    start_bg slurmdbd /usr/sbin/slurmdbd -D
+    wait_for "slurmdbd" 30 sacctmgr -n list cluster
+  fi
+  sacctmgr -i -Q add cluster "$CLUSTER_NAME" >/dev/null 2>&1 || true
+  local tenant account
+  while read -r tenant account; do
+    sacctmgr -i -Q add account "$account" Cluster="$CLUSTER_NAME" Description="tenant $tenant" Organization="$tenant" >/dev/null 2>&1 || true
+    sacctmgr -i -Q add user "$HPC_USER" Account="$account" Cluster="$CLUSTER_NAME" >/dev/null 2>&1 || true
+  done < <(tenant_accounts)
+  if ! alive slurmctld; then
+    start_bg slurmctld /usr/sbin/slurmctld -D -i
+    wait_for "slurmctld" 30 scontrol ping
+  fi
+  if ! alive slurmd; then
+    start_bg slurmd /usr/sbin/slurmd -D
+  fi
+  # bring a node that was marked down by an earlier crash back into service
+  wait_for "the compute node" 30 bash -c "sinfo -h -N -o '%T' | grep -qvE 'down|unknown|not_responding'" \
+    || true
+  scontrol update nodename="$(hostname -s)" state=resume >/dev/null 2>&1 || true
+  wait_for "an idle compute node" 30 bash -c "sinfo -h -N -o '%T' | grep -qE 'idle|mixed|allocated'"
+  say "Slurm up: cluster $CLUSTER_NAME, node $(hostname -s), accounts: $(tenant_accounts | cut -d' ' -f2 | tr '\n' ' ')"
+}
+
+# ---------------------------------------------------------------------------------------------
+# S3 endpoint (moto server mode)
+# ---------------------------------------------------------------------------------------------
+up_s3() {
+  if ! alive moto; then
+    start_bg moto "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
+    wait_for "S3 endpoint on 127.0.0.1:$S3_PORT" 30 port_open "$S3_PORT"
+  fi
+  # buckets named in the tenant specs
+  AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY" \
+  "$VENV/bin/python" - "$REPO/include/tenants" "http://127.0.0.1:$S3_PORT" <<'EOF'
+import sys, pathlib, yaml
+import boto3
+s3 = boto3.client("s3", endpoint_url=sys.argv[2], region_name="us-east-1")
+have = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+for p in sorted(pathlib.Path(sys.argv[1]).glob("*.yaml")):
+    bucket = yaml.safe_load(p.read_text())["bucket"]
+    if bucket not in have:
+        s3.create_bucket(Bucket=bucket)
+        have.add(bucket)
+EOF
+  say "S3 endpoint up on http://127.0.0.1:$S3_PORT"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Airflow
+# ---------------------------------------------------------------------------------------------
+write_env() {
+  local host_key conn_ssh conn_s3
+  host_key="$(cut -d' ' -f1,2 "$SSHDIR/ssh_host_ed25519_key.pub")"
+  conn_ssh="$("$VENV/bin/python" -c 'import json,sys; print(json.dumps({"conn_type":"ssh","host":"127.0.0.1","port":int(sys.argv[1]),"login":sys.argv[2],"extra":{"key_file":sys.argv[3],"host_key":sys.argv[4],"no_host_key_check":False,"allow_host_key_change":False,"look_for_keys":False}}))' \
+    "$SSH_PORT" "$HPC_USER" "$SSHDIR/id_ed25519" "$host_key")"
+  conn_s3="$("$VENV/bin/python" -c 'import json,sys; print(json.dumps({"conn_type":"aws","login":sys.argv[1],"password":sys.argv[2],"extra":{"endpoint_url":sys.argv[3],"region_name":"us-east-1","config_kwargs":{"s3":{"addressing_style":"path"},"request_checksum_calculation":"when_required","response_checksum_validation":"when_required"}}}))' \
+    "$S3_ACCESS_KEY" "$S3_SECRET_KEY" "http://127.0.0.1:$S3_PORT")"
+  umask 077
+  {
+    echo "# Generated by include/stack/stack.sh; sourced by every stack component and by the tests."
+    printf 'export AIFP_REPO=%q\n' "$REPO"
+    printf 'export AIFP_STATE_DIR=%q\n' "$STATE"
+    printf 'export AIFP_HPC_ROOT=%q\n' "$HPC_ROOT"
+    printf 'export AIFP_S3_ENDPOINT=%q\n' "http://127.0.0.1:$S3_PORT"
+    printf 'export AWS_ACCESS_KEY_ID=%q\n' "$S3_ACCESS_KEY"
+    printf 'export AWS_SECRET_ACCESS_KEY=%q\n' "$S3_SECRET_KEY"
+    printf 'export AWS_DEFAULT_REGION=%q\n' "us-east-1"
+    printf 'export AIFP_SSH_HOST=%q\n' "127.0.0.1"
+    printf 'export AIFP_SSH_PORT=%q\n' "$SSH_PORT"
+    printf 'export AIFP_SSH_USER=%q\n' "$HPC_USER"
+    printf 'export AIFP_SSH_KEY=%q\n' "$SSHDIR/id_ed25519"
+    printf 'export AIFP_SSH_KNOWN_HOSTS=%q\n' "$SSHDIR/known_hosts"
+    printf 'export AIFP_AIRFLOW_URL=%q\n' "http://127.0.0.1:$AIRFLOW_PORT"
+    echo "# Airflow connections (AIRFLOW_CONN_<ID> holding JSON):"
+    echo "#   aifactory_hpc_local: the HPC login node over SSH, key auth, host key pinned"
+    printf 'export AIRFLOW_CONN_AIFACTORY_HPC_LOCAL=%q\n' "$conn_ssh"
+    echo "#   aifactory_s3: the object store (moto server locally; MinIO or S3 elsewhere)"
+    printf 'export AIRFLOW_CONN_AIFACTORY_S3=%q\n' "$conn_s3"
+    echo "# Airflow: config file in the repo, state under the stack dir"
+    printf 'export AIRFLOW_CONFIG=%q\n' "$REPO/airflow.cfg"
+    printf 'export AIRFLOW_HOME=%q\n' "$AIRFLOW_HOME_DIR"
+    printf 'export AIRFLOW__CORE__DAGS_FOLDER=%q\n' "$REPO/dags"
+    printf 'export AIRFLOW__CORE__PLUGINS_FOLDER=%q\n' "$REPO/plugins"
+    printf 'export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=%q\n' "sqlite:///$AIRFLOW_HOME_DIR/airflow.db"
+    printf 'export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=%q\n' "$AIRFLOW_HOME_DIR/simple_auth_manager_passwords.json"
+    printf 'export AIRFLOW__API__PORT=%q\n' "$AIRFLOW_PORT"
+    printf 'export AIRFLOW__API__BASE_URL=%q\n' "http://127.0.0.1:$AIRFLOW_PORT"
+    printf 'export AIRFLOW__CORE__EXECUTION_API_SERVER_URL=%q\n' "http://127.0.0.1:$AIRFLOW_PORT/execution/"
+    printf 'export AIRFLOW__LOGGING__BASE_LOG_FOLDER=%q\n' "$AIRFLOW_HOME_DIR/logs"
+    printf 'export AIRFLOW__API_AUTH__JWT_SECRET=%q\n' "$(cat "$STATE/jwt_secret")"
+    printf 'export AIRFLOW__API__SECRET_KEY=%q\n' "$(cat "$STATE/jwt_secret")"
+    printf 'export PATH=%q\n' "$VENV/bin:$PATH"
+  } >"$ENV_FILE.tmp"
+  umask 022
+  mv "$ENV_FILE.tmp" "$ENV_FILE"
+}
+
+up_airflow() {
+  mkdir -p "$AIRFLOW_HOME_DIR"
+  [ -s "$STATE/jwt_secret" ] || (umask 077; "$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(32))' >"$STATE/jwt_secret")
+  write_env
+  # shellcheck disable=SC1090
+  source "$ENV_FILE"
+  if ! alive airflow-api-server; then
+    say "migrating the Airflow database"
+    airflow db migrate >>"$LOG/airflow-db.log" 2>&1 || { tail -20 "$LOG/airflow-db.log" >&2; die "airflow db migrate failed"; }
+  fi
+  start_bg airflow-api-server airflow api-server --port "$AIRFLOW_PORT" --host 127.0.0.1
+  start_bg airflow-scheduler airflow scheduler
+  start_bg airflow-dag-processor airflow dag-processor
+  start_bg airflow-triggerer airflow triggerer
+  wait_for "Airflow api-server on 127.0.0.1:$AIRFLOW_PORT" 120 curl -fsS "http://127.0.0.1:$AIRFLOW_PORT/api/v2/monitor/health"
+  wait_for "Airflow's generated admin password" 30 test -s "$AIRFLOW_HOME_DIR/simple_auth_manager_passwords.json"
+  say "Airflow up on http://127.0.0.1:$AIRFLOW_PORT"
+}
+
+# ---------------------------------------------------------------------------------------------
+COMPONENTS=(airflow-triggerer airflow-dag-processor airflow-scheduler airflow-api-server moto slurmd slurmctld slurmdbd mariadb munged sshd)
+
+cmd_up() {
+  cmd_setup
+  up_sshd
+  up_munge
+  up_mariadb
+  up_slurm
+  up_s3
+  up_airflow
+  cmd_status
+}
+
+cmd_down() {
+  local c
+  for c in "${COMPONENTS[@]}"; do stop_pid "$c"; done
+  # LocalExecutor workers and task supervisors are children of the scheduler's process group;
+  # anything of ours still holding the stack's dirs is reported, not guessed at.
+  local left; left="$(pgrep -af "$STATE|$VENV/bin/airflow|slurmstepd" || true)"
+  if [ -n "$left" ]; then
+    say "still running after down:"; echo "$left"
+    return 1
+  fi
+  say "stack down"
+}
+
+cmd_status() {
+  local c state rc=0
+  for c in sshd munged mariadb slurmdbd slurmctld slurmd moto airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer; do
+    if alive "$c"; then state="running (pid $(pid_of "$c"))"; else state="stopped"; rc=1; fi
+    printf '  %-22s %s\n' "$c" "$state"
+  done
+  local pw=""
+  [ -s "$AIRFLOW_HOME_DIR/simple_auth_manager_passwords.json" ] && pw="$("$VENV/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["admin"])' "$AIRFLOW_HOME_DIR/simple_auth_manager_passwords.json" 2>/dev/null || true)"
+  cat <<EOF
+  Airflow UI       http://127.0.0.1:$AIRFLOW_PORT   login: admin / ${pw:-<not generated yet>}
+  S3 endpoint      http://127.0.0.1:$S3_PORT   access key: $S3_ACCESS_KEY   secret: $S3_SECRET_KEY
+  HPC login (sshd) 127.0.0.1:$SSH_PORT   user: $HPC_USER   key: $SSHDIR/id_ed25519   known_hosts: $SSHDIR/known_hosts
+  Slurm            cluster $CLUSTER_NAME (slurmctld 6817, slurmd 6818, slurmdbd 6819), HPC root $HPC_ROOT
+  Environment      source $ENV_FILE
+  Logs             $LOG
+EOF
+  return $rc
+}
+
+main() {
+  mkdir -p "$RUN" "$LOG" "$SSHDIR"
+  case "${1:-}" in
+    setup) cmd_setup ;;
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    *) echo "usage: $0 {setup|up|down|status}" >&2; exit 2 ;;
+  esac
+}
+main "$@"

@@ -1,0 +1,1 @@
+"""Airflow adapters (hooks, operators, triggers) over :mod:`aifactory`."""

@@ -1,0 +1,84 @@
+"""Shared fixtures.
+
+Unit tests (tests/unit) need nothing running. Integration and end-to-end tests use the real
+local stack (sshd, Slurm, the S3 endpoint, Airflow) brought up by ``include/stack/stack.sh up``,
+which is idempotent; its settings are read back from ``.stack/stack.env``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+STACK = REPO / "include" / "stack" / "stack.sh"
+
+
+def _state_dir() -> Path:
+    return Path(os.environ.get("AIFP_STATE_DIR", REPO / ".stack"))
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse the ``export KEY=value`` lines the stack script writes (values are shell-quoted)."""
+    env: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :]
+        key, _, raw = line.partition("=")
+        parts = shlex.split(raw) if raw else [""]
+        env[key] = parts[0] if parts else ""
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack_env() -> dict[str, str]:
+    """Bring the local stack up (idempotent) and return its environment.
+
+    The variables are also put into ``os.environ`` so that Airflow hooks in the test process
+    find the ``AIRFLOW_CONN_*`` connections exactly as the workers do.
+    """
+    if os.environ.get("AIFP_SKIP_STACK_UP") != "1":
+        subprocess.run(["bash", str(STACK), "up"], check=True, cwd=REPO)
+    env = read_env_file(_state_dir() / "stack.env")
+    os.environ.update(env)
+    return env
+
+
+@pytest.fixture(scope="session")
+def s3_client(stack_env: dict[str, str]):
+    from aifactory.s3 import make_client
+
+    return make_client(
+        endpoint_url=stack_env["AIFP_S3_ENDPOINT"],
+        access_key=stack_env["AWS_ACCESS_KEY_ID"],
+        secret_key=stack_env["AWS_SECRET_ACCESS_KEY"],
+        region=stack_env.get("AWS_DEFAULT_REGION", "us-east-1"),
+    )
+
+
+@pytest.fixture(scope="session")
+def ssh_client(stack_env: dict[str, str]) -> Iterator["paramiko.SSHClient"]:  # noqa: F821
+    """A paramiko client logged in to the HPC side with the pinned host key (RejectPolicy)."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.load_host_keys(stack_env["AIFP_SSH_KNOWN_HOSTS"])
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(
+        stack_env["AIFP_SSH_HOST"],
+        port=int(stack_env["AIFP_SSH_PORT"]),
+        username=stack_env["AIFP_SSH_USER"],
+        key_filename=stack_env["AIFP_SSH_KEY"],
+        look_for_keys=False,
+        allow_agent=False,
+    )
+    yield client
+    client.close()
