@@ -8,34 +8,16 @@ which is idempotent; its settings are read back from ``.stack/stack.env``.
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from aifactory.localstack import read_env_file
+
 REPO = Path(__file__).resolve().parent.parent
 STACK = REPO / "include" / "stack" / "stack.sh"
-
-
-def _state_dir() -> Path:
-    return Path(os.environ.get("AIFP_STATE_DIR", REPO / ".stack"))
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """Parse the ``export KEY=value`` lines the stack script writes (values are shell-quoted)."""
-    env: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export ") :]
-        key, _, raw = line.partition("=")
-        parts = shlex.split(raw) if raw else [""]
-        env[key] = parts[0] if parts else ""
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +29,7 @@ def stack_env() -> dict[str, str]:
     """
     if os.environ.get("AIFP_SKIP_STACK_UP") != "1":
         subprocess.run(["bash", str(STACK), "up"], check=True, cwd=REPO)
-    env = read_env_file(_state_dir() / "stack.env")
+    env = read_env_file()
     os.environ.update(env)
     return env
 

@@ -1,0 +1,105 @@
+"""
+### AI Factory pipeline
+
+One DAG per tenant, generated from `include/tenants/<tenant>.yaml`: a raw dataset in the tenant's
+S3 area becomes a trained, documented model.
+
+| stage | what it does | output |
+|---|---|---|
+| **validate** | checks every parameter against the tenant spec and the recipe's schema, before any side effect | typed params |
+| **ingest** | S3 CSV / JSON Lines / Parquet → versioned Parquet (content-addressed) with a sha256 manifest | dataset version |
+| **quality** | the tenant's Great Expectations suite gates the data; failure stops the run with a summary | verdict |
+| **stage** | the dataset goes to the tenant's HPC directory over SFTP, verified by sha256 there | remote dir |
+| **train** | the recipe's sbatch script runs under the tenant's Slurm account; watched by the triggerer | job id, metrics |
+| **export** | model, metrics and model card to `s3://<bucket>/<tenant>/models/<model>/<version>/`, `manifest.json` last | model URI |
+
+Rules of the data: a tenant reads only `s3://<bucket>/<tenant>/raw/`; a dataset version or a model
+version without `manifest.json` does not exist; a published model version is never overwritten.
+Clearing a failed stage resumes from it: ingest and staging skip verified work, training re-attaches
+to its Slurm job instead of submitting a second one, and export publishes nothing twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Param
+
+from aifactory.recipes import load_recipes
+from aifactory.tenants import TenantSpec, load_cluster, load_tenants
+from operators.slurm import SlurmJobOperator
+from operators.stages import (
+    ExportModelOperator,
+    IngestOperator,
+    QualityGateOperator,
+    StageDatasetOperator,
+    ValidateRunOperator,
+)
+
+
+def trigger_form(spec: TenantSpec) -> dict[str, Param]:
+    """The typed Params of the trigger form, bounded by the tenant spec."""
+    lim, d = spec.limits, spec.defaults
+    recipes = sorted(r for r in load_recipes() if spec.allows_recipe(r))
+    raw = spec.raw_uri_prefix
+    return {
+        "dataset_uri": Param(
+            d.get("dataset_uri", raw),
+            type="string",
+            title="Dataset URI",
+            description=f"A file or folder (ending in /) under {raw}: CSV, JSON Lines or Parquet.",
+            pattern="^" + raw.replace(".", r"\.") + r"[A-Za-z0-9._=/-]+$",
+            maxLength=1024,
+        ),
+        "recipe": Param(d.get("recipe", recipes[0] if recipes else ""), type="string", enum=recipes,
+                        title="Training recipe", description="A folder under include/recipes/."),
+        "hyperparameters": Param(d.get("hyperparameters", {}), type="object", title="Hyperparameters",
+                                 description="Checked against the recipe's JSON schema before anything runs."),
+        "partition": Param(d.get("partition", spec.partitions[0]), type="string", enum=list(spec.partitions),
+                           title="Slurm partition"),
+        "nodes": Param(d.get("nodes", 1), type="integer", minimum=1, maximum=lim.max_nodes, title="Nodes"),
+        "gpus_per_node": Param(d.get("gpus_per_node", 0), type="integer", minimum=0,
+                               maximum=lim.max_gpus_per_node, title="GPUs per node"),
+        "cpus_per_task": Param(d.get("cpus_per_task", 1), type="integer", minimum=1,
+                               maximum=lim.max_cpus_per_task, title="CPUs per task"),
+        "mem_gb": Param(d.get("mem_gb", 1), type="integer", minimum=1, maximum=lim.max_mem_gb,
+                        title="Memory per node (GB)"),
+        "time_limit_minutes": Param(d.get("time_limit_minutes", 30), type="integer", minimum=1,
+                                    maximum=lim.max_time_limit_minutes, title="Time limit (minutes)"),
+    }
+
+
+def build_pipeline(spec: TenantSpec) -> DAG:
+    cluster = load_cluster(spec.cluster)
+    common = {"tenant": spec.tenant}
+    with DAG(
+        dag_id=f"factory_{spec.tenant}",
+        description=f"AI factory pipeline of {spec.display_name}",
+        doc_md=__doc__,
+        schedule=spec.schedule,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=2,
+        params=trigger_form(spec),
+        tags=["ai-factory", f"tenant:{spec.tenant}"],
+        default_args={"owner": spec.owner, "retries": 1, "retry_delay": timedelta(seconds=20)},
+    ) as dag:
+        validate = ValidateRunOperator(task_id="validate", **common)
+        ingest = IngestOperator(task_id="ingest", execution_timeout=timedelta(hours=6), **common)
+        quality = QualityGateOperator(task_id="quality", dataset=ingest.output, retries=0, **common)
+        stage = StageDatasetOperator(task_id="stage", dataset=ingest.output, execution_timeout=timedelta(hours=6),
+                                     **common)
+        train = SlurmJobOperator(
+            task_id="train",
+            tenant=spec.tenant,
+            cluster=cluster.name,
+            dataset_dir="{{ ti.xcom_pull(task_ids='stage')['remote_dir'] }}",
+        )
+        export = ExportModelOperator(task_id="export", dataset=ingest.output, quality=quality.output,
+                                     training=train.output, **common)
+        validate >> ingest >> quality >> stage >> train >> export
+    return dag
+
+
+for _spec in load_tenants():
+    globals()[f"factory_{_spec.tenant}"] = build_pipeline(_spec)

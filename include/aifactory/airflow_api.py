@@ -1,0 +1,125 @@
+"""A small client of Airflow 3's public REST API (``/api/v2``), the same path the UI's trigger takes.
+
+Used by ``make demo`` and by the end-to-end tests; plain ``urllib`` so it needs no Airflow install.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from aifactory.errors import FactoryError
+
+TERMINAL_RUN_STATES = {"success", "failed"}
+
+
+class AirflowAPIError(FactoryError):
+    pass
+
+
+@dataclass
+class AirflowClient:
+    base_url: str
+    username: str
+    password: str
+    timeout: float = 30.0
+    _token: str | None = None
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base_url.rstrip("/") + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        req.add_header("Accept", "application/json")
+        if auth:
+            req.add_header("Authorization", f"Bearer {self.token()}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:1000]
+            raise AirflowAPIError(f"{method} {path} -> HTTP {exc.code}: {detail}") from exc
+        except urllib.error.URLError as exc:
+            raise AirflowAPIError(f"{method} {path}: Airflow API at {self.base_url} unreachable ({exc.reason}); "
+                                  "is the stack up? (make up / make status)") from exc
+        return json.loads(raw) if raw else None
+
+    def token(self) -> str:
+        if self._token is None:
+            out = self._request("POST", "/auth/token", {"username": self.username, "password": self.password},
+                                auth=False)
+            self._token = out["access_token"]
+        return self._token
+
+    # -- API ------------------------------------------------------------------------------------
+    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> dict[str, Any]:
+        """Wait until the dag-processor has parsed ``dag_id`` (it appears in the API)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._request("GET", f"/api/v2/dags/{urllib.parse.quote(dag_id)}")
+            except AirflowAPIError as exc:
+                if "HTTP 404" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(2)
+
+    def unpause(self, dag_id: str) -> None:
+        self._request("PATCH", f"/api/v2/dags/{urllib.parse.quote(dag_id)}", {"is_paused": False})
+
+    def import_errors(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/api/v2/importErrors")["import_errors"]
+
+    def trigger(self, dag_id: str, conf: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"logical_date": None, "conf": conf}
+        if run_id:
+            body["dag_run_id"] = run_id
+        return self._request("POST", f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns", body)
+
+    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run_id)}")
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        path = f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances"
+        return self._request("GET", path)["task_instances"]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        path = (f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run_id)}"
+                f"/taskInstances/{urllib.parse.quote(task_id)}/xcomEntries/{urllib.parse.quote(key)}?deserialize=true")
+        value = self._request("GET", path)["value"]
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value
+        return value
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        path = (f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run_id)}"
+                f"/taskInstances/{urllib.parse.quote(task_id)}/logs/{try_number}?full_content=true")
+        out = self._request("GET", path)
+        content = out.get("content", "")
+        if isinstance(content, list):
+            return "\n".join(c.get("event", str(c)) if isinstance(c, dict) else str(c) for c in content)
+        return str(content)
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 900,
+                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while True:
+            run = self.run(dag_id, run_id)
+            states = {t["task_id"]: t["state"] for t in self.task_instances(dag_id, run_id)}
+            line = f"run {run['state']}: " + ", ".join(f"{k}={v}" for k, v in states.items())
+            if progress and line != last:
+                progress(line)
+                last = line
+            if run["state"] in TERMINAL_RUN_STATES:
+                return run
+            if time.monotonic() > deadline:
+                raise AirflowAPIError(f"run {run_id} of {dag_id} not finished after {timeout:.0f}s ({line})")
+            time.sleep(3)

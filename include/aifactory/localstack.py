@@ -1,0 +1,38 @@
+"""Reading the local stack's settings (written by ``include/stack/stack.sh`` to ``.stack/``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("AIFP_STATE_DIR", REPO / ".stack"))
+
+
+def read_env_file(path: Path | None = None) -> dict[str, str]:
+    """Parse the ``export KEY=value`` lines of ``stack.env`` (values are shell-quoted)."""
+    path = path or state_dir() / "stack.env"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: start the local stack first (make up)")
+    env: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :]
+        key, _, raw = line.partition("=")
+        parts = shlex.split(raw) if raw else []
+        env[key] = parts[0] if parts else ""
+    return env
+
+
+def admin_password(env: dict[str, str]) -> str:
+    """The generated password of Airflow's ``admin`` user (simple auth manager)."""
+    path = Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+    return json.loads(path.read_text())["admin"]

@@ -1,0 +1,262 @@
+"""The pipeline's data stages as thin Airflow operators over :mod:`aifactory`.
+
+Each operator resolves the tenant spec (platform-owned), validates the run's params again (a run
+can be triggered through the API or CLI, not only the form), builds its clients from Airflow
+connections, and makes one call into the Airflow-free core. XCom carries only small dicts:
+names, versions, URIs, digests and counts, never data or secrets.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from airflow.sdk import BaseOperator
+
+from aifactory.errors import FactoryError, InputError
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from aifactory.tenants import ClusterSpec, RunParams, TenantSpec
+
+S3_CONN_ID = "aifactory_s3"
+
+
+def _fail(exc: FactoryError) -> None:
+    """Turn a factory error into a task failure that is not retried when retrying cannot help."""
+    from airflow.exceptions import AirflowFailException
+
+    if isinstance(exc, InputError):
+        # The input will be just as bad on the next try: fail now, with the message in the log.
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+    raise exc
+
+
+class FactoryOperator(BaseOperator):
+    """Common base: tenant and cluster specs, validated params, clients.
+
+    :param tenant: tenant name; its spec comes from ``include/tenants/<tenant>.yaml``.
+    :param s3_conn_id: Airflow connection of the object store.
+    """
+
+    ui_color = "#e8f0fe"
+
+    def __init__(self, *, tenant: str, s3_conn_id: str = S3_CONN_ID, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tenant = tenant
+        self.s3_conn_id = s3_conn_id
+
+    # -- specs and params -----------------------------------------------------------------------
+    def tenant_spec(self) -> TenantSpec:
+        from aifactory.tenants import load_tenant
+
+        return load_tenant(self.tenant)
+
+    def cluster_spec(self) -> ClusterSpec:
+        from aifactory.tenants import load_cluster
+
+        return load_cluster(self.tenant_spec().cluster)
+
+    def run_params(self, context: Context) -> RunParams:
+        from aifactory.recipes import load_recipes
+        from aifactory.tenants import validate_run_params
+
+        try:
+            params = validate_run_params(context["params"], self.tenant_spec())
+            recipe = load_recipes().get(params.recipe)
+            if recipe is None:
+                raise InputError(f"recipe: {params.recipe!r} has no folder under include/recipes/")
+            hp = recipe.validate_hyperparameters(params.hyperparameters)
+        except FactoryError as exc:
+            _fail(exc)
+            raise  # unreachable; keeps type checkers calm
+        from dataclasses import replace
+
+        return replace(params, hyperparameters=hp)
+
+    # -- clients --------------------------------------------------------------------------------
+    def s3(self) -> Any:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        return S3Hook(aws_conn_id=self.s3_conn_id).get_conn()
+
+    def remote(self) -> Any:
+        from operators.hooks import FactorySSHHook
+
+        return FactorySSHHook(ssh_conn_id=self.cluster_spec().ssh_conn_id)
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run one core function; factory errors become readable task failures."""
+        try:
+            return fn(*args, **kwargs)
+        except FactoryError as exc:
+            _fail(exc)
+
+
+class ValidateRunOperator(FactoryOperator):
+    """Check every parameter of the run before any side effect; return the typed params."""
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        params = self.run_params(context)
+        self.log.info("run parameters are valid: recipe=%s resources=%s", params.recipe, params.resources())
+        return asdict(params)
+
+
+class IngestOperator(FactoryOperator):
+    """Raw objects in the tenant's S3 area -> a versioned Parquet dataset with a manifest."""
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from aifactory.ingest import ingest_dataset
+
+        spec = self.tenant_spec()
+        params = self.run_params(context)
+        with tempfile.TemporaryDirectory(prefix="aifp-ingest-") as tmp:
+            manifest = self.call(
+                ingest_dataset,
+                self.s3(),
+                source_uri=params.dataset_uri,
+                bucket=spec.bucket,
+                tenant=spec.tenant,
+                workdir=Path(tmp),
+                log=self.log.info,
+            )
+        prefix = spec.dataset_prefix(manifest.name, manifest.version)
+        return {
+            "name": manifest.name,
+            "version": manifest.version,
+            "uri": f"s3://{spec.bucket}/{prefix}",
+            "prefix": prefix,
+            "rows": manifest.rows,
+            "files": len(manifest.files),
+            "manifest_sha256": manifest.manifest_sha256,
+            "source_uri": params.dataset_uri,
+        }
+
+
+def _load_manifest(s3: Any, bucket: str, prefix: str) -> Any:
+    from aifactory.manifest import MANIFEST_NAME, DatasetManifest
+    from aifactory.s3 import get_bytes
+
+    return DatasetManifest.from_json(get_bytes(s3, bucket, prefix + MANIFEST_NAME))
+
+
+class QualityGateOperator(FactoryOperator):
+    """Validate the dataset version with the tenant's Great Expectations suite; fail with a summary."""
+
+    template_fields: Sequence[str] = ("dataset",)
+
+    def __init__(self, *, dataset: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dataset = dataset
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow.exceptions import AirflowFailException
+
+        from aifactory.errors import QualityGateFailed
+        from aifactory.quality import suite_path, validate_dataset
+
+        spec = self.tenant_spec()
+        params = self.run_params(context)
+        s3 = self.s3()
+        manifest = _load_manifest(s3, spec.bucket, self.dataset["prefix"])
+        with tempfile.TemporaryDirectory(prefix="aifp-quality-") as tmp:
+            try:
+                summary = validate_dataset(
+                    s3,
+                    bucket=spec.bucket,
+                    manifest=manifest,
+                    dataset_prefix=self.dataset["prefix"],
+                    suite_path=suite_path(spec.quality_suite),
+                    params=params.hyperparameters,
+                    workdir=Path(tmp),
+                    log=self.log.info,
+                )
+            except QualityGateFailed as exc:
+                raise AirflowFailException(f"quality gate failed for {self.dataset['uri']}\n{exc}") from exc
+            except FactoryError as exc:
+                _fail(exc)
+        return summary
+
+
+class StageDatasetOperator(FactoryOperator):
+    """Copy the dataset version to the tenant's HPC area over SFTP; verify by sha256 there."""
+
+    template_fields: Sequence[str] = ("dataset",)
+
+    def __init__(self, *, dataset: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dataset = dataset
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from aifactory.staging import stage_dataset
+
+        spec = self.tenant_spec()
+        cluster = self.cluster_spec()
+        s3 = self.s3()
+        manifest = _load_manifest(s3, spec.bucket, self.dataset["prefix"])
+        with self.remote() as shell:
+            result = self.call(
+                stage_dataset,
+                s3,
+                shell,
+                bucket=spec.bucket,
+                dataset_prefix=self.dataset["prefix"],
+                manifest=manifest,
+                tenant_dir=spec.hpc_dir(cluster),
+                log=self.log.info,
+            )
+        return result.to_dict()
+
+
+class ExportModelOperator(FactoryOperator):
+    """Verify the job's outputs and publish model, metrics and model card; manifest.json last."""
+
+    template_fields: Sequence[str] = ("dataset", "quality", "training")
+
+    def __init__(self, *, dataset: Any, quality: Any, training: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dataset = dataset
+        self.quality = quality
+        self.training = training
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from aifactory.export import CardContext, export_model, model_version
+        from aifactory.version import code_version
+
+        spec = self.tenant_spec()
+        params = self.run_params(context)
+        dag_run = context["dag_run"]
+        model = f"{self.dataset['name']}-{params.recipe}".replace("_", "-")
+        version = model_version(dag_run.run_id, dag_run.dag_id)
+        card = CardContext(
+            tenant=spec.tenant,
+            model=model,
+            version=version,
+            dag_id=dag_run.dag_id,
+            run_id=dag_run.run_id,
+            recipe=params.recipe,
+            hyperparameters=params.hyperparameters,
+            dataset=dict(self.dataset),
+            quality=dict(self.quality),
+            slurm={
+                "job_ids": [self.training["job_id"]],
+                "state": self.training.get("state"),
+                **(self.training.get("accounting") or {}),
+            },
+            code_version=code_version(),
+        )
+        with self.remote() as shell:
+            return self.call(
+                export_model,
+                self.s3(),
+                shell,
+                bucket=spec.bucket,
+                model_prefix=spec.model_prefix(model, version),
+                output_dir=self.training["output_dir"],
+                card=card,
+                log=self.log.info,
+            )
