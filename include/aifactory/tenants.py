@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import yaml
 
@@ -215,10 +215,21 @@ def _int_in(name: str, value: Any, lo: int, hi: int) -> int:
     return value
 
 
-def validate_run_params(params: Mapping[str, Any], tenant: TenantSpec) -> RunParams:
-    """Validate a run's params against the tenant spec; raise InputError naming the field."""
+def validate_run_params(
+    params: Mapping[str, Any], tenant: TenantSpec, recipes: Collection[str] | None = None
+) -> RunParams:
+    """Validate a run's params against the tenant spec; raise InputError naming the field.
+
+    :param recipes: the recipe folders that exist (default: those under ``include/recipes``).
+    """
+    if recipes is None:
+        from aifactory.recipes import load_recipes
+
+        recipes = load_recipes().keys()
     recipe = params.get("recipe")
-    if not isinstance(recipe, str) or not tenant.allows_recipe(recipe):
+    if not isinstance(recipe, str) or recipe not in recipes:
+        raise InputError(f"recipe: {recipe!r} is not a known recipe; choose one of {sorted(recipes)}")
+    if not tenant.allows_recipe(recipe):
         raise InputError(
             f"recipe: {recipe!r} is not available to tenant {tenant.tenant}; choose one of {list(tenant.recipes)}"
         )
