@@ -157,7 +157,7 @@ class QualityGateOperator(FactoryOperator):
         from airflow.exceptions import AirflowFailException
 
         from aifactory.errors import QualityGateFailed
-        from aifactory.quality import suite_path, validate_dataset
+        from aifactory.quality import suite_path, validate_dataset, write_quality_result
 
         spec = self.tenant_spec()
         params = self.run_params(context)
@@ -176,9 +176,12 @@ class QualityGateOperator(FactoryOperator):
                     log=self.log.info,
                 )
             except QualityGateFailed as exc:
+                # the full (value-free) result is kept beside the dataset version either way
+                write_quality_result(s3, bucket=spec.bucket, dataset_prefix=self.dataset["prefix"], summary=exc.summary)
                 raise AirflowFailException(f"quality gate failed for {self.dataset['uri']}\n{exc}") from exc
             except FactoryError as exc:
                 _fail(exc)
+        write_quality_result(s3, bucket=spec.bucket, dataset_prefix=self.dataset["prefix"], summary=summary)
         return summary
 
 

@@ -1,0 +1,782 @@
+"""Ingest: turn a tenant's raw upload (CSV, JSON Lines or Parquet) into a versioned Parquet dataset.
+
+Rules of the data, in the order the code applies them:
+
+1. The source URI must lie inside ``s3://<bucket>/<tenant>/raw/`` (``check_tenant_uri``). It names
+   one object, or a folder ending in ``/`` whose objects (recursively; names starting with ``.``
+   or ``_`` such as ``_SUCCESS`` are skipped) all have the same format.
+2. Formats come from the extension: ``.csv``, ``.jsonl``/``.ndjson``, ``.parquet``/``.pq``;
+   ``.csv.gz``, ``.jsonl.gz`` and ``.ndjson.gz`` are decompressed on the fly.
+3. The version is **content addressed**: ``v-`` + 16 hex of sha256 over the sorted source keys,
+   their ETags and sizes, and the ingest options. Listing costs one request, so re-ingesting the
+   same upload finds the published version and returns it without downloading anything. (An ETag
+   identifies an upload, it is not a checksum: the same bytes uploaded differently give a new
+   version, which is safe; the manifest records our own sha256 of every source.)
+4. Each source is fetched with ONE streaming GET, pinned to the listed ETag (``If-Match``) so the
+   bytes converted are the bytes the version was derived from.
+5. Conversion streams record batches (never the whole table) into zstd Parquet shards
+   ``part-00000.parquet`` ... with row groups of ``row_group_rows`` and a new shard every
+   ``shard_rows`` rows. CSV types are inferred from the first block; when a later block does not
+   fit (an integer column that turns out to hold ``1.5``) the column is widened
+   (null -> int64 -> float64 -> string) and the conversion restarts, so inference never silently
+   drops data. Empty CSV cells (and ``NA``, ``null``, ...: pyarrow's null markers) are nulls in
+   every column, strings included, so a blank label is caught by the quality gate as missing.
+   Several sources must agree on column names and order; CSV sources are read with
+   the types of the first one (widened the same way), JSON Lines sources with its fields, and
+   Parquet sources must have identical types. Anything else is schema drift (InputError).
+6. Shards are uploaded and verified, then ``manifest.json`` is written LAST with
+   ``If-None-Match: *``: a published version is never overwritten, and if another run published
+   the same version first, its manifest is returned.
+
+Errors the user can fix raise :class:`~aifactory.errors.InputError` naming the object and what to
+do; messages never quote cell values.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
+
+from aifactory.errors import InputError
+from aifactory.manifest import (
+    MANIFEST_NAME,
+    DatasetManifest,
+    FileEntry,
+    dataset_prefix,
+    load_manifest,
+    sha256_bytes,
+    sha256_file,
+)
+from aifactory.s3 import (
+    ObjectInfo,
+    check_tenant_uri,
+    download_to,
+    format_s3_uri,
+    head,
+    is_precondition_failed,
+    iter_objects,
+    put_bytes,
+    upload_file,
+    validate_key,
+)
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+Log = Callable[[str], Any]
+
+#: Bump when the conversion changes in a way that should produce a new version for the same input.
+CONVERTER_VERSION = 1
+DEFAULT_ROW_GROUP_ROWS = 128 * 1024
+DEFAULT_SHARD_ROWS = 8 * DEFAULT_ROW_GROUP_ROWS  # ~1M rows per shard
+#: Bytes per CSV/JSON block; types are inferred from the first block.
+READ_BLOCK_SIZE = 16 * 1024 * 1024
+MAX_SOURCE_OBJECTS = 10_000
+_MAX_WIDENINGS = 64
+
+_FORMATS: dict[str, tuple[str, str | None]] = {
+    ".csv": ("csv", None),
+    ".csv.gz": ("csv", "gzip"),
+    ".jsonl": ("jsonl", None),
+    ".ndjson": ("jsonl", None),
+    ".jsonl.gz": ("jsonl", "gzip"),
+    ".ndjson.gz": ("jsonl", "gzip"),
+    ".parquet": ("parquet", None),
+    ".pq": ("parquet", None),
+}
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class SourceFormat:
+    kind: str  # "csv" | "jsonl" | "parquet"
+    compression: str | None
+    extension: str
+
+
+def detect_format(key: str) -> SourceFormat:
+    """Map an object key to its format by extension (case-insensitive); InputError if unknown."""
+    lower = key.lower()
+    for ext in sorted(_FORMATS, key=len, reverse=True):
+        if lower.endswith(ext):
+            kind, compression = _FORMATS[ext]
+            return SourceFormat(kind=kind, compression=compression, extension=ext)
+    known = ", ".join(sorted(_FORMATS))
+    raise InputError(
+        f"cannot tell the format of {key!r} from its extension; supported: {known}. "
+        "Rename the file (or convert it) and upload it again"
+    )
+
+
+def _strip_extension(basename: str) -> str:
+    lower = basename.lower()
+    for ext in sorted(_FORMATS, key=len, reverse=True):
+        if lower.endswith(ext):
+            return basename[: -len(ext)]
+    return basename.rsplit(".", 1)[0] if "." in basename else basename
+
+
+def sanitize_dataset_name(raw: str) -> str:
+    """Lowercase, map every character outside ``[a-z0-9_-]`` to ``_``, trim, cap at 64."""
+    name = re.sub(r"[^a-z0-9_-]+", "_", raw.lower()).strip("_-")[:64].strip("_-")
+    if not name:
+        raise InputError(
+            f"cannot derive a dataset name from {raw!r}; pass dataset_name (letters, digits, '_', '-')"
+        )
+    return name
+
+
+def derive_dataset_name(source_key: str) -> str:
+    """Dataset name from the source object's (or folder's) basename without extension."""
+    base = source_key.rstrip("/").rsplit("/", 1)[-1]
+    if not source_key.endswith("/"):
+        base = _strip_extension(base)
+    return sanitize_dataset_name(base)
+
+
+def check_dataset_name(name: str) -> str:
+    """An explicitly given name is validated, never silently rewritten."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InputError(
+            f"dataset_name {name!r} is not allowed: use 1-64 characters from a-z, 0-9, '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def ingest_options(*, row_group_rows: int, shard_rows: int) -> dict[str, Any]:
+    """The options that shape the output; they are part of the version hash and the manifest."""
+    return {
+        "converter": CONVERTER_VERSION,
+        "compression": "zstd",
+        "row_group_rows": int(row_group_rows),
+        "shard_rows": int(shard_rows),
+    }
+
+
+def compute_version(sources: list[ObjectInfo], options: dict[str, Any]) -> str:
+    """Content-addressed version id: ``v-`` + 16 hex of sha256(sorted keys+ETags+sizes, options)."""
+    payload = {
+        "sources": [[s.key, s.etag, s.size] for s in sorted(sources, key=lambda s: s.key)],
+        "options": options,
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return "v-" + sha256_bytes(blob)[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Resolving the source
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_sources(s3: Any, *, bucket: str, key: str, uri: str) -> tuple[list[ObjectInfo], SourceFormat]:
+    """List the objects a source URI stands for and check they are usable."""
+    if key.endswith("/"):
+        objects = []
+        for obj in iter_objects(s3, bucket, key):
+            base = obj.key.rsplit("/", 1)[-1]
+            if obj.key.endswith("/") or base.startswith((".", "_")):
+                continue
+            validate_key(obj.key, uri=format_s3_uri(bucket, obj.key))
+            objects.append(obj)
+            if len(objects) > MAX_SOURCE_OBJECTS:
+                raise InputError(
+                    f"{uri} holds more than {MAX_SOURCE_OBJECTS} objects; combine them into fewer, "
+                    "larger files"
+                )
+        if not objects:
+            raise InputError(f"no object at {uri}; upload the dataset first or fix dataset_uri")
+    else:
+        info = head(s3, bucket, key)
+        if info is None:
+            hint = ""
+            if next(iter_objects(s3, bucket, key + "/"), None) is not None:
+                hint = f" (there is a folder {uri}/ - end the URI with '/' to ingest the whole folder)"
+            raise InputError(f"no object at {uri}; upload the dataset first or fix dataset_uri{hint}")
+        objects = [info]
+
+    formats = {detect_format(o.key) for o in objects}
+    kinds = {f.kind for f in formats}
+    if len(kinds) > 1:
+        raise InputError(
+            f"{uri} mixes formats ({', '.join(sorted(kinds))}); put one format in a dataset folder"
+        )
+    for obj in objects:
+        if obj.size == 0:
+            raise InputError(
+                f"{format_s3_uri(bucket, obj.key)} is empty (0 bytes); upload the file again "
+                "(the upload may have been interrupted)"
+            )
+    # The kind is common to all objects; compression is decided per file when converting.
+    return objects, sorted(formats, key=lambda f: f.extension)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Writing shards
+# --------------------------------------------------------------------------------------------
+
+
+class _ShardWriter:
+    """Buffers record batches into fixed-size row groups and rolls shards at ``shard_rows``."""
+
+    def __init__(self, directory: Path, schema: pa.Schema, *, row_group_rows: int, shard_rows: int) -> None:
+        self.directory = directory
+        self.schema = schema
+        self.row_group_rows = row_group_rows
+        self.shard_rows = max(shard_rows, row_group_rows)
+        self.paths: list[Path] = []
+        self.rows_per_shard: list[int] = []
+        self._writer: Any = None
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered = 0
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows_per_shard)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        if batch.schema.metadata:
+            batch = batch.replace_schema_metadata(None)
+        self._buffer.append(batch)
+        self._buffered += batch.num_rows
+        while self._buffered >= self.row_group_rows:
+            self._flush(self.row_group_rows)
+
+    def _flush(self, rows: int) -> None:
+        import pyarrow as pa
+
+        table = pa.Table.from_batches(self._buffer, schema=self.schema)
+        group, rest = table.slice(0, rows), table.slice(rows)
+        self._buffer = rest.to_batches() if rest.num_rows else []
+        self._buffered = rest.num_rows
+        self._write_group(group)
+
+    def _write_group(self, table: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
+        if self._writer is None or self.rows_per_shard[-1] + table.num_rows > self.shard_rows:
+            self._close_writer()
+            path = self.directory / f"part-{len(self.paths):05d}.parquet"
+            self._writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+            self.paths.append(path)
+            self.rows_per_shard.append(0)
+        self._writer.write_table(table, row_group_size=self.row_group_rows)
+        self.rows_per_shard[-1] += table.num_rows
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def close(self) -> None:
+        if self._buffered:
+            self._flush(self._buffered)
+        if not self.paths:
+            # Zero rows: still publish one empty shard so the schema survives; the quality gate
+            # (row count) is what rejects an empty dataset, with a clear message.
+            self._write_group(self.schema.empty_table())
+            self.rows_per_shard[-1] = 0
+        self._close_writer()
+
+    def abort(self) -> None:
+        """Close an open file handle on error paths (idempotent)."""
+        self._close_writer()
+
+
+# --------------------------------------------------------------------------------------------
+# Readers
+# --------------------------------------------------------------------------------------------
+
+_VALUE_LEAKS = [
+    (re.compile(r"(invalid value) '.*?'(?=$|\s)", re.S), r"\1"),
+    (re.compile(r"(couldn't parse):.*$", re.S), r"\1 a value"),
+    (re.compile(r"(Expected \d+ columns, got \d+):.*$", re.S), r"\1"),
+]
+
+
+def _clean_arrow_message(msg: str) -> str:
+    """Drop cell contents pyarrow quotes in its errors: logs must not carry data values."""
+    for pattern, repl in _VALUE_LEAKS:
+        msg = pattern.sub(repl, msg)
+    return msg.strip()
+
+
+class _Widen(Exception):
+    """Internal: a column's inferred type did not fit a later block; retry with a wider type."""
+
+    def __init__(self, column: str, new_type: pa.DataType) -> None:
+        super().__init__(column)
+        self.column = column
+        self.new_type = new_type
+
+
+def _open_stream(path: Path, fmt: SourceFormat) -> Any:
+    import pyarrow as pa
+
+    return pa.input_stream(str(path), compression=fmt.compression)
+
+
+def _next_wider(current: pa.DataType) -> pa.DataType:
+    import pyarrow as pa
+
+    if pa.types.is_null(current):
+        return pa.int64()
+    if pa.types.is_integer(current):
+        return pa.float64()
+    return pa.string()
+
+
+def _type_named(name: str) -> pa.DataType:
+    import pyarrow as pa
+
+    return {"null": pa.null(), "int64": pa.int64(), "double": pa.float64()}.get(name, pa.string())
+
+
+def _open_text(path: Path, fmt: SourceFormat) -> IO[str]:
+    if fmt.compression == "gzip":
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
+    return open(path, encoding="utf-8", errors="replace", newline="")
+
+
+def _csv_header(path: Path, fmt: SourceFormat, index: int) -> str | None:
+    """Name of column ``index`` from the header line (error path only)."""
+    try:
+        with _open_text(path, fmt) as fh:
+            header = next(csv.reader(fh), None)
+    except (OSError, csv.Error):
+        return None
+    return header[index] if header and 0 <= index < len(header) else None
+
+
+def _csv_bad_row_line(path: Path, fmt: SourceFormat, expected: int) -> int | None:
+    """Find the line number of the first record whose field count differs (error path only)."""
+    try:
+        with _open_text(path, fmt) as fh:
+            reader = csv.reader(fh)
+            for record in reader:
+                if record and len(record) != expected:
+                    return reader.line_num
+    except (OSError, csv.Error):
+        return None
+    return None
+
+
+def _open_csv(
+    path: Path, fmt: SourceFormat, *, label: str, column_types: dict[str, Any]
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    bad_rows: list[tuple[int, int]] = []
+
+    def on_invalid_row(row: Any) -> str:
+        bad_rows.append((row.expected_columns, row.actual_columns))
+        return "error"
+
+    def parse_failure(exc: Exception) -> InputError:
+        if bad_rows:
+            expected, actual = bad_rows[0]
+            line = _csv_bad_row_line(path, fmt, expected)
+            where = f"line {line}" if line else "a row"
+            return InputError(
+                f"{label} does not parse as CSV: {where} has {actual} fields, the header has "
+                f"{expected}; fix that row (quote fields that contain commas) and upload again"
+            )
+        return InputError(
+            f"{label} does not parse as CSV ({_clean_arrow_message(str(exc))}); check the file is "
+            "comma-separated UTF-8 text with a header row, then upload again"
+        )
+
+    def failure(exc: Exception, schema: pa.Schema | None) -> Exception:
+        # A value that does not fit the type inferred from the first block: widen, not fail.
+        # (The first block is converted while opening, so this can happen before a schema exists;
+        # then the column's current type is the one we asked for, or an inferred one.)
+        m = re.search(r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to (\w+)", str(exc))
+        if m and isinstance(exc, pa.ArrowInvalid):
+            index, target = int(m.group(1)), m.group(2)
+            if schema is not None:
+                field = schema.field(index)
+                return _Widen(field.name, _next_wider(field.type))
+            name = _csv_header(path, fmt, index)
+            if name is not None:
+                current = column_types.get(name) or _type_named(target)
+                return _Widen(name, _next_wider(current))
+        if isinstance(exc, OSError):
+            return InputError(f"{label} cannot be read ({exc}); upload it again")
+        return parse_failure(exc)
+
+    try:
+        reader = pcsv.open_csv(
+            _open_stream(path, fmt),
+            read_options=pcsv.ReadOptions(block_size=READ_BLOCK_SIZE, use_threads=False),
+            parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid_row),
+            convert_options=pcsv.ConvertOptions(column_types=column_types, strings_can_be_null=True),
+        )
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise failure(exc, None) from None
+    schema = reader.schema
+    binary = [f.name for f in schema if pa.types.is_binary(f.type)]
+    if binary:
+        raise InputError(
+            f"{label}: column(s) {', '.join(binary)} are not valid UTF-8 text; save the file as "
+            "UTF-8 and upload it again"
+        )
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise failure(exc, schema) from None
+            yield batch
+
+    return schema, batches()
+
+
+def _open_jsonl(
+    path: Path, fmt: SourceFormat, *, label: str, schema: pa.Schema | None
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    import pyarrow as pa
+    import pyarrow.json as pjson
+
+    def failure(exc: Exception) -> Exception:
+        msg = str(exc)
+        if "Failed to convert JSON to" in msg:
+            return _Widen("", pa.float64())
+        if "unexpected field" in msg.lower():
+            return InputError(
+                f"{label} has fields the first source does not have ({_clean_arrow_message(msg)}); "
+                "all files of a dataset must have the same fields"
+            )
+        if isinstance(exc, OSError):
+            return InputError(f"{label} cannot be read ({exc}); upload it again")
+        return InputError(
+            f"{label} is not valid JSON Lines ({_clean_arrow_message(msg)}); each line must be one "
+            "JSON object. Fix the file and upload it again"
+        )
+
+    parse = pjson.ParseOptions(
+        explicit_schema=schema, unexpected_field_behavior="error" if schema is not None else "infer"
+    )
+    try:
+        reader = pjson.open_json(
+            _open_stream(path, fmt),
+            read_options=pjson.ReadOptions(block_size=READ_BLOCK_SIZE, use_threads=False),
+            parse_options=parse,
+        )
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise failure(exc) from None
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise failure(exc) from None
+            yield batch
+
+    return reader.schema, batches()
+
+
+def _open_parquet(path: Path, *, label: str, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def failure(exc: Exception) -> InputError:
+        return InputError(
+            f"{label} is not a readable Parquet file ({_clean_arrow_message(str(exc))}); "
+            "write it again and upload it"
+        )
+
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise failure(exc) from None
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            yield from pf.iter_batches(batch_size=batch_rows)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise failure(exc) from None
+
+    return schema, batches()
+
+
+def _schema_diff(a: pa.Schema, b: pa.Schema) -> str:
+    a_cols = {f.name: str(f.type) for f in a}
+    b_cols = {f.name: str(f.type) for f in b}
+    parts = []
+    if missing := [n for n in a_cols if n not in b_cols]:
+        parts.append(f"missing {missing}")
+    if extra := [n for n in b_cols if n not in a_cols]:
+        parts.append(f"extra {extra}")
+    changed = [f"{n}: {t} -> {b_cols[n]}" for n, t in a_cols.items() if n in b_cols and t != b_cols[n]]
+    if changed:
+        parts.append(f"types changed {changed}")
+    if not parts and a.names != b.names:
+        parts.append(f"column order {a.names} -> {b.names}")
+    return "; ".join(parts) or "field attributes differ"
+
+
+def _drift(first: str, other: str, diff: str) -> InputError:
+    return InputError(
+        f"schema drift between source objects: {other} differs from {first} ({diff}); "
+        "all files of one dataset must have the same columns and types"
+    )
+
+
+def convert_to_parquet(
+    local: list[tuple[Path, str]],
+    fmt: SourceFormat,
+    outdir: Path,
+    *,
+    row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    log: Log = print,
+) -> tuple[pa.Schema, list[Path], list[int]]:
+    """Convert local source files (``(path, label)``, in order) into Parquet shards in ``outdir``.
+
+    Returns the schema, the shard paths and the rows per shard. Restarts with wider column types
+    when a later block of CSV/JSON does not fit the inferred ones (see the module docstring).
+    """
+    csv_types: dict[str, Any] = {}
+    json_schema: pa.Schema | None = None
+    for _attempt in range(_MAX_WIDENINGS):
+        for stale in outdir.glob("part-*.parquet"):
+            stale.unlink()
+        try:
+            return _convert_once(
+                local, fmt, outdir, csv_types=csv_types, json_schema=json_schema,
+                row_group_rows=row_group_rows, shard_rows=shard_rows,
+            )
+        except _Widen as widen:
+            if fmt.kind == "csv":
+                if csv_types.get(widen.column) == widen.new_type:  # nothing wider left to try
+                    raise InputError(
+                        f"column {widen.column!r} of {local[0][1]} does not parse even as text; "
+                        "check the file's encoding and quoting"
+                    ) from None
+                csv_types[widen.column] = widen.new_type
+                log(f"ingest: column {widen.column!r} widened to {widen.new_type}; converting again")
+                continue
+            first = json_schema or _open_jsonl(local[0][0], fmt, label=local[0][1], schema=None)[0]
+            if not any(_is_int(f.type) for f in first):
+                raise InputError(
+                    f"{local[0][1]}: a JSON field changes type between lines; make every field hold "
+                    "one type (numbers or strings) and upload again"
+                ) from None
+            json_schema = _widen_ints(first)
+            log("ingest: integer JSON fields widened to float64; converting again")
+    raise InputError("the column types of this dataset keep changing between blocks; clean the data")
+
+
+def _is_int(t: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_integer(t))
+
+
+def _widen_ints(schema: pa.Schema) -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([pa.field(f.name, pa.float64() if _is_int(f.type) else f.type) for f in schema])
+
+
+def _convert_once(
+    local: list[tuple[Path, str]],
+    fmt: SourceFormat,
+    outdir: Path,
+    *,
+    csv_types: dict[str, Any],
+    json_schema: pa.Schema | None,
+    row_group_rows: int,
+    shard_rows: int,
+) -> tuple[pa.Schema, list[Path], list[int]]:
+    writer: _ShardWriter | None = None
+    first_label = local[0][1]
+    types = dict(csv_types)
+    try:
+        for path, label in local:
+            # Same kind for all sources, but compression is per file (a.csv next to b.csv.gz).
+            file_fmt = detect_format(path.name)
+            if fmt.kind == "csv":
+                schema, batches = _open_csv(path, file_fmt, label=label, column_types=types)
+            elif fmt.kind == "jsonl":
+                schema, batches = _open_jsonl(path, file_fmt, label=label, schema=json_schema)
+            else:
+                schema, batches = _open_parquet(path, label=label, batch_rows=row_group_rows)
+            schema = schema.remove_metadata()
+            if writer is None:
+                if len(schema) == 0:
+                    raise InputError(f"{label} holds no columns; upload a file with a header row")
+                writer = _ShardWriter(outdir, schema, row_group_rows=row_group_rows, shard_rows=shard_rows)
+                # Later files are read with the first file's types, so drift shows up as a
+                # conversion error (widened, restart) or a schema mismatch (refused), never silently.
+                types.update({f.name: f.type for f in schema if f.name not in types})
+                json_schema = json_schema or schema
+            elif not schema.equals(writer.schema):
+                raise _drift(first_label, label, _schema_diff(writer.schema, schema))
+            for batch in batches:
+                writer.write(batch)
+        assert writer is not None  # local is never empty
+        writer.close()
+        return writer.schema, writer.paths, writer.rows_per_shard
+    finally:
+        if writer is not None:
+            writer.abort()
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
+
+
+def ingest_dataset(
+    s3: Any,
+    *,
+    source_uri: str,
+    bucket: str,
+    tenant: str,
+    dataset_name: str | None = None,
+    workdir: Path,
+    log: Log = print,
+    row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+) -> DatasetManifest:
+    """Ingest ``source_uri`` into ``s3://<bucket>/<tenant>/datasets/<name>/<version>/``.
+
+    :param s3: a client from :func:`aifactory.s3.make_client`.
+    :param source_uri: one object or a folder (ending in ``/``) inside the tenant's raw area.
+    :param bucket: the tenant's bucket, from the tenant spec (never from the user).
+    :param tenant: the tenant id, from the tenant spec.
+    :param dataset_name: defaults to the source basename, sanitised to ``[a-z0-9_-]``.
+    :param workdir: local scratch; a private (0700) subfolder is created and removed afterwards.
+    :param log: progress sink (``print``, a logger's ``info``).
+    :param row_group_rows: rows per Parquet row group.
+    :param shard_rows: rows per shard before a new ``part-NNNNN.parquet`` starts.
+    :returns: the published (or already existing) manifest.
+    """
+    key = check_tenant_uri(source_uri, bucket=bucket, tenant=tenant)
+    name = check_dataset_name(dataset_name) if dataset_name is not None else derive_dataset_name(key)
+    if row_group_rows < 1 or shard_rows < 1:
+        raise InputError("row_group_rows and shard_rows must be positive")
+
+    sources, fmt = resolve_sources(s3, bucket=bucket, key=key, uri=source_uri)
+    options = ingest_options(row_group_rows=row_group_rows, shard_rows=shard_rows)
+    version = compute_version(sources, options)
+    prefix = dataset_prefix(tenant, name, version)
+    total_in = sum(s.size for s in sources)
+    log(
+        f"ingest: {source_uri} -> {len(sources)} {fmt.kind} object(s), {total_in} bytes; "
+        f"version {version} at s3://{bucket}/{prefix}"
+    )
+
+    existing = load_manifest(s3, bucket, prefix)
+    if existing is not None:
+        _check_same_version(existing, tenant=tenant, name=name, version=version)
+        log(
+            f"ingest: version {version} already published ({existing.rows} rows, "
+            f"{len(existing.files)} file(s)); reusing it, nothing converted or uploaded"
+        )
+        return existing
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"ingest-{version}-", dir=workdir))  # mode 0700
+    try:
+        local: list[tuple[Path, str]] = []
+        source_entries: list[dict[str, Any]] = []
+        srcdir = scratch / "src"
+        for i, obj in enumerate(sources):
+            # Local names never derive from the key: nothing in a key can steer a local path.
+            target = srcdir / f"src-{i:05d}{detect_format(obj.key).extension}"
+            label = format_s3_uri(bucket, obj.key)
+            started = time.monotonic()
+            try:
+                got = download_to(s3, bucket, obj.key, target, if_match=obj.etag or None)
+            except Exception as exc:  # botocore ClientError, without importing botocore here
+                if is_precondition_failed(exc):
+                    raise InputError(
+                        f"{label} changed while it was being ingested; wait for the upload to "
+                        "finish and run again"
+                    ) from None
+                raise
+            secs = max(time.monotonic() - started, 1e-6)
+            log(f"ingest: downloaded {label} ({got.bytes} bytes, {got.bytes / secs / 1e6:.1f} MB/s)")
+            local.append((target, label))
+            source_entries.append({"uri": label, "etag": obj.etag, "bytes": got.bytes, "sha256": got.sha256})
+
+        outdir = scratch / "out"
+        outdir.mkdir()
+        started = time.monotonic()
+        schema, shard_paths, shard_rows_list = convert_to_parquet(
+            local, fmt, outdir, row_group_rows=row_group_rows, shard_rows=shard_rows, log=log
+        )
+        for path, _label in local:
+            path.unlink(missing_ok=True)  # free scratch space before uploading
+        rows = sum(shard_rows_list)
+        log(
+            f"ingest: converted {rows} rows, {len(schema)} columns into {len(shard_paths)} shard(s) "
+            f"in {time.monotonic() - started:.1f}s"
+        )
+
+        files: list[FileEntry] = []
+        for path, n in zip(shard_paths, shard_rows_list):
+            digest = sha256_file(path)
+            size = upload_file(s3, path, bucket, prefix + path.name)
+            files.append(FileEntry(path=path.name, bytes=size, sha256=digest, rows=n))
+            log(f"ingest: uploaded {path.name} ({size} bytes, {n} rows)")
+
+        manifest = DatasetManifest(
+            tenant=tenant,
+            name=name,
+            version=version,
+            created_at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+            schema=[{"name": f.name, "type": str(f.type)} for f in schema],
+            rows=rows,
+            files=files,
+            sources=source_entries,
+            quality=None,
+            options=options,
+        )
+        written = put_bytes(
+            s3, bucket, prefix + MANIFEST_NAME, manifest.to_json().encode("utf-8"),
+            content_type="application/json", if_none_match=True,
+        )
+        if not written:
+            winner = load_manifest(s3, bucket, prefix)
+            if winner is None:  # pragma: no cover - would mean the store ignores If-None-Match
+                raise RuntimeError(f"s3://{bucket}/{prefix}{MANIFEST_NAME} refused but not found; retry")
+            log(f"ingest: another run published {version} first; using its manifest")
+            return winner
+        log(
+            f"ingest: published s3://{bucket}/{prefix}{MANIFEST_NAME} "
+            f"({rows} rows, {len(files)} file(s), {manifest.total_bytes} bytes)"
+        )
+        return manifest
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _check_same_version(m: DatasetManifest, *, tenant: str, name: str, version: str) -> None:
+    if (m.tenant, m.name, m.version) != (tenant, name, version):
+        raise InputError(
+            f"manifest at {dataset_prefix(tenant, name, version)} describes "
+            f"{m.tenant}/{m.name}/{m.version}; the dataset area was tampered with - ask the platform team"
+        )
