@@ -89,11 +89,18 @@ def build_pipeline(spec: TenantSpec) -> DAG:
         quality = QualityGateOperator(task_id="quality", dataset=ingest.output, retries=0, **common)
         stage = StageDatasetOperator(task_id="stage", dataset=ingest.output, execution_timeout=timedelta(hours=6),
                                      **common)
+        # The train task takes the *validated* params (validate's XCom), never the raw form.
+        validated = "ti.xcom_pull(task_ids='validate')"
         train = SlurmJobOperator(
             task_id="train",
             tenant=spec.tenant,
             cluster=cluster.name,
+            recipe="{{ %s['recipe'] }}" % validated,
+            hyperparameters="{{ %s['hyperparameters'] | tojson }}" % validated,
+            slurm_resources="{{ %s['resources'] | tojson }}" % validated,
             dataset_dir="{{ ti.xcom_pull(task_ids='stage')['remote_dir'] }}",
+            poll_interval=cluster.effective_poll_interval_s,
+            retries=2,
         )
         export = ExportModelOperator(task_id="export", dataset=ingest.output, quality=quality.output,
                                      training=train.output, **common)

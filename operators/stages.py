@@ -26,7 +26,7 @@ S3_CONN_ID = "aifactory_s3"
 
 def _fail(exc: FactoryError) -> None:
     """Turn a factory error into a task failure that is not retried when retrying cannot help."""
-    from airflow.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException
 
     if isinstance(exc, InputError):
         # The input will be just as bad on the next try: fail now, with the message in the log.
@@ -103,7 +103,7 @@ class ValidateRunOperator(FactoryOperator):
 
         params = self.run_params(context)
         self.log.info("run parameters are valid: recipe=%s resources=%s", params.recipe, params.resources())
-        return asdict(params)
+        return {**asdict(params), "resources": params.resources()}
 
 
 class IngestOperator(FactoryOperator):
@@ -154,7 +154,7 @@ class QualityGateOperator(FactoryOperator):
         self.dataset = dataset
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowFailException
 
         from aifactory.errors import QualityGateFailed
         from aifactory.quality import suite_path, validate_dataset, write_quality_result
@@ -201,7 +201,7 @@ class StageDatasetOperator(FactoryOperator):
         cluster = self.cluster_spec()
         s3 = self.s3()
         manifest = _load_manifest(s3, spec.bucket, self.dataset["prefix"])
-        with self.remote() as shell:
+        with self.remote().shell() as shell:
             result = self.call(
                 stage_dataset,
                 s3,
@@ -244,7 +244,12 @@ class ExportModelOperator(FactoryOperator):
             recipe=params.recipe,
             hyperparameters=params.hyperparameters,
             dataset=dict(self.dataset),
-            quality=dict(self.quality),
+            quality={
+                "verdict": "passed" if self.quality.get("success") else "failed",
+                "suite": self.quality.get("suite"),
+                "expectations": self.quality.get("evaluated_expectations"),
+                "failed": self.quality.get("failed_expectations"),
+            },
             slurm={
                 "job_ids": [self.training["job_id"]],
                 "state": self.training.get("state"),
@@ -252,7 +257,7 @@ class ExportModelOperator(FactoryOperator):
             },
             code_version=code_version(),
         )
-        with self.remote() as shell:
+        with self.remote().shell() as shell:
             return self.call(
                 export_model,
                 self.s3(),

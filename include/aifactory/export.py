@@ -130,9 +130,11 @@ def export_model(
 
     sftp = shell.sftp_client()
     marker = _read_remote_json(sftp, join(output_dir, COMPLETION_MARKER), "completion marker")
-    entries = marker.get("files")
-    if not isinstance(entries, list) or not entries:
+    # The recipe's contract: {"files": {"<name>": {"sha256": ..., "bytes": ...}, ...}, ...}
+    files = marker.get("files")
+    if not isinstance(files, dict) or not files:
         raise ExportError(f"completion marker in {output_dir} lists no files; the job's outputs are incomplete")
+    entries = [{"path": name, **(meta if isinstance(meta, dict) else {})} for name, meta in sorted(files.items())]
 
     uploaded: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {}
@@ -144,10 +146,10 @@ def export_model(
             local = Path(tmp) / name
             sftp.get(join(output_dir, name), str(local))
             digest = hashlib.sha256(local.read_bytes()).hexdigest()
-            if digest != entry["sha256"]:
+            if digest != entry.get("sha256"):
                 raise ExportError(
                     f"{name}: sha256 on the worker {digest[:12]}… differs from the job's marker "
-                    f"{str(entry['sha256'])[:12]}…; the HPC copy is damaged or was changed after the job. "
+                    f"{str(entry.get('sha256'))[:12]}…; the HPC copy is damaged or was changed after the job. "
                     "Nothing was published; rerun the train stage."
                 )
             if name == "metrics.json":

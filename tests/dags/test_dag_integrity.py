@@ -17,7 +17,7 @@ HEAVY = ["pyarrow", "boto3", "great_expectations", "torch", "pandas", "paramiko"
 def dagbag():
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(REPO / "dags"), include_examples=False)
+    return DagBag(dag_folder=str(REPO / "dags"))
 
 
 def test_no_import_errors(dagbag):
@@ -28,7 +28,7 @@ def test_one_pipeline_per_tenant(dagbag):
     from aifactory.tenants import load_tenants
 
     for spec in load_tenants():
-        dag = dagbag.get_dag(f"factory_{spec.tenant}")
+        dag = dagbag.dags.get(f"factory_{spec.tenant}")
         assert dag is not None, f"no DAG for tenant {spec.tenant}"
         assert [t.task_id for t in dag.topological_sort()] == [
             "validate", "ingest", "quality", "stage", "train", "export"]
@@ -47,7 +47,7 @@ def test_trigger_form_is_bounded_by_the_tenant_spec(dagbag):
     from aifactory.tenants import load_tenant
 
     spec = load_tenant("demo")
-    params = dagbag.get_dag("factory_demo").params
+    params = dagbag.dags["factory_demo"].params
     schema = {k: params.get_param(k).schema for k in params.keys()}
     assert set(schema) == {"dataset_uri", "recipe", "hyperparameters", "partition", "nodes", "gpus_per_node",
                            "cpus_per_task", "mem_gb", "time_limit_minutes"}

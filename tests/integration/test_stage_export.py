@@ -83,8 +83,7 @@ def _fake_job_outputs(shell, out_dir: str, *, tamper: bool = False) -> None:
     for name, data in files.items():
         with sftp.open(f"{out_dir}/{name}", "wb") as fh:
             fh.write(data)
-    marker = {"files": [{"path": n, "sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)}
-                        for n, d in files.items()]}
+    marker = {"files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)} for n, d in files.items()}}
     with sftp.open(f"{out_dir}/_COMPLETED.json", "wb") as fh:
         fh.write(json.dumps(marker).encode())
     if tamper:

@@ -1,0 +1,379 @@
+"""SSH access to an HPC cluster, sync (workers) and async (triggerer), from ONE set of settings.
+
+FAILURE-MODES 9: the provider's ``SSHHook`` (paramiko) and ``SSHHookAsync`` (asyncssh) read the
+same Airflow connection differently. In particular ``SSHHookAsync`` writes the pinned host key as
+``<host> <key>``, which asyncssh never matches for a non-default port (it looks up
+``[host]:port``), so a trigger on port 2222 cannot verify the host and the task stays deferred.
+Here both sides are built from one :class:`SSHEndpoint` parsed once from the connection:
+
+* sync: the provider's ``SSHHook`` (paramiko, pinned ``host_key`` -> RejectPolicy for anything else);
+  we check that it resolved to the same host, port, user, key file and host key;
+* async: ``asyncssh.connect`` with a ``known_hosts`` built from the same host key under the
+  correct ``[host]:port`` pattern, no ``~/.ssh/config``, no agent.
+
+Host-key checking cannot be turned off: a connection without ``host_key`` or with
+``no_host_key_check: true`` is refused.
+
+Connects are retried with exponential backoff and jitter (FAILURE-MODES 10: sshd ``MaxStartups``
+drops handshakes when many tasks connect at once: "Error reading SSH protocol banner"). Wrong
+host keys and refused authentication are never retried: they will not fix themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from aifactory.remote import ParamikoShell
+from airflow.providers.common.compat.sdk import AirflowException, BaseHook
+
+if TYPE_CHECKING:
+    import asyncssh
+    import paramiko
+    from airflow.providers.ssh.hooks.ssh import SSHHook
+
+__all__ = ["FactorySSHHook", "SSHEndpoint", "SSHPermanentError", "backoff_delay"]
+
+
+class SSHPermanentError(AirflowException):
+    """A wrong host key, a refused login or a bad connection definition: retrying cannot help."""
+
+#: Host key types we accept in the connection's ``host_key`` extra.
+_HOST_KEY_TYPES = {
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+}
+
+
+def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = 30.0) -> float:
+    """Exponential backoff with full jitter on top, so that many retrying tasks do not stampede."""
+    delay = min(base * 2 ** max(attempt - 1, 0), cap)
+    return delay + random.uniform(0, delay)
+
+
+@dataclass(frozen=True)
+class SSHEndpoint:
+    """Everything needed to reach a cluster, parsed once from the Airflow connection.
+
+    :param conn_id: the Airflow connection id (for messages).
+    :param host: SSH host.
+    :param port: SSH port.
+    :param username: login.
+    :param key_file: path of the private key on the Airflow machines (never copied anywhere).
+    :param host_key: the pinned host public key, ``<type> <base64>``.
+    """
+
+    conn_id: str
+    host: str
+    port: int
+    username: str
+    key_file: str | None
+    host_key: str
+
+    @classmethod
+    def from_connection(cls, conn: Any, extra: dict[str, Any] | None = None) -> SSHEndpoint:
+        """Build from an Airflow ``Connection`` (``extra`` may be passed pre-parsed in async code).
+
+        :raises SSHPermanentError: if the host key is not pinned or host-key checking is disabled.
+        """
+        extra = dict(extra if extra is not None else (conn.extra_dejson or {}))
+        conn_id = getattr(conn, "conn_id", "?")
+        if str(extra.get("no_host_key_check", "false")).lower() == "true":
+            raise SSHPermanentError(
+                f"connection {conn_id!r} sets no_host_key_check=true; the factory always verifies the "
+                "cluster's host key. Remove it and set host_key to the cluster's public host key"
+            )
+        raw_key = str(extra.get("host_key") or "").strip()
+        parts = raw_key.split()
+        if len(parts) < 2 or parts[0] not in _HOST_KEY_TYPES:
+            raise SSHPermanentError(
+                f"connection {conn_id!r} needs extra.host_key = '<type> <base64>' (one of "
+                f"{sorted(_HOST_KEY_TYPES)}), e.g. the output of 'ssh-keyscan -p PORT HOST'"
+            )
+        if not conn.host or not conn.login:
+            raise SSHPermanentError(f"connection {conn_id!r} needs host and login")
+        if extra.get("private_key"):
+            # Keys live in files on the Airflow machines; a key inside the connection would be
+            # copied into every process environment. Not forbidden by Airflow, refused by us.
+            raise SSHPermanentError(
+                f"connection {conn_id!r}: use extra.key_file (a path) instead of extra.private_key"
+            )
+        return cls(
+            conn_id=conn_id,
+            host=str(conn.host),
+            port=int(conn.port or 22),
+            username=str(conn.login),
+            key_file=extra.get("key_file") or None,
+            host_key=" ".join(parts[:2]),
+        )
+
+    @property
+    def known_hosts_pattern(self) -> str:
+        """``host`` on port 22, else ``[host]:port`` (what OpenSSH and asyncssh look up)."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    @property
+    def known_hosts_line(self) -> str:
+        return f"{self.known_hosts_pattern} {self.host_key}"
+
+
+class FactorySSHHook(BaseHook):
+    """SSH to one HPC cluster: commands, SFTP, sync and async, with a pinned host key.
+
+    One hook holds at most one paramiko connection, reused for every command and SFTP session of
+    a task (one handshake per task, not per command).
+
+    .. note::
+        Many parallel tasks against one login node still open one connection each. Use an Airflow
+        pool per cluster to bound them; the connect retries here only smooth over bursts.
+
+    :param ssh_conn_id: the Airflow connection (from the cluster spec's ``ssh_conn_id``).
+    :param conn_timeout: TCP connect and banner timeout, seconds.
+    :param connect_attempts: connection attempts before giving up (transient errors only).
+    :param retry_base_delay: first backoff delay, seconds (doubles per attempt, capped at 30 s).
+    :param keepalive_interval: SSH keepalive, seconds (0 disables).
+    """
+
+    conn_name_attr = "ssh_conn_id"
+    default_conn_name = "ssh_default"
+    conn_type = "ssh"
+    hook_name = "AI Factory SSH"
+
+    def __init__(
+        self,
+        *,
+        ssh_conn_id: str,
+        conn_timeout: float = 30.0,
+        connect_attempts: int = 5,
+        retry_base_delay: float = 1.0,
+        keepalive_interval: int = 30,
+    ) -> None:
+        super().__init__()
+        self.ssh_conn_id = ssh_conn_id
+        self.conn_timeout = conn_timeout
+        self.connect_attempts = max(1, connect_attempts)
+        self.retry_base_delay = retry_base_delay
+        self.keepalive_interval = keepalive_interval
+        self._client: paramiko.SSHClient | None = None
+
+    # ---------------------------------------------------------------------------------------------
+    # The one source of truth
+    # ---------------------------------------------------------------------------------------------
+
+    @cached_property
+    def endpoint(self) -> SSHEndpoint:
+        """The endpoint, read synchronously (workers). Do not use from the triggerer's event loop."""
+        return SSHEndpoint.from_connection(self.get_connection(self.ssh_conn_id))
+
+    async def aendpoint(self) -> SSHEndpoint:
+        """The endpoint, read without blocking the event loop (triggerer)."""
+        if "endpoint" in self.__dict__:
+            return self.__dict__["endpoint"]
+        from airflow.providers.common.compat.connection import get_async_connection
+
+        conn = await get_async_connection(self.ssh_conn_id)
+        try:
+            from airflow.providers.common.compat.connection import get_async_extra_dejson
+
+            extra = await get_async_extra_dejson(conn)
+        except ImportError:  # older compat package
+            extra = conn.extra_dejson
+        endpoint = SSHEndpoint.from_connection(conn, extra)
+        self.__dict__["endpoint"] = endpoint
+        return endpoint
+
+    # ---------------------------------------------------------------------------------------------
+    # Sync (paramiko through the provider's SSHHook)
+    # ---------------------------------------------------------------------------------------------
+
+    @cached_property
+    def ssh_hook(self) -> SSHHook:
+        """The provider's hook, checked against :attr:`endpoint` so the two cannot disagree."""
+        from airflow.providers.ssh.hooks.ssh import SSHHook
+
+        ep = self.endpoint
+        hook = SSHHook(
+            ssh_conn_id=self.ssh_conn_id,
+            conn_timeout=int(self.conn_timeout),
+            banner_timeout=float(self.conn_timeout),
+            keepalive_interval=self.keepalive_interval,
+            # Our own retry loop below distinguishes permanent from transient errors.
+            conn_retry_attempts=1,
+            no_host_key_check=False,
+        )
+        got = (hook.remote_host, int(hook.port or 22), hook.username, hook.key_file)
+        want = (ep.host, ep.port, ep.username, ep.key_file)
+        if got != want or hook.host_key is None or hook.no_host_key_check:
+            raise SSHPermanentError(
+                f"SSHHook resolved connection {self.ssh_conn_id!r} to {got} with host_key="
+                f"{'set' if hook.host_key else 'unset'}, expected {want} with a pinned host key; "
+                "check ~/.ssh/config on this machine for overrides"
+            )
+        # Never fall back to keys found in ~/.ssh or an agent: the connection names the key.
+        hook.look_for_keys = False
+        return hook
+
+    def get_conn(self) -> paramiko.SSHClient:
+        """Return a connected paramiko client (reused while alive), retrying transient failures."""
+        import paramiko
+
+        if self._client is not None:
+            transport = self._client.get_transport()
+            if transport is not None and transport.is_active():
+                return self._client
+            self._client = None
+            self.ssh_hook.client = None
+        last: Exception | None = None
+        for attempt in range(1, self.connect_attempts + 1):
+            try:
+                self._client = self.ssh_hook.get_conn()
+                return self._client
+            except (paramiko.BadHostKeyException, paramiko.AuthenticationException) as exc:
+                raise SSHPermanentError(
+                    f"SSH to {self.endpoint.known_hosts_pattern} as {self.endpoint.username} refused: "
+                    f"{exc}. The host key or the login key does not match the connection "
+                    f"{self.ssh_conn_id!r}; this is not retried"
+                ) from exc
+            except (paramiko.SSHException, OSError, EOFError, socket.timeout) as exc:
+                last = exc
+                if attempt == self.connect_attempts:
+                    break
+                delay = backoff_delay(attempt, base=self.retry_base_delay)
+                self.log.warning(
+                    "SSH connect to %s failed (attempt %d/%d): %s; retrying in %.1fs "
+                    "(sshd MaxStartups under fan-out? consider a pool for this cluster)",
+                    self.endpoint.known_hosts_pattern, attempt, self.connect_attempts, exc, delay,
+                )
+                time.sleep(delay)
+        raise AirflowException(
+            f"could not connect to {self.endpoint.known_hosts_pattern} after {self.connect_attempts} "
+            f"attempts: {last}. Check that the cluster's sshd is up and not throttling (MaxStartups)"
+        )
+
+    def run(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
+        """Run ``command`` through the user's login shell; return ``(exit status, stdout, stderr)``.
+
+        The command must already be safe shell text (build it with ``aifactory.slurm``).
+        """
+        client = self.get_conn()
+        rc, out, err = self.ssh_hook.exec_ssh_client_command(
+            client, command, get_pty=False, environment=None, timeout=timeout
+        )
+        return rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+    @contextmanager
+    def sftp(self) -> Iterator[paramiko.SFTPClient]:
+        """An SFTP session on the shared connection, closed on exit."""
+        client = self.get_conn()
+        sftp = client.open_sftp()
+        try:
+            yield sftp
+        finally:
+            sftp.close()
+
+    @contextmanager
+    def shell(self) -> Iterator[ParamikoShell]:
+        """The core's :class:`aifactory.remote.RemoteShell` over this hook's verified connection.
+
+        Staging and export take this; the connection is closed on exit.
+        """
+        sh = ParamikoShell(self.get_conn())
+        try:
+            yield sh
+        finally:
+            sh.close()
+            self.close()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+            if "ssh_hook" in self.__dict__:
+                self.ssh_hook.client = None
+
+    # ---------------------------------------------------------------------------------------------
+    # Async (asyncssh, for the triggerer)
+    # ---------------------------------------------------------------------------------------------
+
+    async def aconnect(self) -> asyncssh.SSHClientConnection:
+        """Open an asyncssh connection with the same host, user, key and pinned host key.
+
+        The caller owns the connection (``conn.close()``). Transient failures are retried with
+        backoff; a host key mismatch or refused login raises at once.
+        """
+        import asyncssh
+
+        ep = await self.aendpoint()
+        known_hosts = asyncssh.import_known_hosts(ep.known_hosts_line + "\n")
+        last: Exception | None = None
+        for attempt in range(1, self.connect_attempts + 1):
+            try:
+                return await asyncssh.connect(
+                    ep.host,
+                    port=ep.port,
+                    username=ep.username,
+                    client_keys=[ep.key_file] if ep.key_file else None,
+                    known_hosts=known_hosts,
+                    # One source of truth: no ~/.ssh/config, no agent, no default identity files.
+                    config=[],
+                    agent_path=None,
+                    connect_timeout=self.conn_timeout,
+                    login_timeout=self.conn_timeout,
+                    keepalive_interval=self.keepalive_interval or 0,
+                )
+            except (asyncssh.HostKeyNotVerifiable, asyncssh.PermissionDenied) as exc:
+                raise SSHPermanentError(
+                    f"SSH to {ep.known_hosts_pattern} as {ep.username} refused: {exc}. The host key "
+                    f"or login key does not match connection {self.ssh_conn_id!r}; not retried"
+                ) from exc
+            except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+                last = exc
+                if attempt == self.connect_attempts:
+                    break
+                delay = backoff_delay(attempt, base=self.retry_base_delay)
+                self.log.warning(
+                    "async SSH connect to %s failed (attempt %d/%d): %s; retrying in %.1fs",
+                    ep.known_hosts_pattern, attempt, self.connect_attempts, exc, delay,
+                )
+                await asyncio.sleep(delay)
+        raise AirflowException(
+            f"could not connect to {ep.known_hosts_pattern} after {self.connect_attempts} attempts: {last}"
+        )
+
+    @staticmethod
+    async def run_on(
+        conn: asyncssh.SSHClientConnection, command: str, timeout: float = 60.0
+    ) -> tuple[int, str, str]:
+        """Run ``command`` on an open asyncssh connection; ``(exit status, stdout, stderr)``."""
+        result = await conn.run(command, check=False, timeout=timeout)
+        out, err = result.stdout or "", result.stderr or ""
+        if isinstance(out, bytes):
+            out = out.decode("utf-8", "replace")
+        if isinstance(err, bytes):
+            err = err.decode("utf-8", "replace")
+        # exit_status is None when the command died by a signal; report it as failure.
+        rc = result.exit_status if result.exit_status is not None else 255
+        return rc, str(out), str(err)
+
+    async def run_async(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
+        """Connect, run one command, close. Pollers that run many commands should hold a
+        connection from :meth:`aconnect` and use :meth:`run_on` instead."""
+        conn = await self.aconnect()
+        try:
+            return await self.run_on(conn, command, timeout)
+        finally:
+            conn.close()
+            try:
+                await conn.wait_closed()
+            except Exception:  # best effort: the command already ran
+                pass

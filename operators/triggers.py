@@ -1,0 +1,323 @@
+"""The trigger that watches one Slurm job from the triggerer.
+
+It only observes (FAILURE-MODES 7): it never submits, and it never cancels from ``run()`` or
+``cleanup()`` - both also run when a triggerer restarts or hands the trigger to another triggerer.
+The one exception is :meth:`SlurmJobTrigger.on_kill`, which Airflow 3.3 calls only when a user
+marks the deferred task failed/succeeded or clears it (never on restart, redistribution or
+timeout); it runs ``scancel`` so that a killed task does not leave its job burning the tenant's
+allocation (FAILURE-MODES 8). Set ``cancel_on_kill=False`` to keep even that from happening.
+
+One poll is ONE SSH command (:func:`aifactory.slurm.poll_command`): squeue for the job, sacct
+only once it has left squeue's active states, and the new bytes of the job's log from an offset.
+The query goes through :meth:`SlurmJobTrigger._query`, which takes lists of jobs, so a later
+change can replace it with a per-cluster poller shared by every trigger of one connection
+(FAILURE-MODES 6) without touching the state machine in :meth:`run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from aifactory.slurm import (
+    JobObservation,
+    PollResult,
+    accounting,
+    classify,
+    describe,
+    parse_poll_output,
+    poll_command,
+    scancel_command,
+)
+from airflow.providers.common.compat.sdk import AirflowException
+
+from operators.hooks import FactorySSHHook, SSHPermanentError, backoff_delay
+
+if TYPE_CHECKING:
+    import asyncssh
+
+__all__ = ["SlurmJobTrigger", "CLASSPATH"]
+
+CLASSPATH = "operators.triggers.SlurmJobTrigger"
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "the cluster is unreachable right now" (retried until the deadline).
+
+    asyncssh is imported here, not at module level: DAG files import this module and must parse
+    without loading an SSH stack.
+    """
+    try:
+        import asyncssh as _asyncssh
+    except ImportError:  # pragma: no cover
+        return (OSError, asyncio.TimeoutError)
+    return (OSError, _asyncssh.Error, asyncio.TimeoutError)
+
+
+class SlurmJobTrigger(BaseTrigger):
+    """Poll one Slurm job until it finishes, streaming its log; yield exactly one event.
+
+    The event payload (a dict) carries: ``status`` (``succeeded`` | ``failed`` | ``unknown`` |
+    ``error``), ``job_id``, ``job_name``, ``state`` (Slurm's state name), ``raw_state``,
+    ``exit_code``, ``signal``, ``reason``, ``message`` (from :func:`aifactory.slurm.describe`),
+    ``accounting`` (dict or None), ``log_path``, ``log_offset`` (bytes already streamed), ``polls``.
+
+    ``error`` means the trigger lost Slurm or SSH for longer than ``error_deadline_s``: the job
+    may still be running, and a retry of the task reattaches to it.
+
+    :param ssh_conn_id: the cluster's Airflow SSH connection.
+    :param job_id: the Slurm job id.
+    :param job_name: the job's deterministic name; sacct records of other jobs that reuse the id
+        are ignored.
+    :param log_path: the job's batch log (``--output``), streamed from ``log_offset``.
+    :param log_offset: bytes of the log already shown.
+    :param poll_interval: seconds between polls (raised to ``poll_interval_floor``).
+    :param poll_interval_floor: the site's minimum interval (cluster spec).
+    :param not_found_limit: consecutive clean polls in which neither squeue nor sacct knows the
+        job before the trigger reports ``unknown``.
+    :param sacct_grace_polls: polls to wait for sacct's record after squeue shows a final state
+        (sacct lags the controller); after that the event is sent without accounting.
+    :param error_deadline_s: how long SSH failures and "Unable to contact slurm controller" are
+        retried before an ``error`` event.
+    :param max_log_bytes: log bytes read per poll.
+    :param command_timeout: seconds one poll command may take.
+    :param cancel_on_kill: run ``scancel`` from :meth:`on_kill` (user action only).
+    """
+
+    def __init__(
+        self,
+        *,
+        ssh_conn_id: str,
+        job_id: str,
+        job_name: str,
+        log_path: str,
+        log_offset: int = 0,
+        poll_interval: float = 30.0,
+        poll_interval_floor: float = 2.0,
+        not_found_limit: int = 5,
+        sacct_grace_polls: int = 3,
+        error_deadline_s: float = 1800.0,
+        max_log_bytes: int = 65536,
+        command_timeout: float = 60.0,
+        cancel_on_kill: bool = True,
+    ) -> None:
+        super().__init__()
+        self.ssh_conn_id = ssh_conn_id
+        self.job_id = str(job_id)
+        self.job_name = job_name
+        self.log_path = log_path
+        self.log_offset = int(log_offset)
+        self.poll_interval = float(poll_interval)
+        self.poll_interval_floor = float(poll_interval_floor)
+        self.not_found_limit = int(not_found_limit)
+        self.sacct_grace_polls = int(sacct_grace_polls)
+        self.error_deadline_s = float(error_deadline_s)
+        self.max_log_bytes = int(max_log_bytes)
+        self.command_timeout = float(command_timeout)
+        self.cancel_on_kill = bool(cancel_on_kill)
+        # Fail at defer() time, in the worker, rather than later in the triggerer.
+        poll_command([self.job_id], {self.job_id: (self.log_path, self.log_offset)})
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            CLASSPATH,
+            {
+                "ssh_conn_id": self.ssh_conn_id,
+                "job_id": self.job_id,
+                "job_name": self.job_name,
+                "log_path": self.log_path,
+                "log_offset": self.log_offset,
+                "poll_interval": self.poll_interval,
+                "poll_interval_floor": self.poll_interval_floor,
+                "not_found_limit": self.not_found_limit,
+                "sacct_grace_polls": self.sacct_grace_polls,
+                "error_deadline_s": self.error_deadline_s,
+                "max_log_bytes": self.max_log_bytes,
+                "command_timeout": self.command_timeout,
+                "cancel_on_kill": self.cancel_on_kill,
+            },
+        )
+
+    @property
+    def interval(self) -> float:
+        return max(self.poll_interval, self.poll_interval_floor)
+
+    # ---------------------------------------------------------------------------------------------
+    # Seams (tests replace these; a shared per-cluster poller would replace _query)
+    # ---------------------------------------------------------------------------------------------
+
+    def _hook(self) -> FactorySSHHook:
+        # Few connect attempts per call: the loop in run() owns the longer backoff and deadline.
+        return FactorySSHHook(ssh_conn_id=self.ssh_conn_id, connect_attempts=2)
+
+    async def _connect(self) -> asyncssh.SSHClientConnection | None:
+        return await self._hook().aconnect()
+
+    async def _run(self, conn: Any, command: str) -> tuple[int, str, str]:
+        return await FactorySSHHook.run_on(conn, command, timeout=self.command_timeout)
+
+    async def _query(
+        self, conn: Any, jobs: Mapping[str, str], logs: Mapping[str, tuple[str, int]]
+    ) -> PollResult:
+        """Observe several jobs (``{job_id: job_name}``) and read their logs in ONE command."""
+        command = poll_command(list(jobs), logs, max_log_bytes=self.max_log_bytes)
+        rc, out, err = await self._run(conn, command)
+        result = parse_poll_output(out, list(jobs), names=jobs)
+        if rc != 0 and not result.errors:
+            result.errors.append(f"poll command exited {rc}: {err.strip()[:300]}")
+        return result
+
+    @staticmethod
+    async def _close(conn: Any) -> None:
+        if conn is None:
+            return
+        try:
+            conn.close()
+            await conn.wait_closed()
+        except Exception:  # teardown is best effort
+            pass
+
+    # ---------------------------------------------------------------------------------------------
+    # The poll loop
+    # ---------------------------------------------------------------------------------------------
+
+    def _event(self, status: str, obs: JobObservation | None, message: str, polls: int) -> TriggerEvent:
+        record = obs.record if obs is not None else None
+        return TriggerEvent(
+            {
+                "status": status,
+                "job_id": self.job_id,
+                "job_name": self.job_name,
+                "state": str(obs.state) if obs else "UNKNOWN",
+                "raw_state": obs.raw_state if obs else "",
+                "exit_code": obs.exit_code if obs else None,
+                "signal": obs.signal if obs else None,
+                "reason": obs.reason if obs else "",
+                "message": message,
+                "accounting": accounting(record) if record is not None else None,
+                "log_path": self.log_path,
+                "log_offset": self.log_offset,
+                "polls": polls,
+            }
+        )
+
+    def _emit_log(self, data: bytes) -> None:
+        for line in data.decode("utf-8", "replace").splitlines():
+            self.log.info("[slurm %s] %s", self.job_id, line)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        conn: Any = None
+        polls = 0
+        not_found = 0
+        sacct_wait = 0
+        trouble_since: float | None = None
+        failures = 0
+        last_status: tuple[str, str] | None = None
+        try:
+            while True:
+                try:
+                    if conn is None:
+                        conn = await self._connect()
+                    result = await self._query(
+                        conn, {self.job_id: self.job_name}, {self.job_id: (self.log_path, self.log_offset)}
+                    )
+                except SSHPermanentError as exc:
+                    # Wrong host key or refused login: waiting for the deadline would only hide it.
+                    yield self._event("error", None, f"Cannot watch Slurm job {self.job_id}: {exc}", polls)
+                    return
+                except (*_connection_errors(), AirflowException) as exc:
+                    # Dropped connections, throttled handshakes, timeouts: retried until the deadline.
+                    await self._close(conn)
+                    conn = None
+                    result = PollResult(errors=[f"{type(exc).__name__}: {exc}"])
+                polls += 1
+
+                data, new_offset = result.logs.get(self.job_id, (b"", self.log_offset))
+                if data:
+                    self._emit_log(data)
+                    self.log_offset = new_offset
+
+                obs = result.jobs.get(self.job_id)
+                if result.errors and (obs is None or not obs.found):
+                    # Slurm or SSH did not answer: transient until the deadline (FAILURE-MODES 4, 10).
+                    now = time.monotonic()
+                    trouble_since = trouble_since or now
+                    failures += 1
+                    if now - trouble_since > self.error_deadline_s:
+                        yield self._event(
+                            "error",
+                            obs,
+                            f"Lost contact with Slurm for job {self.job_id} for more than "
+                            f"{self.error_deadline_s:.0f}s ({'; '.join(result.errors)}). The job may "
+                            "still be running: check the cluster; a retry of this task reattaches to it",
+                            polls,
+                        )
+                        return
+                    delay = min(backoff_delay(failures, base=self.interval), max(self.interval, 300.0))
+                    self.log.warning(
+                        "Slurm poll for job %s failed (%d in a row): %s; retrying in %.0fs",
+                        self.job_id, failures, "; ".join(result.errors), delay,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                trouble_since, failures = None, 0
+
+                if obs is None or not obs.found:
+                    # Neither squeue nor sacct knows the job, and both answered. Never success
+                    # (FAILURE-MODES 2); give sacct a few polls to catch up first.
+                    not_found += 1
+                    if not_found >= self.not_found_limit:
+                        yield self._event(
+                            "unknown",
+                            obs,
+                            describe("UNKNOWN", job_id=self.job_id)
+                            + f" (not found in {not_found} consecutive polls)",
+                            polls,
+                        )
+                        return
+                    await asyncio.sleep(self.interval)
+                    continue
+                not_found = 0
+
+                outcome = classify(obs.state)
+                if outcome == "active":
+                    status = (str(obs.state), obs.reason)
+                    if status != last_status:
+                        # Log transitions only, so a job pending for hours does not flood the log.
+                        self.log.info(
+                            "%s", describe(obs.state, job_id=self.job_id, reason=obs.reason)
+                        )
+                        last_status = status
+                    await asyncio.sleep(self.interval)
+                    continue
+
+                if obs.record is None and sacct_wait < self.sacct_grace_polls:
+                    # Final per squeue, but sacct has no record yet: wait for exit code and usage.
+                    sacct_wait += 1
+                    await asyncio.sleep(self.interval)
+                    continue
+
+                message = describe(
+                    obs.raw_state or obs.state,
+                    job_id=self.job_id,
+                    reason=obs.reason,
+                    exit_code=obs.exit_code,
+                    signal=obs.signal,
+                )
+                yield self._event(outcome, obs, message, polls)
+                return
+        finally:
+            await self._close(conn)
+
+    async def on_kill(self) -> None:
+        """Cancel the job when a USER kills the deferred task (never on triggerer restarts)."""
+        if not self.cancel_on_kill:
+            return
+        self.log.info("Task killed by user action: cancelling Slurm job %s", self.job_id)
+        rc, out, err = await self._hook().run_async(scancel_command([self.job_id]), timeout=20)
+        if rc != 0:
+            self.log.warning("scancel %s exited %d: %s", self.job_id, rc, (err or out).strip()[:300])
