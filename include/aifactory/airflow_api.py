@@ -103,9 +103,19 @@ class AirflowClient:
                 f"/taskInstances/{urllib.parse.quote(task_id)}/logs/{try_number}?full_content=true")
         out = self._request("GET", path)
         content = out.get("content", "")
-        if isinstance(content, list):
-            return "\n".join(c.get("event", str(c)) if isinstance(c, dict) else str(c) for c in content)
-        return str(content)
+        if not isinstance(content, list):
+            return str(content)
+        lines = []
+        for c in content:
+            if not isinstance(c, dict):
+                lines.append(str(c))
+                continue
+            lines.append(str(c.get("event", "")))
+            # a failure's message travels in error_detail, not in the event text
+            for err in c.get("error_detail") or []:
+                if isinstance(err, dict):
+                    lines.append(f"{err.get('exc_type')}: {err.get('exc_value')}")
+        return "\n".join(lines)
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 900,
                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:

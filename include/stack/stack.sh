@@ -39,7 +39,7 @@ die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
 # ---------------------------------------------------------------------------------------------
 # setup: system packages, venvs
 # ---------------------------------------------------------------------------------------------
-SYSTEM_CMDS=(sshd:openssh-server munged:munge mariadbd:mariadb-server slurmctld:slurmctld
+SYSTEM_CMDS=(curl:curl sshd:openssh-server munged:munge mariadbd:mariadb-server slurmctld:slurmctld
              slurmd:slurmd slurmdbd:slurmdbd sbatch:slurm-client sacctmgr:slurm-client ssh-keygen:openssh-client)
 
 missing_packages() {
@@ -442,7 +442,13 @@ cmd_down() {
   for c in "${COMPONENTS[@]}"; do stop_pid "$c"; done
   # LocalExecutor workers and task supervisors are children of the scheduler's process group;
   # anything of ours still holding the stack's dirs is reported, not guessed at.
-  local left; left="$(pgrep -af "$STATE|$VENV/bin/airflow|slurmstepd" || true)"
+  local left i
+  for ((i = 0; i < 20; i++)); do
+    left="$(pgrep -af "$STATE/|$VENV/bin/|slurmstepd" || true
+            for n in slurmctld slurmd slurmdbd munged mariadbd moto_server; do pgrep -ax "$n" || true; done)"
+    [ -z "$left" ] && break
+    sleep 0.5
+  done
   if [ -n "$left" ]; then
     say "still running after down:"; echo "$left"
     return 1
