@@ -32,15 +32,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from airflow.providers.common.compat.sdk import AirflowException, BaseOperator, conf
 
 from aifactory.errors import InputError
-from aifactory.recipes import DEFAULT_RECIPES_ROOT, Recipe, load_recipe
+from aifactory.recipes import DEFAULT_RECIPES_ROOT, Recipe, load_recipes
 from aifactory.slurm import (
-    TENANT_RE,
     Resources,
-    TenantSlurmPolicy,
     accounting,
     build_sbatch_command,
     classify,
@@ -60,6 +57,7 @@ from aifactory.slurm import (
     select_record,
     squeue_by_name_command,
 )
+from aifactory.tenants import load_cluster, load_tenant, parse_cluster, parse_tenant
 from operators.hooks import FactorySSHHook
 from operators.triggers import SlurmJobTrigger
 
@@ -76,18 +74,6 @@ MARKER = "_COMPLETED.json"
 SCRIPT_NAME = "job.sh"
 #: The job's PATH: system tools only (the interpreter is passed as an absolute path).
 JOB_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-_INCLUDE = Path(__file__).resolve().parent.parent / "include"
-
-
-def _load_yaml(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise InputError(f"{what} {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise InputError(f"{what} {path} is not a mapping")
-    return data
-
 
 def _as_mapping(value: Any, what: str) -> dict[str, Any]:
     """Accept a dict, or the string a Jinja template rendered it to (JSON or a Python literal)."""
@@ -246,39 +232,26 @@ class SlurmJobOperator(BaseOperator):
     def plan(self, context: Context) -> _Plan:
         """Validate everything and decide names and paths. Raises InputError; touches nothing."""
         tenant = self.tenant
-        if not isinstance(tenant, str) or not TENANT_RE.fullmatch(tenant):
-            raise InputError(f"tenant {tenant!r:.40} must match {TENANT_RE.pattern}")
-        spec = self.tenant_spec or _load_yaml(_INCLUDE / "tenants" / f"{tenant}.yaml", "tenant spec")
-        if spec.get("tenant") != tenant:
-            raise InputError(f"tenant spec names tenant {spec.get('tenant')!r}, expected {tenant!r}")
+        spec = parse_tenant(self.tenant_spec, "tenant_spec") if self.tenant_spec is not None else load_tenant(tenant)
+        if spec.tenant != tenant:
+            raise InputError(f"tenant spec names tenant {spec.tenant!r}, expected {tenant!r}")
         if isinstance(self.cluster, Mapping):
-            cluster = dict(self.cluster)
+            cluster = parse_cluster(self.cluster, "cluster")
         else:
-            cluster_name = self.cluster or spec.get("cluster")
-            if not isinstance(cluster_name, str) or not TENANT_RE.fullmatch(cluster_name):
-                raise InputError(f"cluster name {cluster_name!r:.40} is not valid")
-            cluster = _load_yaml(_INCLUDE / "clusters" / f"{cluster_name}.yaml", "cluster spec")
-        if spec.get("cluster") and cluster.get("name") != spec.get("cluster"):
+            cluster = load_cluster(self.cluster or spec.cluster)
+        if cluster.name != spec.cluster:
+            raise InputError(f"tenant {tenant!r} runs on cluster {spec.cluster!r}, not {cluster.name!r}")
+        # only recipe folders that exist: the name never becomes a path on its own
+        recipe = load_recipes(self.recipes_root).get(self.recipe) if isinstance(self.recipe, str) else None
+        if recipe is None or not spec.allows_recipe(recipe.name):
             raise InputError(
-                f"tenant {tenant!r} runs on cluster {spec.get('cluster')!r}, not {cluster.get('name')!r}"
+                f"recipe {self.recipe!r:.60} is not a recipe enabled for tenant {tenant!r}; allowed: {list(spec.recipes)}"
             )
-        for key in ("ssh_conn_id", "hpc_root", "python"):
-            if not cluster.get(key):
-                raise InputError(f"cluster spec {cluster.get('name')!r} lacks {key!r}")
-        allowed = spec.get("recipes") or []
-        # ["*"] allows every recipe folder (same rule as aifactory.tenants.TenantSpec.allows_recipe).
-        if not isinstance(self.recipe, str) or ("*" not in allowed and self.recipe not in allowed):
-            raise InputError(f"recipe {self.recipe!r:.60} is not enabled for tenant {tenant!r}; allowed: {allowed}")
-        recipe = load_recipe(self.recipes_root / self.recipe)
-
         hp = recipe.validate_hyperparameters(_as_mapping(self.hyperparameters, "hyperparameters"))
-        policy = TenantSlurmPolicy.from_tenant_spec(spec)
         resources = Resources.from_request(
-            _as_mapping(self.slurm_resources, "resources"), policy=policy, defaults=recipe.resources
+            _as_mapping(self.slurm_resources, "resources"), policy=spec.slurm_policy(), defaults=recipe.resources
         )
-
-        hpc_root = str(cluster["hpc_root"]).rstrip("/")
-        tenant_root = f"{hpc_root}/{tenant}"
+        tenant_root = spec.hpc_dir(cluster)
         dataset_dir = _check_under(self.dataset_dir, f"{tenant_root}/datasets", "dataset_dir")
 
         ti = context["ti"]
@@ -291,12 +264,12 @@ class SlurmJobOperator(BaseOperator):
         comment = job_comment(
             tenant, ti.dag_id, ti.run_id, ti.task_id, map_index, getattr(ti, "try_number", None)
         )
-        floor = float(cluster.get("poll_interval_floor_s", 30))
-        interval = float(self.poll_interval or cluster.get("poll_interval_s", 60))
+        floor = cluster.poll_interval_floor_s
+        interval = float(self.poll_interval or cluster.poll_interval_s)
         plan = _Plan(
             tenant=tenant,
-            ssh_conn_id=str(cluster["ssh_conn_id"]),
-            python=str(cluster["python"]),
+            ssh_conn_id=cluster.ssh_conn_id,
+            python=cluster.python,
             poll_interval=max(interval, floor),
             poll_interval_floor=floor,
             recipe=recipe,

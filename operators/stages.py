@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from airflow.sdk import BaseOperator
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 S3_CONN_ID = "aifactory_s3"
 
 
-def _fail(exc: FactoryError) -> None:
+def _fail(exc: FactoryError) -> NoReturn:
     """Turn a factory error into a task failure that is not retried when retrying cannot help."""
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -60,21 +60,12 @@ class FactoryOperator(BaseOperator):
         return load_cluster(self.tenant_spec().cluster)
 
     def run_params(self, context: Context) -> RunParams:
-        from aifactory.recipes import load_recipes
         from aifactory.tenants import validate_run_params
 
         try:
-            params = validate_run_params(context["params"], self.tenant_spec())
-            recipe = load_recipes().get(params.recipe)
-            if recipe is None:
-                raise InputError(f"recipe: {params.recipe!r} has no folder under include/recipes/")
-            hp = recipe.validate_hyperparameters(params.hyperparameters)
+            return validate_run_params(context["params"], self.tenant_spec())
         except FactoryError as exc:
             _fail(exc)
-            raise  # unreachable; keeps type checkers calm
-        from dataclasses import replace
-
-        return replace(params, hyperparameters=hp)
 
     # -- clients --------------------------------------------------------------------------------
     def s3(self) -> Any:
@@ -99,11 +90,14 @@ class ValidateRunOperator(FactoryOperator):
     """Check every parameter of the run before any side effect; return the typed params."""
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from dataclasses import asdict
-
         params = self.run_params(context)
-        self.log.info("run parameters are valid: recipe=%s resources=%s", params.recipe, params.resources())
-        return {**asdict(params), "resources": params.resources()}
+        self.log.info("run parameters are valid: recipe=%s resources=%s", params.recipe, params.resources.as_dict())
+        return {
+            "dataset_uri": params.dataset_uri,
+            "recipe": params.recipe,
+            "hyperparameters": params.hyperparameters,
+            "resources": params.resource_request(),
+        }
 
 
 class IngestOperator(FactoryOperator):

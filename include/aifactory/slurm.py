@@ -236,22 +236,6 @@ class TenantSlurmPolicy:
         if not self.partitions:
             raise InputError("tenant spec: slurm.partitions must list at least one partition")
 
-    @classmethod
-    def from_tenant_spec(cls, spec: Mapping[str, Any]) -> TenantSlurmPolicy:
-        """Read ``slurm:`` and ``limits:`` of a tenant spec dict (the YAML of ``include/tenants``)."""
-        slurm = spec.get("slurm") or {}
-        limits = spec.get("limits") or {}
-        return cls(
-            account=slurm.get("account") or "",
-            partitions=tuple(slurm.get("partitions") or ()),
-            qos=slurm.get("qos") or None,
-            max_nodes=int(limits.get("max_nodes", 1)),
-            max_cpus_per_task=int(limits.get("max_cpus_per_task", 1)),
-            max_mem_gb=int(limits.get("max_mem_gb", 1)),
-            max_gpus_per_node=int(limits.get("max_gpus_per_node", 0)),
-            max_time_limit_minutes=int(limits.get("max_time_limit_minutes", 60)),
-        )
-
 
 #: Resource fields a user may set, with their lower bound and the policy attribute bounding them.
 _INT_FIELDS: dict[str, tuple[int, str]] = {

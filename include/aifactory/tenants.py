@@ -15,12 +15,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Mapping
+from typing import Any, Mapping
 
 import yaml
 
 from aifactory.errors import InputError
+from aifactory.recipes import Recipe, load_recipes
 from aifactory.s3 import check_tenant_uri
+from aifactory.slurm import Resources, TenantSlurmPolicy
 
 INCLUDE_DIR = Path(__file__).resolve().parent.parent
 TENANTS_DIR = INCLUDE_DIR / "tenants"
@@ -91,6 +93,20 @@ class TenantSpec:
         """``recipes: ["*"]`` allows every recipe folder; otherwise an explicit allowlist."""
         return "*" in self.recipes or recipe in self.recipes
 
+    def slurm_policy(self) -> TenantSlurmPolicy:
+        """What this tenant may ask Slurm for (account, partitions, QoS, bounds)."""
+        lim = self.limits
+        return TenantSlurmPolicy(
+            account=self.slurm_account,
+            partitions=self.partitions,
+            qos=self.qos,
+            max_nodes=lim.max_nodes,
+            max_cpus_per_task=lim.max_cpus_per_task,
+            max_mem_gb=lim.max_mem_gb,
+            max_gpus_per_node=lim.max_gpus_per_node,
+            max_time_limit_minutes=lim.max_time_limit_minutes,
+        )
+
     def hpc_dir(self, cluster: ClusterSpec) -> str:
         return f"{cluster.hpc_root.rstrip('/')}/{self.tenant}"
 
@@ -153,48 +169,55 @@ def load_tenant(tenant: str, directory: Path = TENANTS_DIR) -> TenantSpec:
     raise InputError(f"unknown tenant {tenant!r}: no spec in {directory}")
 
 
-def load_cluster(name: str, directory: Path = CLUSTERS_DIR) -> ClusterSpec:
-    path = directory / f"{name}.yaml"
-    if not path.is_file():
-        raise InputError(f"unknown cluster {name!r}: no {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    where = str(path)
+def parse_cluster(data: Mapping[str, Any], where: str = "cluster spec") -> ClusterSpec:
+    name = str(_require(data, "name", where))
+    if not NAME_RE.match(name):
+        raise InputError(f"{where}: cluster name {name!r} must match {NAME_RE.pattern}")
     return ClusterSpec(
-        name=str(_require(data, "name", where)),
+        name=name,
         ssh_conn_id=str(_require(data, "ssh_conn_id", where)),
-        hpc_root=str(_require(data, "hpc_root", where)),
+        hpc_root=str(_require(data, "hpc_root", where)).rstrip("/"),
         python=str(_require(data, "python", where)),
         poll_interval_s=float(data.get("poll_interval_s", 60)),
         poll_interval_floor_s=float(data.get("poll_interval_floor_s", 30)),
     )
 
 
+def load_cluster(name: str, directory: Path = CLUSTERS_DIR) -> ClusterSpec:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InputError(f"cluster name {name!r:.40} must match {NAME_RE.pattern}")
+    path = directory / f"{name}.yaml"
+    if not path.is_file():
+        raise InputError(f"unknown cluster {name!r}: no {path}")
+    cluster = parse_cluster(yaml.safe_load(path.read_text()) or {}, where=str(path))
+    if cluster.name != name:
+        raise InputError(f"{path}: names cluster {cluster.name!r}; the file name must match")
+    return cluster
+
+
 # --------------------------------------------------------------------------------------------------
 # Run parameters
 # --------------------------------------------------------------------------------------------------
+RESOURCE_FIELDS = ("partition", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "time_limit_minutes")
+
+
 @dataclass(frozen=True)
 class RunParams:
-    """A run's parameters after validation: typed, bounded, inside the tenant's areas."""
+    """A run's parameters after validation: typed, bounded, inside the tenant's areas.
+
+    ``hyperparameters`` have the recipe's defaults applied; ``resources`` carry the tenant's
+    account and QoS (never chosen by the user).
+    """
 
     dataset_uri: str
     recipe: str
     hyperparameters: dict[str, Any]
-    partition: str
-    nodes: int
-    gpus_per_node: int
-    cpus_per_task: int
-    mem_gb: int
-    time_limit_minutes: int
+    resources: Resources
 
-    def resources(self) -> dict[str, Any]:
-        return {
-            "partition": self.partition,
-            "nodes": self.nodes,
-            "gpus_per_node": self.gpus_per_node,
-            "cpus_per_task": self.cpus_per_task,
-            "mem_gb": self.mem_gb,
-            "time_limit_minutes": self.time_limit_minutes,
-        }
+    def resource_request(self) -> dict[str, Any]:
+        """The user-choosable part of the resources, as the train task takes it."""
+        res = self.resources.as_dict()
+        return {k: res[k] for k in RESOURCE_FIELDS}
 
 
 def check_dataset_uri(uri: Any, tenant: TenantSpec) -> str:
@@ -203,53 +226,31 @@ def check_dataset_uri(uri: Any, tenant: TenantSpec) -> str:
     return uri
 
 
-def _int_in(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise InputError(f"{name}: must be an integer between {lo} and {hi}, got {value!r}")
-    if isinstance(value, str):
-        if not re.fullmatch(r"[0-9]{1,7}", value):
-            raise InputError(f"{name}: must be an integer between {lo} and {hi}, got {value!r}")
-        value = int(value)
-    if not lo <= value <= hi:
-        raise InputError(f"{name}: {value} is outside the allowed range {lo}..{hi} for this tenant")
-    return value
-
-
 def validate_run_params(
-    params: Mapping[str, Any], tenant: TenantSpec, recipes: Collection[str] | None = None
+    params: Mapping[str, Any], tenant: TenantSpec, recipes: Mapping[str, Recipe] | None = None
 ) -> RunParams:
-    """Validate a run's params against the tenant spec; raise InputError naming the field.
+    """Validate a run's params against the tenant spec and the recipe; raise InputError naming the field.
 
     :param recipes: the recipe folders that exist (default: those under ``include/recipes``).
     """
     if recipes is None:
-        from aifactory.recipes import load_recipes
-
-        recipes = load_recipes().keys()
-    recipe = params.get("recipe")
-    if not isinstance(recipe, str) or recipe not in recipes:
-        raise InputError(f"recipe: {recipe!r} is not a known recipe; choose one of {sorted(recipes)}")
-    if not tenant.allows_recipe(recipe):
+        recipes = load_recipes()
+    recipe_name = params.get("recipe")
+    if not isinstance(recipe_name, str) or recipe_name not in recipes:
+        raise InputError(f"recipe: {recipe_name!r} is not a known recipe; choose one of {sorted(recipes)}")
+    if not tenant.allows_recipe(recipe_name):
         raise InputError(
-            f"recipe: {recipe!r} is not available to tenant {tenant.tenant}; choose one of {list(tenant.recipes)}"
+            f"recipe: {recipe_name!r} is not available to tenant {tenant.tenant}; "
+            f"choose one of {list(tenant.recipes)}"
         )
-    partition = params.get("partition")
-    if not isinstance(partition, str) or partition not in tenant.partitions:
-        raise InputError(f"partition: {partition!r} is not allowed; choose one of {list(tenant.partitions)}")
+    recipe = recipes[recipe_name]
     hp = params.get("hyperparameters") or {}
     if not isinstance(hp, dict):
         raise InputError("hyperparameters: must be a JSON object")
-    lim = tenant.limits
+    request = {k: params[k] for k in RESOURCE_FIELDS if k in params}
     return RunParams(
         dataset_uri=check_dataset_uri(params.get("dataset_uri"), tenant),
-        recipe=recipe,
-        hyperparameters=dict(hp),
-        partition=partition,
-        nodes=_int_in("nodes", params.get("nodes", 1), 1, lim.max_nodes),
-        gpus_per_node=_int_in("gpus_per_node", params.get("gpus_per_node", 0), 0, lim.max_gpus_per_node),
-        cpus_per_task=_int_in("cpus_per_task", params.get("cpus_per_task", 1), 1, lim.max_cpus_per_task),
-        mem_gb=_int_in("mem_gb", params.get("mem_gb", 1), 1, lim.max_mem_gb),
-        time_limit_minutes=_int_in(
-            "time_limit_minutes", params.get("time_limit_minutes", 30), 1, lim.max_time_limit_minutes
-        ),
+        recipe=recipe_name,
+        hyperparameters=recipe.validate_hyperparameters(hp),
+        resources=Resources.from_request(request, policy=tenant.slurm_policy(), defaults=recipe.resources),
     )

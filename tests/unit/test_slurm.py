@@ -45,18 +45,10 @@ from aifactory.slurm import (
     squeue_command,
 )
 
-DEMO_SPEC = {
-    "tenant": "demo",
-    "slurm": {"account": "demo", "partitions": ["debug", "gpu"], "qos": None},
-    "limits": {
-        "max_nodes": 2,
-        "max_gpus_per_node": 0,
-        "max_cpus_per_task": 2,
-        "max_mem_gb": 4,
-        "max_time_limit_minutes": 60,
-    },
-}
-POLICY = TenantSlurmPolicy.from_tenant_spec(DEMO_SPEC)
+POLICY = TenantSlurmPolicy(
+    account="demo", partitions=("debug", "gpu"), qos=None, max_nodes=2, max_gpus_per_node=0,
+    max_cpus_per_task=2, max_mem_gb=4, max_time_limit_minutes=60,
+)
 RUN_DIR = "/srv/aifactory/demo/runs/r1"
 INJECTIONS = [
     "$(id)",

@@ -10,7 +10,7 @@ from aifactory.tenants import load_cluster, load_tenant, load_tenants, parse_ten
 GOOD = {
     "dataset_uri": "s3://aifactory/demo/raw/iris.csv",
     "recipe": "tabular_classifier",
-    "hyperparameters": {"label_column": "species"},
+    "hyperparameters": {"label_column": "species", "feature_columns": ["a", "b"]},
     "partition": "debug",
     "nodes": 1,
     "gpus_per_node": 0,
@@ -41,7 +41,11 @@ def test_shipped_specs_load():
 
 def test_valid_params_are_typed(demo):
     p = validate_run_params({**GOOD, "nodes": "1"}, demo)
-    assert p.nodes == 1 and p.resources()["partition"] == "debug"
+    assert p.resources.nodes == 1 and p.resources.partition == "debug"
+    assert p.resources.account == "demo"  # from the tenant spec, never from the user
+    assert p.hyperparameters["epochs"] >= 1  # recipe defaults applied
+    assert set(p.resource_request()) == {"partition", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb",
+                                         "time_limit_minutes"}
 
 
 @pytest.mark.parametrize(
@@ -53,14 +57,17 @@ def test_valid_params_are_typed(demo):
         ("dataset_uri", "s3://evil/demo/raw/x.csv", "outside this tenant"),
         ("dataset_uri", "s3://aifactory/demo/raw/", "whole upload area"),
         ("recipe", "rm -rf", "not a known recipe"),
-        ("partition", "debug --qos=high", "not allowed"),
-        ("nodes", 99, "outside the allowed range"),
-        ("nodes", "-1", "must be an integer"),
-        ("nodes", True, "must be an integer"),
-        ("mem_gb", "4\n#SBATCH --account=other", "must be an integer"),
-        ("gpus_per_node", 1, "outside the allowed range"),
-        ("time_limit_minutes", 0, "outside the allowed range"),
+        ("partition", "debug --qos=high", "must match"),
+        ("partition", "gpu", "not allowed"),
+        ("nodes", 99, r"outside 1\.\.1 allowed"),
+        ("nodes", "-1", "expected an integer"),
+        ("nodes", True, "expected an integer"),
+        ("mem_gb", "4\n#SBATCH --account=other", "expected an integer"),
+        ("gpus_per_node", 1, "outside 0..0"),
+        ("time_limit_minutes", 0, "outside 1..60"),
         ("hyperparameters", "[1]", "JSON object"),
+        ("hyperparameters", {"label_column": "species"}, "feature_columns"),
+        ("hyperparameters", {"label_column": "s", "feature_columns": ["a"], "epochs": "$(id)"}, "epochs"),
     ],
 )
 def test_bad_params_name_the_field(demo, field, value, message):
@@ -88,4 +95,4 @@ def test_recipe_allowlist():
          "limits": LIMITS}, "acme.yaml")
     assert narrowed.allows_recipe("a") and not narrowed.allows_recipe("b")
     with pytest.raises(InputError, match="not available to tenant acme"):
-        validate_run_params({**GOOD, "recipe": "b"}, narrowed, recipes=["a", "b"])
+        validate_run_params({**GOOD, "recipe": "b"}, narrowed, recipes={"a": None, "b": None})

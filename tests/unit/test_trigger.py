@@ -299,7 +299,8 @@ def test_backoff_grows_and_is_capped():
 
 
 TENANT = {
-    "tenant": "demo", "cluster": "local", "recipes": ["tabular_classifier"],
+    "tenant": "demo", "cluster": "local", "recipes": ["tabular_classifier"], "bucket": "aifactory",
+    "quality_suite": "tabular_default",
     "slurm": {"account": "demo", "partitions": ["debug"], "qos": None},
     "limits": {"max_nodes": 1, "max_gpus_per_node": 0, "max_cpus_per_task": 2, "max_mem_gb": 4,
                "max_time_limit_minutes": 60},
@@ -343,7 +344,8 @@ def test_operator_plan_happy_path():
         ({"run_dir": "/srv/aifactory/demo/runs/../../other/runs/x"}, "normalised"),
         ({"run_dir": "/srv/aifactory/demo/runs"}, "inside"),
         ({"dataset_dir": "/etc"}, "inside /srv/aifactory/demo/datasets/"),
-        ({"recipe": "not_enabled"}, "not enabled"),
+        ({"recipe": "not_enabled"}, "not a recipe enabled"),
+        ({"recipe": "../../tenants/demo"}, "not a recipe enabled"),
         ({"slurm_resources": {"account": "other"}}, "set by the platform"),
         ({"slurm_resources": {"partition": "debug\n#SBATCH -A x"}}, "partition"),
         ({"slurm_resources": {"cpus_per_task": "$(id)"}}, "expected an integer"),
