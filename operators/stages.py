@@ -19,6 +19,7 @@ from aifactory.errors import FactoryError, InputError
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from aifactory.manifest import DatasetManifest
     from aifactory.tenants import ClusterSpec, RunParams, TenantSpec
 
 S3_CONN_ID = "aifactory_s3"
@@ -131,21 +132,31 @@ class IngestOperator(FactoryOperator):
         }
 
 
-def _load_manifest(s3: Any, bucket: str, prefix: str) -> Any:
-    from aifactory.manifest import MANIFEST_NAME, DatasetManifest
-    from aifactory.s3 import get_bytes
+class DatasetOperator(FactoryOperator):
+    """A stage that works on the dataset version ingest produced.
 
-    return DatasetManifest.from_json(get_bytes(s3, bucket, prefix + MANIFEST_NAME))
-
-
-class QualityGateOperator(FactoryOperator):
-    """Validate the dataset version with the tenant's Great Expectations suite; fail with a summary."""
+    :param dataset: ingest's XCom (``name``, ``version``, ``prefix``, ``uri``, ...); templated, so
+        ``ingest.output`` resolves at run time.
+    """
 
     template_fields: Sequence[str] = ("dataset",)
 
     def __init__(self, *, dataset: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.dataset = dataset
+
+    def manifest(self, s3: Any, spec: TenantSpec) -> DatasetManifest:
+        from aifactory.manifest import load_manifest
+
+        manifest = load_manifest(s3, spec.bucket, self.dataset["prefix"])
+        if manifest is None:
+            _fail(InputError(f"dataset version {self.dataset['uri']} has no manifest.json: it does not exist "
+                             "(was it deleted?). Clear the ingest task to build it again."))
+        return manifest
+
+
+class QualityGateOperator(DatasetOperator):
+    """Validate the dataset version with the tenant's Great Expectations suite; fail with a summary."""
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
@@ -156,7 +167,7 @@ class QualityGateOperator(FactoryOperator):
         spec = self.tenant_spec()
         params = self.run_params(context)
         s3 = self.s3()
-        manifest = _load_manifest(s3, spec.bucket, self.dataset["prefix"])
+        manifest = self.manifest(s3, spec)
         with tempfile.TemporaryDirectory(prefix="aifp-quality-") as tmp:
             try:
                 summary = validate_dataset(
@@ -179,14 +190,8 @@ class QualityGateOperator(FactoryOperator):
         return summary
 
 
-class StageDatasetOperator(FactoryOperator):
+class StageDatasetOperator(DatasetOperator):
     """Copy the dataset version to the tenant's HPC area over SFTP; verify by sha256 there."""
-
-    template_fields: Sequence[str] = ("dataset",)
-
-    def __init__(self, *, dataset: Any, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.dataset = dataset
 
     def execute(self, context: Context) -> dict[str, Any]:
         from aifactory.staging import stage_dataset
@@ -194,7 +199,7 @@ class StageDatasetOperator(FactoryOperator):
         spec = self.tenant_spec()
         cluster = self.cluster_spec()
         s3 = self.s3()
-        manifest = _load_manifest(s3, spec.bucket, self.dataset["prefix"])
+        manifest = self.manifest(s3, spec)
         with self.remote().shell() as shell:
             result = self.call(
                 stage_dataset,

@@ -372,6 +372,20 @@ def _csv_bad_row_line(path: Path, fmt: SourceFormat, expected: int) -> int | Non
     return None
 
 
+def _read_batches(reader: Any, failure: Callable[[Exception], Exception]) -> Iterator[pa.RecordBatch]:
+    """Stream a pyarrow reader's batches; a parse error becomes the caller's readable failure."""
+    import pyarrow as pa
+
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise failure(exc) from None
+        yield batch
+
+
 def _open_csv(
     path: Path, fmt: SourceFormat, *, label: str, column_types: dict[str, Any]
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -434,14 +448,7 @@ def _open_csv(
         )
 
     def batches() -> Iterator[pa.RecordBatch]:
-        while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                return
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise failure(exc, schema) from None
-            yield batch
+        return _read_batches(reader, lambda exc: failure(exc, schema))
 
     return schema, batches()
 
@@ -481,14 +488,7 @@ def _open_jsonl(
         raise failure(exc) from None
 
     def batches() -> Iterator[pa.RecordBatch]:
-        while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                return
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise failure(exc) from None
-            yield batch
+        return _read_batches(reader, failure)
 
     return reader.schema, batches()
 
