@@ -23,11 +23,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, AssetAlias, Param
 
 from aifactory.recipes import load_recipes
 from aifactory.tenants import TenantSpec, load_cluster, load_tenants
-from operators.slurm import SlurmJobOperator
+from operators.training import RecipeTrainOperator
 from operators.stages import (
     ExportModelOperator,
     IngestOperator,
@@ -91,7 +91,9 @@ def build_pipeline(spec: TenantSpec) -> DAG:
                                      **common)
         # The train task takes the *validated* params (validate's XCom), never the raw form.
         validated = "ti.xcom_pull(task_ids='validate')"
-        train = SlurmJobOperator(
+        # The recipe's data checks (one-class label, non-numeric feature) run before anything is submitted.
+        train = RecipeTrainOperator(
+            dataset=ingest.output,
             task_id="train",
             tenant=spec.tenant,
             cluster=cluster.name,
@@ -102,8 +104,12 @@ def build_pipeline(spec: TenantSpec) -> DAG:
             poll_interval=cluster.effective_poll_interval_s,
             retries=2,
         )
+        # The model's Asset event (s3://<bucket>/<tenant>/models/<model>, extra: version, URI, metrics)
+        # goes through a per-tenant alias, because the model's name is known only at run time.
+        models = AssetAlias(f"factory_{spec.tenant}_models")
         export = ExportModelOperator(task_id="export", dataset=ingest.output, quality=quality.output,
-                                     training=train.output, **common)
+                                     training=train.output, model_asset_alias=models.name, outlets=[models],
+                                     **common)
         validate >> ingest >> quality >> stage >> train >> export
     return dag
 

@@ -265,11 +265,9 @@ class FactorySSHHook(BaseHook):
 
         The command must already be safe shell text (build it with ``aifactory.slurm``).
         """
-        client = self.get_conn()
-        rc, out, err = self.ssh_hook.exec_ssh_client_command(
-            client, command, get_pty=False, environment=None, timeout=timeout
-        )
-        return rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        # Not SSHHook.exec_ssh_client_command: it logs every line of stdout (poll output, base64
+        # log chunks) into the task log.
+        return ParamikoShell(self.get_conn()).run(command, timeout=timeout)
 
     @contextmanager
     def sftp(self) -> Iterator[paramiko.SFTPClient]:

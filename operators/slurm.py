@@ -41,7 +41,7 @@ from aifactory.slurm import (
     accounting,
     build_sbatch_command,
     classify,
-    describe,
+    failure_message,
     job_comment,
     job_name,
     log_path,
@@ -124,7 +124,7 @@ class _Plan:
     resources: Resources
     tenant_root: str
     run_dir: str
-    dataset_dir: str
+    dataset_dir: str | None
     output_dir: str
     job_name: str
     comment: str
@@ -169,7 +169,8 @@ class SlurmJobOperator(BaseOperator):
     :param recipe: recipe name (a folder of ``include/recipes``); must be in the tenant's ``recipes``.
     :param run_dir: the run directory on the cluster, inside ``<hpc_root>/<tenant>/runs/`` (templated);
         default ``<hpc_root>/<tenant>/runs/<job name>``, the same for every try of the task.
-    :param dataset_dir: the staged dataset, inside ``<hpc_root>/<tenant>/datasets/`` (templated).
+    :param dataset_dir: the staged dataset, inside ``<hpc_root>/<tenant>/datasets/`` (templated);
+        ``None`` for a job that reads no dataset (the platform's canary jobs).
     :param hyperparameters: the recipe's hyperparameters (templated; a dict or its JSON/repr text).
     :param slurm_resources: ``partition``, ``nodes``, ``cpus_per_task``, ``mem_gb``, ``gpus_per_node``,
         ``time_limit_minutes`` (templated); missing keys take the recipe's defaults. (Not called
@@ -193,7 +194,7 @@ class SlurmJobOperator(BaseOperator):
         *,
         tenant: str,
         recipe: str,
-        dataset_dir: str,
+        dataset_dir: str | None = None,
         run_dir: str | None = None,
         hyperparameters: Mapping[str, Any] | str,
         slurm_resources: Mapping[str, Any] | str | None = None,
@@ -252,7 +253,9 @@ class SlurmJobOperator(BaseOperator):
             _as_mapping(self.slurm_resources, "resources"), policy=spec.slurm_policy(), defaults=recipe.resources
         )
         tenant_root = spec.hpc_dir(cluster)
-        dataset_dir = _check_under(self.dataset_dir, f"{tenant_root}/datasets", "dataset_dir")
+        dataset_dir = (
+            _check_under(self.dataset_dir, f"{tenant_root}/datasets", "dataset_dir") if self.dataset_dir else None
+        )
 
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)
@@ -298,6 +301,7 @@ class SlurmJobOperator(BaseOperator):
                 "AIFP_PYTHON": plan.python,
                 "AIFP_ENTRYPOINT": plan.recipe.entrypoint,
             },
+            signal=plan.recipe.sbatch_signal(plan.resources.time_limit_minutes),
         )
         return build_sbatch_command(argv, plan.script_path)
 
@@ -508,7 +512,7 @@ class SlurmJobOperator(BaseOperator):
             async def _run(self, conn: Any, command: str) -> tuple[int, str, str]:
                 return await asyncio.to_thread(hook.run, command, self.command_timeout)
 
-        inline = _Inline(**trigger.serialize()[1])
+        inline = _Inline(**{**trigger.serialize()[1], "batched": False})
 
         async def first_event() -> dict[str, Any]:
             async for event in inline.run():
@@ -544,8 +548,13 @@ class SlurmJobOperator(BaseOperator):
             if event.get("status") != "succeeded":
                 tail = self._read_log(hook, plan.log_path(job_id), None, 4096)
                 tail_lines = "\n".join(tail.splitlines()[-30:])
+                message = failure_message(
+                    event.get("raw_state") or event.get("state") or "UNKNOWN", job_id=job_id, log_tail=tail,
+                    message=event.get("message"), exit_code=event.get("exit_code"), signal=event.get("signal"),
+                    reason=event.get("reason"), resources=plan.resources,
+                )
                 raise AirflowException(
-                    f"{event.get('message') or describe(event.get('state') or 'UNKNOWN', job_id=job_id)}\n"
+                    f"{message}\n"
                     f"Log: {plan.log_path(job_id)} on cluster via {plan.ssh_conn_id}; last lines:\n{tail_lines}"
                 )
             return self._finish(context, plan, event)

@@ -162,7 +162,7 @@ class QualityGateOperator(DatasetOperator):
         from airflow.sdk.exceptions import AirflowFailException
 
         from aifactory.errors import QualityGateFailed
-        from aifactory.quality import suite_path, validate_dataset, write_quality_result
+        from aifactory.quality import publish_quality_result, suite_path, validate_dataset
 
         spec = self.tenant_spec()
         params = self.run_params(context)
@@ -175,29 +175,39 @@ class QualityGateOperator(DatasetOperator):
                     bucket=spec.bucket,
                     manifest=manifest,
                     dataset_prefix=self.dataset["prefix"],
-                    suite_path=suite_path(spec.quality_suite),
+                    suite_path=suite_path(spec.suite_for(self.dataset["name"])),
                     params=params.hyperparameters,
                     workdir=Path(tmp),
                     log=self.log.info,
                 )
             except QualityGateFailed as exc:
-                # the full (value-free) result is kept beside the dataset version either way
-                write_quality_result(s3, bucket=spec.bucket, dataset_prefix=self.dataset["prefix"], summary=exc.summary)
+                # the full (value-free) result is kept beside the dataset version either way, and
+                # the verdict is recorded in its manifest (manifest_sha256 does not change)
+                publish_quality_result(s3, bucket=spec.bucket, dataset_prefix=self.dataset["prefix"], summary=exc.summary)
                 raise AirflowFailException(f"quality gate failed for {self.dataset['uri']}\n{exc}") from exc
             except FactoryError as exc:
                 _fail(exc)
-        write_quality_result(s3, bucket=spec.bucket, dataset_prefix=self.dataset["prefix"], summary=summary)
+        verdict = publish_quality_result(s3, bucket=spec.bucket, dataset_prefix=self.dataset["prefix"], summary=summary)
+        self.log.info("quality verdict %s recorded in %smanifest.json", verdict["verdict"], self.dataset["uri"])
         return summary
 
 
 class StageDatasetOperator(DatasetOperator):
-    """Copy the dataset version to the tenant's HPC area over SFTP; verify by sha256 there."""
+    """Copy the dataset version to the tenant's HPC area (push over SFTP, or pull from presigned
+    URLs by a fixed script on the HPC side, per the cluster/tenant spec); verify by sha256 there."""
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from aifactory.staging import stage_dataset
+        from aifactory.staging import StagingOptions, stage_dataset
 
         spec = self.tenant_spec()
         cluster = self.cluster_spec()
+        options = self.call(
+            StagingOptions,
+            mode=spec.staging_mode or cluster.staging_mode,
+            parallel=cluster.staging_parallel,
+            url_ttl_s=cluster.staging_url_ttl_s,
+            python=cluster.python,
+        )
         s3 = self.s3()
         manifest = self.manifest(s3, spec)
         with self.remote().shell() as shell:
@@ -210,20 +220,35 @@ class StageDatasetOperator(DatasetOperator):
                 manifest=manifest,
                 tenant_dir=spec.hpc_dir(cluster),
                 log=self.log.info,
+                options=options,
             )
         return result.to_dict()
 
 
 class ExportModelOperator(FactoryOperator):
-    """Verify the job's outputs and publish model, metrics and model card; manifest.json last."""
+    """Verify the job's outputs and publish model, metrics and model card; manifest.json last.
+
+    Emits an Asset event for the model: declare ``outlets=[AssetAlias(model_asset_alias)]`` and each
+    run adds an event to the Asset ``s3://<bucket>/<tenant>/models/<model>`` whose ``extra``
+    carries the version, its URI, whether this run published it, and the metrics. Downstream DAGs
+    schedule on that Asset (or on the alias).
+
+    :param dataset: ingest's XCom (templated).
+    :param quality: the quality gate's XCom (templated).
+    :param training: the train task's XCom (templated).
+    :param model_asset_alias: name of the AssetAlias in ``outlets`` that receives the model's event;
+        None emits nothing.
+    """
 
     template_fields: Sequence[str] = ("dataset", "quality", "training")
 
-    def __init__(self, *, dataset: Any, quality: Any, training: Any, **kwargs: Any) -> None:
+    def __init__(self, *, dataset: Any, quality: Any, training: Any, model_asset_alias: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.dataset = dataset
         self.quality = quality
         self.training = training
+        self.model_asset_alias = model_asset_alias
 
     def execute(self, context: Context) -> dict[str, Any]:
         from aifactory.export import CardContext, export_model, model_version
@@ -253,11 +278,12 @@ class ExportModelOperator(FactoryOperator):
                 "job_ids": [self.training["job_id"]],
                 "state": self.training.get("state"),
                 **(self.training.get("accounting") or {}),
+                "resources": self.training.get("resources"),
             },
             code_version=code_version(),
         )
         with self.remote().shell() as shell:
-            return self.call(
+            result = self.call(
                 export_model,
                 self.s3(),
                 shell,
@@ -267,3 +293,23 @@ class ExportModelOperator(FactoryOperator):
                 card=card,
                 log=self.log.info,
             )
+        self._emit_model_event(context, spec.bucket, spec.tenant, result)
+        return result
+
+    def _emit_model_event(self, context: Context, bucket: str, tenant: str, result: dict[str, Any]) -> None:
+        """One Asset event per run for the model, carrying the version (see the class docstring)."""
+        if not self.model_asset_alias:
+            return
+        from airflow.sdk import Asset, AssetAlias
+
+        asset = Asset(name=f"{tenant}/models/{result['model']}", uri=f"s3://{bucket}/{tenant}/models/{result['model']}",
+                      group="model")
+        extra = {
+            "model": result["model"],
+            "version": result["version"],
+            "model_uri": result["model_uri"],
+            "published": bool(result["published"]),
+            "metrics": {k: v for k, v in (result.get("metrics") or {}).items() if isinstance(v, (int, float, str))},
+        }
+        context["outlet_events"][AssetAlias(self.model_asset_alias)].add(asset, extra=extra)
+        self.log.info("Asset event for %s: version %s", asset.uri, result["version"])

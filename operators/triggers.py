@@ -35,6 +35,7 @@ from aifactory.slurm import (
 )
 from airflow.providers.common.compat.sdk import AirflowException
 
+from operators.cluster_poller import ClusterPoller
 from operators.hooks import FactorySSHHook, SSHPermanentError, backoff_delay
 
 if TYPE_CHECKING:
@@ -86,6 +87,9 @@ class SlurmJobTrigger(BaseTrigger):
     :param max_log_bytes: log bytes read per poll.
     :param command_timeout: seconds one poll command may take.
     :param cancel_on_kill: run ``scancel`` from :meth:`on_kill` (user action only).
+    :param batched: watch through the process-wide :class:`~operators.cluster_poller.ClusterPoller`
+        of this cluster (one SSH connection and one query per interval for every job the
+        triggerer watches there). ``False`` polls alone (the worker-side inline watcher).
     """
 
     def __init__(
@@ -104,8 +108,10 @@ class SlurmJobTrigger(BaseTrigger):
         max_log_bytes: int = 65536,
         command_timeout: float = 60.0,
         cancel_on_kill: bool = True,
+        batched: bool = True,
     ) -> None:
         super().__init__()
+        self.batched = bool(batched)
         self.ssh_conn_id = ssh_conn_id
         self.job_id = str(job_id)
         self.job_name = job_name
@@ -139,6 +145,7 @@ class SlurmJobTrigger(BaseTrigger):
                 "max_log_bytes": self.max_log_bytes,
                 "command_timeout": self.command_timeout,
                 "cancel_on_kill": self.cancel_on_kill,
+                "batched": self.batched,
             },
         )
 
@@ -155,15 +162,42 @@ class SlurmJobTrigger(BaseTrigger):
         return FactorySSHHook(ssh_conn_id=self.ssh_conn_id, connect_attempts=2)
 
     async def _connect(self) -> asyncssh.SSHClientConnection | None:
+        if self.batched:
+            return None  # the cluster's poller owns the one shared connection
         return await self._hook().aconnect()
 
     async def _run(self, conn: Any, command: str) -> tuple[int, str, str]:
         return await FactorySSHHook.run_on(conn, command, timeout=self.command_timeout)
 
+    async def _pause(self, delay: float) -> None:
+        """Wait between polls. Batched: the poller's next tick is the wait, so none here."""
+        if not self.batched:
+            await asyncio.sleep(delay)
+
+    def _poller(self) -> ClusterPoller:
+        hook = self._hook()
+
+        def factory() -> ClusterPoller:
+            return ClusterPoller(
+                key=self.ssh_conn_id,
+                connect=hook.aconnect,
+                run=self._run,
+                parse=lambda out, ids, names: parse_poll_output(out, ids, names=names),
+                interval=self.interval,
+                max_log_bytes=self.max_log_bytes,
+                close=self._close,
+            )
+
+        return ClusterPoller.shared(self.ssh_conn_id, interval=self.interval, factory=factory)
+
     async def _query(
         self, conn: Any, jobs: Mapping[str, str], logs: Mapping[str, tuple[str, int]]
     ) -> PollResult:
         """Observe several jobs (``{job_id: job_name}``) and read their logs in ONE command."""
+        if self.batched:
+            (job_id, name), = jobs.items()
+            path, offset = logs.get(job_id, (None, 0))
+            return await self._poller().observe(job_id, name, path, offset)
         command = poll_command(list(jobs), logs, max_log_bytes=self.max_log_bytes)
         rc, out, err = await self._run(conn, command)
         result = parse_poll_output(out, list(jobs), names=jobs)
@@ -262,7 +296,7 @@ class SlurmJobTrigger(BaseTrigger):
                         "Slurm poll for job %s failed (%d in a row): %s; retrying in %.0fs",
                         self.job_id, failures, "; ".join(result.errors), delay,
                     )
-                    await asyncio.sleep(delay)
+                    await self._pause(delay)
                     continue
                 trouble_since, failures = None, 0
 
@@ -279,26 +313,28 @@ class SlurmJobTrigger(BaseTrigger):
                             polls,
                         )
                         return
-                    await asyncio.sleep(self.interval)
+                    await self._pause(self.interval)
                     continue
                 not_found = 0
 
                 outcome = classify(obs.state)
                 if outcome == "active":
-                    status = (str(obs.state), obs.reason)
+                    status = (str(obs.state), obs.reason, obs.expected_start)
                     if status != last_status:
                         # Log transitions only, so a job pending for hours does not flood the log.
                         self.log.info(
-                            "%s", describe(obs.state, job_id=self.job_id, reason=obs.reason)
+                            "%s",
+                            describe(obs.state, job_id=self.job_id, reason=obs.reason,
+                                     expected_start=obs.expected_start),
                         )
                         last_status = status
-                    await asyncio.sleep(self.interval)
+                    await self._pause(self.interval)
                     continue
 
                 if obs.record is None and sacct_wait < self.sacct_grace_polls:
                     # Final per squeue, but sacct has no record yet: wait for exit code and usage.
                     sacct_wait += 1
-                    await asyncio.sleep(self.interval)
+                    await self._pause(self.interval)
                     continue
 
                 message = describe(

@@ -98,6 +98,12 @@ class AirflowClient:
                 return value
         return value
 
+    def set_task_state(self, dag_id: str, run_id: str, task_id: str, new_state: str) -> Any:
+        """Mark a task instance (as a user does in the UI: "Mark as failed / success")."""
+        path = (f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run_id)}"
+                f"/taskInstances/{urllib.parse.quote(task_id)}")
+        return self._request("PATCH", path, {"new_state": new_state})
+
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
         path = (f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run_id)}"
                 f"/taskInstances/{urllib.parse.quote(task_id)}/logs/{try_number}?full_content=true")

@@ -2,11 +2,16 @@
 
 The training job writes its outputs and, last, a completion marker ``_COMPLETED.json`` listing
 every output file with its sha256 (FAILURE-MODES 11: a COMPLETED job is not enough, the job must
-prove its outputs). Export fetches those files, checks each digest, writes a model card, uploads
-everything under ``<tenant>/models/<model>/<version>/`` and only then ``manifest.json``, with a
-conditional write so that a published version is never overwritten. A version without
-``manifest.json`` is not published; a rerun for the same run finds the manifest and publishes
-nothing new.
+prove its outputs). Export fetches those files, checks each digest, re-checks the model formats
+(``model.onnx`` with ONNX Runtime against the PyTorch logits the job recorded in
+``onnx_check.json``; ``model.safetensors`` by reading its header), writes a model card
+(:mod:`aifactory.modelcard`), uploads everything under ``<tenant>/models/<model>/<version>/`` and
+only then ``manifest.json``, with a conditional write so that a published version is never
+overwritten. A version without ``manifest.json`` is not published (an export killed midway leaves
+none); a rerun for the same run finds the manifest and publishes nothing new.
+
+The ONNX export itself happens in the training job, where torch is (the Airflow side has no torch);
+ONNX Runtime is small enough to re-check here.
 """
 
 from __future__ import annotations
@@ -14,14 +19,24 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from aifactory.errors import FactoryError
+from aifactory.modelcard import CardContext, build_card, missing_fields, render_card_markdown
 from aifactory.remote import RemoteShell, join
 from aifactory.s3 import is_precondition_failed, object_exists
+
+__all__ = [
+    "CardContext",
+    "ExportError",
+    "export_model",
+    "model_version",
+    "recheck_onnx",
+    "render_card_markdown",
+    "safetensors_summary",
+]
 
 COMPLETION_MARKER = "_COMPLETED.json"
 MODEL_MANIFEST = "manifest.json"
@@ -33,69 +48,65 @@ class ExportError(FactoryError):
     """The job's outputs cannot be published as they are (missing marker, checksum mismatch)."""
 
 
-@dataclass(frozen=True)
-class CardContext:
-    """What the model card records beyond the job's own outputs."""
-
-    tenant: str
-    model: str
-    version: str
-    dag_id: str
-    run_id: str
-    recipe: str
-    hyperparameters: dict[str, Any]
-    dataset: dict[str, Any]  # name, version, uri, manifest_sha256, rows
-    quality: dict[str, Any]  # verdict and compact summary
-    slurm: dict[str, Any]  # job_id(s), state, accounting (elapsed, cpu_hours, gpu_hours, tres)
-    code_version: str
-
-
 def model_version(run_id: str, dag_id: str) -> str:
     """Deterministic per DAG run, so re-running export targets the same version."""
     return "v-" + hashlib.sha256(f"{dag_id}\0{run_id}".encode()).hexdigest()[:12]
 
 
-def render_card_markdown(card: dict[str, Any]) -> str:
-    ds, q, sl, m = card["dataset"], card["quality"], card["slurm"], card["metrics"]
-    lines = [
-        f"# Model card: {card['model']} ({card['version']})",
-        "",
-        f"Tenant **{card['tenant']}**; produced by pipeline `{card['dag_id']}`, run `{card['run_id']}`,"
-        f" published {card['published_at']}.",
-        "",
-        "## Data",
-        f"- dataset: `{ds.get('name')}` version `{ds.get('version')}` ({ds.get('rows')} rows)",
-        f"- source: `{ds.get('uri')}`",
-        f"- dataset manifest sha256: `{ds.get('manifest_sha256')}`",
-        f"- quality verdict: **{q.get('verdict')}** ({q.get('expectations', '?')} expectations, "
-        f"{q.get('failed', 0)} failed) with suite `{q.get('suite')}`",
-        "",
-        "## Training",
-        f"- recipe: `{card['recipe']}`",
-        f"- code version: `{card['code_version']}`",
-        "- hyperparameters:",
-        "",
-        "```json",
-        json.dumps(card["hyperparameters"], indent=2, sort_keys=True),
-        "```",
-        "",
-        "## Compute",
-        f"- Slurm job id(s): {', '.join(str(j) for j in sl.get('job_ids', []))}",
-        f"- final state: {sl.get('state')}",
-        f"- elapsed: {sl.get('elapsed_s')} s; CPU-hours: {sl.get('cpu_hours')}; GPU-hours: {sl.get('gpu_hours')}",
-        f"- allocated TRES: `{sl.get('alloc_tres')}`",
-        "",
-        "## Metrics (held-out split)",
-        "",
-        "| metric | value |",
-        "|---|---|",
-    ]
-    for key in sorted(m):
-        lines.append(f"| {key} | {m[key]} |")
-    lines += ["", "## Files", "", "| file | bytes | sha256 |", "|---|---|---|"]
-    for f in card["files"]:
-        lines.append(f"| {f['path']} | {f['bytes']} | `{f['sha256']}` |")
-    return "\n".join(lines) + "\n"
+#: Model files a recipe may produce, by format name (shown in the card).
+FORMATS = {"model.pt": "pytorch", "model.safetensors": "safetensors", "model.onnx": "onnx"}
+
+
+def recheck_onnx(onnx_path: Path, check_path: Path) -> dict[str, Any]:
+    """Run ``model.onnx`` with ONNX Runtime on the job's synthetic probe; compare with PyTorch's logits.
+
+    The job wrote ``onnx_check.json`` with the probe inputs, PyTorch's logits for them and the
+    tolerance (``|ort - torch| <= atol + rtol * |torch|``). Returns the job's check plus
+    ``export_recheck_max_abs_diff``.
+
+    :raises ExportError: if the check file is missing or malformed, or the outputs differ.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    try:
+        check = json.loads(Path(check_path).read_text())
+        tol = check["tolerance"]
+        atol, rtol = float(tol["atol"]), float(tol["rtol"])
+        probe = np.asarray(check["probe"]["features"], dtype="float32")
+        expected = np.asarray(check["probe"]["logits"], dtype="float32")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ExportError(f"onnx_check.json is missing or malformed ({exc}); the job did not check its ONNX "
+                          "export. Rerun the train stage") from exc
+    if not check.get("passed"):
+        raise ExportError("the job's ONNX check did not pass (onnx_check.json); nothing was published")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    got = session.run(None, {name: probe})[0]
+    if got.shape != expected.shape or not np.allclose(got, expected, atol=atol, rtol=rtol):
+        diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
+        raise ExportError(
+            f"model.onnx: ONNX Runtime {ort.__version__} on this worker differs from the job's PyTorch logits by "
+            f"{diff:.3g} (tolerance atol={atol}, rtol={rtol}); nothing was published. Check the onnxruntime "
+            "versions of requirements.txt and requirements-train.txt"
+        )
+    summary = {k: v for k, v in check.items() if k != "probe"}
+    summary["export_recheck_max_abs_diff"] = float(np.abs(got - expected).max())
+    summary["export_onnxruntime_version"] = ort.__version__
+    return summary
+
+
+def safetensors_summary(path: Path) -> dict[str, Any]:
+    """Tensor names and shapes of a safetensors file (reads the header only); ExportError if unreadable."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as fh:
+            return {"tensors": {k: list(fh.get_slice(k).get_shape()) for k in fh.keys()},
+                    "metadata": dict(fh.metadata() or {})}
+    except Exception as exc:  # safetensors raises its own error types
+        raise ExportError(f"model.safetensors cannot be read ({exc}); nothing was published. "
+                          "Rerun the train stage") from exc
 
 
 def _read_remote_json(sftp: Any, path: str, what: str) -> dict[str, Any]:
@@ -126,7 +137,8 @@ def export_model(
     if object_exists(s3, bucket, manifest_key):
         published = json.loads(s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
         log(f"{uri} is already published (manifest.json exists): nothing to do")
-        return {"model_uri": uri, "published": False, "metrics": published.get("metrics", {}), "files": published["files"]}
+        return {"model_uri": uri, "model": card.model, "version": card.version, "published": False,
+                "metrics": published.get("metrics", {}), "files": published["files"]}
 
     sftp = shell.sftp_client()
     marker = _read_remote_json(sftp, join(output_dir, COMPLETION_MARKER), "completion marker")
@@ -158,22 +170,27 @@ def export_model(
 
         if not metrics:
             raise ExportError(f"metrics.json missing from the job's outputs in {output_dir}")
-        card_data: dict[str, Any] = {
-            "tenant": card.tenant,
-            "model": card.model,
-            "version": card.version,
-            "dag_id": card.dag_id,
-            "run_id": card.run_id,
-            "recipe": card.recipe,
-            "hyperparameters": card.hyperparameters,
-            "dataset": card.dataset,
-            "quality": card.quality,
-            "slurm": card.slurm,
-            "code_version": card.code_version,
-            "metrics": metrics,
-            "files": list(uploaded),
-            "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        names = {f["path"] for f in uploaded}
+        onnx_check: dict[str, Any] = {}
+        if "model.onnx" in names:
+            onnx_check = recheck_onnx(Path(tmp) / "model.onnx", Path(tmp) / "onnx_check.json")
+            log(f"model.onnx re-checked with ONNX Runtime: max |diff| {onnx_check['export_recheck_max_abs_diff']:.2e}")
+        if "model.safetensors" in names:
+            tensors = safetensors_summary(Path(tmp) / "model.safetensors")["tensors"]
+            log(f"model.safetensors holds {len(tensors)} tensors")
+        card_data = build_card(
+            card,
+            metrics=metrics,
+            files=list(uploaded),
+            published_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            formats={FORMATS[n]: n for n in sorted(names) if n in FORMATS},
+            onnx_check=onnx_check,
+            job=marker,
+        )
+        lacking = missing_fields(card_data)
+        if lacking:
+            raise ExportError(f"the model card lacks {', '.join(lacking)}; nothing was published. "
+                              "The train/quality/ingest stages' results are incomplete")
         generated = {
             CARD_JSON: json.dumps(card_data, indent=2, sort_keys=True).encode(),
             CARD_MD: render_card_markdown(card_data).encode(),
@@ -198,7 +215,8 @@ def export_model(
         "files": uploaded,
         "metrics": metrics,
         "dataset": card.dataset,
-        "slurm": card.slurm,
+        "slurm": card_data["slurm"],
+        "formats": card_data["formats"],
     }
     try:
         s3.put_object(
@@ -211,7 +229,9 @@ def export_model(
     except Exception as exc:  # botocore ClientError; keep botocore out of the signature
         if is_precondition_failed(exc):
             log(f"{uri} was published concurrently by another attempt; keeping that version")
-            return {"model_uri": uri, "published": False, "metrics": metrics, "files": uploaded}
+            return {"model_uri": uri, "model": card.model, "version": card.version, "published": False,
+                    "metrics": metrics, "files": uploaded}
         raise
     log(f"published {uri} ({len(uploaded)} files, manifest.json last)")
-    return {"model_uri": uri, "published": True, "metrics": metrics, "files": uploaded}
+    return {"model_uri": uri, "model": card.model, "version": card.version, "published": True,
+            "metrics": metrics, "files": uploaded}

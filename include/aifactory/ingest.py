@@ -6,7 +6,8 @@ Rules of the data, in the order the code applies them:
    one object, or a folder ending in ``/`` whose objects (recursively; names starting with ``.``
    or ``_`` such as ``_SUCCESS`` are skipped) all have the same format.
 2. Formats come from the extension: ``.csv``, ``.jsonl``/``.ndjson``, ``.parquet``/``.pq``;
-   ``.csv.gz``, ``.jsonl.gz`` and ``.ndjson.gz`` are decompressed on the fly.
+   ``.csv.gz``, ``.jsonl.gz`` and ``.ndjson.gz`` (gzip) and ``.csv.zst``, ``.jsonl.zst``,
+   ``.ndjson.zst`` (zstd; also ``.zstd``) are decompressed on the fly.
 3. The version is **content addressed**: ``v-`` + 16 hex of sha256 over the sorted source keys,
    their ETags and sizes, and the ingest options. Listing costs one request, so re-ingesting the
    same upload finds the published version and returns it without downloading anything. (An ETag
@@ -78,8 +79,13 @@ Log = Callable[[str], Any]
 CONVERTER_VERSION = 1
 DEFAULT_ROW_GROUP_ROWS = 128 * 1024
 DEFAULT_SHARD_ROWS = 8 * DEFAULT_ROW_GROUP_ROWS  # ~1M rows per shard
-#: Bytes per CSV/JSON block; types are inferred from the first block.
+#: Bytes per CSV/JSON block; types are inferred from the first block of this size.
 READ_BLOCK_SIZE = 16 * 1024 * 1024
+#: CSV is then streamed in smaller blocks with those types: pyarrow's reader keeps several blocks
+#: (and their decoded batches) in flight, so 16 MiB blocks cost ~600 MiB, 1 MiB blocks ~40 MiB.
+STREAM_BLOCK_SIZE = 1024 * 1024
+#: Row groups queued for the Parquet writer thread (bounds memory while reading runs ahead).
+WRITE_QUEUE = 2
 MAX_SOURCE_OBJECTS = 10_000
 _MAX_WIDENINGS = 64
 
@@ -90,6 +96,11 @@ _FORMATS: dict[str, tuple[str, str | None]] = {
     ".ndjson": ("jsonl", None),
     ".jsonl.gz": ("jsonl", "gzip"),
     ".ndjson.gz": ("jsonl", "gzip"),
+    ".csv.zst": ("csv", "zstd"),
+    ".csv.zstd": ("csv", "zstd"),
+    ".jsonl.zst": ("jsonl", "zstd"),
+    ".jsonl.zstd": ("jsonl", "zstd"),
+    ".ndjson.zst": ("jsonl", "zstd"),
     ".parquet": ("parquet", None),
     ".pq": ("parquet", None),
 }
@@ -228,7 +239,12 @@ def resolve_sources(s3: Any, *, bucket: str, key: str, uri: str) -> tuple[list[O
 class _ShardWriter:
     """Buffers record batches into fixed-size row groups and rolls shards at ``shard_rows``."""
 
-    def __init__(self, directory: Path, schema: pa.Schema, *, row_group_rows: int, shard_rows: int) -> None:
+    def __init__(
+        self, directory: Path, schema: pa.Schema, *, row_group_rows: int, shard_rows: int,
+        on_shard: Callable[[Path, int], None] | None = None,
+    ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         self.directory = directory
         self.schema = schema
         self.row_group_rows = row_group_rows
@@ -238,6 +254,10 @@ class _ShardWriter:
         self._writer: Any = None
         self._buffer: list[pa.RecordBatch] = []
         self._buffered = 0
+        self._on_shard = on_shard
+        # Encoding and compressing Parquet (GIL released) overlaps with parsing the next blocks.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-write")
+        self._pending: list[Any] = []
 
     @property
     def total_rows(self) -> int:
@@ -260,7 +280,14 @@ class _ShardWriter:
         group, rest = table.slice(0, rows), table.slice(rows)
         self._buffer = rest.to_batches() if rest.num_rows else []
         self._buffered = rest.num_rows
-        self._write_group(group)
+        self._pending = [f for f in self._pending if not f.done() or f.result()]
+        while len(self._pending) >= WRITE_QUEUE:
+            self._pending.pop(0).result()  # back-pressure; re-raises a write error
+        self._pending.append(self._pool.submit(self._write_group, group))
+
+    def _drain(self) -> None:
+        while self._pending:
+            self._pending.pop(0).result()
 
     def _write_group(self, table: pa.Table) -> None:
         import pyarrow.parquet as pq
@@ -278,19 +305,28 @@ class _ShardWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            if self._on_shard is not None:
+                self._on_shard(self.paths[-1], self.rows_per_shard[-1])
 
     def close(self) -> None:
         if self._buffered:
             self._flush(self._buffered)
+        self._drain()
         if not self.paths:
             # Zero rows: still publish one empty shard so the schema survives; the quality gate
             # (row count) is what rejects an empty dataset, with a clear message.
             self._write_group(self.schema.empty_table())
             self.rows_per_shard[-1] = 0
         self._close_writer()
+        self._pool.shutdown()
 
     def abort(self) -> None:
         """Close an open file handle on error paths (idempotent)."""
+        for f in self._pending:
+            f.cancel()
+        self._pool.shutdown(wait=True)
+        self._pending = []
+        self._on_shard = None  # a failed conversion hands nothing on
         self._close_writer()
 
 
@@ -346,6 +382,13 @@ def _type_named(name: str) -> pa.DataType:
 def _open_text(path: Path, fmt: SourceFormat) -> IO[str]:
     if fmt.compression == "gzip":
         return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
+    if fmt.compression is not None:  # zstd: Python 3.11 has no stdlib codec; pyarrow's stream
+        import io
+
+        import pyarrow as pa
+
+        raw = pa.input_stream(str(path), compression=fmt.compression)
+        return io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8", errors="replace", newline="")  # type: ignore[arg-type]
     return open(path, encoding="utf-8", errors="replace", newline="")
 
 
@@ -430,15 +473,23 @@ def _open_csv(
             return InputError(f"{label} cannot be read ({exc}); upload it again")
         return parse_failure(exc)
 
-    try:
-        reader = pcsv.open_csv(
-            _open_stream(path, fmt),
-            read_options=pcsv.ReadOptions(block_size=READ_BLOCK_SIZE, use_threads=False),
-            parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid_row),
-            convert_options=pcsv.ConvertOptions(column_types=column_types, strings_can_be_null=True),
-        )
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise failure(exc, None) from None
+    def open_reader(block_size: int, types: dict[str, Any]) -> Any:
+        try:
+            return pcsv.open_csv(
+                _open_stream(path, fmt),
+                read_options=pcsv.ReadOptions(block_size=block_size, use_threads=False),
+                parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid_row),
+                convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True),
+            )
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise failure(exc, None) from None
+
+    reader = open_reader(READ_BLOCK_SIZE, column_types)
+    if STREAM_BLOCK_SIZE < READ_BLOCK_SIZE:
+        # Types inferred from the first big block, then streamed in small blocks with those types.
+        probed = {f.name: f.type for f in reader.schema}
+        reader.close()
+        reader = open_reader(STREAM_BLOCK_SIZE, {**probed, **column_types})
     schema = reader.schema
     binary = [f.name for f in schema if pa.types.is_binary(f.type)]
     if binary:
@@ -549,11 +600,14 @@ def convert_to_parquet(
     row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
     shard_rows: int = DEFAULT_SHARD_ROWS,
     log: Log = print,
+    on_shard: Callable[[Path, int], None] | None = None,
 ) -> tuple[pa.Schema, list[Path], list[int]]:
     """Convert local source files (``(path, label)``, in order) into Parquet shards in ``outdir``.
 
     Returns the schema, the shard paths and the rows per shard. Restarts with wider column types
     when a later block of CSV/JSON does not fit the inferred ones (see the module docstring).
+    ``on_shard(path, rows)`` is called as each shard is complete (ingest starts uploading it);
+    after a restart, shards of the same name are written and handed on again.
     """
     csv_types: dict[str, Any] = {}
     json_schema: pa.Schema | None = None
@@ -563,7 +617,7 @@ def convert_to_parquet(
         try:
             return _convert_once(
                 local, fmt, outdir, csv_types=csv_types, json_schema=json_schema,
-                row_group_rows=row_group_rows, shard_rows=shard_rows,
+                row_group_rows=row_group_rows, shard_rows=shard_rows, on_shard=on_shard,
             )
         except _Widen as widen:
             if fmt.kind == "csv":
@@ -607,6 +661,7 @@ def _convert_once(
     json_schema: pa.Schema | None,
     row_group_rows: int,
     shard_rows: int,
+    on_shard: Callable[[Path, int], None] | None = None,
 ) -> tuple[pa.Schema, list[Path], list[int]]:
     writer: _ShardWriter | None = None
     first_label = local[0][1]
@@ -625,7 +680,9 @@ def _convert_once(
             if writer is None:
                 if len(schema) == 0:
                     raise InputError(f"{label} holds no columns; upload a file with a header row")
-                writer = _ShardWriter(outdir, schema, row_group_rows=row_group_rows, shard_rows=shard_rows)
+                writer = _ShardWriter(
+                    outdir, schema, row_group_rows=row_group_rows, shard_rows=shard_rows, on_shard=on_shard
+                )
                 # Later files are read with the first file's types, so drift shows up as a
                 # conversion error (widened, restart) or a schema mismatch (refused), never silently.
                 types.update({f.name: f.type for f in schema if f.name not in types})
@@ -637,9 +694,10 @@ def _convert_once(
         assert writer is not None  # local is never empty
         writer.close()
         return writer.schema, writer.paths, writer.rows_per_shard
-    finally:
+    except BaseException:
         if writer is not None:
             writer.abort()
+        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -725,23 +783,27 @@ def ingest_dataset(
         outdir = scratch / "out"
         outdir.mkdir()
         started = time.monotonic()
-        schema, shard_paths, shard_rows_list = convert_to_parquet(
-            local, fmt, outdir, row_group_rows=row_group_rows, shard_rows=shard_rows, log=log
-        )
-        for path, _label in local:
-            path.unlink(missing_ok=True)  # free scratch space before uploading
-        rows = sum(shard_rows_list)
+        uploader = _ShardUploader(s3, bucket, prefix, log=log)
+        try:
+            schema, shard_paths, shard_rows_list = convert_to_parquet(
+                local, fmt, outdir, row_group_rows=row_group_rows, shard_rows=shard_rows, log=log,
+                on_shard=uploader.submit,
+            )
+            rows = sum(shard_rows_list)
+            log(
+                f"ingest: converted {rows} rows, {len(schema)} columns into {len(shard_paths)} shard(s) "
+                f"in {time.monotonic() - started:.1f}s; finishing uploads"
+            )
+            for path, _label in local:
+                path.unlink(missing_ok=True)  # free scratch space
+            files = uploader.finish(shard_paths, shard_rows_list)
+        except BaseException:
+            uploader.abort()
+            raise
         log(
-            f"ingest: converted {rows} rows, {len(schema)} columns into {len(shard_paths)} shard(s) "
+            f"ingest: {len(files)} shard(s), {sum(f.bytes for f in files)} bytes converted and uploaded "
             f"in {time.monotonic() - started:.1f}s"
         )
-
-        files: list[FileEntry] = []
-        for path, n in zip(shard_paths, shard_rows_list):
-            digest = sha256_file(path)
-            size = upload_file(s3, path, bucket, prefix + path.name)
-            files.append(FileEntry(path=path.name, bytes=size, sha256=digest, rows=n))
-            log(f"ingest: uploaded {path.name} ({size} bytes, {n} rows)")
 
         manifest = DatasetManifest(
             tenant=tenant,
@@ -772,6 +834,91 @@ def ingest_dataset(
         return manifest
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+class _ShardUploader:
+    """Uploads each shard as soon as it is complete, while the next one is being converted.
+
+    A shard is hashed and uploaded from ONE open file descriptor, and the upload is recorded with
+    the file's (inode, size, mtime): :meth:`finish` trusts a recorded upload only if the final
+    shard is still that very file, and uploads anything else again, after every earlier upload has
+    finished, so a shard rewritten by a widening restart can never be overtaken by its stale copy.
+    """
+
+    def __init__(self, s3: Any, bucket: str, prefix: str, *, log: Log) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.s3, self.bucket, self.prefix, self.log = s3, bucket, prefix, log
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-upload")
+        self._futures: list[Any] = []
+        self._done: dict[str, tuple[tuple[int, int, int], FileEntry]] = {}
+
+    def submit(self, path: Path, rows: int) -> None:
+        self._futures.append(self._pool.submit(self._upload, path, rows))
+
+    def _upload(self, path: Path, rows: int) -> None:
+        import hashlib
+        import os
+
+        from aifactory.s3 import SINGLE_PUT_LIMIT
+
+        started = time.monotonic()
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if st.st_size > SINGLE_PUT_LIMIT:
+                digest = sha256_file(path)
+                size = upload_file(self.s3, path, self.bucket, self.prefix + path.name)
+            else:
+                h = hashlib.sha256()
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+                digest = h.hexdigest()
+                fh.seek(0)
+                self.s3.put_object(
+                    Bucket=self.bucket, Key=self.prefix + path.name, Body=fh, ContentLength=st.st_size,
+                    ContentType="application/octet-stream",
+                )
+                size = st.st_size
+        self._done[path.name] = (ident, FileEntry(path=path.name, bytes=size, sha256=digest, rows=rows))
+        secs = max(time.monotonic() - started, 1e-6)
+        self.log(f"ingest: uploaded {path.name} ({size} bytes, {rows} rows, {size / secs / 1e6:.0f} MB/s)")
+
+    def finish(self, paths: list[Path], rows: list[int]) -> list[FileEntry]:
+        import os
+
+        from aifactory.s3 import head
+
+        for f in self._futures:
+            f.result()
+        self._pool.shutdown()
+        files: list[FileEntry] = []
+        for path, n in zip(paths, rows):
+            st = os.stat(path)
+            rec = self._done.get(path.name)
+            if rec is None or rec[0] != (st.st_ino, st.st_size, st.st_mtime_ns) or rec[1].rows != n:
+                self._upload(path, n)
+                rec = self._done[path.name]
+            files.append(rec[1])
+        for f in files:  # the store holds what we hashed (size check; sha256 is ours, in the manifest)
+            info = head(self.s3, self.bucket, self.prefix + f.path)
+            if info is None or info.size != f.bytes:
+                raise OSError(
+                    f"upload of {f.path} to s3://{self.bucket}/{self.prefix}{f.path} did not verify "
+                    f"(local {f.bytes} bytes, remote {info.size if info else 'missing'}); retry the task"
+                )
+        return files
+
+    def abort(self) -> None:
+        """Stop, wait for uploads in flight, and delete what was uploaded: nothing half-built stays."""
+        import contextlib
+
+        for f in self._futures:
+            f.cancel()
+        self._pool.shutdown(wait=True)
+        for name in list(self._done):
+            with contextlib.suppress(Exception):
+                self.s3.delete_object(Bucket=self.bucket, Key=self.prefix + name)
 
 
 def _check_same_version(m: DatasetManifest, *, tenant: str, name: str, version: str) -> None:

@@ -10,6 +10,13 @@ cluster verifies files against these digests.
 
 JSON is written with sorted keys and a fixed indent so the same manifest always serialises to the
 same bytes, which makes :meth:`DatasetManifest.manifest_sha256` a stable identity.
+
+The quality gate's **verdict** is the one field that changes after publication: the gate writes its
+full result beside the version (``quality.json``) and then sets ``quality`` in ``manifest.json``
+with a conditional write (``If-Match`` on the ETag it read, retried on a race), see
+:func:`record_quality_verdict`. ``manifest_sha256`` is computed with ``quality`` left out, so the
+identity that ingest returned, staging records and export cites never changes when a version is
+(re)validated; the verdict carries the sha256 of the report it summarises.
 """
 
 from __future__ import annotations
@@ -95,7 +102,11 @@ class DatasetManifest:
 
     @property
     def manifest_sha256(self) -> str:
-        return sha256_bytes(self.to_json().encode("utf-8"))
+        """The version's identity: sha256 of the manifest JSON with the (mutable) verdict left out."""
+        if self.quality is None:
+            return sha256_bytes(self.to_json().encode("utf-8"))
+        identity = DatasetManifest.from_dict({**self.to_dict(), "quality": None})
+        return sha256_bytes(identity.to_json().encode("utf-8"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DatasetManifest:
@@ -165,3 +176,35 @@ def load_manifest(s3: Any, bucket: str, prefix: str) -> DatasetManifest | None:
             return None
         raise
     return DatasetManifest.from_json(raw)
+
+
+def record_quality_verdict(
+    s3: Any, bucket: str, prefix: str, verdict: dict[str, Any], *, attempts: int = 5
+) -> DatasetManifest:
+    """Set ``quality`` in ``<prefix>manifest.json`` to ``verdict`` without losing a concurrent write.
+
+    Read the manifest and its ETag, write it back with ``If-Match: <etag>``; if another writer got
+    there first, read again and retry. Only ``quality`` changes, so ``manifest_sha256`` is stable.
+    """
+    from botocore.exceptions import ClientError
+
+    from aifactory.s3 import is_precondition_failed
+
+    key = prefix + MANIFEST_NAME
+    for _ in range(max(1, attempts)):
+        resp = s3.get_object(Bucket=bucket, Key=key)
+        etag = resp["ETag"]
+        manifest = DatasetManifest.from_json(resp["Body"].read())
+        manifest.quality = dict(verdict)
+        try:
+            s3.put_object(
+                Bucket=bucket, Key=key, Body=manifest.to_json().encode("utf-8"),
+                ContentType="application/json", IfMatch=etag,
+            )
+            return manifest
+        except ClientError as exc:
+            if not is_precondition_failed(exc):
+                raise
+    raise RuntimeError(
+        f"s3://{bucket}/{key} kept changing while the quality verdict was recorded; run the quality task again"
+    )

@@ -33,10 +33,22 @@ How a dataset is judged
 * Shards are downloaded one at a time (one streaming GET each), checked against the manifest's
   sha256, read into pandas and validated with an **ephemeral** GX context (file contexts break
   under parallel runs; FAILURE-MODES 15).
+* Only the columns the suite reads are loaded (a table-level expectation loads all), and the
+  next shard is downloaded while GX validates the current one. Schema expectations
+  (``expect_column_to_exist``, ``expect_table_columns_*``, column counts) run once on a zero-row
+  frame carrying every column and dtype.
 * Row-count expectations (``expect_table_row_count_*``) are dataset-wide: they run once, after
-  the shards, against the total number of rows. Every other expectation runs on each shard and
-  passes only if it passes on every shard; unexpected and element counts are summed. (Column
-  aggregates such as a mean are therefore checked per shard, which is stricter than dataset-wide.)
+  the shards, against the total number of rows. Uniqueness (``expect_column_values_to_be_unique``,
+  ``expect_compound_columns_to_be_unique``) is dataset-wide too: the columns are hash-partitioned
+  into spill files of ~1M rows and GX validates bucket by bucket (equal values share a bucket), so
+  a duplicate split across shards is found, with bounded memory. Every other expectation runs on
+  each shard and passes only if it passes on every shard; unexpected and element counts are
+  summed. (Column aggregates such as a mean are therefore checked per shard, which is stricter
+  than dataset-wide.)
+* Suites are chosen per dataset or per tenant: ``quality_suites: {<dataset>: <suite>}`` in the
+  tenant spec, else its ``quality_suite``. The full result goes to ``quality.json`` beside the
+  version and the verdict into ``manifest.json`` (:func:`publish_quality_result`); the log gets a
+  compact summary (:func:`compact_summary`).
 * The gate also fails, saying which, when: the dataset has zero rows, the suite has no
   expectations after expansion, a column an expectation names is missing, an expectation raised
   an exception (which GX would otherwise report like a data failure), GX returned fewer results
@@ -372,6 +384,81 @@ def _apply_results(
                 aggs[idx].success = False
 
 
+def _columns_of(exp: dict[str, Any]) -> list[str] | None:
+    """Every column an expectation reads, or ``None`` when it may read any (table-level)."""
+    kw = exp["kwargs"]
+    cols = _referenced_columns(kw)
+    for key in ("column_list",):
+        if isinstance(kw.get(key), list):
+            cols += [c for c in kw[key] if isinstance(c, str)]
+    return cols or None
+
+
+def _unique_columns(exp: dict[str, Any]) -> list[str] | None:
+    """The columns of a dataset-wide uniqueness expectation (``None``: not one)."""
+    if exp["type"] == "expect_column_values_to_be_unique" and isinstance(exp["kwargs"].get("column"), str):
+        return [exp["kwargs"]["column"]]
+    if exp["type"] == "expect_compound_columns_to_be_unique" and isinstance(exp["kwargs"].get("column_list"), list):
+        return [c for c in exp["kwargs"]["column_list"] if isinstance(c, str)]
+    return None
+
+
+class _UniqueSpill:
+    """Hash-partitions the columns of one uniqueness expectation into ``buckets`` spill files.
+
+    Equal values hash to the same bucket, so "unique within every bucket" is exactly "unique in
+    the whole dataset", and each bucket holds ~1/buckets of the column: GX then validates bucket by
+    bucket with bounded memory, and unexpected counts add up correctly across shards.
+    """
+
+    def __init__(self, directory: Path, index: int, columns: list[str], buckets: int) -> None:
+        self.directory, self.index, self.columns, self.buckets = directory, index, columns, buckets
+        self.writers: dict[int, Any] = {}
+        self.paths: dict[int, Path] = {}
+
+    def add(self, df: Any) -> None:
+        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        part = df[self.columns]
+        bucket = pd.util.hash_pandas_object(part, index=False).to_numpy() % self.buckets
+        for b in range(self.buckets):
+            chunk = part[bucket == b]
+            if chunk.empty:
+                continue
+            table = pa.Table.from_pandas(chunk, preserve_index=False)
+            if b not in self.writers:
+                self.paths[b] = self.directory / f"unique-{self.index}-{b}.parquet"
+                self.writers[b] = pq.ParquetWriter(self.paths[b], table.schema, compression="none")
+            self.writers[b].write_table(table.cast(self.writers[b].schema))
+
+    def frames(self) -> Any:
+        import pyarrow.parquet as pq
+
+        for w in self.writers.values():
+            w.close()
+        self.writers.clear()
+        for b in sorted(self.paths):
+            df = pq.read_table(self.paths[b]).to_pandas()
+            self.paths[b].unlink()
+            yield b, df
+
+
+#: Expectations about the schema only: evaluated once, on a zero-row frame with every column.
+SCHEMA_ONLY = frozenset(
+    {
+        "expect_column_to_exist",
+        "expect_table_columns_to_match_set",
+        "expect_table_columns_to_match_ordered_list",
+        "expect_table_column_count_to_equal",
+        "expect_table_column_count_to_be_between",
+    }
+)
+#: Rows per uniqueness bucket (bounds GX's memory for dataset-wide uniqueness).
+UNIQUE_BUCKET_ROWS = 1_000_000
+
+
 def validate_dataset(
     s3: Any,
     *,
@@ -385,6 +472,10 @@ def validate_dataset(
 ) -> dict[str, Any]:
     """Validate every shard of a dataset version against a suite; raise if the gate fails.
 
+    Only the columns the suite reads are loaded into pandas; the next shard is downloaded (and
+    checked against the manifest's sha256) while GX validates the current one. Uniqueness
+    expectations are dataset-wide (hash-partitioned spill, see :class:`_UniqueSpill`).
+
     :param s3: a client from :func:`aifactory.s3.make_client`.
     :param bucket: the tenant's bucket.
     :param manifest: the version's manifest (lists shards, rows and sha256s).
@@ -397,10 +488,15 @@ def validate_dataset(
     :raises QualityGateFailed: with a readable multi-line message and the summary attached.
     :raises InputError: the suite is malformed or needs a parameter the run lacks.
     """
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
     import pyarrow.parquet as pq
 
+    from aifactory.manifest import sha256_file
     from aifactory.s3 import download_to
 
+    started = time.monotonic()
     prefix = dataset_prefix if dataset_prefix.endswith("/") else dataset_prefix + "/"
     suite_doc = load_suite(suite_path)
     suite_name = str(suite_doc["name"])
@@ -409,6 +505,7 @@ def validate_dataset(
     aggs = [_Aggregate(e) for e in expanded]
     summary_base = {
         "suite": suite_name,
+        "suite_sha256": sha256_file(suite_path),
         "dataset": {"tenant": manifest.tenant, "name": manifest.name, "version": manifest.version},
     }
     if not expanded:
@@ -420,43 +517,87 @@ def validate_dataset(
 
     build_gx_suite(expanded, name=suite_name)  # refuse a bad entry before downloading anything
     wide = [i for i, e in enumerate(expanded) if e["type"] in DATASET_WIDE]
-    per_shard = [i for i, e in enumerate(expanded) if e["type"] not in DATASET_WIDE]
+    schema_only = [i for i, e in enumerate(expanded) if e["type"] in SCHEMA_ONLY]
+    unique = [i for i, e in enumerate(expanded) if _unique_columns(e) is not None and i not in wide]
+    per_shard = [i for i in range(len(expanded)) if i not in wide and i not in schema_only and i not in unique]
+    needed: list[str] | None = []
+    for i in per_shard + unique:
+        cols = _columns_of(expanded[i])
+        if cols is None:
+            needed = None  # a table-level expectation: load every column
+            break
+        needed += [c for c in cols if c not in needed]
 
     context = _ephemeral_context()
     source = context.data_sources.add_pandas("aifp_dataset")
     batch_def = source.add_dataframe_asset("shard").add_batch_definition_whole_dataframe("whole")
+    log(
+        f"quality: suite {suite_name!r}: {len(expanded)} expectations on {manifest.rows} rows in "
+        f"{len(manifest.files)} shard(s), {manifest.total_bytes} B; reading "
+        + (f"{len(needed)} column(s)" if needed is not None else "all columns")
+    )
 
     total_rows = 0
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"quality-{manifest.version}-", dir=workdir))
+    n_buckets = max(1, -(-manifest.rows // UNIQUE_BUCKET_ROWS))
+    spills: dict[int, _UniqueSpill] = {}
+
+    def fetch(n: int) -> Path:
+        entry = manifest.files[n]
+        local = scratch / f"shard-{n:05d}.parquet"
+        got = download_to(s3, bucket, prefix + entry.path, local)
+        if got.sha256 != entry.sha256:
+            raise FactoryError(
+                f"s3://{bucket}/{prefix}{entry.path} does not match its manifest sha256; the "
+                "dataset version is corrupt. Ask the platform team to delete "
+                f"s3://{bucket}/{prefix} (manifest.json first); the next ingest republishes it"
+            )
+        return local
+
     try:
-        for n, entry in enumerate(manifest.files):
-            local = scratch / f"shard-{n:05d}.parquet"
-            got = download_to(s3, bucket, prefix + entry.path, local)
-            if got.sha256 != entry.sha256:
-                raise FactoryError(
-                    f"s3://{bucket}/{prefix}{entry.path} does not match its manifest sha256; the "
-                    "dataset version is corrupt. Ask the platform team to delete "
-                    f"s3://{bucket}/{prefix} (manifest.json first); the next ingest republishes it"
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality-prefetch") as prefetch:
+            upcoming = prefetch.submit(fetch, 0) if manifest.files else None
+            for n, entry in enumerate(manifest.files):
+                assert upcoming is not None
+                local = upcoming.result()
+                upcoming = prefetch.submit(fetch, n + 1) if n + 1 < len(manifest.files) else None
+                t0 = time.monotonic()
+                schema = pq.read_schema(local)
+                present = set(map(str, schema.names))
+                if n == 0 and schema_only:
+                    _run_schema_only(expanded, schema_only, schema, aggs, problems, batch_def, suite_name)
+                columns = None if needed is None else [c for c in needed if c in present]
+                df = pq.read_table(local, columns=columns).to_pandas()
+                local.unlink()
+                rows = len(df)
+                total_rows += rows
+                runnable: list[int] = []
+                for i in per_shard + unique:
+                    missing = [c for c in _referenced_columns(expanded[i]["kwargs"]) if c not in present]
+                    if missing:
+                        aggs[i].add_missing(missing)
+                    elif i in unique and all(c in present for c in _unique_columns(expanded[i]) or []):
+                        if i not in spills:
+                            spills[i] = _UniqueSpill(scratch, i, _unique_columns(expanded[i]) or [], n_buckets)
+                        spills[i].add(df)
+                    else:
+                        runnable.append(i)
+                if runnable:
+                    suite = build_gx_suite(expanded, name=suite_name, indices=runnable)
+                    _apply_results(_run_gx(batch_def, df, suite), aggs, runnable, problems, f"shard {entry.path}")
+                del df
+                log(
+                    f"quality: {entry.path} ({n + 1}/{len(manifest.files)}): {rows} rows, {len(runnable)} "
+                    f"expectations in {time.monotonic() - t0:.1f}s; {total_rows}/{manifest.rows} rows done"
                 )
-            df = pq.read_table(local).to_pandas()
-            local.unlink()
-            rows = len(df)
-            total_rows += rows
-            present = set(map(str, df.columns))
-            runnable: list[int] = []
-            for i in per_shard:
-                missing = [c for c in _referenced_columns(expanded[i]["kwargs"]) if c not in present]
-                if missing:
-                    aggs[i].add_missing(missing)
-                else:
-                    runnable.append(i)
-            if runnable:
-                suite = build_gx_suite(expanded, name=suite_name, indices=runnable)
-                _apply_results(_run_gx(batch_def, df, suite), aggs, runnable, problems, f"shard {entry.path}")
-            del df
-            log(f"quality: {entry.path}: {rows} rows validated ({len(runnable)} expectations)")
+
+        for i, spill in spills.items():
+            suite = build_gx_suite(expanded, name=suite_name, indices=[i])
+            for b, frame in spill.frames():
+                _apply_results(_run_gx(batch_def, frame, suite), aggs, [i], problems, f"uniqueness bucket {b}")
+            log(f"quality: {_describe(expanded[i])} checked across all shards ({n_buckets} hash bucket(s))")
 
         if total_rows != manifest.rows:
             problems.append(
@@ -477,10 +618,55 @@ def validate_dataset(
         shutil.rmtree(scratch, ignore_errors=True)
 
     summary = _summary(summary_base, aggs, rows=total_rows, shards=len(manifest.files), problems=problems)
+    summary["seconds"] = round(time.monotonic() - started, 3)
+    for line in compact_summary(summary).splitlines():
+        log(line)
     if not summary["success"]:
         raise QualityGateFailed(format_summary(summary), summary)
-    log(format_summary(summary).splitlines()[0])
     return summary
+
+
+def _run_schema_only(
+    expanded: list[dict[str, Any]], indices: list[int], schema: Any, aggs: list[_Aggregate],
+    problems: list[str], batch_def: Any, suite_name: str,
+) -> None:
+    """Schema expectations, once, against a zero-row frame with every column and its dtype."""
+    present = set(map(str, schema.names))
+    runnable = []
+    for i in indices:
+        missing = [c for c in _referenced_columns(expanded[i]["kwargs"]) if c not in present]
+        if missing:
+            aggs[i].add_missing(missing)
+        else:
+            runnable.append(i)
+    if runnable:
+        frame = schema.empty_table().to_pandas()
+        suite = build_gx_suite(expanded, name=suite_name, indices=runnable)
+        _apply_results(_run_gx(batch_def, frame, suite), aggs, runnable, problems, "the schema")
+
+
+def compact_summary(summary: dict[str, Any]) -> str:
+    """A few lines for the task log: verdict, then per expectation type passed/failed and
+    unexpected counts, then each failure. Counts only, never values."""
+    verdict = "PASSED" if summary.get("success") else "FAILED"
+    ds = summary.get("dataset", {})
+    lines = [
+        f"quality: {verdict} {ds.get('name')}/{ds.get('version')} suite {summary.get('suite')}: "
+        f"{summary.get('successful_expectations', 0)}/{summary.get('evaluated_expectations', 0)} expectations "
+        f"passed, {summary.get('rows', 0)} rows, {summary.get('shards', 0)} shard(s)"
+        + (f", {summary['seconds']:.1f}s" if "seconds" in summary else "")
+    ]
+    by_type: dict[str, list[int]] = {}
+    for e in summary.get("expectations", []):
+        t = by_type.setdefault(e["type"], [0, 0, 0])
+        t[0 if e.get("success") else 1] += 1
+        t[2] += int(e.get("unexpected_count") or 0)
+    for typ, (ok, bad, unexpected) in by_type.items():
+        lines.append(f"quality:   {typ}: {ok} passed, {bad} failed, {unexpected} unexpected value(s)")
+    for line in format_summary(summary).splitlines()[1:]:
+        if line.startswith("  - "):
+            lines.append("quality:   FAILED " + line[4:])
+    return "\n".join(lines)
 
 
 def _summary(
@@ -547,6 +733,43 @@ def _expected(exp: dict[str, Any]) -> str:
     return ", ".join(parts) or "(see suite)"
 
 
+def quality_verdict(summary: dict[str, Any], *, report_sha256: str) -> dict[str, Any]:
+    """The small verdict recorded in ``manifest.json`` (the full report is ``quality.json``)."""
+    from datetime import datetime, timezone
+
+    return {
+        "verdict": "passed" if summary.get("success") else "failed",
+        "suite": summary.get("suite"),
+        "suite_sha256": summary.get("suite_sha256"),
+        "expectations": summary.get("evaluated_expectations"),
+        "failed": summary.get("failed_expectations"),
+        "rows": summary.get("rows"),
+        "report": QUALITY_NAME,
+        "report_sha256": report_sha256,
+        "checked_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+    }
+
+
+def publish_quality_result(s3: Any, *, bucket: str, dataset_prefix: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write ``quality.json`` beside the version, then record the verdict in ``manifest.json``.
+
+    The verdict update is a conditional write (see :func:`aifactory.manifest.record_quality_verdict`);
+    ``manifest_sha256`` does not change. Returns the verdict.
+    """
+    from aifactory.manifest import record_quality_verdict, sha256_bytes
+
+    prefix = dataset_prefix if dataset_prefix.endswith("/") else dataset_prefix + "/"
+    body = _report_bytes(summary)
+    write_quality_result(s3, bucket=bucket, dataset_prefix=prefix, summary=summary)
+    verdict = quality_verdict(summary, report_sha256=sha256_bytes(body))
+    record_quality_verdict(s3, bucket, prefix, verdict)
+    return verdict
+
+
+def _report_bytes(summary: dict[str, Any]) -> bytes:
+    return json.dumps(summary, indent=2, sort_keys=True, default=str).encode("utf-8") + b"\n"
+
+
 def write_quality_result(s3: Any, *, bucket: str, dataset_prefix: str, summary: dict[str, Any]) -> str:
     """Write ``summary`` as ``<dataset_prefix>quality.json``; return the key.
 
@@ -558,6 +781,6 @@ def write_quality_result(s3: Any, *, bucket: str, dataset_prefix: str, summary: 
 
     prefix = dataset_prefix if dataset_prefix.endswith("/") else dataset_prefix + "/"
     key = prefix + QUALITY_NAME
-    body = json.dumps(summary, indent=2, sort_keys=True, default=str).encode("utf-8") + b"\n"
+    body = _report_bytes(summary)
     put_bytes(s3, bucket, key, body, content_type="application/json")
     return key

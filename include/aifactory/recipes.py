@@ -13,14 +13,25 @@ A recipe is data the platform owns, not code the user sends::
 script), ``sbatch_template`` (file name of the wrapper), ``hyperparameters`` (a JSON schema of type
 object; ``default`` values are applied), ``resources`` (default resources: ``nodes``,
 ``cpus_per_task``, ``mem_gb``, ``gpus_per_node``, ``time_limit_minutes``; bounded later by the
-tenant's limits in :class:`aifactory.slurm.Resources`).
+tenant's limits in :class:`aifactory.slurm.Resources`), ``slurm`` (optional: ``signal`` and
+``signal_before_limit_s``, the warning Slurm sends before the time limit, see
+:meth:`Recipe.sbatch_signal`), ``data_checks`` (optional: what the dataset's columns must be before
+any job is submitted, see :func:`check_dataset`)::
+
+    data_checks:
+      label_column: {min_classes: 2}       # the column named by hyperparameters.label_column
+      feature_columns: {numeric: true}     # every column named by hyperparameters.feature_columns
+
+Adding a recipe is adding a folder: the DAG's trigger form lists every folder (``load_recipes``)
+the tenant allows, and the schema, resources and checks all come from its ``recipe.yaml``.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +41,15 @@ import yaml
 
 from aifactory.errors import InputError
 
-__all__ = ["Recipe", "load_recipe", "load_recipes", "DEFAULT_RECIPES_ROOT"]
+__all__ = [
+    "Recipe",
+    "load_recipe",
+    "load_recipes",
+    "check_dataset",
+    "distinct_values_s3",
+    "is_numeric_arrow_type",
+    "DEFAULT_RECIPES_ROOT",
+]
 
 #: ``include/recipes`` next to this package (``include/aifactory``).
 DEFAULT_RECIPES_ROOT = Path(__file__).resolve().parent.parent / "recipes"
@@ -38,6 +57,12 @@ DEFAULT_RECIPES_ROOT = Path(__file__).resolve().parent.parent / "recipes"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 #: Entry point and template names become remote file names and a ``--export`` value.
 _FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+#: Signals a recipe may ask Slurm to send before the time limit (``sbatch --signal``).
+_SIGNALS = ("USR1", "USR2", "TERM", "INT", "HUP", "URG")
+#: Checks ``data_checks`` may name, with the type of their argument.
+_DATA_CHECKS: dict[str, type] = {"min_classes": int, "numeric": bool}
+#: Arrow type names (``str(pa.DataType)``, as in the dataset manifest's schema) a network can read as numbers.
+_NUMERIC_TYPE_RE = re.compile(r"^(?:u?int(?:8|16|32|64)|halffloat|float(?:16|32|64)?|double|bool|decimal(?:32|64|128|256)?\(.*\))$")
 
 
 @dataclass(frozen=True)
@@ -60,6 +85,21 @@ class Recipe:
     resources: dict[str, Any] = field(default_factory=dict)
     entrypoint: str = "train.py"
     sbatch_template: str = "sbatch.sh.tmpl"
+    slurm: dict[str, Any] = field(default_factory=dict)
+    data_checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def sbatch_signal(self, time_limit_minutes: int) -> str | None:
+        """The ``sbatch --signal`` value (``USR1@60``), or None when the recipe asks for none.
+
+        The warning time is capped to a quarter of the time limit (at least 10 s), so that a short
+        job is not told to stop as soon as it starts.
+        """
+        sig = self.slurm.get("signal")
+        if not sig:
+            return None
+        before = int(self.slurm.get("signal_before_limit_s", 60))
+        before = max(10, min(before, int(time_limit_minutes) * 60 // 4))
+        return f"{sig}@{before}"
 
     @property
     def entrypoint_path(self) -> Path:
@@ -136,6 +176,30 @@ def load_recipe(folder: Path) -> Recipe:
     resources = spec.get("resources") or {}
     if not isinstance(resources, dict):
         raise InputError(f"recipe {name!r}: 'resources' must be a mapping")
+    slurm = spec.get("slurm") or {}
+    if not isinstance(slurm, dict) or set(slurm) - {"signal", "signal_before_limit_s"}:
+        raise InputError(f"recipe {name!r}: 'slurm' may only set signal and signal_before_limit_s")
+    if slurm.get("signal") is not None and slurm["signal"] not in _SIGNALS:
+        raise InputError(f"recipe {name!r}: slurm.signal must be one of {list(_SIGNALS)}")
+    before = slurm.get("signal_before_limit_s", 60)
+    if isinstance(before, bool) or not isinstance(before, int) or not 10 <= before <= 86400:
+        raise InputError(f"recipe {name!r}: slurm.signal_before_limit_s must be an integer in 10..86400")
+    checks = spec.get("data_checks") or {}
+    if not isinstance(checks, dict):
+        raise InputError(f"recipe {name!r}: 'data_checks' must be a mapping of hyperparameter -> checks")
+    props = schema.get("properties", {})
+    for hp_name, rules in checks.items():
+        if hp_name not in props:
+            raise InputError(f"recipe {name!r}: data_checks names {hp_name!r}, which is not a hyperparameter")
+        if not isinstance(rules, dict) or not rules:
+            raise InputError(f"recipe {name!r}: data_checks.{hp_name} must be a non-empty mapping")
+        for rule, arg in rules.items():
+            want = _DATA_CHECKS.get(rule)
+            if want is None or not isinstance(arg, want) or (want is int and isinstance(arg, bool)):
+                raise InputError(
+                    f"recipe {name!r}: data_checks.{hp_name}.{rule}: unknown check or wrong argument; "
+                    f"known: {', '.join(f'{k} ({v.__name__})' for k, v in _DATA_CHECKS.items())}"
+                )
     return Recipe(
         name=name,
         root=folder,
@@ -144,6 +208,8 @@ def load_recipe(folder: Path) -> Recipe:
         resources=dict(resources),
         entrypoint=entrypoint,
         sbatch_template=template,
+        slurm=dict(slurm),
+        data_checks={k: dict(v) for k, v in checks.items()},
     )
 
 
@@ -156,3 +222,100 @@ def load_recipes(root: Path = DEFAULT_RECIPES_ROOT) -> dict[str, Recipe]:
             recipe = load_recipe(folder)
             recipes[recipe.name] = recipe
     return recipes
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks of the data before any job is submitted
+# --------------------------------------------------------------------------------------------------
+
+#: ``distinct_values(column, limit)``: up to ``limit`` distinct values of ``column`` (stopping early).
+DistinctValues = Callable[[str, int], set[Any]]
+
+
+def is_numeric_arrow_type(type_name: str) -> bool:
+    """True for Arrow integer, floating, boolean and decimal type names (``int64``, ``double``, ...)."""
+    return bool(_NUMERIC_TYPE_RE.fullmatch(str(type_name).strip()))
+
+
+def _columns(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Iterable):
+        return [str(v) for v in value]
+    return []
+
+
+def check_dataset(
+    recipe: Recipe,
+    hyperparameters: Mapping[str, Any],
+    schema: Iterable[Mapping[str, str]],
+    distinct_values: DistinctValues | None = None,
+    *,
+    dataset: str = "the dataset",
+) -> list[str]:
+    """Check a dataset version against the recipe's ``data_checks``; return what was checked.
+
+    :param recipe: the recipe (its ``data_checks``).
+    :param hyperparameters: validated hyperparameters (they name the columns).
+    :param schema: the dataset manifest's schema, ``[{"name": ..., "type": <Arrow type name>}]``.
+    :param distinct_values: reads up to ``limit`` distinct values of a column; needed only for
+        ``min_classes`` (None skips those checks).
+    :param dataset: how to name the dataset in messages (its URI).
+    :raises InputError: naming the hyperparameter and the column, e.g. ``hyperparameters.label_column:
+        column 'species' has 1 distinct value in s3://...; the recipe needs at least 2 classes``.
+        No data values appear in the message (they could be sensitive; FAILURE-MODES 15).
+    """
+    types = {str(c["name"]): str(c["type"]) for c in schema}
+    done: list[str] = []
+    for hp_name, rules in recipe.data_checks.items():
+        for column in _columns(hyperparameters.get(hp_name)):
+            if column not in types:
+                raise InputError(
+                    f"hyperparameters.{hp_name}: column {column!r} is not in {dataset}; "
+                    f"its columns are {sorted(types)[:50]}. Fix hyperparameters.{hp_name}"
+                )
+            if rules.get("numeric") and not is_numeric_arrow_type(types[column]):
+                raise InputError(
+                    f"hyperparameters.{hp_name}: column {column!r} of {dataset} has type {types[column]}, "
+                    "not numeric; remove it from the run's hyperparameters or encode it as numbers"
+                )
+            need = int(rules.get("min_classes", 0))
+            if need and distinct_values is not None:
+                found = len(distinct_values(column, need))
+                if found < need:
+                    raise InputError(
+                        f"hyperparameters.{hp_name}: column {column!r} of {dataset} has {found} distinct "
+                        f"value{'s' if found != 1 else ''}; the recipe {recipe.name!r} needs at least {need} "
+                        "classes. Choose another label column or add rows of the other classes"
+                    )
+            done.append(f"{hp_name}:{column}:" + ",".join(sorted(rules)))
+    return done
+
+
+def distinct_values_s3(s3: Any, bucket: str, prefix: str, shard_paths: Iterable[str]) -> DistinctValues:
+    """A :data:`DistinctValues` reading a dataset version's Parquet shards from S3, one at a time.
+
+    Each shard is fetched with one streaming GET (cheap on every S3 implementation) into a
+    temporary file, only the asked column is read, and reading stops as soon as ``limit``
+    distinct values are known (usually within the first shard).
+    """
+
+    def read(column: str, limit: int) -> set[Any]:
+        import pyarrow.parquet as pq
+
+        from aifactory.s3 import download_to
+
+        seen: set[Any] = set()
+        with tempfile.TemporaryDirectory(prefix="aifp-check-") as tmp:
+            for rel in shard_paths:
+                local = download_to(s3, bucket, prefix + rel, Path(tmp) / "shard.parquet").path
+                pf = pq.ParquetFile(local)
+                for batch in pf.iter_batches(batch_size=65536, columns=[column]):
+                    seen.update(v for v in batch.column(0).unique().to_pylist() if v is not None)
+                    if len(seen) >= limit:
+                        return seen
+                local.unlink()
+        return seen
+
+    return read
+

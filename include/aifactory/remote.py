@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import posixpath
 import re
+import select
 import shlex
-from typing import IO, Any, Iterable, Protocol
+import time
+from dataclasses import dataclass
+from typing import IO, Any, Callable, Iterable, Protocol
 
 from aifactory.errors import FactoryError
 
+#: SFTP channel window for parallel sessions (paramiko's default is 2 MiB).
+SFTP_WINDOW = 64 * 1024 * 1024
 SHA256_LINE = re.compile(r"^([0-9a-f]{64})\s+\*?(.+)$")
 
 
@@ -79,6 +84,67 @@ def join(*parts: str) -> str:
     return posixpath.join(*parts)
 
 
+@dataclass(frozen=True)
+class FileStat:
+    """What ``find -printf`` tells about one regular file: enough to notice any change since.
+
+    ``ctime`` cannot be set by an unprivileged user (``touch`` sets mtime only), so size, inode and
+    ctime unchanged since a verification means the content was not rewritten since.
+    """
+
+    name: str
+    size: int
+    inode: int
+    ctime: str
+
+
+def stat_files(shell: RemoteShell, directory: str, *, timeout: float | None = 120) -> dict[str, FileStat]:
+    """Regular files directly inside ``directory`` (name -> :class:`FileStat`); ``{}`` if absent."""
+    rc, out, _ = shell.run(
+        "find " + q(directory) + r" -mindepth 1 -maxdepth 1 -type f -printf '%s\t%i\t%C@\t%f\n' 2>/dev/null || true",
+        timeout=timeout,
+    )
+    stats: dict[str, FileStat] = {}
+    for line in out.splitlines():
+        parts = line.split("\t", 3)
+        if len(parts) == 4 and parts[0].isdigit() and parts[1].isdigit():
+            stats[parts[3]] = FileStat(name=parts[3], size=int(parts[0]), inode=int(parts[1]), ctime=parts[2])
+    return stats
+
+
+def open_sftp(shell: RemoteShell) -> tuple[SFTPLike, bool]:
+    """A separate SFTP session when the shell can open one (for files in flight in parallel).
+
+    Returns ``(session, owned)``; close the session when ``owned``. A shell without
+    ``open_sftp`` gives its shared session (``owned`` False): callers then send one file at a time.
+    """
+    opener = getattr(shell, "open_sftp", None)
+    if callable(opener):
+        return opener(), True
+    return shell.sftp_client(), False
+
+
+def run_with_input(
+    shell: RemoteShell,
+    command: str,
+    data: bytes,
+    *,
+    timeout: float | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> tuple[int, str, str]:
+    """Run ``command`` with ``data`` on its stdin (secrets never go in argv: ``ps`` shows argv).
+
+    ``on_line`` receives each stdout line as it arrives (progress of long remote work).
+    """
+    runner = getattr(shell, "run_input", None)
+    if not callable(runner):
+        raise RemoteError(
+            f"{type(shell).__name__} cannot pass data on stdin; use aifactory.remote.ParamikoShell "
+            "(operators.hooks.FactorySSHHook.shell())"
+        )
+    return runner(command, data, timeout=timeout, on_line=on_line)
+
+
 class ParamikoShell:
     """:class:`RemoteShell` over a connected ``paramiko.SSHClient`` (host key already verified).
 
@@ -90,15 +156,75 @@ class ParamikoShell:
         self._sftp: Any = None
 
     def run(self, command: str, *, timeout: float | None = None) -> tuple[int, str, str]:
-        _, stdout, stderr = self.client.exec_command(command, timeout=timeout)
-        out = stdout.read().decode(errors="replace")
-        err = stderr.read().decode(errors="replace")
-        return stdout.channel.recv_exit_status(), out, err
+        """Run ``command``; read stdout and stderr together (a full stderr pipe cannot stall it).
+
+        :raises TimeoutError: when the command runs past ``timeout`` seconds (its channel is closed).
+        """
+        chan = self.client.get_transport().open_session()
+        try:
+            chan.exec_command(command)
+            out: list[bytes] = []
+            err: list[bytes] = []
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                busy = False
+                while chan.recv_ready():
+                    out.append(chan.recv(1 << 16))
+                    busy = True
+                while chan.recv_stderr_ready():
+                    err.append(chan.recv_stderr(1 << 16))
+                    busy = True
+                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"remote command ran past {timeout:.0f}s: {command[:120]!r}")
+                if not busy:
+                    select.select([chan], [], [], 0.2)
+            return (
+                chan.recv_exit_status(),
+                b"".join(out).decode("utf-8", "replace"),
+                b"".join(err).decode("utf-8", "replace"),
+            )
+        finally:
+            chan.close()
 
     def sftp_client(self) -> Any:
         if self._sftp is None:
             self._sftp = self.client.open_sftp()
         return self._sftp
+
+    def open_sftp(self, *, window_size: int = SFTP_WINDOW) -> Any:
+        """A new SFTP session on the same connection (one per file in flight); caller closes it.
+
+        A large channel window lets pipelined writes run ahead of the server's acknowledgements.
+        """
+        import paramiko
+
+        return paramiko.SFTPClient.from_transport(self.client.get_transport(), window_size=window_size)
+
+    def run_input(
+        self,
+        command: str,
+        data: bytes,
+        *,
+        timeout: float | None = None,
+        on_line: Callable[[str], None] | None = None,
+    ) -> tuple[int, str, str]:
+        """Run ``command`` with ``data`` on stdin; stream stdout lines to ``on_line``."""
+        stdin, stdout, stderr = self.client.exec_command(command, timeout=timeout)
+        try:
+            stdin.write(data)
+            stdin.flush()
+        finally:
+            stdin.channel.shutdown_write()
+        lines: list[str] = []
+        for raw in iter(stdout.readline, ""):
+            line = raw.rstrip("\n") if isinstance(raw, str) else raw.decode(errors="replace").rstrip("\n")
+            lines.append(line)
+            if on_line is not None:
+                on_line(line)
+        err = stderr.read().decode(errors="replace")
+        return stdout.channel.recv_exit_status(), "\n".join(lines), err
 
     def close(self) -> None:
         if self._sftp is not None:

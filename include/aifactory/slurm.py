@@ -367,6 +367,7 @@ def sbatch_argv(
     chdir: str,
     output_path: str,
     export_vars: Mapping[str, str],
+    signal: str | None = None,
 ) -> list[str]:
     """Return the sbatch options of one job, each as a single ``--opt=value`` element.
 
@@ -381,6 +382,8 @@ def sbatch_argv(
     :param export_vars: the job's whole environment besides Slurm's own (``--export=NONE,...``):
         nothing of the submitting shell leaks into the job, and nothing secret may be put here,
         because ``SubmitLine`` is visible to other users.
+    :param signal: ``--signal`` value from the recipe (``[B:|R:]<SIG>[@<seconds>]``, e.g. ``USR1@60``:
+        warn the job's steps before the time limit so they checkpoint); None adds nothing.
     """
     _check_job_names([job_name])
     _check_remote_path(chdir, "run dir")
@@ -422,7 +425,16 @@ def sbatch_argv(
         _opt("open-mode", "append"),
         _opt("export", ",".join(exports)),
     ]
+    # --- recipe options (issue 5): added only when the recipe asks for them ---
+    if signal is not None:
+        if not SIGNAL_RE.fullmatch(str(signal)):
+            raise InputError(f"sbatch --signal {signal!r:.40} must look like [B:|R:]USR1[@<seconds>]")
+        argv.append(_opt("signal", signal))
     return argv
+
+
+#: ``sbatch --signal`` values we pass: an optional B:/R: flag, a signal name, an optional lead time.
+SIGNAL_RE = re.compile(r"^(?:[BR]:)?(?:SIG)?(?:USR1|USR2|TERM|INT|HUP|URG)(?:@[0-9]{1,5})?$")
 
 
 def build_sbatch_command(argv: Sequence[str], script_path: str) -> str:
@@ -642,6 +654,7 @@ def describe(
     exit_code: int | None = None,
     signal: int | None = None,
     resources: Resources | Mapping[str, Any] | None = None,
+    expected_start: str | None = None,
 ) -> str:
     """Return an operator-actionable sentence for ``state``: what happened and what to do next.
 
@@ -651,6 +664,7 @@ def describe(
     :param exit_code: the script's exit code (sacct ``ExitCode`` before the colon).
     :param signal: the signal that ended it (after the colon).
     :param resources: the job's resources, to name the limit it hit.
+    :param expected_start: squeue's estimate of a pending job's start (``%S``).
     """
     parsed = JobState.parse(state)
     raw = state if isinstance(state, str) else str(state)
@@ -668,18 +682,55 @@ def describe(
         "raw": f" ({raw.strip()!r})" if parsed is JobState.UNKNOWN and raw.strip() else "",
     }
     text = _DESCRIPTIONS[parsed].format(**fields)
+    if parsed is JobState.PENDING and reason and "held" in reason.lower():
+        text += f"; it is HELD and will not start until released: 'scontrol release {job_id or '?'}' (or cancel the task)"
+    if parsed is JobState.PENDING and expected_start and expected_start not in ("N/A", "Unknown", "None"):
+        text += f" [expected start: {expected_start}]"
     if signal and parsed in FAILED_STATES:
         text += f" [killed by signal {signal}]"
     return f"Slurm job {job_id or '?'} {text}."
+
+
+#: What Slurm writes into a job's log when it kills a step for exceeding ``--mem`` without cgroups
+#: (jobacct_gather's OverMemoryKill), and what the kernel's or CUDA's OOM killer leave behind.
+OOM_LOG_HINTS = ("exceeded job memory limit", "exceeded step memory limit", "oom-kill", "out of memory")
+
+
+def failure_message(
+    state: str | JobState,
+    *,
+    job_id: str,
+    log_tail: str = "",
+    message: str | None = None,
+    exit_code: int | None = None,
+    signal: int | None = None,
+    reason: str | None = None,
+    resources: Resources | Mapping[str, Any] | None = None,
+) -> str:
+    """The operator-facing message of a job that did not succeed.
+
+    The worker knows the job's resources (the trigger does not), so the limit that was hit is
+    named. Where cgroups are not available Slurm ends an over-memory job as FAILED (signal 9) and
+    says so only in the log; such a job is reported as OUT_OF_MEMORY, with the advice that goes
+    with it. A job found nowhere keeps the watcher's own message (it says how long it looked).
+    """
+    parsed = JobState.parse(state)
+    if parsed in (JobState.FAILED, JobState.CANCELLED, JobState.OUT_OF_MEMORY) and any(
+        hint in log_tail.lower() for hint in OOM_LOG_HINTS
+    ):
+        return describe(JobState.OUT_OF_MEMORY, job_id=job_id, resources=resources)
+    if parsed is JobState.UNKNOWN and message:
+        return message
+    return describe(state, job_id=job_id, exit_code=exit_code, signal=signal, reason=reason, resources=resources)
 
 
 # --------------------------------------------------------------------------------------------------
 # Queries: squeue, sacct, scancel, log reading
 # --------------------------------------------------------------------------------------------------
 
-#: squeue fields, in order: id, name, long state, reason, time used.
-SQUEUE_FIELDS: tuple[str, ...] = ("job_id", "name", "state", "reason", "time_used")
-SQUEUE_FORMAT = "%i|%j|%T|%r|%M"
+#: squeue fields, in order: id, name, long state, reason, time used, expected start (pending jobs).
+SQUEUE_FIELDS: tuple[str, ...] = ("job_id", "name", "state", "reason", "time_used", "expected_start")
+SQUEUE_FORMAT = "%i|%j|%T|%r|%M|%S"
 #: sacct fields (``--parsable2 -X``: one line per job allocation, '|' separated, never truncated).
 SACCT_FIELDS: tuple[str, ...] = (
     "JobID",
@@ -790,6 +841,8 @@ class SqueueRecord:
     raw_state: str
     reason: str
     time_used: str
+    #: squeue's %S: the scheduler's expected start time of a pending job (``N/A`` when unknown)
+    expected_start: str = ""
 
 
 def parse_squeue(text: str) -> list[SqueueRecord]:
@@ -801,12 +854,12 @@ def parse_squeue(text: str) -> list[SqueueRecord]:
     records = []
     for line in text.splitlines():
         parts = line.strip().split("|")
-        if len(parts) < 5 or not JOB_ID_RE.fullmatch(parts[0]):
+        if len(parts) < 6 or not JOB_ID_RE.fullmatch(parts[0]):
             continue
-        # A foreign job's name could contain '|': take id first and the last three from the right.
+        # A foreign job's name could contain '|': take id first and the last four from the right.
         job_id, rest = parts[0], parts[1:]
-        name = "|".join(rest[:-3])
-        raw_state, reason, time_used = rest[-3:]
+        name = "|".join(rest[:-4])
+        raw_state, reason, time_used, expected_start = rest[-4:]
         records.append(
             SqueueRecord(
                 job_id=job_id,
@@ -815,6 +868,7 @@ def parse_squeue(text: str) -> list[SqueueRecord]:
                 raw_state=raw_state,
                 reason=reason,
                 time_used=time_used,
+                expected_start=expected_start,
             )
         )
     return records
@@ -1015,7 +1069,7 @@ def poll_command(job_ids: Iterable[str], logs: Mapping[str, tuple[str, int]] | N
         + " "
         + shlex.quote(
             'BEGIN{n=split(ids,want,",");m=split(active,a," ");for(i=1;i<=m;i++)act[a[i]]=1}'
-            ' NF>=5 && ($3 in act){seen[$1]=1}'
+            ' NF>=6 && ($3 in act){seen[$1]=1}'
             ' END{s="";for(i=1;i<=n;i++)if(!(want[i] in seen))s=s (s==""?"":",") want[i];print s}'
         )
         + ")",
@@ -1047,6 +1101,7 @@ class JobObservation:
     exit_code: int | None = None
     signal: int | None = None
     record: SacctRecord | None = None
+    expected_start: str = ""
 
     @property
     def found(self) -> bool:
@@ -1141,7 +1196,8 @@ def parse_poll_output(
         sq = squeue_records.get(job_id)
         if sq is not None and (expected is None or sq.name == expected) and sq.state in ACTIVE_STATES:
             result.jobs[job_id] = JobObservation(
-                job_id=job_id, state=sq.state, raw_state=sq.raw_state, source="squeue", reason=sq.reason
+                job_id=job_id, state=sq.state, raw_state=sq.raw_state, source="squeue", reason=sq.reason,
+                expected_start=sq.expected_start,
             )
             continue
         rec = select_record(sacct_records, job_id=job_id, name=expected)

@@ -51,6 +51,10 @@ class ClusterSpec:
     python: str
     poll_interval_s: float
     poll_interval_floor_s: float
+    #: ``staging: {mode: push|pull, parallel: N, url_ttl_s: S}`` (see aifactory.staging)
+    staging_mode: str = "push"
+    staging_parallel: int = 4
+    staging_url_ttl_s: int = 900
 
     @property
     def effective_poll_interval_s(self) -> float:
@@ -73,6 +77,14 @@ class TenantSpec:
     recipes: tuple[str, ...]
     schedule: str | None
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: per-dataset suites (``quality_suites: {<dataset name>: <suite>}``); others use quality_suite
+    quality_suites: Mapping[str, str] = field(default_factory=dict)
+    #: overrides the cluster's ``staging.mode`` for this tenant (``staging: {mode: pull}``)
+    staging_mode: str | None = None
+
+    def suite_for(self, dataset_name: str) -> str:
+        """The quality suite of one dataset: its own entry in ``quality_suites``, else ``quality_suite``."""
+        return self.quality_suites.get(dataset_name, self.quality_suite)
 
     # --- the tenant's areas -------------------------------------------------------------------
     @property
@@ -148,7 +160,23 @@ def parse_tenant(data: Mapping[str, Any], where: str = "tenant spec") -> TenantS
         recipes=tuple(str(r) for r in _require(data, "recipes", where)),
         schedule=data.get("schedule"),
         defaults=dict(data.get("defaults") or {}),
+        quality_suites=_quality_suites(data.get("quality_suites"), where),
+        staging_mode=_staging_mode((data.get("staging") or {}).get("mode"), where),
     )
+
+
+def _quality_suites(raw: Any, where: str) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise InputError(f"{where}: quality_suites must map dataset names to suite names, e.g. {{iris: iris_strict}}")
+    return dict(raw)
+
+
+def _staging_mode(raw: Any, where: str) -> str | None:
+    if raw is not None and raw not in ("push", "pull"):
+        raise InputError(f"{where}: staging.mode {raw!r} must be 'push' or 'pull'")
+    return raw
 
 
 def load_tenants(directory: Path = TENANTS_DIR) -> list[TenantSpec]:
@@ -173,6 +201,9 @@ def parse_cluster(data: Mapping[str, Any], where: str = "cluster spec") -> Clust
     name = str(_require(data, "name", where))
     if not NAME_RE.match(name):
         raise InputError(f"{where}: cluster name {name!r} must match {NAME_RE.pattern}")
+    staging = data.get("staging") or {}
+    if not isinstance(staging, Mapping):
+        raise InputError(f"{where}: staging must be a mapping like {{mode: push, parallel: 4}}")
     return ClusterSpec(
         name=name,
         ssh_conn_id=str(_require(data, "ssh_conn_id", where)),
@@ -180,6 +211,9 @@ def parse_cluster(data: Mapping[str, Any], where: str = "cluster spec") -> Clust
         python=str(_require(data, "python", where)),
         poll_interval_s=float(data.get("poll_interval_s", 60)),
         poll_interval_floor_s=float(data.get("poll_interval_floor_s", 30)),
+        staging_mode=str(_staging_mode(staging.get("mode"), where) or "push"),
+        staging_parallel=int(staging.get("parallel", 4)),
+        staging_url_ttl_s=int(staging.get("url_ttl_s", 900)),
     )
 
 

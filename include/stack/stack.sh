@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local AI Factory stack on one machine: sshd (the HPC login node), munge + MariaDB + slurmdbd +
-# slurmctld + slurmd (a one-node Slurm cluster with accounting), moto's S3 server, and Airflow 3.3
-# (scheduler, dag-processor, triggerer, api-server) on SQLite.
+# slurmctld + two slurmd (a two-node Slurm cluster with accounting; both nodes on this machine),
+# moto's S3 server, and Airflow 3.3 (scheduler, dag-processor, triggerer, api-server) on SQLite.
 #
 #   stack.sh setup    install what is missing (system packages as root via apt-get, the Airflow venv,
 #                     the cluster's training venv); idempotent
@@ -227,28 +227,39 @@ FLUSH PRIVILEGES;
 EOF
 }
 
+# Two compute nodes on this one machine (LOCAL-STACK-FACTS): each slurmd has its own name (-N),
+# Port, spool dir, PID file and log (%n = node name), so multi-node jobs (srun over nodes=2) run
+# here as on a real cluster. Each node offers the machine's CPUs and half of its spare memory.
+SLURM_NODES=(n1 n2)
+SLURM_NODE_PORTS=(17001 17002)
+
 write_slurm_conf() {
-  local host node_line mem
+  local host node_line mem nodes="" i
   host="$(hostname -s)"
   node_line="$(slurmd -C | head -1)"
-  # keep some memory back for Airflow itself; the node offers the rest to jobs
+  # keep some memory back for Airflow itself; the nodes share the rest
   mem="$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$node_line")"
   mem=$(( mem > 8192 ? mem - 4096 : mem ))
-  node_line="$(sed "s/RealMemory=[0-9]*/RealMemory=$mem/" <<<"$node_line")"
+  mem=$(( mem / ${#SLURM_NODES[@]} ))
+  node_line="$(sed -e "s/RealMemory=[0-9]*/RealMemory=$mem/" -e 's/^NodeName=[^ ]* //' <<<"$node_line")"
   install -d -m 0755 /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
+  for ((i = 0; i < ${#SLURM_NODES[@]}; i++)); do
+    install -d -m 0755 "/var/spool/slurmd/${SLURM_NODES[$i]}"
+    nodes+="NodeName=${SLURM_NODES[$i]} NodeHostname=$host NodeAddr=127.0.0.1 Port=${SLURM_NODE_PORTS[$i]} $node_line State=UNKNOWN"$'\n'
+  done
   cat >/etc/slurm/slurm.conf.aifp <<EOF
-# Written by AI Factory Pipelines' include/stack/stack.sh: a one-node local cluster.
+# Written by AI Factory Pipelines' include/stack/stack.sh: a two-node local cluster on one machine.
 ClusterName=$CLUSTER_NAME
 SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
+SlurmdPidFile=/run/slurmd-%n.pid
 SlurmctldLogFile=$LOG/slurmctld.log
-SlurmdLogFile=$LOG/slurmd.log
+SlurmdLogFile=$LOG/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -262,16 +273,20 @@ AccountingStorageHost=127.0.0.1
 AccountingStorageEnforce=associations,limits
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=10
+# No cgroups in these containers: jobacct_gather samples each step's memory and kills a step that
+# exceeds its --mem (the job then ends FAILED with "Exceeded job memory limit" in its log, which the
+# engine reports as OUT_OF_MEMORY).
+JobAcctGatherParams=OverMemoryKill
 JobCompType=jobcomp/none
-# finished jobs leave squeue after MinJobAge seconds (the engine must then use sacct)
-MinJobAge=${AIFP_SLURM_MIN_JOB_AGE:-300}
+# Finished jobs leave squeue after MinJobAge seconds and the engine must then ask sacct. Real
+# sites keep 300 s; the local stack keeps 10 s so that every test goes through the sacct path.
+MinJobAge=${AIFP_SLURM_MIN_JOB_AGE:-10}
 KillWait=10
 InactiveLimit=0
 SlurmctldTimeout=120
 SlurmdTimeout=300
 DefMemPerCPU=512
-$node_line State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+${nodes}PartitionName=debug Nodes=$(IFS=,; echo "${SLURM_NODES[*]}") Default=YES MaxTime=INFINITE State=UP
 EOF
   cat >/etc/slurm/slurmdbd.conf.aifp <<EOF
 AuthType=auth/munge
@@ -287,6 +302,8 @@ StorageUser=slurm
 StoragePass=$DB_PASSWORD
 StorageLoc=slurm_acct_db
 EOF
+  # a running slurmctld must be told about a changed configuration (up_slurm reconfigures)
+  cmp -s /etc/slurm/slurm.conf.aifp /etc/slurm/slurm.conf || SLURM_CONF_CHANGED=1
   mv /etc/slurm/slurm.conf.aifp /etc/slurm/slurm.conf
   mv /etc/slurm/slurmdbd.conf.aifp /etc/slurm/slurmdbd.conf
   chown root:root /etc/slurm/slurmdbd.conf
@@ -305,6 +322,13 @@ EOF
 
 up_slurm() {
   write_slurm_conf
+  if alive slurmd; then
+    # a slurmd of the older one-node configuration: its node no longer exists, and slurmctld
+    # only learns the new node list on a restart
+    say "replacing the one-node Slurm configuration by nodes ${SLURM_NODES[*]}"
+    stop_pid slurmd
+    stop_pid slurmctld
+  fi
   if ! alive slurmdbd; then
     start_bg slurmdbd /usr/sbin/slurmdbd -D
     wait_for "slurmdbd" 30 sacctmgr -n list cluster
@@ -319,15 +343,19 @@ up_slurm() {
     start_bg slurmctld /usr/sbin/slurmctld -D -i
     wait_for "slurmctld" 30 scontrol ping
   fi
-  if ! alive slurmd; then
-    start_bg slurmd /usr/sbin/slurmd -D
-  fi
-  # bring a node that was marked down by an earlier crash back into service
-  wait_for "the compute node" 30 bash -c "sinfo -h -N -o '%T' | grep -qvE 'down|unknown|not_responding'" \
+  local node
+  for node in "${SLURM_NODES[@]}"; do
+    alive "slurmd-$node" || start_bg "slurmd-$node" /usr/sbin/slurmd -D -N "$node"
+  done
+  # bring nodes that were marked down by an earlier crash back into service
+  wait_for "the compute nodes" 30 bash -c "[ \"\$(sinfo -h -N -o '%T' | grep -cvE 'down|unknown|not_responding')\" -ge ${#SLURM_NODES[@]} ]" \
     || true
-  scontrol update nodename="$(hostname -s)" state=resume >/dev/null 2>&1 || true
-  wait_for "an idle compute node" 30 bash -c "sinfo -h -N -o '%T' | grep -qE 'idle|mixed|allocated'"
-  say "Slurm up: cluster $CLUSTER_NAME, node $(hostname -s), accounts: $(tenant_accounts | cut -d' ' -f2 | tr '\n' ' ')"
+  for node in "${SLURM_NODES[@]}"; do
+    scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
+  done
+  wait_for "${#SLURM_NODES[@]} idle compute nodes" 30 bash -c "[ \"\$(sinfo -h -N -o '%T' | grep -cE 'idle|mixed|allocated')\" -ge ${#SLURM_NODES[@]} ]"
+  if [ "${SLURM_CONF_CHANGED:-0}" = 1 ]; then scontrol reconfigure >/dev/null 2>&1 || true; fi
+  say "Slurm up: cluster $CLUSTER_NAME, nodes ${SLURM_NODES[*]}, accounts: $(tenant_accounts | cut -d' ' -f2 | tr '\n' ' ')"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -424,7 +452,7 @@ up_airflow() {
 }
 
 # ---------------------------------------------------------------------------------------------
-COMPONENTS=(airflow-triggerer airflow-dag-processor airflow-scheduler airflow-api-server moto slurmd slurmctld slurmdbd mariadb munged sshd)
+COMPONENTS=(airflow-triggerer airflow-dag-processor airflow-scheduler airflow-api-server moto slurmd-n1 slurmd-n2 slurmd slurmctld slurmdbd mariadb munged sshd)
 
 cmd_up() {
   cmd_setup
@@ -458,7 +486,7 @@ cmd_down() {
 
 cmd_status() {
   local c state rc=0
-  for c in sshd munged mariadb slurmdbd slurmctld slurmd moto airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer; do
+  for c in sshd munged mariadb slurmdbd slurmctld slurmd-n1 slurmd-n2 moto airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer; do
     if alive "$c"; then state="running (pid $(pid_of "$c"))"; else state="stopped"; rc=1; fi
     printf '  %-22s %s\n' "$c" "$state"
   done
@@ -468,7 +496,7 @@ cmd_status() {
   Airflow UI       http://127.0.0.1:$AIRFLOW_PORT   login: admin / ${pw:-<not generated yet>}
   S3 endpoint      http://127.0.0.1:$S3_PORT   access key: $S3_ACCESS_KEY   secret: $S3_SECRET_KEY
   HPC login (sshd) 127.0.0.1:$SSH_PORT   user: $HPC_USER   key: $SSHDIR/id_ed25519   known_hosts: $SSHDIR/known_hosts
-  Slurm            cluster $CLUSTER_NAME (slurmctld 6817, slurmd 6818, slurmdbd 6819), HPC root $HPC_ROOT
+  Slurm            cluster $CLUSTER_NAME (slurmctld 6817, slurmd n1 17001 + n2 17002, slurmdbd 6819), HPC root $HPC_ROOT
   Environment      source $ENV_FILE
   Logs             $LOG
 EOF

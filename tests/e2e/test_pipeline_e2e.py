@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from aifactory.airflow_api import AirflowAPIError, AirflowClient
-from aifactory.localstack import admin_password
 from aifactory.s3 import list_keys
 from aifactory.slurm import job_name
 from aifactory.tenants import load_tenant
@@ -22,13 +21,6 @@ REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "factory_demo"
 SPEC = load_tenant("demo")
 
-
-@pytest.fixture(scope="module")
-def api(stack_env) -> AirflowClient:
-    client = AirflowClient(stack_env["AIFP_AIRFLOW_URL"], "admin", admin_password(stack_env))
-    client.wait_for_dag(DAG_ID)
-    client.unpause(DAG_ID)
-    return client
 
 
 def upload(s3, body: bytes, suffix: str = ".csv") -> str:

@@ -312,3 +312,153 @@ def test_quality_fails_on_header_only_dataset(s3, tenant, tmp_path):
     assert m.rows == 0 and len(m.files) == 1
     with pytest.raises(QualityGateFailed, match=r"dataset is empty \(0 rows\)"):
         _validate(s3, m, tmp_path, params={"label_column": "species", "feature_columns": ["sepal_length"]})
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 4: compressed sources, every bad input, dataset-wide checks, verdict in the manifest
+# ---------------------------------------------------------------------------------------------
+
+
+def _zstd(data: bytes) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, "zstd") as out:
+        out.write(data)
+    return sink.getvalue().to_pybytes()
+
+
+def _jsonl() -> bytes:
+    rows = [line.split(",") for line in IRIS.decode().splitlines()[1:]]
+    return "".join(
+        json.dumps({"sepal_length": float(r[0]), "sepal_width": float(r[1]), "petal_length": float(r[2]),
+                    "petal_width": float(r[3]), "species": r[4]}) + "\n" for r in rows
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("iris.csv.gz", lambda: gzip.compress(IRIS)),
+        ("iris.csv.zst", lambda: _zstd(IRIS)),
+        ("iris.jsonl.zst", lambda: _zstd(_jsonl())),
+        ("iris.ndjson.gz", lambda: gzip.compress(_jsonl())),
+    ],
+)
+def test_compressed_sources(s3, tenant, tmp_path, name, data):
+    m, _ = _ingest(s3, tenant, _upload(s3, tenant, name, data()), tmp_path)
+    assert m.rows == 150 and m.name == "iris"
+    assert _validate(s3, m, tmp_path)["success"]
+
+
+def test_non_utf8_csv_publishes_nothing(s3, tenant, tmp_path):
+    uri = _upload(s3, tenant, "latin1.csv", "name,city\nJosé,Zürich\n".encode("latin-1"))
+    with pytest.raises(InputError, match="not valid UTF-8") as err:
+        _ingest(s3, tenant, uri, tmp_path)
+    assert uri in str(err.value) and "Z" not in str(err.value).split("UTF-8")[0].replace(uri, "")
+    assert _datasets(s3, tenant) == []
+
+
+def test_schema_drift_publishes_nothing(s3, tenant, tmp_path):
+    _upload(s3, tenant, "parts/a.csv", b"x,y\n1,2\n")
+    _upload(s3, tenant, "parts/b.csv", b"x,z\n3,4\n")
+    with pytest.raises(InputError, match="schema drift.*b.csv.*a.csv"):
+        _ingest(s3, tenant, f"s3://{BUCKET}/{tenant}/raw/parts/", tmp_path)
+    assert _datasets(s3, tenant) == []
+
+
+def test_zero_byte_object_in_folder_and_missing_prefix(s3, tenant, tmp_path):
+    _upload(s3, tenant, "z/a.csv", b"x\n1\n")
+    _upload(s3, tenant, "z/b.csv", b"")
+    with pytest.raises(InputError, match="b.csv is empty"):
+        _ingest(s3, tenant, f"s3://{BUCKET}/{tenant}/raw/z/", tmp_path)
+    with pytest.raises(InputError, match="no object at"):
+        _ingest(s3, tenant, f"s3://{BUCKET}/{tenant}/raw/never-uploaded/", tmp_path)
+    assert _datasets(s3, tenant) == []
+
+
+@pytest.mark.parametrize("bad", ["{t}/raw/../raw/iris.csv", "{t}/raw/./iris.csv", "{t}/raw/ir\x1bis.csv",
+                                 "{t}/raw/iris.csv\n", "{t}/raw//iris.csv", "{t}/raw/a\\b.csv"])
+def test_traversal_and_control_characters_are_refused_before_any_request(s3, tenant, tmp_path, bad):
+    with _Calls(s3) as calls, pytest.raises(InputError, match="invalid S3 URI|whitespace"):
+        _ingest(s3, tenant, f"s3://{BUCKET}/" + bad.format(t=tenant), tmp_path)
+    assert calls.ops == []
+
+
+def test_control_character_in_a_listed_key_is_refused(s3, tenant, tmp_path):
+    _upload(s3, tenant, "f/good.csv", b"x\n1\n")
+    _upload(s3, tenant, "f/b\x07d.csv", b"x\n2\n")
+    with pytest.raises(InputError, match="control characters"):
+        _ingest(s3, tenant, f"s3://{BUCKET}/{tenant}/raw/f/", tmp_path)
+    assert _datasets(s3, tenant) == []
+
+
+def test_failed_conversion_leaves_no_uploaded_shards(s3, tenant, tmp_path):
+    # many good rows (several shards uploaded while converting), then a malformed one
+    good = b"a,b\n" + b"".join(b"%d,%d\n" % (i, i) for i in range(5000))
+    uri = _upload(s3, tenant, "late.csv", good + b"1,2,3\n")
+    with pytest.raises(InputError, match="line 5002"):
+        _ingest(s3, tenant, uri, tmp_path, row_group_rows=500, shard_rows=1000)
+    assert _datasets(s3, tenant) == []
+
+
+def test_uniqueness_is_checked_across_shards(s3, tenant, tmp_path):
+    # id 7 appears in the first and in the last shard: unique within each shard, not in the dataset
+    ids = list(range(1000)) + [7]
+    data = b"id,label\n" + b"".join(b"%d,x\n" % i for i in ids)
+    m, _ = _ingest(s3, tenant, _upload(s3, tenant, "ids.csv", data), tmp_path, row_group_rows=100, shard_rows=200)
+    assert len(m.files) == 6
+    suite = tmp_path / "unique.json"
+    suite.write_text(json.dumps({"name": "unique", "expectations": [
+        {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "id"}},
+        {"type": "expect_compound_columns_to_be_unique", "kwargs": {"column_list": ["id", "label"]}}]}))
+    with pytest.raises(QualityGateFailed) as err:
+        _validate(s3, m, tmp_path, suite=suite, params={})
+    exps = err.value.summary["expectations"]
+    assert [e["unexpected_count"] for e in exps] == [2, 2]
+    assert all(e["element_count"] == 1001 for e in exps)
+
+
+def test_exception_inside_expectation_fails_the_gate(s3, tenant, tmp_path):
+    m, _ = _ingest(s3, tenant, _upload(s3, tenant, "iris.csv", IRIS), tmp_path)
+    suite = tmp_path / "raises.json"
+    suite.write_text(json.dumps({"name": "raises", "expectations": [
+        {"type": "expect_column_mean_to_be_between", "kwargs": {"column": "species", "min_value": 1}}]}))
+    with pytest.raises(QualityGateFailed, match="ERROR while evaluating"):
+        _validate(s3, m, tmp_path, suite=suite)
+
+
+def test_verdict_is_recorded_in_the_manifest_without_changing_its_identity(s3, tenant, tmp_path):
+    from aifactory.manifest import load_manifest
+    from aifactory.quality import publish_quality_result
+
+    m, _ = _ingest(s3, tenant, _upload(s3, tenant, "iris.csv", IRIS), tmp_path)
+    identity = m.manifest_sha256
+    summary = _validate(s3, m, tmp_path)
+    verdict = publish_quality_result(s3, bucket=BUCKET, dataset_prefix=m.prefix, summary=summary)
+    stored = load_manifest(s3, BUCKET, m.prefix)
+    assert stored is not None and stored.quality == verdict and verdict["verdict"] == "passed"
+    assert verdict["report_sha256"] == sha256_bytes(get_bytes(s3, BUCKET, m.prefix + "quality.json"))
+    assert stored.manifest_sha256 == identity
+    # re-ingest finds the same version (same identity) and does no work
+    again, logs = _ingest(s3, tenant, f"s3://{BUCKET}/{tenant}/raw/iris.csv", tmp_path)
+    assert again.manifest_sha256 == identity and any("already published" in line for line in logs)
+    # a failing re-validation replaces the verdict
+    with pytest.raises(QualityGateFailed) as err:
+        _validate(s3, m, tmp_path, params=dict(PARAMS, label_column="nope"))
+    publish_quality_result(s3, bucket=BUCKET, dataset_prefix=m.prefix, summary=err.value.summary)
+    assert load_manifest(s3, BUCKET, m.prefix).quality["verdict"] == "failed"  # type: ignore[union-attr]
+
+
+def test_tenant_spec_picks_the_dataset_suite(s3, tenant, tmp_path):
+    from aifactory.quality import suite_path
+    from aifactory.tenants import load_tenant
+
+    spec = load_tenant("demo")
+    assert spec.suite_for("iris") == "iris" and spec.suite_for("other") == spec.quality_suite
+    m, _ = _ingest(s3, tenant, _upload(s3, tenant, "iris.csv", IRIS), tmp_path)
+    summary = _validate(s3, m, tmp_path, suite=suite_path(spec.suite_for(m.name)))
+    assert summary["suite"] == "iris" and summary["success"]
+    bad = IRIS.replace(b",setosa\n", b",setosaa\n", 1)
+    m2, _ = _ingest(s3, tenant, _upload(s3, tenant, "iris2.csv", bad), tmp_path, dataset_name="iris")
+    with pytest.raises(QualityGateFailed, match=r"in_set\(column=species\): 1 unexpected of 150") as err:
+        _validate(s3, m2, tmp_path, suite=suite_path(spec.suite_for(m2.name)))
+    assert "setosaa" not in str(err.value)

@@ -13,7 +13,7 @@ import pytest
 from aifactory.errors import FactoryError
 from aifactory.export import CardContext, ExportError, export_model
 from aifactory.ingest import ingest_dataset
-from aifactory.remote import ParamikoShell, q, sha256_many
+from aifactory.remote import q, sha256_many
 from aifactory.s3 import list_keys
 from aifactory.staging import stage_dataset
 
@@ -23,18 +23,6 @@ REPO = Path(__file__).resolve().parents[2]
 BUCKET = "aifactory"
 
 
-@pytest.fixture()
-def shell(ssh_client):
-    with ParamikoShell(ssh_client) as sh:
-        yield sh
-
-
-@pytest.fixture()
-def tenant_dir(stack_env, shell):
-    # a private tenant area per test, so tests never see each other's files
-    d = f"{stack_env['AIFP_HPC_ROOT']}/itest-{secrets.token_hex(3)}"
-    yield d
-    shell.run("rm -rf -- " + q(d))
 
 
 @pytest.fixture()

@@ -99,3 +99,11 @@ def test_unsafe_file_paths_are_refused(path):
     data["files"][0]["path"] = path
     with pytest.raises(InputError, match="unsafe file name"):
         DatasetManifest.from_dict(data)
+
+
+def test_verdict_does_not_change_the_identity():
+    plain = _manifest()
+    judged = _manifest(quality={"verdict": "passed", "suite": "s", "report_sha256": "c" * 64})
+    assert judged.manifest_sha256 == plain.manifest_sha256
+    assert judged.to_json() != plain.to_json()
+    assert _manifest(rows=99, quality={"verdict": "failed"}).manifest_sha256 != plain.manifest_sha256

@@ -49,7 +49,9 @@ def test_defaults_applied_and_input_not_mutated():
     out = r.validate_hyperparameters(hp)
     assert hp == HP
     assert out == {**HP, "epochs": 20, "hidden_units": 32, "learning_rate": 0.01, "batch_size": 64,
-                   "test_fraction": 0.2, "seed": 42}
+                   "test_fraction": 0.2, "seed": 42, "checkpoint_every_steps": 100,
+                   "checkpoint_every_minutes": 5, "log_every_steps": 10, "max_requeues": 5,
+                   "read_batch_rows": 8192, "shuffle_buffer_rows": 65536, "step_sleep_s": 0}
 
 
 @pytest.mark.parametrize(
@@ -108,7 +110,7 @@ def test_sbatch_wrapper_is_fixed():
     text = (RECIPE_DIR / "sbatch.sh.tmpl").read_text()
     assert "#SBATCH" not in text.replace("#SBATCH lines", "")  # no directives, only the comment
     assert "{{" not in text and "${AIFP_PYTHON" in text and "set -euo pipefail" in text
-    assert 'srun --export=ALL --ntasks=1 "$AIFP_PYTHON"' in text
+    assert 'srun --export=ALL --ntasks="${SLURM_NTASKS:-1}" "$AIFP_PYTHON"' in text
     r = subprocess.run(["bash", "-n", str(RECIPE_DIR / "sbatch.sh.tmpl")], capture_output=True)
     assert r.returncode == 0, r.stderr
 
@@ -124,6 +126,10 @@ def test_sbatch_wrapper_runs_with_fake_srun(tmp_path):
     out = subprocess.run(["bash", str(RECIPE_DIR / "sbatch.sh.tmpl")], env=env, cwd=tmp_path,
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[-7:] == ["--export=ALL", "--ntasks=1", "/usr/bin/python3", "-u", "train.py", "--params", "params.json"]
+    env["SLURM_NTASKS"] = "2"  # nodes=2 with one task per node: one rank per node
+    out = subprocess.run(["bash", str(RECIPE_DIR / "sbatch.sh.tmpl")], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[-6] == "--ntasks=2"
     missing = subprocess.run(["bash", str(RECIPE_DIR / "sbatch.sh.tmpl")], env={"PATH": env["PATH"]},
                              cwd=tmp_path, capture_output=True, text=True)
     assert missing.returncode != 0 and "AIFP_PYTHON" in missing.stderr
@@ -170,10 +176,16 @@ def test_train_end_to_end_and_deterministic(tmp_path):
     marker = json.loads((out / "_COMPLETED.json").read_text())
     import hashlib
 
-    for name in ("model.pt", "model_config.json", "metrics.json"):
+    for name in ("model.pt", "model.safetensors", "model.onnx", "onnx_check.json", "model_config.json",
+                 "metrics.json"):
         assert marker["files"][name]["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["n_train"] + metrics["n_test"] == 120 and metrics["n_test"] == 24
+    # the split is fixed per row by the seed: recompute it here with the recipe's own function
+    split = _train_module().test_mask(__import__("numpy").arange(120), 42, 0.2)
+    assert metrics["n_train"] + metrics["n_test"] == 120 and metrics["n_test"] == int(split.sum())
+    assert metrics["onnx_test_accuracy"] == metrics["test_accuracy"]
+    check = json.loads((out / "onnx_check.json").read_text())
+    assert check["passed"] and check["heldout_max_abs_diff"] <= check["tolerance"]["atol"]
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["epochs"] == 4
     config = json.loads((out / "model_config.json").read_text())
     assert config["classes"] == ["setosa", "versicolor", "virginica"] and config["input_dim"] == 2
@@ -183,13 +195,120 @@ def test_train_end_to_end_and_deterministic(tmp_path):
     assert r2.returncode == 0
     assert json.loads((out / "metrics.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
     assert (out / "model.pt").read_bytes() == first
+    # a second run in the same directory resumes from the final checkpoint: no step is trained again
+    assert "resume: from checkpoint step=" in r2.stdout and not any(
+        line.startswith("step=") for line in r2.stdout.splitlines())
+
+
+def _train_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("aifp_tabular_train", RECIPE_DIR / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_split_is_fixed_by_seed_and_independent_of_batching():
+    import numpy as np
+
+    train = _train_module()
+    rows = np.arange(100_000)
+    mask = train.test_mask(rows, 7, 0.2)
+    assert abs(mask.mean() - 0.2) < 0.01
+    pieces = np.concatenate([train.test_mask(rows[i:i + 999], 7, 0.2) for i in range(0, len(rows), 999)])
+    assert (pieces == mask).all()
+    assert not (train.test_mask(rows, 8, 0.2) == mask).all()
+
+
+def test_steps_per_epoch_covers_every_rank():
+    train = _train_module()
+    assert train.steps_per_epoch(117, 64, 1) == 2
+    assert train.steps_per_epoch(117, 64, 2) == 1
+    assert train.steps_per_epoch(129, 64, 2) == 1  # one leftover row cannot feed two ranks
+    assert train.steps_per_epoch(130, 64, 2) == 2
+
+
+def test_recipe_slurm_signal_and_data_checks(tmp_path):
+    r = load_recipe(RECIPE_DIR)
+    assert r.sbatch_signal(10) == "USR1@60"
+    assert r.sbatch_signal(1) == "USR1@15"  # never more than a quarter of the limit
+    assert r.data_checks == {"label_column": {"min_classes": 2}, "feature_columns": {"numeric": True}}
+    bad = tmp_path / "bad"
+    shutil.copytree(RECIPE_DIR, bad)
+    text = (bad / "recipe.yaml").read_text().replace("name: tabular_classifier", "name: bad")
+    (bad / "recipe.yaml").write_text(text.replace("min_classes: 2", "min_classes: two"))
+    with pytest.raises(InputError, match="data_checks.label_column.min_classes"):
+        load_recipe(bad)
+    (bad / "recipe.yaml").write_text(text.replace("signal: USR1", "signal: KILL"))
+    with pytest.raises(InputError, match="slurm.signal"):
+        load_recipe(bad)
+
+
+SCHEMA = [{"name": "a", "type": "double"}, {"name": "b", "type": "int64"}, {"name": "t", "type": "string"},
+          {"name": "species", "type": "string"}]
+
+
+def test_check_dataset_names_the_field():
+    from aifactory.recipes import check_dataset
+
+    r = load_recipe(RECIPE_DIR)
+    hp = r.validate_hyperparameters(HP)
+    values = {"species": {"x", "y"}, "a": {1.0}}
+    reader = lambda col, limit: set(list(values.get(col, set()))[:limit])  # noqa: E731
+    assert check_dataset(r, hp, SCHEMA, reader, dataset="s3://b/d/") == [
+        "label_column:species:min_classes", "feature_columns:a:numeric", "feature_columns:b:numeric"]
+    with pytest.raises(InputError, match=r"hyperparameters.feature_columns: column 't' of s3://b/d/ has type string"):
+        check_dataset(r, {**hp, "feature_columns": ["a", "t"]}, SCHEMA, reader, dataset="s3://b/d/")
+    with pytest.raises(InputError, match=r"hyperparameters.label_column: column 'a' of .* has 1 distinct value;"):
+        check_dataset(r, {**hp, "label_column": "a", "feature_columns": ["b"]}, SCHEMA, reader)
+    with pytest.raises(InputError, match=r"hyperparameters.feature_columns: column 'zz' is not in"):
+        check_dataset(r, {**hp, "feature_columns": ["zz"]}, SCHEMA, reader)
+
+
+@pytest.mark.parametrize("name, numeric", [("int8", True), ("uint64", True), ("double", True), ("float", True),
+                                           ("halffloat", True), ("bool", True), ("decimal128(10, 2)", True),
+                                           ("string", False), ("large_string", False), ("timestamp[ns]", False),
+                                           ("date32[day]", False), ("dictionary<values=string, indices=int32>", False)])
+def test_numeric_arrow_types(name, numeric):
+    from aifactory.recipes import is_numeric_arrow_type
+
+    assert is_numeric_arrow_type(name) is numeric
+
+
+def test_new_recipe_folder_appears_in_the_trigger_form(tmp_path, monkeypatch):
+    """Adding a recipe is adding a folder: the DAG file, parsed again, offers it (no other change)."""
+    import runpy
+
+    import aifactory.recipes as recipes_mod
+
+    root = tmp_path / "recipes"
+    shutil.copytree(DEFAULT_RECIPES_ROOT / "tabular_classifier", root / "tabular_classifier")
+    new = root / "tiny_test_recipe"
+    new.mkdir()
+    (new / "train.py").write_text("print('hello')\n")
+    (new / "sbatch.sh.tmpl").write_text("#!/bin/bash\nexec srun \"$AIFP_PYTHON\" \"$AIFP_ENTRYPOINT\"\n")
+    (new / "recipe.yaml").write_text(
+        "name: tiny_test_recipe\ndescription: a recipe added by a test\n"
+        "resources: {nodes: 1, time_limit_minutes: 5}\n"
+        "hyperparameters: {type: object, additionalProperties: false, properties: {x: {type: integer, default: 1}}}\n")
+    monkeypatch.setattr(recipes_mod, "DEFAULT_RECIPES_ROOT", root)
+    monkeypatch.setattr(recipes_mod.load_recipes, "__defaults__", (root,))
+    dag = runpy.run_path(str(Path(__file__).resolve().parents[2] / "dags" / "factory_pipelines.py"))["factory_demo"]
+    assert dag.params.get_param("recipe").schema["enum"] == ["tabular_classifier", "tiny_test_recipe"]
+    from aifactory.tenants import load_tenant, validate_run_params
+
+    params = validate_run_params({"dataset_uri": "s3://aifactory/demo/raw/x.csv", "recipe": "tiny_test_recipe",
+                                  "hyperparameters": {}}, load_tenant("demo"))
+    assert params.hyperparameters == {"x": 1} and params.resources.time_limit_minutes == 5
 
 
 @needs_torch
 @pytest.mark.parametrize(
     "kind, hp, fragment",
     [
-        ("one_class", {}, "only one class"),
+        ("one_class", {}, "hyperparameters.label_column 'species' has only one class"),
         ("text_feature", {}, "not numeric"),
         ("ok", {"feature_columns": ["a", "nope"]}, "not found"),
         ("ok", {"label_column": "a", "feature_columns": ["a", "b"]}, "also listed in feature_columns"),

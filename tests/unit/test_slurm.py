@@ -24,6 +24,7 @@ from aifactory.slurm import (
     build_sbatch_command,
     classify,
     describe,
+    failure_message,
     is_transient_slurm_error,
     job_comment,
     job_name,
@@ -291,10 +292,10 @@ def test_parse_sbatch_output_rejects(text):
 
 SQUEUE_OUT = textwrap.dedent(
     """\
-    101|aifp-demo-0123456789ab|PENDING|Resources|0:00
-    102|aifp-demo-aaaaaaaaaaaa|RUNNING|None|1:02:03
-    103|weird|name|COMPLETING|None|0:07
-    104_3|arr|CANCELLED|None|0:01
+    101|aifp-demo-0123456789ab|PENDING|Resources|0:00|2026-11-27T06:10:00
+    102|aifp-demo-aaaaaaaaaaaa|RUNNING|None|1:02:03|2026-11-27T05:00:00
+    103|weird|name|COMPLETING|None|0:07|2026-11-27T05:00:00
+    104_3|arr|CANCELLED|None|0:01|N/A
     slurm_load_jobs error: something
     """
 )
@@ -307,6 +308,21 @@ def test_parse_squeue():
     assert recs["102"].time_used == "1:02:03"
     assert recs["103"].name == "weird|name" and recs["103"].state is JobState.COMPLETING
     assert recs["104_3"].state is JobState.CANCELLED
+    assert recs["101"].expected_start == "2026-11-27T06:10:00"
+
+
+def test_over_memory_kill_is_reported_as_out_of_memory():
+    tail = "slurmstepd-n1: error: Exceeded job memory limit\nsrun: error: n1: task 0: Killed"
+    text = failure_message("FAILED", job_id="52", log_tail=tail, exit_code=9, resources={"mem_gb": 1})
+    assert "ran out of memory (1 GB per node)" in text and "mem_gb" in text
+    plain = failure_message("FAILED", job_id="53", log_tail="Traceback ...", exit_code=3)
+    assert "exited with code 3" in plain
+
+
+def test_pending_message_carries_reason_and_start_estimate():
+    text = describe("PENDING", job_id="101", reason="Resources", expected_start="2026-11-27T06:10:00")
+    assert "reason: Resources" in text and "expected start: 2026-11-27T06:10:00" in text
+    assert "expected start" not in describe("PENDING", job_id="101", expected_start="N/A")
 
 
 def _sacct_line(**kw):
@@ -446,7 +462,7 @@ def test_transient_errors():
 
 def test_query_commands_take_lists_and_quote():
     assert shlex.split(squeue_command(["1", "2", "1"])) == [
-        "squeue", "--noheader", "--states=all", "--jobs=1,2", "--format=%i|%j|%T|%r|%M",
+        "squeue", "--noheader", "--states=all", "--jobs=1,2", "--format=%i|%j|%T|%r|%M|%S",
     ]
     sacct = shlex.split(sacct_command(["5", "6_2"]))
     assert sacct[:4] == ["sacct", "--parsable2", "-X", "--noheader"] and "--jobs=5,6_2" in sacct
@@ -517,7 +533,7 @@ def _run_poll(env, ids, logs=None, names=None):
 
 
 def test_poll_running_job_does_not_ask_sacct(tmp_path):
-    env = _fake_slurm(tmp_path, "101|aifp-demo-0123456789ab|RUNNING|None|0:05\n", 0, "")
+    env = _fake_slurm(tmp_path, "101|aifp-demo-0123456789ab|RUNNING|None|0:05|N/A\n", 0, "")
     log = tmp_path / "slurm-101.out"
     log.write_text("epoch=1/3 step=2 loss=0.9\n")
     res = _run_poll(env, ["101"], logs={"101": (str(log), 0)})
@@ -531,7 +547,7 @@ def test_poll_running_job_does_not_ask_sacct(tmp_path):
 def test_poll_falls_back_to_sacct_for_finished_jobs(tmp_path):
     sacct = "\n".join([_sacct_line(JobID="102", State="FAILED", ExitCode="2:0"), _sacct_line(JobID="103")]) + "\n"
     env = _fake_slurm(
-        tmp_path, "101|aifp-demo-0123456789ab|PENDING|Priority|0:00\n102|aifp-demo-0123456789ab|FAILED|None|0:01\n",
+        tmp_path, "101|aifp-demo-0123456789ab|PENDING|Priority|0:00|N/A\n102|aifp-demo-0123456789ab|FAILED|None|0:01|N/A\n",
         0, sacct,
     )
     res = _run_poll(env, ["101", "102", "103"])
@@ -570,7 +586,7 @@ def test_poll_ignores_recycled_ids_of_other_jobs(tmp_path):
 
 
 def test_poll_output_cut_short_is_an_error():
-    res = parse_poll_output("@@AIFP squeue rc=0\n1|x|RUNNING|None|0:01\n", ["1"])
+    res = parse_poll_output("@@AIFP squeue rc=0\n1|x|RUNNING|None|0:01|N/A\n", ["1"])
     assert not res.complete and res.errors
     assert res.jobs["1"].state is JobState.RUNNING
 

@@ -59,7 +59,7 @@ def test_valid_params_are_typed(demo):
         ("recipe", "rm -rf", "not a known recipe"),
         ("partition", "debug --qos=high", "must match"),
         ("partition", "gpu", "not allowed"),
-        ("nodes", 99, r"outside 1\.\.1 allowed"),
+        ("nodes", 99, r"outside 1\.\.2 allowed"),
         ("nodes", "-1", "expected an integer"),
         ("nodes", True, "expected an integer"),
         ("mem_gb", "4\n#SBATCH --account=other", "expected an integer"),

@@ -22,6 +22,8 @@ def _trigger(**over) -> SlurmJobTrigger:
     kwargs: dict[str, Any] = dict(
         ssh_conn_id="aifactory_hpc_local", job_id="42", job_name=NAME, log_path=LOG,
         poll_interval=5, poll_interval_floor=2, not_found_limit=3, sacct_grace_polls=2, error_deadline_s=100,
+        # the state machine alone; the shared poller has its own tests (test_cluster_poller.py)
+        batched=False,
     )
     kwargs.update(over)
     return SlurmJobTrigger(**kwargs)
@@ -235,7 +237,7 @@ def test_real_query_parses_poll_output(sleeps):
     rec_line = "|".join(["42", NAME, "demo", "debug", "COMPLETED", "0:0", "00:00:03", "cpu=1,node=1", "n1",
                          "2026-01-01T00:00:00", "2026-01-01T00:00:00", "2026-01-01T00:00:03", "None"])
     outputs = [
-        "@@AIFP squeue rc=0\n42|%s|RUNNING|None|0:01\n@@AIFP log job=42 offset=0\naGVsbG8K\n@@AIFP end\n" % NAME,
+        "@@AIFP squeue rc=0\n42|%s|RUNNING|None|0:01|N/A\n@@AIFP log job=42 offset=0\naGVsbG8K\n@@AIFP end\n" % NAME,
         "@@AIFP squeue rc=1\nslurm_load_jobs error: Invalid job id specified\n@@AIFP sacct rc=0\n"
         + rec_line + "\n@@AIFP log job=42 offset=6\n\n@@AIFP end\n",
     ]

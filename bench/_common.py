@@ -1,0 +1,146 @@
+"""Shared helpers of the benches: the stack's settings, the generated dataset, child-process timing.
+
+The benches run against the running local stack (``.stack/stack.env``: the S3 endpoint, sshd).
+The input is a synthetic tabular CSV (an integer id, a string label, 15 float features), about
+170 bytes a row, so 5 million rows make ~850 MB. It is generated once per row count and cached
+under ``bench/.data/`` (git-ignored).
+
+Peak RSS is measured per child process (``os.wait4``), so every contender runs in its own process
+and is measured the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO / "bench" / ".data"
+DEFAULT_ROWS = 5_000_000
+FEATURES = 15
+BUCKET = "aifactory"
+TENANT = "benchmark"
+
+
+def stack_env() -> dict[str, str]:
+    """The local stack's environment (also put into ``os.environ``)."""
+    sys.path.insert(0, str(REPO / "include"))
+    from aifactory.localstack import read_env_file
+
+    env = read_env_file()
+    os.environ.update(env)
+    return env
+
+
+def s3_client(env: dict[str, str]) -> Any:
+    from aifactory.s3 import make_client
+
+    return make_client(
+        endpoint_url=env["AIFP_S3_ENDPOINT"],
+        access_key=env["AWS_ACCESS_KEY_ID"],
+        secret_key=env["AWS_SECRET_ACCESS_KEY"],
+        region=env.get("AWS_DEFAULT_REGION", "us-east-1"),
+    )
+
+
+def csv_path(rows: int) -> Path:
+    return DATA_DIR / f"synthetic-{rows}.csv"
+
+
+def ensure_csv(rows: int, log: Any = print) -> Path:
+    """Generate (once) the synthetic CSV with ``rows`` rows; return its path."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    path = csv_path(rows)
+    if path.exists():
+        return path
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    rng = np.random.default_rng(42)
+    labels = np.array(["cat_a", "cat_b", "cat_c", "cat_d"])
+    started = time.monotonic()
+    chunk = 500_000
+    with pcsv.CSVWriter(str(tmp), _schema()) as writer:
+        for start in range(0, rows, chunk):
+            n = min(chunk, rows - start)
+            cols: dict[str, Any] = {
+                "id": pa.array(np.arange(start, start + n, dtype=np.int64)),
+                "label": pa.array(labels[rng.integers(0, 4, n)]),
+            }
+            for i in range(FEATURES):
+                cols[f"f{i:02d}"] = pa.array(np.round(rng.uniform(-100, 100, n), 6))
+            writer.write_table(pa.table(cols, schema=_schema()))
+    tmp.rename(path)
+    log(f"generated {path} ({path.stat().st_size / 1e6:.0f} MB, {rows} rows) in {time.monotonic() - started:.1f}s")
+    return path
+
+
+def _schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema(
+        [("id", pa.int64()), ("label", pa.string())] + [(f"f{i:02d}", pa.float64()) for i in range(FEATURES)]
+    )
+
+
+def feature_columns() -> list[str]:
+    return [f"f{i:02d}" for i in range(FEATURES)]
+
+
+@dataclass
+class ChildRun:
+    wall_s: float
+    peak_mib: float
+    output: str
+
+
+def run_child(code: str, *args: str, env: dict[str, str] | None = None) -> ChildRun:
+    """Run ``python -c code args`` in a fresh process; wall time and that child's peak RSS."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join([str(REPO / "include"), str(REPO), full_env.get("PYTHONPATH", "")])
+    if env:
+        full_env.update(env)
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env
+    )
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench child failed (exit {proc.returncode}):\n{out[-4000:]}")
+    return ChildRun(wall_s=wall, peak_mib=usage.ru_maxrss / 1024.0, output=out)
+
+
+def delete_prefix(s3: Any, prefix: str) -> None:
+    """Remove the bench's objects (moto keeps everything in memory)."""
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+            for o in page.get("Contents", []) or []]
+    for i in range(0, len(keys), 1000):
+        s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]]})
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)), flush=True)
+
+
+def emit(figures: dict[str, Any]) -> None:
+    """The last line: one JSON object with every figure."""
+    print(json.dumps(figures, sort_keys=True), flush=True)
+
+
+def machine_note() -> str:
+    load = os.getloadavg()
+    return f"{os.cpu_count()} CPUs, load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (shared machine: figures are noisy)"

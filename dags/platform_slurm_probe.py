@@ -1,0 +1,61 @@
+"""
+### Platform: Slurm probe
+
+For platform engineers, one DAG per tenant (`platform_slurm_probe_<tenant>`). Submits `jobs`
+small probe jobs under the tenant's Slurm account and partition, through exactly the path training
+takes (SSH with the pinned host key, the fixed sbatch wrapper, the tenant's limits), and watches
+them from the triggerer.
+
+Use it to check a newly onboarded tenant end to end (account association, partition, HPC
+directories, accounting in `sacct`), and to see how the engine behaves with many jobs in flight:
+all jobs of one cluster share one SSH connection and one `squeue`/`sacct` query per poll interval
+(`bench/slurm_watch.py` measures it). A probe reads no data and writes only a completion marker.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.sdk import DAG, Param, task
+
+from aifactory.tenants import TenantSpec, load_tenants
+from operators.slurm import SlurmJobOperator
+
+PLATFORM_RECIPES = Path(__file__).resolve().parent.parent / "include" / "platform_recipes"
+
+
+@task
+def probe_jobs(params: dict) -> list[dict]:
+    """One hyperparameter set per probe job: the map of the probe task."""
+    return [{"mode": "sleep", "seconds": int(params["seconds"])} for _ in range(int(params["jobs"]))]
+
+
+def build_probe(spec: TenantSpec) -> DAG:
+    with DAG(
+        dag_id=f"platform_slurm_probe_{spec.tenant}",
+        description=f"Submit and watch probe jobs under {spec.tenant}'s Slurm account",
+        doc_md=__doc__,
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        tags=["ai-factory", "platform", f"tenant:{spec.tenant}"],
+        params={
+            "jobs": Param(1, type="integer", minimum=1, maximum=200, title="Probe jobs"),
+            "seconds": Param(5, type="integer", minimum=0, maximum=600, title="Seconds each job runs"),
+        },
+        default_args={"owner": "platform-team", "retries": 1, "retry_delay": timedelta(seconds=20)},
+    ) as dag:
+        SlurmJobOperator.partial(
+            task_id="probe",
+            tenant=spec.tenant,
+            recipe="probe",
+            recipes_root=PLATFORM_RECIPES,
+            slurm_resources={"nodes": 1, "cpus_per_task": 1, "mem_gb": 1, "time_limit_minutes": 15},
+        ).expand(hyperparameters=probe_jobs())
+    return dag
+
+
+for _spec in load_tenants():
+    globals()[f"platform_slurm_probe_{_spec.tenant}"] = build_probe(_spec)

@@ -1,0 +1,100 @@
+"""The Slurm engine under trouble, through the real scheduler and triggerer of the local stack.
+
+Each test starts a demo run whose training job lasts about a minute (``step_sleep_s``), waits until
+the train task is deferred and its job runs, then breaks something: the triggerer, the Slurm
+controller, or a user marks the task failed. Every check reads Slurm's own accounting.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from aifactory.airflow_api import AirflowClient
+from aifactory.localstack import state_dir
+from aifactory.slurm import job_name
+from aifactory.tenants import load_tenant
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_ID = "factory_demo"
+SPEC = load_tenant("demo")
+STACK = ["bash", str(REPO / "include" / "stack" / "stack.sh")]
+
+
+
+def sacct(name: str) -> list[tuple[str, str]]:
+    out = subprocess.run(["sacct", "-n", "-X", "--parsable2", "-S", "now-1days", f"--name={name}", "-o",
+                          "JobID,State"], capture_output=True, text=True, check=True).stdout
+    return [tuple(line.split("|")) for line in out.splitlines() if line.strip()]  # type: ignore[misc]
+
+
+def start_long_run(api: AirflowClient, s3) -> tuple[str, str]:
+    """Trigger a run whose job trains for about a minute; return (run id, job name) once it runs."""
+    key = f"demo/raw/e2e/resilience-{time.time_ns()}.csv"
+    s3.put_object(Bucket=SPEC.bucket, Key=key, Body=(REPO / "include/sample_data/iris.csv").read_bytes())
+    hp = {**SPEC.defaults["hyperparameters"], "epochs": 30, "step_sleep_s": 1.0}
+    conf = {**SPEC.defaults, "dataset_uri": f"s3://{SPEC.bucket}/{key}", "hyperparameters": hp,
+            "time_limit_minutes": 15}
+    run_id = api.trigger(DAG_ID, conf)["dag_run_id"]
+    name = job_name(SPEC.tenant, DAG_ID, run_id, "train", -1)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        states = {t["task_id"]: t["state"] for t in api.task_instances(DAG_ID, run_id)}
+        assert "failed" not in states.values(), states
+        running = subprocess.run(["squeue", "-h", f"--name={name}", "-t", "RUNNING", "-o", "%i"],
+                                 capture_output=True, text=True).stdout.strip()
+        if states.get("train") == "deferred" and running:
+            return run_id, name
+        time.sleep(2)
+    raise AssertionError(f"run {run_id} never reached a deferred train task with a running job")
+
+
+def pid_of(component: str) -> int:
+    return int((state_dir() / "run" / f"{component}.pid").read_text())
+
+
+def test_triggerer_killed_mid_job_and_restarted(api, s3_client):
+    run_id, name = start_long_run(api, s3_client)
+    os.killpg(pid_of("airflow-triggerer"), signal.SIGKILL)  # a crash: no cleanup runs at all
+    time.sleep(3)
+    subprocess.run([*STACK, "up"], check=True, capture_output=True)  # a new triggerer process
+    run = api.wait_for_run(DAG_ID, run_id, timeout=600)
+    assert run["state"] == "success"
+    jobs = sacct(name)
+    assert len(jobs) == 1 and jobs[0][1] == "COMPLETED"  # same job, never cancelled, never resubmitted
+
+
+def test_slurm_controller_down_for_a_minute_mid_job(api, s3_client):
+    run_id, name = start_long_run(api, s3_client)
+    os.kill(pid_of("slurmctld"), signal.SIGTERM)
+    try:
+        time.sleep(60)
+        assert subprocess.run(["scontrol", "ping"], capture_output=True, text=True).stdout.count("DOWN") >= 1
+    finally:
+        subprocess.run([*STACK, "up"], check=True, capture_output=True)
+    run = api.wait_for_run(DAG_ID, run_id, timeout=600)
+    assert run["state"] == "success"
+    jobs = sacct(name)
+    assert len(jobs) == 1 and jobs[0][1] == "COMPLETED"
+    log = api.task_log(DAG_ID, run_id, "train")
+    assert "Slurm job" in log
+
+
+def test_marking_the_deferred_task_failed_cancels_the_job(api, s3_client):
+    run_id, name = start_long_run(api, s3_client)
+    api.set_task_state(DAG_ID, run_id, "train", "failed")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        jobs = sacct(name)
+        if jobs and jobs[0][1].startswith("CANCELLED"):
+            break
+        time.sleep(2)
+    assert len(jobs) == 1 and jobs[0][1].startswith("CANCELLED"), jobs
+    assert api.wait_for_run(DAG_ID, run_id, timeout=120)["state"] == "failed"

@@ -1,0 +1,143 @@
+"""Staging in both modes against the real sshd (pinned host key) and the real S3 endpoint.
+
+push: the worker streams S3 objects into SFTP files, several in flight; pull: a fixed script on
+the HPC side fetches presigned URLs handed over on stdin. Both land in a private temporary
+directory, are checked by sha256 on the HPC side, and are renamed into place only when all match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+from pathlib import Path
+
+import pytest
+
+from aifactory.ingest import ingest_dataset
+from aifactory.manifest import DatasetManifest, FileEntry
+from aifactory.remote import RemoteError, q, sha256_many
+from aifactory.staging import MARKER_NAME, StagingOptions, stage_dataset
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+BUCKET = "aifactory"
+MODES = ["push", "pull"]
+
+
+
+
+@pytest.fixture(scope="module")
+def sharded(s3_client, tmp_path_factory):
+    """iris in 5 shards (several files to have in flight)."""
+    key = f"itest/raw/iris-{secrets.token_hex(3)}.csv"
+    s3_client.put_object(Bucket=BUCKET, Key=key, Body=(REPO / "include/sample_data/iris.csv").read_bytes())
+    manifest = ingest_dataset(
+        s3_client, source_uri=f"s3://{BUCKET}/{key}", bucket=BUCKET, tenant="itest",
+        workdir=tmp_path_factory.mktemp("ingest"), log=lambda m: None, row_group_rows=16, shard_rows=32,
+    )
+    assert len(manifest.files) == 5
+    return manifest, f"itest/datasets/{manifest.name}/{manifest.version}/"
+
+
+def _stage(s3, shell, tenant_dir, dataset, mode, logs, **opts):
+    manifest, prefix = dataset
+    return stage_dataset(
+        s3, shell, bucket=BUCKET, dataset_prefix=prefix, manifest=manifest, tenant_dir=tenant_dir,
+        log=logs.append, options=StagingOptions(mode=mode, parallel=3, python="/srv/aifactory/venv/bin/python", **opts),
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_stage_verifies_skips_and_resends_only_tampered(s3_client, shell, tenant_dir, sharded, mode):
+    manifest, _ = sharded
+    logs: list[str] = []
+    first = _stage(s3_client, shell, tenant_dir, sharded, mode, logs)
+    assert not first.skipped and first.sent_files == 5 and first.mode == mode
+    remote = first.remote_dir
+    sums = sha256_many(shell, [f"{remote}/{f.path}" for f in manifest.files])
+    assert sums == {f"{remote}/{f.path}": f.sha256 for f in manifest.files}
+    # private directories all the way down, nothing left over beside the version
+    _, out, _ = shell.run(
+        f"stat -c %a {q(tenant_dir)} {q(tenant_dir + '/datasets')} {q(remote + '/..')} {q(remote)}; ls -A {q(remote + '/..')}"
+    )
+    assert out.split()[:4] == ["700"] * 4
+    assert out.split()[4:] == [manifest.version]
+    _, listing, _ = shell.run(f"ls -A {q(remote)}")
+    assert sorted(listing.split()) == sorted([f.path for f in manifest.files] + ["manifest.json", MARKER_NAME])
+    assert any("MB/s" in line for line in logs)
+
+    # unchanged: skipped from the marker, without hashing anything again
+    logs.clear()
+    second = _stage(s3_client, shell, tenant_dir, sharded, mode, logs)
+    assert second.skipped and second.sent_files == 0
+    assert not any("hashed" in line for line in logs)
+
+    # tampered (same size, rewritten in place) and partial (truncated): detected, only those re-sent
+    victim, partial = (f"{remote}/{manifest.files[i].path}" for i in (1, 3))
+    shell.run(f"printf X | dd of={q(victim)} bs=1 seek=10 conv=notrunc 2>/dev/null; truncate -s 100 {q(partial)}")
+    logs.clear()
+    third = _stage(s3_client, shell, tenant_dir, sharded, mode, logs)
+    assert not third.skipped and third.sent_files == 2 and third.reused_files == 3
+    assert sha256_many(shell, [victim, partial]) == {victim: manifest.files[1].sha256, partial: manifest.files[3].sha256}
+    assert any("missing or differ" in line for line in logs)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_missing_file_is_resent_and_reverify_hashes_everything(s3_client, shell, tenant_dir, sharded, mode):
+    manifest, _ = sharded
+    first = _stage(s3_client, shell, tenant_dir, sharded, mode, [])
+    shell.run("rm -f -- " + q(f"{first.remote_dir}/{manifest.files[0].path}"))
+    again = _stage(s3_client, shell, tenant_dir, sharded, mode, [])
+    assert again.sent_files == 1 and again.reused_files == 4
+    logs: list[str] = []
+    third = _stage(s3_client, shell, tenant_dir, sharded, mode, logs, reverify=True)
+    assert third.skipped and any("hashed 5 file(s)" in line for line in logs)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_mismatch_stages_nothing(s3_client, shell, tenant_dir, sharded, mode):
+    manifest, prefix = sharded
+    wrong = [dataclasses.replace(manifest.files[0], sha256="0" * 64), *manifest.files[1:]]
+    bad = DatasetManifest.from_dict({**manifest.to_dict(), "files": [dataclasses.asdict(f) for f in wrong]})
+    with pytest.raises(RemoteError, match="part-00000.parquet"):
+        _stage(s3_client, shell, tenant_dir, (bad, prefix), mode, [])
+    _, out, _ = shell.run(f"ls -A {q(tenant_dir + '/datasets/' + manifest.name)}")
+    assert out.split() == []  # no version, no temporary directory
+
+
+def test_pull_keeps_urls_out_of_logs_and_argv(s3_client, shell, tenant_dir, sharded):
+    logs: list[str] = []
+    _stage(s3_client, shell, tenant_dir, sharded, "pull", logs)
+    text = "\n".join(logs)
+    assert "X-Amz-Signature" not in text and "http" not in text
+    assert any("fetched by the HPC side" in line for line in logs)
+    # the fixed script is installed once, read-only, in the tenant's private area
+    _, out, _ = shell.run(f"stat -c '%a %n' {q(tenant_dir)}/.aifp/bin/aifp_fetch-*.py")
+    assert out.startswith("500 ")
+
+
+def test_fetch_script_refuses_bad_requests(shell, tenant_dir, sharded, s3_client):
+    from aifactory.remote import run_with_input
+    from aifactory.staging import install_fetch_script
+
+    shell.run("mkdir -p -m 0700 " + q(tenant_dir + "/x"))
+    script = install_fetch_script(shell, tenant_dir)
+    bad = {"files": [{"name": "../evil", "url": "http://127.0.0.1:1/x", "sha256": "0" * 64, "bytes": 1}]}
+    rc, out, _ = run_with_input(shell, f"/srv/aifactory/venv/bin/python {q(script)} --dest {q(tenant_dir + '/x')}",
+                                json.dumps(bad).encode())
+    assert rc == 2 and "bad request" in out
+    expired = s3_client.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": "nope"}, ExpiresIn=1)
+    req = {"files": [{"name": "a.bin", "url": expired, "sha256": "0" * 64, "bytes": 1}]}
+    rc, out, _ = run_with_input(shell, f"/srv/aifactory/venv/bin/python {q(script)} --dest {q(tenant_dir + '/x')}",
+                                json.dumps(req).encode())
+    assert rc == 3 and "failed a.bin HTTP" in out and "X-Amz" not in out
+
+
+def test_staging_options_are_checked():
+    with pytest.raises(Exception, match="push.*pull"):
+        StagingOptions(mode="carrier-pigeon")  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="parallel"):
+        StagingOptions(parallel=0)
+    assert FileEntry  # imported for type use above

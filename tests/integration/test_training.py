@@ -1,0 +1,153 @@
+"""The tabular_classifier recipe as real Slurm jobs on the local two-node cluster.
+
+Each test stages a small Parquet dataset on the HPC side, renders the job the way the
+SlurmJobOperator does (its own ``sbatch_argv``, the recipe's fixed wrapper, ``params.json``), submits
+it over SSH under the tenant's account, and watches it with ``sacct``:
+
+* a requeue mid-run (``scontrol requeue``): the job resumes from its checkpoint, every step number
+  appears once in the log, and the run succeeds;
+* ``nodes=2``: one rank per node through ``srun``, both in the log, and the same outputs as one node.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from aifactory.recipes import load_recipes
+from aifactory.remote import q
+from aifactory.slurm import Resources, TenantSlurmPolicy, build_sbatch_command, job_name, parse_sbatch_output, sbatch_argv
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = load_recipes()["tabular_classifier"]
+PYTHON = "/srv/aifactory/venv/bin/python"
+HP = {"label_column": "species", "feature_columns": ["sepal_length", "sepal_width", "petal_length", "petal_width"]}
+
+
+@pytest.fixture()
+def area(stack_env, shell):
+    root = f"{stack_env['AIFP_HPC_ROOT']}/demo/runs/itest-train-{secrets.token_hex(4)}"
+    shell.run("mkdir -p -m 0700 " + q(root + "/ds"))
+    yield root
+    shell.run("rm -rf -- " + q(root))
+
+
+def _stage_iris(shell, ds_dir: str) -> None:
+    import pyarrow.csv as pc
+    import pyarrow.parquet as pq
+
+    table = pc.read_csv(REPO / "include/sample_data/iris.csv")
+    local = Path(f"/tmp/aifp-itest-{secrets.token_hex(3)}.parquet")
+    pq.write_table(table, local)
+    shell.sftp_client().put(str(local), f"{ds_dir}/part-00000.parquet")
+    local.unlink()
+
+
+def _submit(shell, root: str, name: str, hp: dict, nodes: int = 1) -> tuple[str, str]:
+    run_dir = f"{root}/{name}"
+    shell.run("mkdir -p -m 0700 " + q(run_dir))
+    params = {"dataset_dir": f"{root}/ds", "output_dir": f"{run_dir}/output",
+              "hyperparameters": RECIPE.validate_hyperparameters({**HP, **hp}), "job": {"tenant": "demo"}}
+    sftp = shell.sftp_client()
+    with sftp.open(f"{run_dir}/params.json", "wb") as fh:
+        fh.write(json.dumps(params).encode())
+    sftp.put(str(RECIPE.entrypoint_path), f"{run_dir}/train.py")
+    sftp.put(str(RECIPE.sbatch_template_path), f"{run_dir}/job.sh")
+    policy = TenantSlurmPolicy(account="demo", partitions=("debug",), max_nodes=2, max_mem_gb=2)
+    res = Resources.from_request({"nodes": nodes, "mem_gb": 1, "time_limit_minutes": 10}, policy=policy)
+    argv = sbatch_argv(res, job_name=job_name("demo", "itest", secrets.token_hex(4), name), comment="aifp:itest",
+                       chdir=run_dir, output_path=f"{run_dir}/slurm-%j.out",
+                       export_vars={"PATH": "/usr/local/bin:/usr/bin:/bin", "AIFP_PYTHON": PYTHON,
+                                    "AIFP_ENTRYPOINT": "train.py"},
+                       signal=RECIPE.sbatch_signal(10))
+    rc, out, err = shell.run(build_sbatch_command(argv, f"{run_dir}/job.sh"))
+    assert rc == 0, err
+    return parse_sbatch_output(out).job_id, run_dir
+
+
+def _state(job_id: str) -> str:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True,
+                         text=True).stdout.strip().splitlines()
+    return out[-1].split()[0] if out else ""
+
+
+def _wait(job_id: str, states: tuple[str, ...], timeout: float = 240) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = _state(job_id)
+        if state in states:
+            return state
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} did not reach {states} within {timeout}s (last: {_state(job_id)})")
+
+
+def _log(shell, run_dir: str, job_id: str) -> str:
+    return shell.run(f"cat {q(run_dir + '/slurm-' + job_id + '.out')}")[1]
+
+
+def _steps(log: str) -> list[int]:
+    return [int(m.group(1)) for m in re.finditer(r"^step=(\d+)/", log, re.M)]
+
+
+def test_requeue_mid_run_resumes_from_checkpoint(shell, area):
+    _stage_iris(shell, f"{area}/ds")
+    # 30 epochs x 4 steps of 32 rows, 0.25 s a step: ~30 s of training, requeued after ~8 s
+    job_id, run_dir = _submit(shell, area, "requeue", {"epochs": 30, "batch_size": 32, "log_every_steps": 1,
+                                                         "step_sleep_s": 0.25, "checkpoint_every_steps": 1000})
+    _wait(job_id, ("RUNNING",), timeout=120)
+    deadline = time.time() + 60
+    while not _steps(_log(shell, run_dir, job_id)) or max(_steps(_log(shell, run_dir, job_id))) < 10:
+        assert time.time() < deadline, _log(shell, run_dir, job_id)
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    # Slurm holds a requeued job back for a while (BeginTime); release it at once for the test.
+    deadline = time.time() + 60
+    while subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"],
+                         capture_output=True).returncode != 0:
+        assert time.time() < deadline
+        time.sleep(1)
+    assert _wait(job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout=300) == "COMPLETED"
+
+    log = _log(shell, run_dir, job_id)
+    stop = re.search(r"^checkpoint: step=(\d+) reason=stop-SIGTERM", log, re.M)
+    resume = re.search(r"^resume: from checkpoint step=(\d+)", log, re.M)
+    assert stop and resume, log
+    assert stop.group(1) == resume.group(1) and int(stop.group(1)) >= 10
+    assert "restart_count=1" in log
+    steps = _steps(log)
+    total = 30 * 4
+    assert steps == list(range(1, total + 1)), "a finished step was redone or skipped:\n" + log
+    marker = json.loads(shell.run(f"cat {q(run_dir + '/output/_COMPLETED.json')}")[1])
+    assert marker["slurm_restart_count"] == 1 and marker["metrics"]["steps"] == total
+    assert marker["metrics"]["test_accuracy"] >= 0.8
+
+
+def test_two_nodes_train_with_one_rank_each(shell, area):
+    _stage_iris(shell, f"{area}/ds")
+    hp = {"epochs": 10, "batch_size": 16}
+    two, run2 = _submit(shell, area, "two", hp, nodes=2)
+    one, run1 = _submit(shell, area, "one", hp, nodes=1)
+    assert _wait(two, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")) == "COMPLETED", _log(shell, run2, two)
+    assert _wait(one, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")) == "COMPLETED", _log(shell, run1, one)
+    log = _log(shell, run2, two)
+    ranks = dict(re.findall(r"^rank=(\d)/2 node=(\S+)", log, re.M))
+    assert ranks.keys() == {"0", "1"} and len(set(ranks.values())) == 2, log
+    nodes = subprocess.run(["sacct", "-n", "-X", "-P", "-j", two, "-o", "NodeList"], capture_output=True,
+                           text=True).stdout.strip()
+    assert nodes == "n[1-2]"
+    outputs = {}
+    for run in (run1, run2):
+        outputs[run] = json.loads(shell.run(f"cat {q(run + '/output/_COMPLETED.json')}")[1])
+    assert set(outputs[run1]["files"]) == set(outputs[run2]["files"]) >= {"model.onnx", "model.safetensors"}
+    assert outputs[run2]["world_size"] == 2 and outputs[run1]["world_size"] == 1
+    for marker in outputs.values():
+        assert marker["metrics"]["test_accuracy"] >= 0.8
+        assert marker["onnx_check"]["passed"]

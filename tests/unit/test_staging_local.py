@@ -1,0 +1,109 @@
+"""Staging logic against a local stand-in for the HPC side (bash and files on this machine) and an
+in-memory object store: push, marker-based skip, partial/tampered detection, nothing half-staged."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aifactory.errors import InputError
+from aifactory.manifest import DatasetManifest, FileEntry
+from aifactory.remote import RemoteError, stat_files
+from aifactory.staging import MARKER_NAME, StagingOptions, stage_dataset
+
+
+class LocalShell:
+    """RemoteShell over local bash; its SFTP is plain ``open`` (no ``open_sftp``: one at a time)."""
+
+    def run(self, command: str, *, timeout: float | None = None) -> tuple[int, str, str]:
+        p = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=timeout)
+        return p.returncode, p.stdout, p.stderr
+
+    def sftp_client(self) -> Any:
+        class _Sftp:
+            def open(self, filename: str, mode: str = "r", bufsize: int = -1) -> Any:
+                return open(filename, mode)
+
+        return _Sftp()
+
+
+class Store:
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        self.objects = objects
+        self.gets: list[str] = []
+
+    def get_object(self, *, Bucket: str, Key: str, **_: Any) -> dict[str, Any]:
+        self.gets.append(Key)
+        return {"Body": io.BytesIO(self.objects[Key])}
+
+
+def _dataset(n: int = 3) -> tuple[Store, DatasetManifest]:
+    blobs = {f"part-{i:05d}.parquet": bytes([i]) * (1000 + i) for i in range(n)}
+    files = [FileEntry(path=k, bytes=len(v), sha256=hashlib.sha256(v).hexdigest(), rows=1) for k, v in blobs.items()]
+    m = DatasetManifest(tenant="t", name="d", version="v-1", created_at="x", schema=[], rows=n, files=files,
+                        sources=[])
+    return Store({"t/datasets/d/v-1/" + k: v for k, v in blobs.items()}), m
+
+
+def _stage(store: Store, m: DatasetManifest, tenant_dir: Path, **kw: Any):
+    logs: list[str] = []
+    r = stage_dataset(store, LocalShell(), bucket="b", dataset_prefix="t/datasets/d/v-1/", manifest=m,
+                      tenant_dir=str(tenant_dir), log=logs.append, **kw)
+    return r, logs
+
+
+def test_push_skip_and_resend_only_what_changed(tmp_path):
+    store, m = _dataset()
+    first, logs = _stage(store, m, tmp_path / "t")
+    final = Path(first.remote_dir)
+    assert first.sent_files == 3 and (final / MARKER_NAME).exists() and (final / "manifest.json").exists()
+    assert oct((tmp_path / "t").stat().st_mode & 0o777) == "0o700" and oct(final.stat().st_mode & 0o777) == "0o700"
+    assert any("MB/s" in line for line in logs)
+
+    store.gets.clear()
+    again, logs = _stage(store, m, tmp_path / "t")
+    assert again.skipped and store.gets == [] and not any("hashed" in line for line in logs)
+
+    # same size, rewritten in place: ctime moves, the file is hashed, found bad, re-sent
+    victim = final / "part-00001.parquet"
+    data = bytearray(victim.read_bytes())
+    data[0] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    third, logs = _stage(store, m, tmp_path / "t")
+    assert third.sent_files == 1 and third.reused_files == 2 and store.gets == ["t/datasets/d/v-1/part-00001.parquet"]
+    assert hashlib.sha256(victim.read_bytes()).hexdigest() == m.files[1].sha256
+    assert sorted(p.name for p in final.parent.iterdir()) == ["v-1"]  # no leftovers
+
+
+def test_mismatch_stages_nothing(tmp_path):
+    store, m = _dataset()
+    store.objects["t/datasets/d/v-1/part-00002.parquet"] = b"tampered in the store"
+    with pytest.raises(RemoteError, match="part-00002.parquet"):
+        _stage(store, m, tmp_path / "t")
+    assert list((tmp_path / "t" / "datasets" / "d").iterdir()) == []
+
+
+def test_stat_files_parses_find_output(tmp_path):
+    (tmp_path / "a b.bin").write_bytes(b"xyz")
+    stats = stat_files(LocalShell(), str(tmp_path))
+    assert stats["a b.bin"].size == 3 and stats["a b.bin"].inode == (tmp_path / "a b.bin").stat().st_ino
+    assert stat_files(LocalShell(), str(tmp_path / "missing")) == {}
+
+
+def test_pull_needs_a_shell_that_takes_stdin(tmp_path):
+    store, m = _dataset()
+    store.generate_presigned_url = lambda *a, **k: "http://127.0.0.1:1/x"  # type: ignore[attr-defined]
+    with pytest.raises(RemoteError, match="cannot pass data on stdin"):
+        _stage(store, m, tmp_path / "t", options=StagingOptions(mode="pull"))
+
+
+@pytest.mark.parametrize("kw, says", [({"mode": "ftp"}, "push.*pull"), ({"parallel": 99}, "parallel"),
+                                      ({"url_ttl_s": 5}, "url_ttl_s")])
+def test_options_are_checked(kw, says):
+    with pytest.raises(InputError, match=says):
+        StagingOptions(**kw)
