@@ -122,6 +122,31 @@ def run_child(code: str, *args: str, env: dict[str, str] | None = None) -> Child
     return ChildRun(wall_s=wall, peak_mib=usage.ru_maxrss / 1024.0, output=out)
 
 
+def scratch_dir() -> Path:
+    """Working space of the benches, beside the cached data (git-ignored)."""
+    path = DATA_DIR / "scratch"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def ingested_dataset(s3: Any, rows: int) -> Any:
+    """The synthetic CSV of ``rows`` rows in the bench tenant's raw area, ingested (content-addressed:
+    a second call finds the version and converts nothing). Returns its DatasetManifest."""
+    import tempfile
+
+    from aifactory.ingest import ingest_dataset
+    from aifactory.s3 import head, upload_file
+
+    path = ensure_csv(rows)
+    key = f"{TENANT}/raw/synthetic-{rows}.csv"
+    info = head(s3, BUCKET, key)
+    if info is None or info.size != path.stat().st_size:
+        upload_file(s3, path, BUCKET, key)
+    with tempfile.TemporaryDirectory(dir=scratch_dir()) as tmp:
+        return ingest_dataset(s3, source_uri=f"s3://{BUCKET}/{key}", bucket=BUCKET, tenant=TENANT,
+                              dataset_name=f"synthetic-{rows}", workdir=Path(tmp), log=lambda s: None)
+
+
 def delete_prefix(s3: Any, prefix: str) -> None:
     """Remove the bench's objects (moto keeps everything in memory)."""
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)

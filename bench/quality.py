@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -70,24 +69,12 @@ def main() -> None:
     args = ap.parse_args()
     env = c.stack_env()
     s3 = c.s3_client(env)
-    from aifactory.ingest import ingest_dataset
-    from aifactory.s3 import head, upload_file
-
-    path = c.ensure_csv(args.rows)
-    key = f"{c.TENANT}/raw/synthetic-{args.rows}.csv"
-    info = head(s3, c.BUCKET, key)
-    if info is None or info.size != path.stat().st_size:
-        upload_file(s3, path, c.BUCKET, key)
-    scratch = c.DATA_DIR / "scratch"
-    scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-        m = ingest_dataset(s3, source_uri=f"s3://{c.BUCKET}/{key}", bucket=c.BUCKET, tenant=c.TENANT,
-                           dataset_name=f"synthetic-{args.rows}", workdir=Path(tmp), log=lambda s: None)
+    m = c.ingested_dataset(s3, args.rows)
     print(f"quality bench: {m.rows} rows in {len(m.files)} shard(s), {m.total_bytes / 1e6:.0f} MB of Parquet; "
           f"{c.machine_note()}", flush=True)
     suite = c.REPO / "include" / "expectations" / "bench_synthetic.json"
     params = {"label_column": "label", "feature_columns": c.feature_columns()}
-    project = c.run_child(PROJECT, m.prefix, str(suite), json.dumps(params), str(scratch))
+    project = c.run_child(PROJECT, m.prefix, str(suite), json.dumps(params), str(c.scratch_dir()))
     print("\n".join("  | " + line for line in project.output.splitlines()[-12:]), flush=True)
     baseline = c.run_child(PYARROW, m.prefix, json.dumps(c.feature_columns()))
     print("  | pyarrow.compute: " + baseline.output.strip().splitlines()[-1], flush=True)

@@ -15,7 +15,6 @@ import argparse
 import secrets
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,21 +32,11 @@ def main() -> None:
     s3 = c.s3_client(env)
     import paramiko
 
-    from aifactory.ingest import ingest_dataset
     from aifactory.remote import ParamikoShell, q
-    from aifactory.s3 import download_to, head, upload_file
+    from aifactory.s3 import download_to
     from aifactory.staging import StagingOptions, stage_dataset
 
-    path = c.ensure_csv(args.rows)
-    key = f"{c.TENANT}/raw/synthetic-{args.rows}.csv"
-    info = head(s3, c.BUCKET, key)
-    if info is None or info.size != path.stat().st_size:
-        upload_file(s3, path, c.BUCKET, key)
-    scratch = c.DATA_DIR / "scratch"
-    scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-        m = ingest_dataset(s3, source_uri=f"s3://{c.BUCKET}/{key}", bucket=c.BUCKET, tenant=c.TENANT,
-                           dataset_name=f"synthetic-{args.rows}", workdir=Path(tmp), log=lambda s: None)
+    m = c.ingested_dataset(s3, args.rows)
     total = m.total_bytes
     print(f"staging bench: {len(m.files)} file(s), {total / 1e6:.0f} MB; {c.machine_note()}", flush=True)
 
