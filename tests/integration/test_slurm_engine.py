@@ -43,6 +43,8 @@ from aifactory.slurm import (
     select_record,
 )
 
+from state_store import Store  # noqa: E402  (tests/integration is on sys.path under pytest)
+
 pytestmark = pytest.mark.integration
 
 CONN_ID = "aifactory_hpc_local"
@@ -172,19 +174,6 @@ def test_trigger_watches_a_real_job(hook, run_dir):
 # ------------------------------------------------------------------------------------------ operator
 
 
-class _Store:
-    """Stand-in for Airflow's task_state_store (get/set of JSON values)."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    def get(self, key, default=None):
-        return self.data.get(key, default)
-
-    def set(self, key, value, **_):
-        self.data[key] = value
-
-
 def _stage_dataset(hook, dataset_dir: str) -> None:
     import numpy as np
     import pyarrow as pa
@@ -227,7 +216,7 @@ def test_operator_trains_recipe_end_to_end_and_adopts_on_retry(hook, stack_env):
         deferrable=False,
         poll_interval=2,
     )
-    store = _Store()
+    store = Store()
     ti = SimpleNamespace(dag_id="itest", run_id=f"manual__{key}", task_id="train", map_index=-1, try_number=1)
     context = {"ti": ti, "task_state_store": store}
     result = op.execute(context)
@@ -247,7 +236,7 @@ def test_operator_trains_recipe_end_to_end_and_adopts_on_retry(hook, stack_env):
     result2 = again.execute({"ti": ti, "task_state_store": store})
     assert result2["adopted"] and result2["job_id"] == result["job_id"]
     # ...and also when the stored id was lost: found by the deterministic name.
-    result3 = SlurmJobOperator(**_op_kwargs(op)).execute({"ti": ti, "task_state_store": _Store()})
+    result3 = SlurmJobOperator(**_op_kwargs(op)).execute({"ti": ti, "task_state_store": Store()})
     assert result3["adopted"] and result3["job_id"] == result["job_id"]
 
 
@@ -267,7 +256,7 @@ def test_operator_bad_data_fails_with_clear_message(hook, stack_env):
     )
     ti = SimpleNamespace(dag_id="itest", run_id=f"manual__{key}", task_id="train", map_index=-1, try_number=1)
     with pytest.raises(AirflowException) as exc:
-        op.execute({"ti": ti, "task_state_store": _Store()})
+        op.execute({"ti": ti, "task_state_store": Store()})
     text = str(exc.value)
     assert "FAILED" in text or "failed" in text
     assert "exited with code 2" in text and "no_such_column" in text and "not found" in text
@@ -299,7 +288,7 @@ def test_operator_deferrable_path(hook, stack_env):
         deferrable=True, poll_interval=2,
     )
     ti = SimpleNamespace(dag_id="itest", run_id=f"manual__{key}", task_id="train", map_index=-1, try_number=1)
-    context = {"ti": ti, "task_state_store": _Store()}
+    context = {"ti": ti, "task_state_store": Store()}
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(context)
     classpath, kwargs = deferred.value.trigger.serialize()

@@ -24,25 +24,14 @@ import pytest
 
 from aifactory.slurm import job_name
 
+from state_store import Store  # noqa: E402  (tests/integration is on sys.path under pytest)
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 PROBES = REPO / "include" / "platform_recipes"
 HPC = "/srv/aifactory"
 DAG = "itest_states"
-
-
-class Store:
-    """Stand-in for Airflow's task_state_store (get/set of JSON values)."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.data.get(key, default)
-
-    def set(self, key: str, value: Any, **_: Any) -> None:
-        self.data[key] = value
 
 
 def sh(*args: str, check: bool = True) -> str:
