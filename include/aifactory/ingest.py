@@ -35,8 +35,11 @@ do; messages never quote cell values.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
+import hashlib
+import io
 import json
 import re
 import shutil
@@ -45,7 +48,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from aifactory.errors import InputError
 from aifactory.manifest import (
@@ -62,6 +65,7 @@ from aifactory.s3 import (
     check_tenant_uri,
     download_to,
     format_s3_uri,
+    get_object,
     head,
     is_precondition_failed,
     iter_objects,
@@ -74,16 +78,20 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 Log = Callable[[str], Any]
+T = TypeVar("T")
 
 #: Bump when the conversion changes in a way that should produce a new version for the same input.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: dictionary encoding only where it pays
 DEFAULT_ROW_GROUP_ROWS = 128 * 1024
 DEFAULT_SHARD_ROWS = 8 * DEFAULT_ROW_GROUP_ROWS  # ~1M rows per shard
-#: Bytes per CSV/JSON block; types are inferred from the first block of this size.
+#: CSV is read in segments of about this many bytes, cut at line ends; types are inferred from the
+#: first one and imposed on the rest. JSON Lines blocks have this size too.
 READ_BLOCK_SIZE = 16 * 1024 * 1024
-#: CSV is then streamed in smaller blocks with those types: pyarrow's reader keeps several blocks
-#: (and their decoded batches) in flight, so 16 MiB blocks cost ~600 MiB, 1 MiB blocks ~40 MiB.
-STREAM_BLOCK_SIZE = 1024 * 1024
+#: Each segment is parsed by Arrow's multi-threaded reader in blocks of this size (all cores busy,
+#: memory bounded by the segment: about four times its size at peak).
+PARSE_BLOCK_SIZE = 1024 * 1024
+#: A CSV line longer than this is refused (the file is not line-oriented tabular data).
+MAX_LINE_BYTES = 64 * 1024 * 1024
 #: Row groups queued for the Parquet writer thread (bounds memory while reading runs ahead).
 WRITE_QUEUE = 2
 MAX_SOURCE_OBJECTS = 10_000
@@ -236,6 +244,32 @@ def resolve_sources(s3: Any, *, bucket: str, key: str, uri: str) -> tuple[list[O
 # --------------------------------------------------------------------------------------------
 
 
+#: A column is dictionary-encoded when its first row group has at most this share of distinct values.
+DICTIONARY_MAX_DISTINCT_SHARE = 0.25
+
+
+def dictionary_columns(table: pa.Table) -> list[str]:
+    """The columns worth dictionary-encoding, judged on a sample row group.
+
+    Parquet writers try a dictionary for every column and fall back to plain encoding when it
+    overflows; for high-cardinality columns (measurements, ids) that attempt costs most of the
+    write time and leaves a larger file. Labels, categories and small integer codes keep it.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    limit = max(table.num_rows, 1) * DICTIONARY_MAX_DISTINCT_SHARE
+    chosen = []
+    for name, column in zip(table.column_names, table.columns):
+        try:
+            distinct = pc.count_distinct(column, mode="all").as_py()
+        except pa.ArrowNotImplementedError:  # null or nested types: leave it to the writer
+            distinct = 0
+        if distinct <= limit:
+            chosen.append(name)
+    return chosen
+
+
 class _ShardWriter:
     """Buffers record batches into fixed-size row groups and rolls shards at ``shard_rows``."""
 
@@ -258,6 +292,7 @@ class _ShardWriter:
         # Encoding and compressing Parquet (GIL released) overlaps with parsing the next blocks.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-write")
         self._pending: list[Any] = []
+        self._dictionary: list[str] | None = None  # decided on the first row group, kept for all
 
     @property
     def total_rows(self) -> int:
@@ -295,7 +330,11 @@ class _ShardWriter:
         if self._writer is None or self.rows_per_shard[-1] + table.num_rows > self.shard_rows:
             self._close_writer()
             path = self.directory / f"part-{len(self.paths):05d}.parquet"
-            self._writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+            if self._dictionary is None:
+                self._dictionary = dictionary_columns(table)
+            self._writer = pq.ParquetWriter(
+                path, self.schema, compression="zstd", use_dictionary=self._dictionary
+            )
             self.paths.append(path)
             self.rows_per_shard.append(0)
         self._writer.write_table(table, row_group_size=self.row_group_rows)
@@ -357,10 +396,140 @@ class _Widen(Exception):
         self.new_type = new_type
 
 
-def _open_stream(path: Path, fmt: SourceFormat) -> Any:
+class SourceReadError(RuntimeError):
+    """A source's bytes did not arrive whole (network, store): transient, the task should retry."""
+
+
+class _HashingReader(io.RawIOBase):
+    """A source's raw byte stream that hashes what passes through and checks the length at EOF."""
+
+    def __init__(self, raw: Any, source: SourceObject) -> None:
+        super().__init__()
+        self._raw, self._source = raw, source
+        self._hash = hashlib.sha256()
+        self._count = 0
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self._raw.read() if size is None or size < 0 else self._raw.read(size)
+        if data:
+            self._hash.update(data)
+            self._count += len(data)
+            self._source.bytes_read = self._count
+        elif not self._done:
+            self._done = True
+            if self._source.size is not None and self._count != self._source.size:
+                raise SourceReadError(
+                    f"short read from {self._source.label}: got {self._count} of "
+                    f"{self._source.size} bytes; retry the task"
+                )
+            self._source.digest = (self._count, self._hash.hexdigest())
+        return bytes(data)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+class SourceObject:
+    """One input of a conversion: a label for messages, a name that tells its format, and a way
+    to open its raw bytes again (a conversion restarts after widening a type, error messages look
+    up a line). Every full read records the byte count and sha256 in :attr:`digest`.
+
+    CSV and JSON Lines sources are streamed straight from the store into the parser (no local
+    copy); Parquet needs random access, so Parquet sources are downloaded first (:meth:`local`).
+    """
+
+    def __init__(
+        self, label: str, name: str, opener: Callable[[], Any], *, size: int | None = None,
+        path: Path | None = None,
+    ) -> None:
+        self.label, self.name, self.size, self.path = label, name, size, path
+        self._opener = opener
+        self.digest: tuple[int, str] | None = None
+        self.bytes_read = 0  # of the pass in progress (progress reports)
+
+    @classmethod
+    def local(cls, path: Path, label: str | None = None) -> SourceObject:
+        path = Path(path)
+        return cls(label or path.name, path.name, lambda: open(path, "rb"), size=path.stat().st_size, path=path)
+
+    def open(self) -> IO[bytes]:
+        return _HashingReader(self._opener(), self)  # type: ignore[return-value]
+
+    def finish(self) -> tuple[int, str]:
+        """Bytes and sha256 of the source; reads it once more only if no pass reached its end."""
+        if self.digest is None:
+            with self.open() as fh:
+                while fh.read(_HASH_CHUNK):
+                    pass
+        assert self.digest is not None
+        return self.digest
+
+
+_HASH_CHUNK = 8 * 1024 * 1024
+
+
+def _open_stream(src: SourceObject, fmt: SourceFormat) -> Any:
+    """The source's bytes, decompressed; ``read(n)`` and ``close()``."""
+    raw = src.open()
+    if fmt.compression is None:
+        return raw
     import pyarrow as pa
 
-    return pa.input_stream(str(path), compression=fmt.compression)
+    return pa.input_stream(raw, compression=fmt.compression)
+
+
+def _prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
+    """Run ``items`` in a background thread, ``depth`` ahead of the consumer (I/O overlaps parsing).
+    Errors arrive in order; closing the result stops the thread."""
+    import queue
+    import threading
+
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the consumer
+            put(("error", exc))
+
+    thread = threading.Thread(target=run, name="ingest-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "item":
+                yield value
+            elif kind == "end":
+                return
+            else:
+                raise value
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _next_wider(current: pa.DataType) -> pa.DataType:
@@ -379,40 +548,69 @@ def _type_named(name: str) -> pa.DataType:
     return {"null": pa.null(), "int64": pa.int64(), "double": pa.float64()}.get(name, pa.string())
 
 
-def _open_text(path: Path, fmt: SourceFormat) -> IO[str]:
+def _open_text(src: SourceObject, fmt: SourceFormat) -> IO[str]:
+    """The source as text (error paths only: header names, line numbers)."""
+    raw: Any = src.open()
     if fmt.compression == "gzip":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
-    if fmt.compression is not None:  # zstd: Python 3.11 has no stdlib codec; pyarrow's stream
-        import io
-
+        raw = gzip.GzipFile(fileobj=raw, mode="rb")
+    elif fmt.compression is not None:  # zstd: Python 3.11 has no stdlib codec; pyarrow's stream
         import pyarrow as pa
 
-        raw = pa.input_stream(str(path), compression=fmt.compression)
-        return io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8", errors="replace", newline="")  # type: ignore[arg-type]
-    return open(path, encoding="utf-8", errors="replace", newline="")
+        raw = pa.input_stream(raw, compression=fmt.compression)
+    return io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8", errors="replace", newline="")  # type: ignore[arg-type]
 
 
-def _csv_header(path: Path, fmt: SourceFormat, index: int) -> str | None:
+def _csv_header(src: SourceObject, fmt: SourceFormat, index: int) -> str | None:
     """Name of column ``index`` from the header line (error path only)."""
     try:
-        with _open_text(path, fmt) as fh:
+        with _open_text(src, fmt) as fh:
             header = next(csv.reader(fh), None)
-    except (OSError, csv.Error):
+    except (OSError, csv.Error, SourceReadError):
         return None
     return header[index] if header and 0 <= index < len(header) else None
 
 
-def _csv_bad_row_line(path: Path, fmt: SourceFormat, expected: int) -> int | None:
+def _csv_bad_row_line(src: SourceObject, fmt: SourceFormat, expected: int) -> int | None:
     """Find the line number of the first record whose field count differs (error path only)."""
     try:
-        with _open_text(path, fmt) as fh:
+        with _open_text(src, fmt) as fh:
             reader = csv.reader(fh)
             for record in reader:
                 if record and len(record) != expected:
                     return reader.line_num
-    except (OSError, csv.Error):
+    except (OSError, csv.Error, SourceReadError):
         return None
     return None
+
+
+def _csv_segments(stream: Any, size: int, *, label: str) -> Iterator[bytes]:
+    """Cut a byte stream into pieces of about ``size`` bytes that end at a line end.
+
+    Like Arrow's own parallel reader (``newlines_in_values=False``), this assumes no line breaks
+    inside quoted values. A line end is ``\\n`` (so ``\\r\\n`` stays whole), or a lone ``\\r``
+    in files that have no ``\\n`` at all.
+    """
+    carry = b""
+    while True:
+        data = stream.read(size)
+        if not data:
+            if carry:
+                yield carry
+            return
+        buf = carry + data if carry else data
+        cut = buf.rfind(b"\n")
+        if cut < 0:
+            cut = buf.rfind(b"\r")
+        if cut < 0:
+            if len(buf) > MAX_LINE_BYTES:
+                raise InputError(
+                    f"{label} has a line longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB; a CSV "
+                    "file holds one record per line - check the file's format"
+                )
+            carry = buf
+            continue
+        carry = buf[cut + 1 :]
+        yield buf[: cut + 1]
 
 
 def _read_batches(reader: Any, failure: Callable[[Exception], Exception]) -> Iterator[pa.RecordBatch]:
@@ -430,11 +628,12 @@ def _read_batches(reader: Any, failure: Callable[[Exception], Exception]) -> Ite
 
 
 def _open_csv(
-    path: Path, fmt: SourceFormat, *, label: str, column_types: dict[str, Any]
+    src: SourceObject, fmt: SourceFormat, *, column_types: dict[str, Any]
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
+    label = src.label
     bad_rows: list[tuple[int, int]] = []
 
     def on_invalid_row(row: Any) -> str:
@@ -444,7 +643,7 @@ def _open_csv(
     def parse_failure(exc: Exception) -> InputError:
         if bad_rows:
             expected, actual = bad_rows[0]
-            line = _csv_bad_row_line(path, fmt, expected)
+            line = _csv_bad_row_line(src, fmt, expected)
             where = f"line {line}" if line else "a row"
             return InputError(
                 f"{label} does not parse as CSV: {where} has {actual} fields, the header has "
@@ -465,7 +664,7 @@ def _open_csv(
             if schema is not None:
                 field = schema.field(index)
                 return _Widen(field.name, _next_wider(field.type))
-            name = _csv_header(path, fmt, index)
+            name = _csv_header(src, fmt, index)
             if name is not None:
                 current = column_types.get(name) or _type_named(target)
                 return _Widen(name, _next_wider(current))
@@ -473,42 +672,70 @@ def _open_csv(
             return InputError(f"{label} cannot be read ({exc}); upload it again")
         return parse_failure(exc)
 
-    def open_reader(block_size: int, types: dict[str, Any]) -> Any:
+    read_opts = pcsv.ReadOptions(block_size=PARSE_BLOCK_SIZE, use_threads=True)
+    parse_opts = pcsv.ParseOptions(invalid_row_handler=on_invalid_row)
+
+    def parse(segment: bytes, types: dict[str, Any], names: list[str] | None) -> pa.Table:
+        opts = read_opts if names is None else pcsv.ReadOptions(
+            block_size=PARSE_BLOCK_SIZE, use_threads=True, column_names=names
+        )
         try:
-            return pcsv.open_csv(
-                _open_stream(path, fmt),
-                read_options=pcsv.ReadOptions(block_size=block_size, use_threads=False),
-                parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid_row),
+            return pcsv.read_csv(
+                pa.BufferReader(pa.py_buffer(segment)), read_options=opts, parse_options=parse_opts,
                 convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True),
             )
         except (pa.ArrowInvalid, OSError) as exc:
-            raise failure(exc, None) from None
+            raise failure(exc, schema) from None
 
-    reader = open_reader(READ_BLOCK_SIZE, column_types)
-    if STREAM_BLOCK_SIZE < READ_BLOCK_SIZE:
-        # Types inferred from the first big block, then streamed in small blocks with those types.
-        probed = {f.name: f.type for f in reader.schema}
-        reader.close()
-        reader = open_reader(STREAM_BLOCK_SIZE, {**probed, **column_types})
-    schema = reader.schema
+    schema: pa.Schema | None = None
+    stream = _open_stream(src, fmt)
+    segments = _prefetched(_csv_segments(stream, READ_BLOCK_SIZE, label=label), depth=2)
+    try:
+        first = next(segments, b"")
+    except OSError as exc:
+        segments.close()
+        stream.close()
+        raise failure(exc, None) from None
+    # Types are inferred from the first segment (header included), then imposed on every later
+    # one, so a value that does not fit is a conversion error (widened and restarted), never a
+    # silent change of type between blocks.
+    head = parse(first, column_types, None)
+    schema = head.schema
     binary = [f.name for f in schema if pa.types.is_binary(f.type)]
     if binary:
+        segments.close()
+        stream.close()
         raise InputError(
             f"{label}: column(s) {', '.join(binary)} are not valid UTF-8 text; save the file as "
             "UTF-8 and upload it again"
         )
+    types = {f.name: f.type for f in schema}
 
     def batches() -> Iterator[pa.RecordBatch]:
-        return _read_batches(reader, lambda exc: failure(exc, schema))
+        try:
+            yield from head.to_batches()
+            while True:
+                try:
+                    segment = next(segments, None)
+                except OSError as exc:
+                    raise failure(exc, schema) from None
+                if segment is None:
+                    return
+                yield from parse(segment, types, schema.names).to_batches()
+        finally:
+            segments.close()
+            stream.close()
 
     return schema, batches()
 
 
 def _open_jsonl(
-    path: Path, fmt: SourceFormat, *, label: str, schema: pa.Schema | None
+    src: SourceObject, fmt: SourceFormat, *, schema: pa.Schema | None
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     import pyarrow as pa
     import pyarrow.json as pjson
+
+    label = src.label
 
     def failure(exc: Exception) -> Exception:
         msg = str(exc)
@@ -529,19 +756,38 @@ def _open_jsonl(
     parse = pjson.ParseOptions(
         explicit_schema=schema, unexpected_field_behavior="error" if schema is not None else "infer"
     )
+    stream = _open_stream(src, fmt)
     try:
         reader = pjson.open_json(
-            _open_stream(path, fmt),
-            read_options=pjson.ReadOptions(block_size=READ_BLOCK_SIZE, use_threads=False),
+            stream,
+            read_options=_json_read_options(),
             parse_options=parse,
         )
     except (pa.ArrowInvalid, OSError) as exc:
+        stream.close()
         raise failure(exc) from None
 
     def batches() -> Iterator[pa.RecordBatch]:
-        return _read_batches(reader, failure)
+        try:
+            yield from _read_batches(reader, failure)
+        finally:
+            stream.close()
 
     return reader.schema, batches()
+
+
+def _jsonl_schema(src: SourceObject, fmt: SourceFormat) -> pa.Schema:
+    """The fields inferred from a JSON Lines source's first block (the stream is closed again)."""
+    import pyarrow.json as pjson
+
+    with contextlib.closing(_open_stream(src, fmt)) as stream:
+        return pjson.open_json(stream, read_options=_json_read_options()).schema
+
+
+def _json_read_options() -> Any:
+    import pyarrow.json as pjson
+
+    return pjson.ReadOptions(block_size=READ_BLOCK_SIZE, use_threads=False)
 
 
 def _open_parquet(path: Path, *, label: str, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -593,7 +839,7 @@ def _drift(first: str, other: str, diff: str) -> InputError:
 
 
 def convert_to_parquet(
-    local: list[tuple[Path, str]],
+    sources: list[SourceObject],
     fmt: SourceFormat,
     outdir: Path,
     *,
@@ -602,7 +848,7 @@ def convert_to_parquet(
     log: Log = print,
     on_shard: Callable[[Path, int], None] | None = None,
 ) -> tuple[pa.Schema, list[Path], list[int]]:
-    """Convert local source files (``(path, label)``, in order) into Parquet shards in ``outdir``.
+    """Convert the sources, in order, into Parquet shards in ``outdir``.
 
     Returns the schema, the shard paths and the rows per shard. Restarts with wider column types
     when a later block of CSV/JSON does not fit the inferred ones (see the module docstring).
@@ -616,23 +862,23 @@ def convert_to_parquet(
             stale.unlink()
         try:
             return _convert_once(
-                local, fmt, outdir, csv_types=csv_types, json_schema=json_schema,
-                row_group_rows=row_group_rows, shard_rows=shard_rows, on_shard=on_shard,
+                sources, fmt, outdir, csv_types=csv_types, json_schema=json_schema,
+                row_group_rows=row_group_rows, shard_rows=shard_rows, on_shard=on_shard, log=log,
             )
         except _Widen as widen:
             if fmt.kind == "csv":
                 if csv_types.get(widen.column) == widen.new_type:  # nothing wider left to try
                     raise InputError(
-                        f"column {widen.column!r} of {local[0][1]} does not parse even as text; "
+                        f"column {widen.column!r} of {sources[0].label} does not parse even as text; "
                         "check the file's encoding and quoting"
                     ) from None
                 csv_types[widen.column] = widen.new_type
                 log(f"ingest: column {widen.column!r} widened to {widen.new_type}; converting again")
                 continue
-            first = json_schema or _open_jsonl(local[0][0], fmt, label=local[0][1], schema=None)[0]
+            first = json_schema or _jsonl_schema(sources[0], detect_format(sources[0].name))
             if not any(_is_int(f.type) for f in first):
                 raise InputError(
-                    f"{local[0][1]}: a JSON field changes type between lines; make every field hold "
+                    f"{sources[0].label}: a JSON field changes type between lines; make every field hold "
                     "one type (numbers or strings) and upload again"
                 ) from None
             json_schema = _widen_ints(first)
@@ -652,8 +898,35 @@ def _widen_ints(schema: pa.Schema) -> pa.Schema:
     return pa.schema([pa.field(f.name, pa.float64() if _is_int(f.type) else f.type) for f in schema])
 
 
+#: Seconds between progress lines while a source is converted.
+PROGRESS_SECONDS = 10.0
+
+
+class _Progress:
+    """Logs, every :data:`PROGRESS_SECONDS`, how far the conversion of one source has come."""
+
+    def __init__(self, src: SourceObject, log: Log) -> None:
+        self.src, self.log = src, log
+        self.started = self.last = time.monotonic()
+        self.count = 0
+
+    def rows(self, n: int) -> None:
+        self.count += n
+        now = time.monotonic()
+        if now - self.last < PROGRESS_SECONDS:
+            return
+        self.last = now
+        done = self.src.bytes_read
+        of = f" of {self.src.size / 1e6:.0f}" if self.src.size else ""
+        pct = f" ({100 * done / self.src.size:.0f}%)" if self.src.size else ""
+        self.log(
+            f"ingest: {self.src.label}: {done / 1e6:.0f}{of} MB read{pct}, {self.count} rows converted, "
+            f"{done / (now - self.started) / 1e6:.0f} MB/s"
+        )
+
+
 def _convert_once(
-    local: list[tuple[Path, str]],
+    sources: list[SourceObject],
     fmt: SourceFormat,
     outdir: Path,
     *,
@@ -662,20 +935,24 @@ def _convert_once(
     row_group_rows: int,
     shard_rows: int,
     on_shard: Callable[[Path, int], None] | None = None,
+    log: Log = print,
 ) -> tuple[pa.Schema, list[Path], list[int]]:
     writer: _ShardWriter | None = None
-    first_label = local[0][1]
+    first_label = sources[0].label
     types = dict(csv_types)
     try:
-        for path, label in local:
+        for src in sources:
+            label = src.label
             # Same kind for all sources, but compression is per file (a.csv next to b.csv.gz).
-            file_fmt = detect_format(path.name)
+            file_fmt = detect_format(src.name)
             if fmt.kind == "csv":
-                schema, batches = _open_csv(path, file_fmt, label=label, column_types=types)
+                schema, batches = _open_csv(src, file_fmt, column_types=types)
             elif fmt.kind == "jsonl":
-                schema, batches = _open_jsonl(path, file_fmt, label=label, schema=json_schema)
+                schema, batches = _open_jsonl(src, file_fmt, schema=json_schema)
             else:
-                schema, batches = _open_parquet(path, label=label, batch_rows=row_group_rows)
+                if src.path is None:
+                    raise ValueError(f"{label}: Parquet sources are read from a local copy")
+                schema, batches = _open_parquet(src.path, label=label, batch_rows=row_group_rows)
             schema = schema.remove_metadata()
             if writer is None:
                 if len(schema) == 0:
@@ -688,10 +965,14 @@ def _convert_once(
                 types.update({f.name: f.type for f in schema if f.name not in types})
                 json_schema = json_schema or schema
             elif not schema.equals(writer.schema):
+                batches.close()  # type: ignore[attr-defined]
                 raise _drift(first_label, label, _schema_diff(writer.schema, schema))
-            for batch in batches:
-                writer.write(batch)
-        assert writer is not None  # local is never empty
+            progress = _Progress(src, log)
+            with contextlib.closing(batches):  # type: ignore[type-var]
+                for batch in batches:
+                    writer.write(batch)
+                    progress.rows(batch.num_rows)
+        assert writer is not None  # sources is never empty
         writer.close()
         return writer.schema, writer.paths, writer.rows_per_shard
     except BaseException:
@@ -758,27 +1039,10 @@ def ingest_dataset(
     workdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"ingest-{version}-", dir=workdir))  # mode 0700
     try:
-        local: list[tuple[Path, str]] = []
-        source_entries: list[dict[str, Any]] = []
-        srcdir = scratch / "src"
-        for i, obj in enumerate(sources):
-            # Local names never derive from the key: nothing in a key can steer a local path.
-            target = srcdir / f"src-{i:05d}{detect_format(obj.key).extension}"
-            label = format_s3_uri(bucket, obj.key)
-            started = time.monotonic()
-            try:
-                got = download_to(s3, bucket, obj.key, target, if_match=obj.etag or None)
-            except Exception as exc:  # botocore ClientError, without importing botocore here
-                if is_precondition_failed(exc):
-                    raise InputError(
-                        f"{label} changed while it was being ingested; wait for the upload to "
-                        "finish and run again"
-                    ) from None
-                raise
-            secs = max(time.monotonic() - started, 1e-6)
-            log(f"ingest: downloaded {label} ({got.bytes} bytes, {got.bytes / secs / 1e6:.1f} MB/s)")
-            local.append((target, label))
-            source_entries.append({"uri": label, "etag": obj.etag, "bytes": got.bytes, "sha256": got.sha256})
+        inputs = [
+            _source_from_store(s3, bucket, obj, index=i, srcdir=scratch / "src", fmt=fmt, log=log)
+            for i, obj in enumerate(sources)
+        ]
 
         outdir = scratch / "out"
         outdir.mkdir()
@@ -786,7 +1050,7 @@ def ingest_dataset(
         uploader = _ShardUploader(s3, bucket, prefix, log=log)
         try:
             schema, shard_paths, shard_rows_list = convert_to_parquet(
-                local, fmt, outdir, row_group_rows=row_group_rows, shard_rows=shard_rows, log=log,
+                inputs, fmt, outdir, row_group_rows=row_group_rows, shard_rows=shard_rows, log=log,
                 on_shard=uploader.submit,
             )
             rows = sum(shard_rows_list)
@@ -794,8 +1058,12 @@ def ingest_dataset(
                 f"ingest: converted {rows} rows, {len(schema)} columns into {len(shard_paths)} shard(s) "
                 f"in {time.monotonic() - started:.1f}s; finishing uploads"
             )
-            for path, _label in local:
-                path.unlink(missing_ok=True)  # free scratch space
+            source_entries = []
+            for src, obj in zip(inputs, sources):
+                size, digest = src.finish()
+                source_entries.append({"uri": src.label, "etag": obj.etag, "bytes": size, "sha256": digest})
+                if src.path is not None:
+                    src.path.unlink(missing_ok=True)  # free scratch space
             files = uploader.finish(shard_paths, shard_rows_list)
         except BaseException:
             uploader.abort()
@@ -836,6 +1104,42 @@ def ingest_dataset(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _source_from_store(
+    s3: Any, bucket: str, obj: ObjectInfo, *, index: int, srcdir: Path, fmt: SourceFormat, log: Log
+) -> SourceObject:
+    """A source object of the store, pinned to the listed ETag (``If-Match``): every read gets the
+    bytes the version was derived from, or an InputError if the object was replaced meanwhile.
+    Text formats stream from the GET into the parser; Parquet is downloaded first (random access)."""
+    label = format_s3_uri(bucket, obj.key)
+    changed = InputError(f"{label} changed while it was being ingested; wait for the upload to finish and run again")
+
+    def opener() -> Any:
+        try:
+            return get_object(s3, bucket, obj.key, if_match=obj.etag or None)["Body"]
+        except Exception as exc:  # botocore ClientError, without importing botocore here
+            if is_precondition_failed(exc):
+                raise changed from None
+            raise
+
+    src = SourceObject(label, obj.key.rsplit("/", 1)[-1], opener, size=obj.size)
+    if fmt.kind != "parquet":
+        return src
+    # Local names never derive from the key: nothing in a key can steer a local path.
+    target = srcdir / f"src-{index:05d}{detect_format(obj.key).extension}"
+    started = time.monotonic()
+    try:
+        got = download_to(s3, bucket, obj.key, target, if_match=obj.etag or None)
+    except Exception as exc:
+        if is_precondition_failed(exc):
+            raise changed from None
+        raise
+    secs = max(time.monotonic() - started, 1e-6)
+    log(f"ingest: downloaded {label} ({got.bytes} bytes, {got.bytes / secs / 1e6:.1f} MB/s)")
+    local = SourceObject.local(target, label)
+    local.digest = (got.bytes, got.sha256)
+    return local
+
+
 class _ShardUploader:
     """Uploads each shard as soon as it is complete, while the next one is being converted.
 
@@ -854,6 +1158,10 @@ class _ShardUploader:
         self._done: dict[str, tuple[tuple[int, int, int], FileEntry]] = {}
 
     def submit(self, path: Path, rows: int) -> None:
+        # Back-pressure: the conversion waits while an earlier shard is still uploading, so it
+        # never runs more than one shard ahead (the uploads keep pace; bounded scratch space).
+        for earlier in self._futures:
+            earlier.result()
         self._futures.append(self._pool.submit(self._upload, path, rows))
 
     def _upload(self, path: Path, rows: int) -> None:

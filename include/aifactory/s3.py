@@ -281,6 +281,15 @@ def get_json(s3: Any, bucket: str, key: str) -> Any:
     return json.loads(get_bytes(s3, bucket, key).decode("utf-8"))
 
 
+def get_object(s3: Any, bucket: str, key: str, *, if_match: str | None = None) -> Any:
+    """One streaming GET (the response; its ``Body`` is read as it arrives). ``if_match`` (an
+    ETag) makes it fail with a precondition error if the object changed since it was listed."""
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if if_match:
+        kwargs["IfMatch"] = f'"{if_match}"'
+    return s3.get_object(**kwargs)
+
+
 def download_to(
     s3: Any, bucket: str, key: str, path: Path, *, if_match: str | None = None
 ) -> Download:
@@ -292,10 +301,7 @@ def download_to(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
-    if if_match:
-        kwargs["IfMatch"] = f'"{if_match}"'
-    resp = s3.get_object(**kwargs)
+    resp = get_object(s3, bucket, key, if_match=if_match)
     expected = int(resp.get("ContentLength", -1))
     digest = hashlib.sha256()
     written = 0

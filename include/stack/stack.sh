@@ -363,7 +363,12 @@ up_slurm() {
 # ---------------------------------------------------------------------------------------------
 up_s3() {
   if ! alive moto; then
-    start_bg moto "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
+    # moto keeps each object in a spooled temp file that goes to disk past 8 MiB, which makes
+    # every PUT write (and every GET read) the bytes to /tmp once more. The local endpoint holds
+    # objects in memory instead, like the real stores' page cache; it only serves tests, benches
+    # and the demo, which delete what they create (benches: a few GB at most).
+    start_bg moto env MOTO_S3_DEFAULT_KEY_BUFFER_SIZE=$((8 * 1024 * 1024 * 1024)) \
+      "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
     wait_for "S3 endpoint on 127.0.0.1:$S3_PORT" 30 port_open "$S3_PORT"
   fi
   # buckets named in the tenant specs

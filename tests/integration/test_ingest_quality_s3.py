@@ -80,16 +80,18 @@ class _Calls:
     def __init__(self, client: Any) -> None:
         self.client = client
         self.ops: list[str] = []
+        self.keys: list[tuple[str, str]] = []
 
-    def _hook(self, model: Any, **_: Any) -> None:
+    def _hook(self, model: Any, params: Any = None, **_: Any) -> None:
         self.ops.append(model.name)
+        self.keys.append((model.name, (params or {}).get("Key", "")))
 
     def __enter__(self) -> _Calls:
-        self.client.meta.events.register("before-call.s3", self._hook)
+        self.client.meta.events.register("before-parameter-build.s3", self._hook)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.client.meta.events.unregister("before-call.s3", self._hook)
+        self.client.meta.events.unregister("before-parameter-build.s3", self._hook)
 
     @property
     def writes(self) -> list[str]:
@@ -397,6 +399,42 @@ def test_failed_conversion_leaves_no_uploaded_shards(s3, tenant, tmp_path):
     uri = _upload(s3, tenant, "late.csv", good + b"1,2,3\n")
     with pytest.raises(InputError, match="line 5002"):
         _ingest(s3, tenant, uri, tmp_path, row_group_rows=500, shard_rows=1000)
+    assert _datasets(s3, tenant) == []
+
+
+def test_streamed_csv_widened_late_is_read_again_from_the_store(s3, tenant, tmp_path, monkeypatch):
+    from aifactory import ingest
+
+    # small segments: the CSV streams from the GET in many pieces; the float in the last one
+    # widens column n, and the conversion restarts with a second GET of the same (pinned) object
+    monkeypatch.setattr(ingest, "READ_BLOCK_SIZE", 4096)
+    body = b"n,label\n" + b"".join(b"%d,k%d\n" % (i, i % 3) for i in range(20000)) + b"0.5,k0\n"
+    uri = _upload(s3, tenant, "late-float.csv", body)
+    with _Calls(s3) as calls:
+        m, logs = _ingest(s3, tenant, uri, tmp_path, row_group_rows=4000, shard_rows=8000)
+    assert calls.keys.count(("GetObject", f"{tenant}/raw/late-float.csv")) == 2
+    assert any("widened to double" in line for line in logs)
+    assert m.rows == 20001 and [f.rows for f in m.files] == [8000, 8000, 4001]
+    assert m.sources[0]["sha256"] == sha256_bytes(body) and m.sources[0]["bytes"] == len(body)
+    table = pa.concat_tables([pq.read_table(io.BytesIO(get_bytes(s3, BUCKET, m.prefix + f.path))) for f in m.files])
+    assert table.schema.field("n").type == pa.float64()
+    assert table.column("n").to_pylist()[-2:] == [19999.0, 0.5]
+
+
+def test_source_replaced_while_ingesting_publishes_nothing(s3, tenant, tmp_path, monkeypatch):
+    from aifactory import ingest
+
+    uri = _upload(s3, tenant, "moving.csv", IRIS)
+    real = ingest.compute_version
+
+    def version_then_replace(sources, options):  # the object changes after it was listed
+        version = real(sources, options)
+        _upload(s3, tenant, "moving.csv", IRIS.replace(b"setosa", b"SETOSA"))
+        return version
+
+    monkeypatch.setattr(ingest, "compute_version", version_then_replace)
+    with pytest.raises(InputError, match="moving.csv changed while it was being ingested"):
+        _ingest(s3, tenant, uri, tmp_path)
     assert _datasets(s3, tenant) == []
 
 

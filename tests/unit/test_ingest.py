@@ -13,11 +13,14 @@ import pytest
 from aifactory import ingest
 from aifactory.errors import InputError
 from aifactory.ingest import (
+    SourceObject,
+    SourceReadError,
     check_dataset_name,
     compute_version,
     convert_to_parquet,
     derive_dataset_name,
     detect_format,
+    dictionary_columns,
     ingest_options,
 )
 from aifactory.s3 import ObjectInfo, check_tenant_uri, parse_s3_uri
@@ -185,11 +188,11 @@ def _convert(tmp_path: Path, files: dict[str, bytes], **kw):
     for name, data in files.items():
         p = tmp_path / name
         p.write_bytes(data)
-        srcs.append((p, f"s3://aifactory/demo/raw/{name}"))
+        srcs.append(SourceObject.local(p, f"s3://aifactory/demo/raw/{name}"))
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
     logs: list[str] = []
-    schema, paths, rows = convert_to_parquet(srcs, detect_format(srcs[0][0].name), out, log=logs.append, **kw)
+    schema, paths, rows = convert_to_parquet(srcs, detect_format(srcs[0].name), out, log=logs.append, **kw)
     return schema, paths, rows, logs
 
 
@@ -307,13 +310,120 @@ def test_parquet_and_parquet_drift(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     fmt = detect_format("p1.parquet")
-    srcs = [(tmp_path / n, n) for n in ("p1.parquet", "p2.parquet")]
+    srcs = [SourceObject.local(tmp_path / n) for n in ("p1.parquet", "p2.parquet")]
     _schema, paths, rows = convert_to_parquet(srcs, fmt, out)
     assert sum(rows) == 3
     with pytest.raises(InputError, match=r"schema drift.*x: int64 -> double"):
-        convert_to_parquet([*srcs, (tmp_path / "p3.parquet", "p3.parquet")], fmt, out)
+        convert_to_parquet([*srcs, SourceObject.local(tmp_path / "p3.parquet")], fmt, out)
 
 
 def test_not_parquet(tmp_path):
     with pytest.raises(InputError, match="not a readable Parquet"):
         _convert(tmp_path, {"a.parquet": b"PAR1 nope"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming: segments, read-ahead, hashed sources, encodings
+# ---------------------------------------------------------------------------------------------
+
+
+def _segments(data: bytes, size: int) -> list[bytes]:
+    import io
+
+    return list(ingest._csv_segments(io.BytesIO(data), size, label="s3://b/t/raw/x.csv"))
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_segments_end_at_line_ends_and_lose_nothing(newline):
+    lines = [f"{i},{'x' * (i % 7)}".encode() for i in range(500)]
+    data = newline.join(lines) + newline
+    parts = _segments(data, 64)
+    assert b"".join(parts) == data
+    assert len(parts) > 10
+    for part in parts:
+        assert part.endswith(newline), part[-5:]
+
+
+def test_last_segment_without_final_newline():
+    parts = _segments(b"a,b\n1,2\n3,4", 5)
+    assert b"".join(parts) == b"a,b\n1,2\n3,4" and parts[-1] == b"3,4"
+
+
+def test_a_line_longer_than_the_limit_is_refused(monkeypatch):
+    monkeypatch.setattr(ingest, "MAX_LINE_BYTES", 100)
+    with pytest.raises(InputError, match="x.csv has a line longer than"):
+        _segments(b"a" * 500 + b"\n", 16)
+
+
+def test_csv_split_into_many_segments_converts_every_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest, "READ_BLOCK_SIZE", 256)
+    body = b"id,v,label\r\n" + b"".join(f"{i},{i / 3:.4f},k{i % 3}\r\n".encode() for i in range(5000))
+    schema, paths, rows, _ = _convert(tmp_path, {"a.csv": body}, row_group_rows=700, shard_rows=2100)
+    assert sum(rows) == 5000 and rows[:2] == [2100, 2100]
+    t = _read(paths)
+    assert t.column("id").to_pylist() == list(range(5000))
+    assert t.column("label").to_pylist()[:4] == ["k0", "k1", "k2", "k0"]
+
+
+def test_prefetch_hands_on_items_then_the_error_in_order():
+    def items():
+        yield 1
+        yield 2
+        raise InputError("boom")
+
+    got = []
+    with pytest.raises(InputError, match="boom"):
+        for x in ingest._prefetched(items(), depth=1):
+            got.append(x)
+    assert got == [1, 2]
+
+
+def test_closing_a_prefetch_stops_its_thread():
+    import itertools
+    import threading
+
+    gen = ingest._prefetched(itertools.count(), depth=2)
+    assert next(gen) == 0
+    gen.close()
+    assert not [t for t in threading.enumerate() if t.name == "ingest-read"]
+
+
+def test_source_records_size_and_sha256_of_a_full_read(tmp_path):
+    import hashlib
+
+    p = tmp_path / "a.csv"
+    p.write_bytes(b"x\n" * 1000)
+    src = SourceObject.local(p)
+    with src.open() as fh:
+        fh.read(10)
+    assert src.digest is None  # a partial read records nothing
+    assert src.finish() == (2000, hashlib.sha256(b"x\n" * 1000).hexdigest())
+
+
+def test_short_read_is_a_retryable_error(tmp_path):
+    import io
+
+    src = SourceObject("s3://b/t/raw/a.csv", "a.csv", lambda: io.BytesIO(b"abc"), size=10)
+    with pytest.raises(SourceReadError, match="got 3 of 10 bytes; retry"):
+        src.finish()
+
+
+def test_dictionary_only_for_columns_with_few_distinct_values():
+    n = 1000
+    t = pa.table({
+        "id": list(range(n)),
+        "f": [i / 7 for i in range(n)],
+        "label": [f"c{i % 4}" for i in range(n)],
+        "code": [i % 10 for i in range(n)],
+        "empty": pa.nulls(n),
+    })
+    assert dictionary_columns(t) == ["label", "code", "empty"]
+
+
+def test_written_shards_use_dictionaries_only_where_chosen(tmp_path):
+    body = b"id,f,label\n" + b"".join(f"{i},{i / 7},c{i % 3}\n".encode() for i in range(2000))
+    _schema, paths, _rows, _ = _convert(tmp_path, {"a.csv": body})
+    md = pq.ParquetFile(paths[0]).metadata.row_group(0)
+    encodings = {md.column(i).path_in_schema: md.column(i).encodings for i in range(md.num_columns)}
+    assert "RLE_DICTIONARY" in encodings["label"]
+    assert "RLE_DICTIONARY" not in encodings["f"] and "RLE_DICTIONARY" not in encodings["id"]
