@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from aifactory.remote import ParamikoShell
+from aifactory.remote import OpenSSHPipe, ParamikoShell, set_nodelay
 from airflow.providers.common.compat.sdk import AirflowException, BaseHook
 
 if TYPE_CHECKING:
@@ -237,6 +237,7 @@ class FactorySSHHook(BaseHook):
         for attempt in range(1, self.connect_attempts + 1):
             try:
                 self._client = self.ssh_hook.get_conn()
+                set_nodelay(self._client)
                 return self._client
             except (paramiko.BadHostKeyException, paramiko.AuthenticationException) as exc:
                 raise SSHPermanentError(
@@ -285,12 +286,23 @@ class FactorySSHHook(BaseHook):
 
         Staging and export take this; the connection is closed on exit.
         """
-        sh = ParamikoShell(self.get_conn())
+        sh = ParamikoShell(self.get_conn(), bulk=self.bulk_pipe())
         try:
             yield sh
         finally:
             sh.close()
             self.close()
+
+    def bulk_pipe(self) -> OpenSSHPipe | None:
+        """The same login through the OpenSSH client for bulk transfers, when this machine has
+        ``ssh`` and the connection names a key file; else ``None`` (staging then uses SFTP)."""
+        ep = self.endpoint
+        if not ep.key_file or not OpenSSHPipe.available():
+            return None
+        return OpenSSHPipe(
+            host=ep.host, port=ep.port, username=ep.username, key_file=ep.key_file,
+            known_hosts_line=ep.known_hosts_line, connect_timeout=int(self.conn_timeout),
+        )
 
     def close(self) -> None:
         if self._client is not None:

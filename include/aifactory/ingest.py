@@ -48,9 +48,10 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from aifactory.errors import InputError
+from aifactory.readahead import prefetched
 from aifactory.manifest import (
     MANIFEST_NAME,
     DatasetManifest,
@@ -78,7 +79,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 Log = Callable[[str], Any]
-T = TypeVar("T")
 
 #: Bump when the conversion changes in a way that should produce a new version for the same input.
 CONVERTER_VERSION = 2  # 2: dictionary encoding only where it pays
@@ -489,49 +489,6 @@ def _open_stream(src: SourceObject, fmt: SourceFormat) -> Any:
     return pa.input_stream(raw, compression=fmt.compression)
 
 
-def _prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
-    """Run ``items`` in a background thread, ``depth`` ahead of the consumer (I/O overlaps parsing).
-    Errors arrive in order; closing the result stops the thread."""
-    import queue
-    import threading
-
-    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(entry: tuple[str, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            for item in items:
-                if not put(("item", item)):
-                    return
-            put(("end", None))
-        except BaseException as exc:  # handed to the consumer
-            put(("error", exc))
-
-    thread = threading.Thread(target=run, name="ingest-read", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = q.get()
-            if kind == "item":
-                yield value
-            elif kind == "end":
-                return
-            else:
-                raise value
-    finally:
-        stop.set()
-        thread.join()
-
-
 def _next_wider(current: pa.DataType) -> pa.DataType:
     import pyarrow as pa
 
@@ -689,7 +646,7 @@ def _open_csv(
 
     schema: pa.Schema | None = None
     stream = _open_stream(src, fmt)
-    segments = _prefetched(_csv_segments(stream, READ_BLOCK_SIZE, label=label), depth=2)
+    segments = prefetched(_csv_segments(stream, READ_BLOCK_SIZE, label=label), depth=2, name="ingest-read")
     try:
         first = next(segments, b"")
     except OSError as exc:

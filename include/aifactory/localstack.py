@@ -6,6 +6,10 @@ import json
 import os
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aifactory.remote import OpenSSHPipe
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -36,3 +40,15 @@ def admin_password(env: dict[str, str]) -> str:
     """The generated password of Airflow's ``admin`` user (simple auth manager)."""
     path = Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
     return json.loads(path.read_text())["admin"]
+
+
+def bulk_pipe(env: dict[str, str]) -> OpenSSHPipe:
+    """The local stack's login through the OpenSSH client (benches and tests; Airflow tasks get
+    theirs from ``FactorySSHHook.bulk_pipe``)."""
+    from aifactory.remote import OpenSSHPipe
+
+    known = Path(env["AIFP_SSH_KNOWN_HOSTS"]).read_text().strip().splitlines()[0]
+    return OpenSSHPipe(
+        host=env["AIFP_SSH_HOST"], port=int(env["AIFP_SSH_PORT"]), username=env["AIFP_SSH_USER"],
+        key_file=env["AIFP_SSH_KEY"], known_hosts_line=known,
+    )

@@ -7,6 +7,7 @@ shell goes through :func:`shlex.quote` here, in one place.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import re
 import select
@@ -145,14 +146,31 @@ def run_with_input(
     return runner(command, data, timeout=timeout, on_line=on_line)
 
 
+def set_nodelay(client: Any) -> None:
+    """Turn Nagle's algorithm off on a paramiko client's socket.
+
+    Short request/response exchanges (open a channel, exec, read the exit status) otherwise wait
+    for the peer's delayed ACK: about 45 ms per remote command instead of about 7 ms on a LAN.
+    """
+    import socket
+
+    transport = client.get_transport() if client is not None else None
+    sock = getattr(transport, "sock", None)
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class ParamikoShell:
     """:class:`RemoteShell` over a connected ``paramiko.SSHClient`` (host key already verified).
 
     One SSH connection serves every command and one SFTP session; the caller owns the client.
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, bulk: OpenSSHPipe | None = None) -> None:
         self.client = client
+        set_nodelay(client)
+        #: the same login through the OpenSSH client, for bulk transfers (staging push); optional
+        self.bulk = bulk
         self._sftp: Any = None
 
     def run(self, command: str, *, timeout: float | None = None) -> tuple[int, str, str]:
@@ -236,3 +254,110 @@ class ParamikoShell:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Bulk transfer through the OpenSSH client
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenSSHPipe:
+    """Runs one remote command through the system ``ssh`` client, with bytes streamed to its stdin.
+
+    For bulk data only: OpenSSH encrypts in C with AES-NI, several times faster per core than a
+    Python SSH stack (paramiko pays Python per packet). It uses exactly the connection's login: the
+    named key file, the pinned host key (written to a private known_hosts file), no agent, no
+    ``~/.ssh/config`` (``-F /dev/null``), password prompts off.
+
+    :param host: SSH host.
+    :param port: SSH port.
+    :param username: login.
+    :param key_file: private key file (0600, as OpenSSH requires).
+    :param known_hosts_line: ``<pattern> <type> <base64>``, the pinned host key.
+    :param connect_timeout: seconds for TCP connect and handshake.
+    """
+
+    host: str
+    port: int
+    username: str
+    key_file: str
+    known_hosts_line: str
+    connect_timeout: int = 30
+    #: Cipher preference: AES-GCM first (AES-NI makes it about twice as fast per core as
+    #: OpenSSH's default chacha20-poly1305 on x86 login nodes), the default kept as fallback; the
+    #: server picks the first it allows.
+    ciphers: str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr"
+
+    @staticmethod
+    def available() -> bool:
+        import shutil
+
+        return shutil.which("ssh") is not None
+
+    def argv(self, command: str, known_hosts_file: str) -> list[str]:
+        """The ssh command line; ``command`` must be shell-safe text (built with :func:`q`)."""
+        return [
+            "ssh", "-F", "/dev/null", "-T", "-x", "-a", "-e", "none",
+            "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={known_hosts_file}",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "IdentitiesOnly=yes",
+            "-o", "PasswordAuthentication=no",
+            "-o", "KbdInteractiveAuthentication=no",
+            "-o", f"ConnectTimeout={int(self.connect_timeout)}",
+            "-o", "ServerAliveInterval=30",
+            "-o", "ServerAliveCountMax=4",
+            "-o", f"Ciphers={self.ciphers}",
+            "-o", "LogLevel=ERROR",
+            "-i", self.key_file,
+            "-p", str(int(self.port)),
+            "-l", self.username,
+            "--", self.host, command,
+        ]
+
+    def run(
+        self, command: str, feed: Callable[[IO[bytes]], None], *, timeout: float | None = None
+    ) -> tuple[int, str, str]:
+        """Run ``command`` remotely, call ``feed(stdin)`` to write its input, close stdin, wait.
+
+        Returns ``(exit status, stdout, stderr)``; exit 255 is ssh's own failure (connect, host
+        key, login). stdout and stderr go to files, so neither can fill up and stall the writer.
+        """
+        import os
+        import subprocess
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="aifp-ssh-") as tmp:  # 0700
+            known = os.path.join(tmp, "known_hosts")
+            with open(os.open(known, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+                fh.write(self.known_hosts_line.strip() + "\n")
+            with open(os.path.join(tmp, "stdout"), "w+b") as out, open(os.path.join(tmp, "stderr"), "w+b") as err:
+                proc = subprocess.Popen(
+                    self.argv(command, known), stdin=subprocess.PIPE, stdout=out, stderr=err, close_fds=True,
+                )
+                assert proc.stdin is not None
+                with contextlib.suppress(OSError, ImportError):  # a 1 MiB pipe: fewer stalls, Linux only
+                    import fcntl
+
+                    fcntl.fcntl(proc.stdin.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+                try:
+                    feed(proc.stdin)
+                    proc.stdin.close()
+                except BrokenPipeError:  # the remote side ended early: its exit status and stderr say why
+                    with contextlib.suppress(BrokenPipeError):
+                        proc.stdin.close()
+                except BaseException:
+                    proc.kill()
+                    proc.wait()
+                    raise
+                try:
+                    rc = proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                    raise TimeoutError(f"ssh command ran past {timeout}s: {command[:120]!r}") from None
+                out.seek(0)
+                err.seek(0)
+                return rc, out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")

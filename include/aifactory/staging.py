@@ -2,10 +2,14 @@
 
 Two modes, chosen per cluster (``staging.mode`` in ``include/clusters/<name>.yaml``):
 
-* **push**: the worker streams each object from S3 into an SFTP file (one streaming GET, no local
-  copy), ``parallel`` files in flight, each on its own SFTP session with pipelined writes. The
-  sha256 of each file is computed *on the HPC side* (``sha256sum``) as soon as it has landed,
-  while the next files are still being sent.
+* **push**: the worker streams each object from S3 to the HPC side (one streaming GET per file,
+  read ahead, no local copy), ``parallel`` streams at once, each taking the next file when free.
+  Where the worker has the OpenSSH client (``shell.bulk``, from ``FactorySSHHook.bulk_pipe``), each
+  stream is one ``ssh`` run of the fixed HPC-side script (``aifp_fetch.py --receive``, installed
+  and checked by sha256 as for pull) with the same login and pinned host key, AES-GCM preferred;
+  the script hashes every file while writing it and keeps it only when size and sha256 match.
+  Without the ``ssh`` binary, files go over SFTP (paramiko, pipelined writes) and are hashed on
+  the HPC side (``sha256sum``) as each lands: same result, about half the speed.
 * **pull**: the worker uploads a fixed script (``include/stack/hpc/aifp_fetch.py``, checked by
   sha256) and hands it, **on stdin**, presigned GET URLs that expire after ``url_ttl_s`` for
   exactly the manifest's files that are not there yet. The script fetches them in parallel with
@@ -37,8 +41,10 @@ from typing import Any, Callable, Literal
 
 from aifactory.errors import InputError
 from aifactory.manifest import MANIFEST_NAME, DatasetManifest, FileEntry, sha256_file
+from aifactory.readahead import chunks, prefetched
 from aifactory.remote import (
     FileStat,
+    OpenSSHPipe,
     RemoteError,
     RemoteShell,
     check,
@@ -252,6 +258,7 @@ def _push(
     probe, owned = open_sftp(shell)
     if not owned:
         parallel = 1  # one shared session: one file at a time
+    log(f"stage: sending {len(files)} file(s) over SFTP ({parallel} session(s))")
     sessions.append((probe, owned))
     free = [probe]
     mismatches: list[str] = []
@@ -312,6 +319,122 @@ def _push(
         )
 
 
+def _push_stream(
+    s3: Any, shell: RemoteShell, pipe: OpenSSHPipe, *, bucket: str, prefix: str, tmp: str,
+    files: list[FileEntry], options: StagingOptions, script: str, log: Log,
+) -> None:
+    """Stream ``files`` into ``tmp`` through the OpenSSH client: ``parallel`` streams, each one
+    remote run of the fixed script in ``--receive`` mode, fed straight from the objects' GETs (read
+    ahead, no local copy). Each stream takes the next file when it is free (large and small files
+    balance out). The script hashes each file while writing it (one pass) and renames it into
+    ``tmp`` only when its size and sha256 match the manifest's."""
+    import queue
+
+    todo: queue.SimpleQueue[FileEntry] = queue.SimpleQueue()
+    for f in sorted(files, key=lambda f: -f.bytes):
+        todo.put(f)
+    n_streams = min(options.parallel, len(files))
+    progress = _Progress(sum(f.bytes for f in files), len(files), log, "sent")
+    log(f"stage: streaming {len(files)} file(s) over OpenSSH ({n_streams} stream(s))")
+    command = f"{q(options.python, script)} --dest {q(tmp)} --receive"
+
+    def feed(sent_files: list[FileEntry], stdin: Any) -> None:
+        while True:
+            try:
+                entry = todo.get_nowait()
+            except queue.Empty:
+                return
+            sent_files.append(entry)
+            header = {"name": entry.path, "bytes": entry.bytes, "sha256": entry.sha256}
+            stdin.write(json.dumps(header).encode() + b"\n")
+            body = s3.get_object(Bucket=bucket, Key=prefix + entry.path)["Body"]
+            t0 = time.monotonic()
+            sent = 0
+            for chunk in prefetched(chunks(body, CHUNK), depth=2, name="stage-read"):
+                if sent + len(chunk) > entry.bytes:  # never more than announced: the stream stays in step
+                    chunk = chunk[: entry.bytes - sent]
+                stdin.write(chunk)
+                sent += len(chunk)
+                progress.add(len(chunk))
+            if sent != entry.bytes:
+                raise RemoteError(
+                    f"s3://{bucket}/{prefix}{entry.path} gave {sent} bytes, the manifest says "
+                    f"{entry.bytes}; the dataset changed in the store - ingest it again"
+                )
+            progress.file_done()
+            rate = entry.bytes / max(time.monotonic() - t0, 1e-6) / 1e6
+            log(f"stage: sent {entry.path} ({entry.bytes} B, {rate:.1f} MB/s)")
+
+    def send() -> None:
+        report = _ScriptReport(log)
+        sent_files: list[FileEntry] = []
+        rc, out, err = pipe.run(command, lambda stdin: feed(sent_files, stdin), timeout=24 * 3600)
+        for line in out.splitlines():
+            report.on_line(line)
+        if rc == 255:
+            raise RemoteError(f"ssh could not connect or log in (exit 255): {err.strip()[-500:]}; retry the stage")
+        report.check(rc, err, sent_files, what="receive")
+
+    with ThreadPoolExecutor(max_workers=n_streams, thread_name_prefix="stage-push") as pool:
+        for fut in [pool.submit(send) for _ in range(n_streams)]:
+            fut.result()
+    progress.report()
+
+
+class _ScriptReport:
+    """What the HPC-side script printed (``ok``, ``failed``, ``summary`` lines; see aifp_fetch)."""
+
+    def __init__(self, log: Log, progress: _Progress | None = None) -> None:
+        self.log, self.progress = log, progress
+        self.failed: dict[str, str] = {}
+        self.summary: dict[str, Any] = {}
+        self._last_report = time.monotonic()
+
+    def on_line(self, line: str) -> None:
+        kind, _, rest = line.partition(" ")
+        if kind == "progress" and self.progress is not None:
+            parts = rest.split()
+            if len(parts) == 4 and all(p.lstrip("-").isdigit() for p in parts):
+                now = time.monotonic()
+                if now - self._last_report >= PROGRESS_EVERY_S:
+                    self._last_report = now
+                    self.progress.set(int(parts[0]), int(parts[2]))
+                else:
+                    self.progress.bytes, self.progress.files = int(parts[0]), int(parts[2])
+        elif kind == "ok":
+            parts = rest.split()
+            if len(parts) >= 4:
+                self.log(f"stage: {parts[0]} verified on the HPC side (sha256, {parts[2]} B, "
+                         f"{int(parts[2]) / max(float(parts[3]), 1e-6) / 1e6:.1f} MB/s)")
+        elif kind == "failed":
+            name, _, reason = rest.partition(" ")
+            self.failed[name] = reason
+        elif kind == "summary":
+            try:
+                self.summary.update(json.loads(rest))
+            except ValueError:
+                pass
+
+    def check(self, rc: int, err: str, files: list[FileEntry], *, what: str) -> None:
+        """Raise RemoteError unless every file was confirmed (nothing is moved into place then)."""
+        if rc != 0 or self.failed or self.summary.get("error"):
+            detail = (
+                "; ".join(f"{n}: {r}" for n, r in sorted(self.failed.items()))
+                or self.summary.get("error") or err.strip()[-500:]
+            )
+            hint = (
+                "Check that the cluster can reach the object store's endpoint, then retry the stage"
+                if what == "fetch" else "Retry the stage; if it repeats, check the HPC filesystem"
+            )
+            raise RemoteError(
+                f"the HPC side could not {what} {len(self.failed) or 'some'} file(s) (exit {rc}): {detail}. "
+                f"Nothing was moved into place. {hint}"
+            )
+        missing = {f.path for f in files} - set(self.summary.get("ok", []))
+        if missing:
+            raise RemoteError(f"the HPC-side script did not confirm {sorted(missing)}; retry the stage")
+
+
 # --------------------------------------------------------------------------------------------
 # Pull
 # --------------------------------------------------------------------------------------------
@@ -357,49 +480,13 @@ def _pull(
         ]
     }
     progress = _Progress(sum(f.bytes for f in files), len(files), log, "fetched by the HPC side")
-    failed: dict[str, str] = {}
-    summary: dict[str, Any] = {}
-    last_report = [time.monotonic()]
-
-    def on_line(line: str) -> None:
-        kind, _, rest = line.partition(" ")
-        if kind == "progress":
-            parts = rest.split()
-            if len(parts) == 4 and all(p.lstrip("-").isdigit() for p in parts):
-                now = time.monotonic()
-                if now - last_report[0] >= PROGRESS_EVERY_S:
-                    last_report[0] = now
-                    progress.set(int(parts[0]), int(parts[2]))
-                else:
-                    progress.bytes, progress.files = int(parts[0]), int(parts[2])
-        elif kind == "ok":
-            parts = rest.split()
-            if len(parts) >= 4:
-                log(f"stage: fetched {parts[0]} ({parts[2]} B, sha256 verified on the HPC side, "
-                    f"{int(parts[2]) / max(float(parts[3]), 1e-6) / 1e6:.1f} MB/s)")
-        elif kind == "failed":
-            name, _, reason = rest.partition(" ")
-            failed[name] = reason
-        elif kind == "summary":
-            try:
-                summary.update(json.loads(rest))
-            except ValueError:
-                pass
-
+    report = _ScriptReport(log, progress)
     command = f"{q(options.python, script)} --dest {q(tmp)} --parallel {int(options.parallel)}"
     payload = json.dumps(request).encode()
     del request  # the URLs live only in the payload sent on stdin
-    rc, _, err = run_with_input(shell, command, payload, timeout=24 * 3600, on_line=on_line)
+    rc, _, err = run_with_input(shell, command, payload, timeout=24 * 3600, on_line=report.on_line)
     progress.report()
-    if rc != 0 or failed or summary.get("error"):
-        detail = "; ".join(f"{n}: {r}" for n, r in sorted(failed.items())) or summary.get("error") or err.strip()[-500:]
-        raise RemoteError(
-            f"the HPC side could not fetch {len(failed) or 'some'} file(s) (exit {rc}): {detail}. Nothing was moved "
-            "into place. Check that the cluster can reach the object store's endpoint, then retry the stage"
-        )
-    missing = {f.path for f in files} - set(summary.get("ok", []))
-    if missing:
-        raise RemoteError(f"the fetch script did not confirm {sorted(missing)}; retry the stage")
+    report.check(rc, err, files, what="fetch")
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,7 +552,12 @@ def stage_dataset(
             links = " && ".join(f"ln -- {q(join(final, n))} {q(join(tmp, n))}" for n in sorted(good))
             check(shell, links, what="reusing verified files")
         t0 = time.monotonic()
-        if opts.mode == "push":
+        bulk = getattr(shell, "bulk", None)
+        if opts.mode == "push" and bulk is not None and to_send:
+            script = install_fetch_script(shell, tenant_dir)
+            _push_stream(s3, shell, bulk, bucket=bucket, prefix=prefix, tmp=tmp, files=to_send,
+                         options=opts, script=script, log=log)
+        elif opts.mode == "push":
             _push(s3, shell, bucket=bucket, prefix=prefix, tmp=tmp, files=to_send, parallel=opts.parallel, log=log)
         else:
             script = install_fetch_script(shell, tenant_dir)

@@ -7,12 +7,21 @@ from typing import Iterator
 
 import pytest
 
+from aifactory.localstack import bulk_pipe
 from aifactory.remote import ParamikoShell, q
 
 
 @pytest.fixture()
-def shell(ssh_client) -> Iterator[ParamikoShell]:
-    """The core's RemoteShell over the session's verified SSH connection."""
+def shell(ssh_client, stack_env) -> Iterator[ParamikoShell]:
+    """The core's RemoteShell over the session's verified SSH connection, with the OpenSSH client
+    for bulk transfers as the Airflow hook gives it."""
+    with ParamikoShell(ssh_client, bulk=bulk_pipe(stack_env)) as sh:
+        yield sh
+
+
+@pytest.fixture()
+def sftp_only_shell(ssh_client) -> Iterator[ParamikoShell]:
+    """The same login without the OpenSSH client (machines without ``ssh``): staging uses SFTP."""
     with ParamikoShell(ssh_client) as sh:
         yield sh
 

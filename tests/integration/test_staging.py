@@ -1,6 +1,7 @@
 """Staging in both modes against the real sshd (pinned host key) and the real S3 endpoint.
 
-push: the worker streams S3 objects into SFTP files, several in flight; pull: a fixed script on
+push: the worker streams S3 objects to the HPC side, as tar streams through the OpenSSH client
+(or, without an ``ssh`` binary, into SFTP files), several in flight; pull: a fixed script on
 the HPC side fetches presigned URLs handed over on stdin. Both land in a private temporary
 directory, are checked by sha256 on the HPC side, and are renamed into place only when all match.
 """
@@ -16,14 +17,16 @@ import pytest
 
 from aifactory.ingest import ingest_dataset
 from aifactory.manifest import DatasetManifest, FileEntry
-from aifactory.remote import RemoteError, q, sha256_many
+from aifactory.remote import ParamikoShell, RemoteError, q, sha256_many
 from aifactory.staging import MARKER_NAME, StagingOptions, stage_dataset
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "aifactory"
-MODES = ["push", "pull"]
+#: push through the OpenSSH client (tar stream), push over SFTP (no ``ssh`` binary), pull
+MODES = ["push", "push-sftp", "pull"]
+TRANSPORT_LOG = {"push": "over OpenSSH", "push-sftp": "over SFTP", "pull": "fetched by the HPC side"}
 
 
 
@@ -43,6 +46,8 @@ def sharded(s3_client, tmp_path_factory):
 
 def _stage(s3, shell, tenant_dir, dataset, mode, logs, **opts):
     manifest, prefix = dataset
+    if mode == "push-sftp":
+        shell, mode = ParamikoShell(shell.client), "push"  # the same login, no OpenSSH client
     return stage_dataset(
         s3, shell, bucket=BUCKET, dataset_prefix=prefix, manifest=manifest, tenant_dir=tenant_dir,
         log=logs.append, options=StagingOptions(mode=mode, parallel=3, python="/srv/aifactory/venv/bin/python", **opts),
@@ -54,7 +59,8 @@ def test_stage_verifies_skips_and_resends_only_tampered(s3_client, shell, tenant
     manifest, _ = sharded
     logs: list[str] = []
     first = _stage(s3_client, shell, tenant_dir, sharded, mode, logs)
-    assert not first.skipped and first.sent_files == 5 and first.mode == mode
+    assert not first.skipped and first.sent_files == 5 and first.mode == mode.split("-")[0]
+    assert any(TRANSPORT_LOG[mode] in line for line in logs), logs
     remote = first.remote_dir
     sums = sha256_many(shell, [f"{remote}/{f.path}" for f in manifest.files])
     assert sums == {f"{remote}/{f.path}": f.sha256 for f in manifest.files}
@@ -133,6 +139,56 @@ def test_fetch_script_refuses_bad_requests(shell, tenant_dir, sharded, s3_client
     rc, out, _ = run_with_input(shell, f"/srv/aifactory/venv/bin/python {q(script)} --dest {q(tenant_dir + '/x')}",
                                 json.dumps(req).encode())
     assert rc == 3 and "failed a.bin HTTP" in out and "X-Amz" not in out
+
+
+def test_receive_mode_keeps_only_verified_files(shell, tenant_dir):
+    """Push's HPC side: a file whose bytes do not match, a stream cut short and a bad header leave
+    nothing under the file's name; good files before them stay."""
+    import hashlib
+
+    from aifactory.remote import run_with_input
+    from aifactory.staging import install_fetch_script
+
+    dest = tenant_dir + "/rx"
+    shell.run("mkdir -p -m 0700 " + q(dest))
+    script = install_fetch_script(shell, tenant_dir)
+    command = f"/srv/aifactory/venv/bin/python {q(script)} --dest {q(dest)} --receive"
+
+    def header(name: str, data: bytes, sha: str | None = None) -> bytes:
+        entry = {"name": name, "bytes": len(data), "sha256": sha or hashlib.sha256(data).hexdigest()}
+        return json.dumps(entry).encode() + b"\n"
+
+    good, other = b"a" * 3_000_000, b"b" * 1000
+    stream = header("good.bin", good) + good + header("tampered.bin", other, "0" * 64) + other
+    stream += header("short.bin", good) + good[:5000]
+    rc, out, _ = run_with_input(shell, command, stream)
+    assert rc == 3
+    assert "ok good.bin" in out and "failed tampered.bin sha256" in out and "failed short.bin the stream ended early" in out
+    _, listing, _ = shell.run(f"ls -A {q(dest)}")
+    assert listing.split() == ["good.bin"]
+    assert sha256_many(shell, [dest + "/good.bin"]) == {dest + "/good.bin": hashlib.sha256(good).hexdigest()}
+
+    rc, out, _ = run_with_input(shell, command, json.dumps({"name": "../evil", "bytes": 1, "sha256": "0" * 64}).encode() + b"\nx")
+    assert rc == 2 and "bad request" in out
+    _, listing, _ = shell.run(f"ls -A {q(dest)} {q(tenant_dir)}")
+    assert "evil" not in listing
+
+
+def test_push_refuses_a_host_key_other_than_the_pinned_one(s3_client, ssh_client, stack_env, tenant_dir, sharded):
+    import dataclasses as dc
+
+    from aifactory.localstack import bulk_pipe
+
+    pipe = bulk_pipe(stack_env)
+    pattern = pipe.known_hosts_line.split()[0]
+    # a valid ed25519 key that is not the server's
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    sh = ParamikoShell(ssh_client, bulk=dc.replace(pipe, known_hosts_line=f"{pattern} {other}"))
+    with pytest.raises(RemoteError, match="exit 255"):
+        _stage(s3_client, sh, tenant_dir, sharded, "push", [])
+    manifest, _ = sharded
+    _, out, _ = sh.run(f"ls -A {q(tenant_dir + '/datasets/' + manifest.name)}")
+    assert out.split() == []
 
 
 def test_staging_options_are_checked():

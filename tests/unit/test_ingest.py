@@ -12,6 +12,7 @@ import pytest
 
 from aifactory import ingest
 from aifactory.errors import InputError
+from aifactory.readahead import prefetched
 from aifactory.ingest import (
     SourceObject,
     SourceReadError,
@@ -373,7 +374,7 @@ def test_prefetch_hands_on_items_then_the_error_in_order():
 
     got = []
     with pytest.raises(InputError, match="boom"):
-        for x in ingest._prefetched(items(), depth=1):
+        for x in prefetched(items(), depth=1):
             got.append(x)
     assert got == [1, 2]
 
@@ -382,7 +383,7 @@ def test_closing_a_prefetch_stops_its_thread():
     import itertools
     import threading
 
-    gen = ingest._prefetched(itertools.count(), depth=2)
+    gen = prefetched(itertools.count(), depth=2, name="ingest-read")
     assert next(gen) == 0
     gen.close()
     assert not [t for t in threading.enumerate() if t.name == "ingest-read"]

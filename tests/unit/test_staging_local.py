@@ -13,7 +13,7 @@ import pytest
 
 from aifactory.errors import InputError
 from aifactory.manifest import DatasetManifest, FileEntry
-from aifactory.remote import RemoteError, stat_files
+from aifactory.remote import OpenSSHPipe, RemoteError, stat_files
 from aifactory.staging import MARKER_NAME, StagingOptions, stage_dataset
 
 
@@ -30,6 +30,23 @@ class LocalShell:
                 return open(filename, mode)
 
         return _Sftp()
+
+
+class LocalPipe(OpenSSHPipe):
+    """The bulk channel's own code (stdin pipe, output files, exit status) with ``bash -c`` where
+    the ``ssh`` client would run."""
+
+    def argv(self, command: str, known_hosts_file: str) -> list[str]:
+        return ["bash", "-c", command]
+
+
+class StreamingLocalShell(LocalShell):
+    """LocalShell that also offers the bulk channel: push streams through the receiving script."""
+
+    bulk = LocalPipe(host="localhost", port=22, username="nobody", key_file="-", known_hosts_line="-")
+
+
+TRANSPORTS = {"sftp": LocalShell, "stream": StreamingLocalShell}
 
 
 class Store:
@@ -50,23 +67,25 @@ def _dataset(n: int = 3) -> tuple[Store, DatasetManifest]:
     return Store({"t/datasets/d/v-1/" + k: v for k, v in blobs.items()}), m
 
 
-def _stage(store: Store, m: DatasetManifest, tenant_dir: Path, **kw: Any):
+def _stage(store: Store, m: DatasetManifest, tenant_dir: Path, transport: str = "sftp", **kw: Any):
     logs: list[str] = []
-    r = stage_dataset(store, LocalShell(), bucket="b", dataset_prefix="t/datasets/d/v-1/", manifest=m,
+    r = stage_dataset(store, TRANSPORTS[transport](), bucket="b", dataset_prefix="t/datasets/d/v-1/", manifest=m,
                       tenant_dir=str(tenant_dir), log=logs.append, **kw)
     return r, logs
 
 
-def test_push_skip_and_resend_only_what_changed(tmp_path):
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+def test_push_skip_and_resend_only_what_changed(tmp_path, transport):
     store, m = _dataset()
-    first, logs = _stage(store, m, tmp_path / "t")
+    first, logs = _stage(store, m, tmp_path / "t", transport)
+    assert any({"sftp": "over SFTP", "stream": "over OpenSSH"}[transport] in line for line in logs)
     final = Path(first.remote_dir)
     assert first.sent_files == 3 and (final / MARKER_NAME).exists() and (final / "manifest.json").exists()
     assert oct((tmp_path / "t").stat().st_mode & 0o777) == "0o700" and oct(final.stat().st_mode & 0o777) == "0o700"
     assert any("MB/s" in line for line in logs)
 
     store.gets.clear()
-    again, logs = _stage(store, m, tmp_path / "t")
+    again, logs = _stage(store, m, tmp_path / "t", transport)
     assert again.skipped and store.gets == [] and not any("hashed" in line for line in logs)
 
     # same size, rewritten in place: ctime moves, the file is hashed, found bad, re-sent
@@ -74,17 +93,19 @@ def test_push_skip_and_resend_only_what_changed(tmp_path):
     data = bytearray(victim.read_bytes())
     data[0] ^= 0xFF
     victim.write_bytes(bytes(data))
-    third, logs = _stage(store, m, tmp_path / "t")
+    third, logs = _stage(store, m, tmp_path / "t", transport)
     assert third.sent_files == 1 and third.reused_files == 2 and store.gets == ["t/datasets/d/v-1/part-00001.parquet"]
     assert hashlib.sha256(victim.read_bytes()).hexdigest() == m.files[1].sha256
     assert sorted(p.name for p in final.parent.iterdir()) == ["v-1"]  # no leftovers
 
 
-def test_mismatch_stages_nothing(tmp_path):
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+@pytest.mark.parametrize("stored", [b"tampered in the store", b"\x03" * 1002], ids=["size", "content"])
+def test_mismatch_stages_nothing(tmp_path, transport, stored):
     store, m = _dataset()
-    store.objects["t/datasets/d/v-1/part-00002.parquet"] = b"tampered in the store"
+    store.objects["t/datasets/d/v-1/part-00002.parquet"] = stored
     with pytest.raises(RemoteError, match="part-00002.parquet"):
-        _stage(store, m, tmp_path / "t")
+        _stage(store, m, tmp_path / "t", transport, options=StagingOptions(parallel=2))
     assert list((tmp_path / "t" / "datasets" / "d").iterdir()) == []
 
 
@@ -107,3 +128,15 @@ def test_pull_needs_a_shell_that_takes_stdin(tmp_path):
 def test_options_are_checked(kw, says):
     with pytest.raises(InputError, match=says):
         StagingOptions(**kw)
+
+
+def test_ssh_command_line_pins_the_login():
+    pipe = OpenSSHPipe(host="login.example", port=2222, username="svc", key_file="/k/id",
+                       known_hosts_line="[login.example]:2222 ssh-ed25519 AAAA")
+    argv = pipe.argv("echo 'a b'", "/tmp/kh")
+    opts = {argv[i + 1] for i, a in enumerate(argv) if a == "-o"}
+    assert {"BatchMode=yes", "StrictHostKeyChecking=yes", "UserKnownHostsFile=/tmp/kh",
+            "GlobalKnownHostsFile=/dev/null", "IdentitiesOnly=yes", "PasswordAuthentication=no"} <= opts
+    assert argv[:3] == ["ssh", "-F", "/dev/null"]  # no ~/.ssh/config can redirect the host
+    assert argv[-3:] == ["--", "login.example", "echo 'a b'"]  # the command stays one argument
+    assert argv[argv.index("-i") + 1] == "/k/id" and argv[argv.index("-p") + 1] == "2222"

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""aifp_fetch: the fixed HPC-side half of pull-mode staging. Python 3 standard library only.
+"""aifp_fetch: the fixed HPC-side half of staging. Python 3 standard library only.
 
-The worker uploads this file (checked by sha256) and runs it with the cluster's python::
+The worker uploads this file (checked by sha256) and runs it with the cluster's python, in one of
+two modes::
 
-    python aifp_fetch.py --dest DIR [--parallel N] < request.json
+    python aifp_fetch.py --dest DIR [--parallel N] < request.json        # pull
+    python aifp_fetch.py --dest DIR --receive < request-line + bytes    # push
 
-The request on **stdin** (never argv: ``ps`` shows argv to every user of the login node) is::
+pull: the request on **stdin** (never argv: ``ps`` shows argv to every user of the login node) is::
 
     {"files": [{"name": "part-00000.parquet", "url": "<presigned GET URL>",
                 "sha256": "<hex>", "bytes": 123}, ...]}
@@ -13,6 +15,11 @@ The request on **stdin** (never argv: ``ps`` shows argv to every user of the log
 Each file is fetched with one streaming GET into ``DIR/<name>.part`` (several files in parallel),
 hashed while it is written, checked against its size and sha256, and renamed to ``DIR/<name>``
 only when both match; a mismatch or error is retried, then reported. URLs are never printed.
+
+push (``--receive``): stdin carries the files one after the other, each as one JSON line
+``{"name": ..., "bytes": N, "sha256": ...}`` followed by exactly ``N`` bytes; end of input ends
+the run. Each file is written to ``DIR/<name>.part`` while it is hashed (one pass: no second read
+to verify), and renamed when size and sha256 match.
 
 stdout (one line each, for the worker's task log)::
 
@@ -30,6 +37,7 @@ import argparse
 import hashlib
 import json
 import os
+import queue
 import re
 import sys
 import threading
@@ -121,24 +129,148 @@ def fetch_one(entry: dict, dest: str, progress: Progress) -> tuple[str, str | No
     return name, reason
 
 
+class ReadAhead:
+    """stdin read by a background thread, so that sshd never waits while a file is hashed and
+    written (a pipe holds 64 KiB; asking for 1 MiB where the kernel allows it helps too)."""
+
+    def __init__(self, fd: int, depth: int = 16) -> None:
+        try:
+            import fcntl
+
+            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), CHUNK)
+        except (ImportError, OSError):
+            pass
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.buf = b""
+        self.eof = False
+        threading.Thread(target=self._run, args=(fd,), daemon=True).start()
+
+    def _run(self, fd: int) -> None:
+        try:
+            while True:
+                chunk = os.read(fd, CHUNK)
+                if not chunk:
+                    break
+                self.queue.put(chunk)
+        except OSError:
+            pass
+        finally:
+            self.queue.put(b"")
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        chunk = self.queue.get()
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf = self.buf + chunk if self.buf else chunk
+        return True
+
+    def readline(self) -> bytes:
+        while b"\n" not in self.buf and self._fill():
+            pass
+        end = self.buf.find(b"\n") + 1 or len(self.buf)
+        line, self.buf = self.buf[:end], self.buf[end:]
+        return line
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes; ``b""`` only at the end of input."""
+        if not self.buf:
+            self._fill()
+        data, self.buf = self.buf[:size], self.buf[size:]
+        return data
+
+
+def receive_one(entry: dict, dest: str, stream, progress: Progress) -> tuple[str, str | None]:
+    """Write the next ``bytes`` of ``stream`` to ``dest/<name>``; ``(name, None)`` when verified."""
+    name, want, size = entry["name"], entry["sha256"], int(entry["bytes"])
+    part = os.path.join(dest, name + ".part")
+    started = time.monotonic()
+    digest = hashlib.sha256()
+    got = 0
+    with open(part, "wb") as fh:
+        while got < size:
+            chunk = stream.read(min(CHUNK, size - got))
+            if not chunk:
+                break
+            fh.write(chunk)
+            digest.update(chunk)
+            got += len(chunk)
+            progress.add(len(chunk))
+    sha = digest.hexdigest()
+    if got == size and sha == want:
+        os.replace(part, os.path.join(dest, name))
+        progress.add(0, file_done=True)
+        emit(f"ok {name} {sha} {got} {time.monotonic() - started:.3f}")
+        return name, None
+    os.unlink(part)
+    reason = "the stream ended early" if got < size else f"sha256 {sha}, expected {want}"
+    emit(f"failed {name} {reason}")
+    return name, reason
+
+
+def check_request(files: list, *, urls: bool) -> None:
+    for f in files:
+        if not NAME_RE.match(f["name"]):
+            raise ValueError(f"bad entry {f.get('name')!r}")
+        if urls and not str(f["url"]).startswith(("https://", "http://")):
+            raise ValueError(f"bad URL for {f['name']!r}")
+        if not re.fullmatch(r"[0-9a-f]{64}", f["sha256"]) or int(f["bytes"]) < 0:
+            raise ValueError(f"bad digest or size for {f['name']!r}")
+    if len({f["name"] for f in files}) != len(files):
+        raise ValueError("duplicate file names")
+
+
+def receive(dest: str, stream) -> int:
+    """Push mode: files from ``stream`` (a JSON line, then the bytes) until end of input."""
+    started = time.monotonic()
+    progress = Progress(0, 0)
+    failed: dict[str, str] = {}
+    ok: list[str] = []
+    while True:
+        line = stream.readline()
+        if not line:
+            break
+        try:
+            entry = json.loads(line)
+            check_request([entry], urls=False)
+            if entry["name"] in ok or entry["name"] in failed:
+                raise ValueError(f"{entry['name']!r} sent twice")
+        except (ValueError, KeyError, TypeError) as exc:
+            # the stream cannot be followed any further: the rest is unknown bytes
+            emit(f"summary {json.dumps({'error': f'bad request: {exc}', 'ok': ok, 'failed': failed})}")
+            return 2
+        name, reason = receive_one(entry, dest, stream, progress)
+        if reason is None:
+            ok.append(name)
+        else:
+            failed[name] = reason
+            if reason == "the stream ended early":
+                break
+    summary = {"ok": ok, "failed": failed, "bytes": progress.bytes, "seconds": round(time.monotonic() - started, 3)}
+    emit("summary " + json.dumps(summary, sort_keys=True))
+    return 3 if failed else 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--dest", required=True, help="existing private directory to fill")
     parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--receive", action="store_true", help="push: the files follow the request on stdin")
     args = parser.parse_args(argv)
-    try:
-        request = json.loads(sys.stdin.read())
-        files = request["files"]
-        for f in files:
-            if not NAME_RE.match(f["name"]) or not str(f["url"]).startswith(("https://", "http://")):
-                raise ValueError(f"bad entry {f.get('name')!r}")
-            if not re.fullmatch(r"[0-9a-f]{64}", f["sha256"]) or int(f["bytes"]) < 0:
-                raise ValueError(f"bad digest or size for {f['name']!r}")
-    except (ValueError, KeyError, TypeError) as exc:
-        emit(f"summary {json.dumps({'error': f'bad request: {exc}'})}")
-        return 2
+    stdin = sys.stdin.buffer
     if not os.path.isdir(args.dest):
         emit(f"summary {json.dumps({'error': 'destination directory does not exist'})}")
+        return 2
+    if args.receive:
+        return receive(args.dest, ReadAhead(sys.stdin.fileno()))
+    try:
+        request = json.loads(stdin.read())
+        files = request["files"]
+        check_request(files, urls=True)
+    except (ValueError, KeyError, TypeError) as exc:
+        emit(f"summary {json.dumps({'error': f'bad request: {exc}'})}")
         return 2
     started = time.monotonic()
     progress = Progress(sum(int(f["bytes"]) for f in files), len(files))
