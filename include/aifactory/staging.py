@@ -494,6 +494,23 @@ def _pull(
 # --------------------------------------------------------------------------------------------
 
 
+#: A temporary staging directory untouched for this long belongs to a stage that was killed.
+ABANDONED_AFTER_MIN = 24 * 60
+
+
+def _remove_abandoned(shell: RemoteShell, parent: str, *, keep: str, log: Log) -> None:
+    """Remove temporary directories of stages that died (worker killed mid-transfer): those not
+    modified for :data:`ABANDONED_AFTER_MIN` minutes. A stage still running keeps writing its own."""
+    rc, out, _ = shell.run(
+        f"find {q(parent)} -mindepth 1 -maxdepth 1 -type d \\( -name '.staging-*' -o -name '.old-*' \\) "
+        f"-mmin +{ABANDONED_AFTER_MIN} ! -path {q(keep)} -print -exec rm -rf -- {{}} + 2>/dev/null || true",
+        timeout=600,
+    )
+    gone = [line for line in out.splitlines() if line.strip()]
+    if gone:
+        log(f"stage: removed {len(gone)} abandoned temporary dir(s) of killed stages: {', '.join(gone[:3])}")
+
+
 def stage_dataset(
     s3: Any,
     shell: RemoteShell,
@@ -537,9 +554,9 @@ def stage_dataset(
         )
 
     parent = join(tenant_dir, "datasets", manifest.name)
-    mkdir_private(shell, tenant_dir, join(tenant_dir, "datasets"), parent)
     tmp = join(parent, f".staging-{manifest.version}-{secrets.token_hex(4)}")
-    mkdir_private(shell, tmp)
+    mkdir_private(shell, tenant_dir, join(tenant_dir, "datasets"), parent, tmp)
+    _remove_abandoned(shell, parent, keep=tmp, log=log)
     good = set(present.good)
     to_send = [f for f in manifest.files if f.path not in good]
     send_bytes = sum(f.bytes for f in to_send)

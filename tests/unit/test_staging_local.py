@@ -140,3 +140,20 @@ def test_ssh_command_line_pins_the_login():
     assert argv[:3] == ["ssh", "-F", "/dev/null"]  # no ~/.ssh/config can redirect the host
     assert argv[-3:] == ["--", "login.example", "echo 'a b'"]  # the command stays one argument
     assert argv[argv.index("-i") + 1] == "/k/id" and argv[argv.index("-p") + 1] == "2222"
+
+
+def test_abandoned_temporary_dirs_of_killed_stages_are_removed(tmp_path):
+    import os
+    import time
+
+    store, m = _dataset()
+    parent = tmp_path / "t" / "datasets" / "d"
+    dead, live = parent / ".staging-v-1-dead", parent / ".staging-v-1-live"
+    for d in (dead, live):
+        d.mkdir(parents=True)
+        (d / "part-00000.parquet").write_bytes(b"partial")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(dead, (two_days_ago, two_days_ago))
+    _result, logs = _stage(store, m, tmp_path / "t")
+    assert not dead.exists() and live.exists()  # a stage still running elsewhere keeps its directory
+    assert any("abandoned" in line for line in logs)

@@ -291,6 +291,24 @@ def test_endpoint_refuses_unpinned_or_unsafe(extra):
         SSHEndpoint.from_connection(_conn(extra_dejson=extra))
 
 
+def test_bulk_pipe_uses_the_connection_login_and_pinned_key(tmp_path):
+    from operators.hooks import FactorySSHHook
+
+    key = tmp_path / "id_ed25519"
+    key.write_text("k")
+    key.chmod(0o600)
+    hook = FactorySSHHook(ssh_conn_id="aifactory_hpc_local")
+    hook.__dict__["endpoint"] = SSHEndpoint.from_connection(
+        _conn(extra_dejson={"key_file": str(key), "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA"})
+    )
+    pipe = hook.bulk_pipe()
+    assert pipe is not None
+    assert (pipe.host, pipe.port, pipe.username, pipe.key_file) == ("127.0.0.1", 2222, "aifactory", str(key))
+    assert pipe.known_hosts_line == "[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA"
+    key.chmod(0o644)  # OpenSSH would refuse it: SFTP instead, with a warning that says how to fix it
+    assert hook.bulk_pipe() is None
+
+
 def test_backoff_grows_and_is_capped():
     assert 1 <= backoff_delay(1) <= 2
     assert 8 <= backoff_delay(4) <= 16

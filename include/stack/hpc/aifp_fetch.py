@@ -84,49 +84,73 @@ def emit(line: str) -> None:
         sys.stdout.flush()
 
 
-def fetch_one(entry: dict, dest: str, progress: Progress) -> tuple[str, str | None]:
-    """Fetch one file; return ``(name, None)`` when verified, else ``(name, reason)``."""
-    name, url, want, size = entry["name"], entry["url"], entry["sha256"], int(entry["bytes"])
-    part = os.path.join(dest, name + ".part")
-    reason = "not attempted"
-    for attempt in range(1, ATTEMPTS + 1):
-        started = time.monotonic()
-        digest = hashlib.sha256()
-        got = 0
-        try:
-            with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as fh:
-                while True:
-                    chunk = resp.read(CHUNK)
-                    if not chunk:
-                        break
-                    fh.write(chunk)
-                    digest.update(chunk)
-                    got += len(chunk)
-                    progress.add(len(chunk))
-        except urllib.error.HTTPError as exc:  # str() carries no URL
-            reason = f"HTTP {exc.code} {exc.reason}"
-            if exc.code in (400, 401, 403):  # expired or bad signature: retrying cannot help
-                progress.undo(got)
-                break
-        except (urllib.error.URLError, OSError) as exc:
-            reason = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc.__class__.__name__}"
-        else:
-            sha = digest.hexdigest()
-            if got == size and sha == want:
-                os.replace(part, os.path.join(dest, name))
-                progress.add(0, file_done=True)
-                emit(f"ok {name} {sha} {got} {time.monotonic() - started:.3f}")
-                return name, None
-            reason = f"got {got} bytes with sha256 {sha}, expected {size} bytes with {want}"
-        progress.undo(got)
-        if attempt < ATTEMPTS:
-            time.sleep(min(2 ** attempt, 10))
+class HashedWrite:
+    """``<name>.part`` being written and hashed in one pass; renamed to ``<name>`` when it matches."""
+
+    def __init__(self, dest: str, name: str, progress: Progress) -> None:
+        self.dest, self.name, self.progress = dest, name, progress
+        self.part = os.path.join(dest, name + ".part")
+        self.digest = hashlib.sha256()
+        self.got = 0
+        self.started = time.monotonic()
+
+    def copy(self, read, limit: int | None = None) -> None:
+        """Copy ``read(n)`` chunks until it returns nothing, or ``limit`` bytes."""
+        with open(self.part, "wb") as fh:
+            while limit is None or self.got < limit:
+                chunk = read(CHUNK if limit is None else min(CHUNK, limit - self.got))
+                if not chunk:
+                    break
+                fh.write(chunk)
+                self.digest.update(chunk)
+                self.got += len(chunk)
+                self.progress.add(len(chunk))
+
+    def publish(self, size: int, want: str) -> str | None:
+        """Rename into place if size and sha256 match (``None``), else the reason."""
+        sha = self.digest.hexdigest()
+        if self.got != size or sha != want:
+            return f"got {self.got} bytes with sha256 {sha}, expected {size} bytes with {want}"
+        os.replace(self.part, os.path.join(self.dest, self.name))
+        self.progress.add(0, file_done=True)
+        emit(f"ok {self.name} {sha} {self.got} {time.monotonic() - self.started:.3f}")
+        return None
+
+
+def _failed(part: str, name: str, reason: str) -> tuple[str, str]:
     try:
         os.unlink(part)
     except FileNotFoundError:
         pass
     emit(f"failed {name} {reason}")
     return name, reason
+
+
+def fetch_one(entry: dict, dest: str, progress: Progress) -> tuple[str, str | None]:
+    """Fetch one file; return ``(name, None)`` when verified, else ``(name, reason)``."""
+    name, url, want, size = entry["name"], entry["url"], entry["sha256"], int(entry["bytes"])
+    reason = "not attempted"
+    for attempt in range(1, ATTEMPTS + 1):
+        out = HashedWrite(dest, name, progress)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                out.copy(resp.read)
+        except urllib.error.HTTPError as exc:  # str() carries no URL
+            reason = f"HTTP {exc.code} {exc.reason}"
+            if exc.code in (400, 401, 403):  # expired or bad signature: retrying cannot help
+                progress.undo(out.got)
+                break
+        except (urllib.error.URLError, OSError) as exc:
+            reason = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc.__class__.__name__}"
+        else:
+            failure = out.publish(size, want)
+            if failure is None:
+                return name, None
+            reason = failure
+        progress.undo(out.got)
+        if attempt < ATTEMPTS:
+            time.sleep(min(2 ** attempt, 10))
+    return _failed(os.path.join(dest, name + ".part"), name, reason)
 
 
 class ReadAhead:
@@ -185,29 +209,12 @@ class ReadAhead:
 def receive_one(entry: dict, dest: str, stream, progress: Progress) -> tuple[str, str | None]:
     """Write the next ``bytes`` of ``stream`` to ``dest/<name>``; ``(name, None)`` when verified."""
     name, want, size = entry["name"], entry["sha256"], int(entry["bytes"])
-    part = os.path.join(dest, name + ".part")
-    started = time.monotonic()
-    digest = hashlib.sha256()
-    got = 0
-    with open(part, "wb") as fh:
-        while got < size:
-            chunk = stream.read(min(CHUNK, size - got))
-            if not chunk:
-                break
-            fh.write(chunk)
-            digest.update(chunk)
-            got += len(chunk)
-            progress.add(len(chunk))
-    sha = digest.hexdigest()
-    if got == size and sha == want:
-        os.replace(part, os.path.join(dest, name))
-        progress.add(0, file_done=True)
-        emit(f"ok {name} {sha} {got} {time.monotonic() - started:.3f}")
+    out = HashedWrite(dest, name, progress)
+    out.copy(stream.read, limit=size)
+    reason = "the stream ended early" if out.got < size else out.publish(size, want)
+    if reason is None:
         return name, None
-    os.unlink(part)
-    reason = "the stream ended early" if got < size else f"sha256 {sha}, expected {want}"
-    emit(f"failed {name} {reason}")
-    return name, reason
+    return _failed(out.part, name, reason)
 
 
 def check_request(files: list, *, urls: bool) -> None:
