@@ -122,6 +122,12 @@ def run_child(code: str, *args: str, env: dict[str, str] | None = None) -> Child
     return ChildRun(wall_s=wall, peak_mib=usage.ru_maxrss / 1024.0, output=out)
 
 
+def median_run(runs: list[ChildRun]) -> ChildRun:
+    """The run with the median wall time (its own peak RSS and output)."""
+    ordered = sorted(runs, key=lambda r: r.wall_s)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def scratch_dir() -> Path:
     """Working space of the benches, beside the cached data (git-ignored)."""
     path = DATA_DIR / "scratch"

@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=c.DEFAULT_ROWS)
     ap.add_argument("--no-double", action="store_true", help="skip the doubled-input run")
     ap.add_argument("--no-pandas", action="store_true", help="skip pandas (slow, GBs of RAM)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of project and pyarrow; medians are reported")
     args = ap.parse_args()
 
     env = c.stack_env()
@@ -87,13 +88,17 @@ def main() -> None:
     put_s = time.monotonic() - t0
     s3.delete_object(Bucket=c.BUCKET, Key=probe)
 
-    name = f"bench-{secrets.token_hex(4)}"
-    try:
-        project = c.run_child(PROJECT, f"s3://{c.BUCKET}/{key}", name, str(scratch))
-    finally:
-        c.delete_prefix(s3, f"{c.TENANT}/datasets/{name}/")
+    # project and pyarrow interleaved, medians reported: load changes on a shared machine hit both
+    projects, pyarrows = [], []
+    for _ in range(args.repeat):
+        name = f"bench-{secrets.token_hex(4)}"
+        try:
+            projects.append(c.run_child(PROJECT, f"s3://{c.BUCKET}/{key}", name, str(scratch)))
+        finally:
+            c.delete_prefix(s3, f"{c.TENANT}/datasets/{name}/")
+        pyarrows.append(c.run_child(PYARROW, str(path), str(scratch)))
+    project, pyarrow = c.median_run(projects), c.median_run(pyarrows)
     print("\n".join("  | " + line for line in project.output.splitlines()[-8:]), flush=True)
-    pyarrow = c.run_child(PYARROW, str(path), str(scratch))
     pandas = None if args.no_pandas else c.run_child(PANDAS, str(path), str(scratch))
 
     double = None
@@ -109,7 +114,7 @@ def main() -> None:
             c.delete_prefix(s3, f"{c.TENANT}/datasets/{dname}/")
 
     rows = [
-        ("contender", "wall s", "peak MiB", "MB/s of CSV"),
+        (f"contender (project, pyarrow: median of {args.repeat})", "wall s", "peak MiB", "MB/s of CSV"),
         ("project ingest (S3 -> S3, all included)", f"{project.wall_s:.1f}", f"{project.peak_mib:.0f}", f"{size / project.wall_s / 1e6:.0f}"),
         ("pyarrow.dataset (local file -> local)", f"{pyarrow.wall_s:.1f}", f"{pyarrow.peak_mib:.0f}", f"{size / pyarrow.wall_s / 1e6:.0f}"),
     ]
@@ -137,6 +142,9 @@ def main() -> None:
         "project_vs_pyarrow": round(ratio, 3),
         "peak_mib_at_double_input": round(double.peak_mib, 1) if double else None,
         "double_wall_s": round(double.wall_s, 2) if double else None,
+        "repeat": args.repeat,
+        "project_runs_s": [round(r.wall_s, 2) for r in projects],
+        "pyarrow_runs_s": [round(r.wall_s, 2) for r in pyarrows],
     })
 
 

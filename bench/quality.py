@@ -66,6 +66,7 @@ print("RESULT", rows >= 1000 and failures == 0 and dupes == 0, rows, failures, d
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=c.DEFAULT_ROWS)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each contender; medians are reported")
     args = ap.parse_args()
     env = c.stack_env()
     s3 = c.s3_client(env)
@@ -74,12 +75,15 @@ def main() -> None:
           f"{c.machine_note()}", flush=True)
     suite = c.REPO / "include" / "expectations" / "bench_synthetic.json"
     params = {"label_column": "label", "feature_columns": c.feature_columns()}
-    project = c.run_child(PROJECT, m.prefix, str(suite), json.dumps(params), str(c.scratch_dir()))
+    projects, baselines = [], []
+    for _ in range(args.repeat):  # interleaved, medians reported
+        projects.append(c.run_child(PROJECT, m.prefix, str(suite), json.dumps(params), str(c.scratch_dir())))
+        baselines.append(c.run_child(PYARROW, m.prefix, json.dumps(c.feature_columns())))
+    project, baseline = c.median_run(projects), c.median_run(baselines)
     print("\n".join("  | " + line for line in project.output.splitlines()[-12:]), flush=True)
-    baseline = c.run_child(PYARROW, m.prefix, json.dumps(c.feature_columns()))
     print("  | pyarrow.compute: " + baseline.output.strip().splitlines()[-1], flush=True)
     c.print_table([
-        ("contender", "wall s", "peak MiB", "rows/s"),
+        (f"contender (median of {args.repeat})", "wall s", "peak MiB", "rows/s"),
         ("project quality gate (GX 1.x, S3 shards)", f"{project.wall_s:.1f}", f"{project.peak_mib:.0f}", f"{m.rows / project.wall_s:,.0f}"),
         ("same checks in pyarrow.compute (S3 shards)", f"{baseline.wall_s:.1f}", f"{baseline.peak_mib:.0f}", f"{m.rows / baseline.wall_s:,.0f}"),
     ])
@@ -93,6 +97,9 @@ def main() -> None:
         "pyarrow_wall_s": round(baseline.wall_s, 2),
         "pyarrow_peak_mib": round(baseline.peak_mib, 1),
         "project_vs_pyarrow": round(ratio, 3),
+        "repeat": args.repeat,
+        "project_runs_s": [round(r.wall_s, 2) for r in projects],
+        "pyarrow_runs_s": [round(r.wall_s, 2) for r in baselines],
     })
 
 

@@ -64,6 +64,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -426,6 +427,7 @@ class _UniqueSpill:
         self.directory, self.index, self.columns, self.buckets = directory, index, columns, buckets
         self.writers: dict[int, Any] = {}
         self.paths: dict[int, Path] = {}
+        self._lock = threading.Lock()  # shards are added from the loading threads
 
     def add(self, df: Any) -> None:
         import pandas as pd
@@ -434,15 +436,17 @@ class _UniqueSpill:
 
         part = df[self.columns]
         bucket = pd.util.hash_pandas_object(part, index=False).to_numpy() % self.buckets
+        tables = {}
         for b in range(self.buckets):
             chunk = part[bucket == b]
-            if chunk.empty:
-                continue
-            table = pa.Table.from_pandas(chunk, preserve_index=False)
-            if b not in self.writers:
-                self.paths[b] = self.directory / f"unique-{self.index}-{b}.parquet"
-                self.writers[b] = pq.ParquetWriter(self.paths[b], table.schema, compression="none")
-            self.writers[b].write_table(table.cast(self.writers[b].schema))
+            if not chunk.empty:
+                tables[b] = pa.Table.from_pandas(chunk, preserve_index=False)
+        with self._lock:
+            for b, table in tables.items():
+                if b not in self.writers:
+                    self.paths[b] = self.directory / f"unique-{self.index}-{b}.parquet"
+                    self.writers[b] = pq.ParquetWriter(self.paths[b], table.schema, compression="none")
+                self.writers[b].write_table(table.cast(self.writers[b].schema))
 
     def frames(self) -> Any:
         import pyarrow.parquet as pq
@@ -468,6 +472,8 @@ SCHEMA_ONLY = frozenset(
 )
 #: Rows per uniqueness bucket (bounds GX's memory for dataset-wide uniqueness).
 UNIQUE_BUCKET_ROWS = 1_000_000
+#: Shards loaded ahead of the one GX validates, in parallel (memory: this many shards more).
+LOAD_AHEAD = 2
 
 
 def validate_dataset(
@@ -502,10 +508,11 @@ def validate_dataset(
     import time
     from concurrent.futures import ThreadPoolExecutor
 
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from aifactory.manifest import sha256_file
-    from aifactory.s3 import download_to
+    from aifactory.s3 import download_bytes
 
     started = time.monotonic()
     prefix = dataset_prefix if dataset_prefix.endswith("/") else dataset_prefix + "/"
@@ -545,33 +552,42 @@ def validate_dataset(
     n_buckets = max(1, -(-manifest.rows // UNIQUE_BUCKET_ROWS))
     spills: dict[int, _UniqueSpill] = {}
 
-    def fetch(n: int) -> Path:
+    def fetch(n: int) -> Any:
         entry = manifest.files[n]
-        local = scratch / f"shard-{n:05d}.parquet"
-        got = download_to(s3, bucket, prefix + entry.path, local)
-        if got.sha256 != entry.sha256:
+        data, digest = download_bytes(s3, bucket, prefix + entry.path)
+        if digest != entry.sha256:
             raise FactoryError(
                 f"s3://{bucket}/{prefix}{entry.path} does not match its manifest sha256; the "
                 "dataset version is corrupt. Ask the platform team to delete "
                 f"s3://{bucket}/{prefix} (manifest.json first); the next ingest republishes it"
             )
-        return local
+        return pa.py_buffer(data)
+
+    def spilled(i: int, present: set[str]) -> bool:
+        """Whether uniqueness expectation ``i`` is checked dataset-wide through its spill."""
+        cols = _unique_columns(expanded[i]) or []
+        refs = _referenced_columns(expanded[i]["kwargs"])
+        return i in unique and all(c in present for c in refs) and all(c in present for c in cols)
 
     def load(n: int) -> tuple[Any, Any]:
-        """Shard ``n`` downloaded, checked and read into pandas (only the columns the suite reads)."""
-        local = fetch(n)
-        try:
-            schema = pq.read_schema(local)
-            present = set(map(str, schema.names))
-            columns = None if needed is None else [c for c in needed if c in present]
-            return schema, pq.read_table(local, columns=columns).to_pandas()
-        finally:
-            local.unlink(missing_ok=True)
+        """Shard ``n`` downloaded, checked, read into pandas (only the columns the suite reads) and
+        added to the uniqueness spills. Runs in one background thread, shard after shard."""
+        data = fetch(n)
+        schema = pq.read_schema(pa.BufferReader(data))
+        present = set(map(str, schema.names))
+        columns = None if needed is None else [c for c in needed if c in present]
+        df = pq.read_table(pa.BufferReader(data), columns=columns).to_pandas()
+        del data
+        for i in unique:
+            if spilled(i, present):
+                # setdefault is atomic: two loading threads end up with the same spill
+                spills.setdefault(i, _UniqueSpill(scratch, i, _unique_columns(expanded[i]) or [], n_buckets)).add(df)
+        return schema, df
 
     # The next shard is fetched and read in a background thread while GX validates the current
     # one; the first one while GX itself is imported (seconds of its own).
-    prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality-prefetch")
-    upcoming = prefetch.submit(load, 0) if manifest.files else None
+    prefetch = ThreadPoolExecutor(max_workers=LOAD_AHEAD, thread_name_prefix="quality-prefetch")
+    upcoming = [prefetch.submit(load, n) for n in range(min(LOAD_AHEAD, len(manifest.files)))]
     try:
         build_gx_suite(expanded, name=suite_name)  # a bad entry is refused before any shard is read
         context = _ephemeral_context()
@@ -584,10 +600,10 @@ def validate_dataset(
         )
         with prefetch:
             for n, entry in enumerate(manifest.files):
-                assert upcoming is not None
                 t0 = time.monotonic()
-                schema, df = upcoming.result()
-                upcoming = prefetch.submit(load, n + 1) if n + 1 < len(manifest.files) else None
+                schema, df = upcoming.pop(0).result()
+                if n + LOAD_AHEAD < len(manifest.files):
+                    upcoming.append(prefetch.submit(load, n + LOAD_AHEAD))
                 present = set(map(str, schema.names))
                 if n == 0 and schema_only:
                     _run_schema_only(expanded, schema_only, schema, aggs, problems, batch_def, suite_name)
@@ -598,10 +614,8 @@ def validate_dataset(
                     missing = [c for c in _referenced_columns(expanded[i]["kwargs"]) if c not in present]
                     if missing:
                         aggs[i].add_missing(missing)
-                    elif i in unique and all(c in present for c in _unique_columns(expanded[i]) or []):
-                        if i not in spills:
-                            spills[i] = _UniqueSpill(scratch, i, _unique_columns(expanded[i]) or [], n_buckets)
-                        spills[i].add(df)
+                    elif spilled(i, present):
+                        pass  # hash-partitioned while the shard was loaded; checked after the loop
                     else:
                         runnable.append(i)
                 if runnable:

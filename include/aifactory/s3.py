@@ -290,6 +290,24 @@ def get_object(s3: Any, bucket: str, key: str, *, if_match: str | None = None) -
     return s3.get_object(**kwargs)
 
 
+def download_bytes(s3: Any, bucket: str, key: str) -> tuple[bytes, str]:
+    """One object into memory with a single streaming GET; ``(bytes, sha256)``, hashed in-stream.
+
+    For objects that are read whole anyway (a Parquet shard to validate): no local file to write
+    and read back."""
+    resp = get_object(s3, bucket, key)
+    expected = int(resp.get("ContentLength", -1))
+    digest = hashlib.sha256()
+    parts = []
+    for chunk in resp["Body"].iter_chunks(8 * _CHUNK):
+        digest.update(chunk)
+        parts.append(chunk)
+    data = b"".join(parts)
+    if expected >= 0 and len(data) != expected:
+        raise OSError(f"short read from s3://{bucket}/{key}: got {len(data)} of {expected} bytes; retry the task")
+    return data, digest.hexdigest()
+
+
 def download_to(
     s3: Any, bucket: str, key: str, path: Path, *, if_match: str | None = None
 ) -> Download:

@@ -319,3 +319,13 @@ def test_suite_path_resolves_and_confines_names(tmp_path):
             suite_path(bad)
     with pytest.raises(InputError, match="does not exist"):
         suite_path("nope", directory=tmp_path)
+
+
+def test_gx_does_not_fingerprint_batches():
+    """GX would hash every shard (a third of the gate's time) just to label the batch."""
+    from aifactory import quality
+
+    quality._import_gx()
+    from great_expectations.execution_engine import pandas_execution_engine as engine
+
+    assert engine.HASH_THRESHOLD == 0
