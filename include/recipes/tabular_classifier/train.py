@@ -779,6 +779,13 @@ def train(params: dict[str, Any], dist_info: Dist, stop: StopRequest) -> int:
         return 0 if requeued else EXIT_TERMINATED
     if step > last_ckpt_step:
         save_checkpoint("final")  # a restart during the export below does not train again
+    if world > 1:
+        # Every rank leaves the process group at the same point, before rank 0 exports. A rank
+        # that tears gloo down while its peer still holds the group can abort in gloo's threads
+        # ("terminate called without an active exception"), failing a finished job.
+        dist.barrier()
+        del ddp
+        dist.destroy_process_group()
     if not dist_info.main:
         return 0
 
