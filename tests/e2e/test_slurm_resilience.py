@@ -87,8 +87,23 @@ def test_slurm_controller_down_for_a_minute_mid_job(api, s3_client):
     assert "Slurm job" in log
 
 
+def wait_watched(api: AirflowClient, run_id: str, name: str) -> None:
+    """Wait until the triggerer runs the train task's trigger (its first poll is in the task log).
+
+    A user action reaches a trigger only once the triggerer has picked it up (every few seconds);
+    before that there is nothing to call ``on_kill`` on (see the README's known gaps)."""
+    job = subprocess.run(["squeue", "-h", f"--name={name}", "-o", "%i"], capture_output=True, text=True).stdout.strip()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if f"Slurm job {job} is running" in api.task_log(DAG_ID, run_id, "train"):
+            return
+        time.sleep(2)
+    raise AssertionError(f"the trigger of run {run_id} never reported job {job} running")
+
+
 def test_marking_the_deferred_task_failed_cancels_the_job(api, s3_client):
     run_id, name = start_long_run(api, s3_client)
+    wait_watched(api, run_id, name)
     api.set_task_state(DAG_ID, run_id, "train", "failed")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
