@@ -71,6 +71,9 @@ class AirflowClient:
     def unpause(self, dag_id: str) -> None:
         self._request("PATCH", f"/api/v2/dags/{urllib.parse.quote(dag_id)}", {"is_paused": False})
 
+    def pause(self, dag_id: str) -> None:
+        self._request("PATCH", f"/api/v2/dags/{urllib.parse.quote(dag_id)}", {"is_paused": True})
+
     def import_errors(self) -> list[dict[str, Any]]:
         return self._request("GET", "/api/v2/importErrors")["import_errors"]
 

@@ -91,7 +91,8 @@ def wait_watched(api: AirflowClient, run_id: str, name: str) -> None:
     """Wait until the triggerer runs the train task's trigger (its first poll is in the task log).
 
     A user action reaches a trigger only once the triggerer has picked it up (every few seconds);
-    before that there is nothing to call ``on_kill`` on (see the README's known gaps)."""
+    before that there is nothing to call ``on_kill`` on; the orphan sweep covers that window
+    (test_sweep_cancels_jobs_of_ended_tasks_only)."""
     job = subprocess.run(["squeue", "-h", f"--name={name}", "-o", "%i"], capture_output=True, text=True).stdout.strip()
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -113,3 +114,50 @@ def test_marking_the_deferred_task_failed_cancels_the_job(api, s3_client):
         time.sleep(2)
     assert len(jobs) == 1 and jobs[0][1].startswith("CANCELLED"), jobs
     assert api.wait_for_run(DAG_ID, run_id, timeout=120)["state"] == "failed"
+
+
+def test_sweep_cancels_jobs_of_ended_tasks_only(api, s3_client, ssh_client):
+    """The orphan sweep (platform_slurm_sweep_local): a job left behind by a task that has ended is
+    cancelled; a job of a run this Airflow does not know is not."""
+    import secrets
+
+    from aifactory.remote import ParamikoShell, q
+    from aifactory.slurm import job_comment
+
+    conf = {**SPEC.defaults, "dataset_uri": f"s3://{SPEC.bucket}/demo/raw/e2e/absent-{secrets.token_hex(3)}.csv"}
+    run_id = api.trigger(DAG_ID, conf)["dag_run_id"]
+    assert api.wait_for_run(DAG_ID, run_id, timeout=300)["state"] == "failed"  # train: upstream_failed
+    shell = ParamikoShell(ssh_client)
+
+    def sbatch(run: str) -> str:
+        name, comment = job_name(SPEC.tenant, DAG_ID, run, "train", -1), job_comment(SPEC.tenant, DAG_ID, run, "train")
+        rc, out, err = shell.run(q("sbatch", "--parsable", f"--job-name={name}", f"--comment={comment}",
+                                   f"--account={SPEC.slurm_account}", "--time=10", "--output=/dev/null",
+                                   "--wrap=sleep 300"))
+        assert rc == 0, err
+        return out.strip().split(";")[0]
+
+    orphan, stranger = sbatch(run_id), sbatch(f"manual__unknown-{secrets.token_hex(3)}")
+    try:
+        sweep = "platform_slurm_sweep_local"
+        api.wait_for_dag(sweep)
+        api.unpause(sweep)
+        try:
+            sweep_run = api.trigger(sweep, {})["dag_run_id"]
+            assert api.wait_for_run(sweep, sweep_run, timeout=300)["state"] == "success"
+        finally:
+            api.pause(sweep)
+        states = {}
+        for _ in range(15):
+            out = subprocess.run(["sacct", "-n", "-X", "--parsable2", "-j", f"{orphan},{stranger}", "-o", "JobID,State"],
+                                 capture_output=True, text=True).stdout
+            states = dict(line.split("|")[:2] for line in out.splitlines() if line.strip())
+            if states.get(orphan, "").startswith("CANCELLED"):
+                break
+            time.sleep(2)
+        assert states[orphan].startswith("CANCELLED"), states
+        assert states[stranger] in ("PENDING", "RUNNING"), states
+        # (unpausing also starts the schedule's own run, which may have cancelled the orphan first)
+        assert stranger not in api.xcom(sweep, sweep_run, "sweep")["cancelled"]
+    finally:
+        shell.run(q("scancel", orphan, stranger))

@@ -1,0 +1,73 @@
+"""The orphan sweep as an Airflow operator (the rules live in :mod:`aifactory.sweep`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class SlurmSweepOperator(BaseOperator):
+    """Cancel the factory's jobs on one cluster whose Airflow task has ended.
+
+    One ``squeue --me`` over the cluster's SSH connection, one task-state query per DAG that owns
+    an active job, one ``scancel`` for all the jobs to cancel. Every decision is logged.
+
+    :param cluster: cluster name (``include/clusters/<cluster>.yaml``).
+    :param dry_run: log what would be cancelled, cancel nothing (also the run's ``dry_run`` param).
+    """
+
+    ui_color = "#fde8e8"
+
+    def __init__(self, *, cluster: str, dry_run: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cluster = cluster
+        self.dry_run = dry_run
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowException
+
+        from aifactory.slurm import scancel_command
+        from aifactory.sweep import judge, owner_of, parse_active_jobs, sweep_command
+        from aifactory.tenants import load_cluster
+        from operators.hooks import FactorySSHHook
+
+        dry_run = bool(self.dry_run or (context.get("params") or {}).get("dry_run", False))
+        spec = load_cluster(self.cluster)
+        hook = FactorySSHHook(ssh_conn_id=spec.ssh_conn_id)
+        try:
+            rc, out, err = hook.run(sweep_command(), timeout=60)
+            if rc != 0:
+                raise AirflowException(f"squeue on cluster {self.cluster} failed (exit {rc}): {err.strip()[-300:]}")
+            jobs = parse_active_jobs(out)
+            runs_by_dag: dict[str, set[str]] = {}
+            for job in jobs:
+                owner = owner_of(job)
+                if owner is not None:
+                    runs_by_dag.setdefault(owner.dag_id, set()).add(owner.run_id)
+            ti = context["ti"]
+            states = {
+                dag_id: ti.get_task_states(dag_id=dag_id, run_ids=sorted(runs))
+                for dag_id, runs in runs_by_dag.items()
+            }
+            verdicts = judge(jobs, states)
+            for v in verdicts:
+                who = f"{v.owner.dag_id}/{v.owner.run_id}/{v.owner.state_key}" if v.owner else "-"
+                action = ("would cancel" if dry_run else "cancelling") if v.cancel else "keeping"
+                self.log.info("%s Slurm job %s (%s, %s, task %s): %s", action, v.job.job_id, v.job.name,
+                              v.job.state, who, v.why)
+            cancel = [v.job.job_id for v in verdicts if v.cancel]
+            if cancel and not dry_run:
+                rc, out, err = hook.run(scancel_command(cancel), timeout=60)
+                if rc != 0:
+                    raise AirflowException(f"scancel {' '.join(cancel)} failed (exit {rc}): {(err or out).strip()[-300:]}")
+        finally:
+            hook.close()
+        self.log.info("sweep of %s: %d active job(s), %d of the factory, %d cancelled%s", self.cluster,
+                      len(jobs), sum(v.owner is not None for v in verdicts), len(cancel),
+                      " (dry run)" if dry_run else "")
+        return {"active": len(jobs), "factory": sum(v.owner is not None for v in verdicts),
+                "cancelled": [] if dry_run else cancel, "dry_run": dry_run}
