@@ -18,6 +18,8 @@ from typing import IO, Any, Callable, Iterable, Protocol
 
 from aifactory.errors import FactoryError
 
+#: Seconds to wait for the end of a command's output after its exit status arrived.
+EOF_GRACE_S = 5.0
 #: SFTP channel window for parallel sessions (paramiko's default is 2 MiB).
 SFTP_WINDOW = 64 * 1024 * 1024
 SHA256_LINE = re.compile(r"^([0-9a-f]{64})\s+\*?(.+)$")
@@ -184,6 +186,7 @@ class ParamikoShell:
             out: list[bytes] = []
             err: list[bytes] = []
             deadline = None if timeout is None else time.monotonic() + timeout
+            exited_at: float | None = None
             while True:
                 busy = False
                 while chan.recv_ready():
@@ -193,7 +196,14 @@ class ParamikoShell:
                     err.append(chan.recv_stderr(1 << 16))
                     busy = True
                 if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
+                    # sshd may send the exit status before the last output (it reads the child's
+                    # pipes after reaping it): only EOF or a closed channel says the output is all
+                    # here. A server that never sends EOF gets a short grace period.
+                    if chan.eof_received or chan.closed:
+                        break
+                    exited_at = exited_at or time.monotonic()
+                    if time.monotonic() - exited_at > EOF_GRACE_S:
+                        break
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"remote command ran past {timeout:.0f}s: {command[:120]!r}")
                 if not busy:
