@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from aifactory.errors import InputError
-from aifactory.readahead import prefetched
 from aifactory.manifest import (
     MANIFEST_NAME,
     DatasetManifest,
@@ -61,10 +60,10 @@ from aifactory.manifest import (
     sha256_bytes,
     sha256_file,
 )
+from aifactory.readahead import prefetched
 from aifactory.s3 import (
     ObjectInfo,
     check_tenant_uri,
-    download_to,
     format_s3_uri,
     get_object,
     head,
@@ -647,21 +646,27 @@ def _open_csv(
     schema: pa.Schema | None = None
     stream = _open_stream(src, fmt)
     segments = prefetched(_csv_segments(stream, READ_BLOCK_SIZE, label=label), depth=2, name="ingest-read")
-    try:
-        first = next(segments, b"")
-    except OSError as exc:
+
+    def close() -> None:  # the read-ahead thread first: it reads from the stream
         segments.close()
         stream.close()
-        raise failure(exc, None) from None
-    # Types are inferred from the first segment (header included), then imposed on every later
-    # one, so a value that does not fit is a conversion error (widened and restarted), never a
-    # silent change of type between blocks.
-    head = parse(first, column_types, None)
+
+    try:
+        try:
+            first = next(segments, b"")
+        except OSError as exc:
+            raise failure(exc, None) from None
+        # Types are inferred from the first segment (header included), then imposed on every
+        # later one, so a value that does not fit is a conversion error (widened and restarted),
+        # never a silent change of type between blocks.
+        head = parse(first, column_types, None)
+    except BaseException:
+        close()
+        raise
     schema = head.schema
     binary = [f.name for f in schema if pa.types.is_binary(f.type)]
     if binary:
-        segments.close()
-        stream.close()
+        close()
         raise InputError(
             f"{label}: column(s) {', '.join(binary)} are not valid UTF-8 text; save the file as "
             "UTF-8 and upload it again"
@@ -680,8 +685,7 @@ def _open_csv(
                     return
                 yield from parse(segment, types, schema.names).to_batches()
         finally:
-            segments.close()
-            stream.close()
+            close()
 
     return schema, batches()
 
@@ -1068,14 +1072,15 @@ def _source_from_store(
     bytes the version was derived from, or an InputError if the object was replaced meanwhile.
     Text formats stream from the GET into the parser; Parquet is downloaded first (random access)."""
     label = format_s3_uri(bucket, obj.key)
-    changed = InputError(f"{label} changed while it was being ingested; wait for the upload to finish and run again")
 
     def opener() -> Any:
         try:
             return get_object(s3, bucket, obj.key, if_match=obj.etag or None)["Body"]
         except Exception as exc:  # botocore ClientError, without importing botocore here
             if is_precondition_failed(exc):
-                raise changed from None
+                raise InputError(
+                    f"{label} changed while it was being ingested; wait for the upload to finish and run again"
+                ) from None
             raise
 
     src = SourceObject(label, obj.key.rsplit("/", 1)[-1], opener, size=obj.size)
@@ -1083,17 +1088,15 @@ def _source_from_store(
         return src
     # Local names never derive from the key: nothing in a key can steer a local path.
     target = srcdir / f"src-{index:05d}{detect_format(obj.key).extension}"
+    target.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    try:
-        got = download_to(s3, bucket, obj.key, target, if_match=obj.etag or None)
-    except Exception as exc:
-        if is_precondition_failed(exc):
-            raise changed from None
-        raise
+    with src.open() as body, open(target, "wb") as fh:  # the same pinned, hashed read
+        shutil.copyfileobj(body, fh, _HASH_CHUNK)
+    size, _ = src.finish()
     secs = max(time.monotonic() - started, 1e-6)
-    log(f"ingest: downloaded {label} ({got.bytes} bytes, {got.bytes / secs / 1e6:.1f} MB/s)")
+    log(f"ingest: downloaded {label} ({size} bytes, {size / secs / 1e6:.1f} MB/s)")
     local = SourceObject.local(target, label)
-    local.digest = (got.bytes, got.sha256)
+    local.digest = src.digest
     return local
 
 

@@ -571,7 +571,7 @@ def validate_dataset(
 
     def load(n: int) -> tuple[Any, Any]:
         """Shard ``n`` downloaded, checked, read into pandas (only the columns the suite reads) and
-        added to the uniqueness spills. Runs in one background thread, shard after shard."""
+        added to the uniqueness spills. Runs in the prefetch threads, :data:`LOAD_AHEAD` shards at once."""
         data = fetch(n)
         schema = pq.read_schema(pa.BufferReader(data))
         present = set(map(str, schema.names))

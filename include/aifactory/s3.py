@@ -290,22 +290,32 @@ def get_object(s3: Any, bucket: str, key: str, *, if_match: str | None = None) -
     return s3.get_object(**kwargs)
 
 
+def _copy_hashed(s3: Any, bucket: str, key: str, write: Any, *, if_match: str | None, chunk: int) -> tuple[Any, int, str]:
+    """One streaming GET into ``write``, hashing as it goes; ``(response, bytes, sha256)``.
+
+    :raises OSError: the body ended before its ``Content-Length`` (retry the task).
+    """
+    resp = get_object(s3, bucket, key, if_match=if_match)
+    expected = int(resp.get("ContentLength", -1))
+    digest = hashlib.sha256()
+    written = 0
+    for piece in resp["Body"].iter_chunks(chunk):
+        write(piece)
+        digest.update(piece)
+        written += len(piece)
+    if expected >= 0 and written != expected:
+        raise OSError(f"short read from s3://{bucket}/{key}: got {written} of {expected} bytes; retry the task")
+    return resp, written, digest.hexdigest()
+
+
 def download_bytes(s3: Any, bucket: str, key: str) -> tuple[bytes, str]:
     """One object into memory with a single streaming GET; ``(bytes, sha256)``, hashed in-stream.
 
     For objects that are read whole anyway (a Parquet shard to validate): no local file to write
     and read back."""
-    resp = get_object(s3, bucket, key)
-    expected = int(resp.get("ContentLength", -1))
-    digest = hashlib.sha256()
-    parts = []
-    for chunk in resp["Body"].iter_chunks(8 * _CHUNK):
-        digest.update(chunk)
-        parts.append(chunk)
-    data = b"".join(parts)
-    if expected >= 0 and len(data) != expected:
-        raise OSError(f"short read from s3://{bucket}/{key}: got {len(data)} of {expected} bytes; retry the task")
-    return data, digest.hexdigest()
+    parts: list[bytes] = []
+    _, _, digest = _copy_hashed(s3, bucket, key, parts.append, if_match=None, chunk=8 * _CHUNK)
+    return b"".join(parts), digest
 
 
 def download_to(
@@ -319,23 +329,15 @@ def download_to(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    resp = get_object(s3, bucket, key, if_match=if_match)
-    expected = int(resp.get("ContentLength", -1))
-    digest = hashlib.sha256()
-    written = 0
     tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as fh:
-        for chunk in resp["Body"].iter_chunks(_CHUNK):
-            fh.write(chunk)
-            digest.update(chunk)
-            written += len(chunk)
-    if expected >= 0 and written != expected:
+    try:
+        with open(tmp, "wb") as fh:
+            resp, written, digest = _copy_hashed(s3, bucket, key, fh.write, if_match=if_match, chunk=_CHUNK)
+    except OSError:
         tmp.unlink(missing_ok=True)
-        raise OSError(
-            f"short read from s3://{bucket}/{key}: got {written} of {expected} bytes; retry the task"
-        )
+        raise
     os.replace(tmp, path)
-    return Download(path=path, bytes=written, sha256=digest.hexdigest(), etag=_etag(resp.get("ETag")))
+    return Download(path=path, bytes=written, sha256=digest, etag=_etag(resp.get("ETag")))
 
 
 def upload_file(

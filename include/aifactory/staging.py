@@ -320,7 +320,7 @@ def _push(
 
 
 def _push_stream(
-    s3: Any, shell: RemoteShell, pipe: OpenSSHPipe, *, bucket: str, prefix: str, tmp: str,
+    s3: Any, pipe: OpenSSHPipe, *, bucket: str, prefix: str, tmp: str,
     files: list[FileEntry], options: StagingOptions, script: str, log: Log,
 ) -> None:
     """Stream ``files`` into ``tmp`` through the OpenSSH client: ``parallel`` streams, each one
@@ -572,7 +572,7 @@ def stage_dataset(
         bulk = getattr(shell, "bulk", None)
         if opts.mode == "push" and bulk is not None and to_send:
             script = install_fetch_script(shell, tenant_dir)
-            _push_stream(s3, shell, bulk, bucket=bucket, prefix=prefix, tmp=tmp, files=to_send,
+            _push_stream(s3, bulk, bucket=bucket, prefix=prefix, tmp=tmp, files=to_send,
                          options=opts, script=script, log=log)
         elif opts.mode == "push":
             _push(s3, shell, bucket=bucket, prefix=prefix, tmp=tmp, files=to_send, parallel=opts.parallel, log=log)

@@ -178,6 +178,8 @@ def test_parquet_ingest_and_sharding(s3, tenant, tmp_path):
                    row_group_rows=100, shard_rows=400)
     assert [f.path for f in m.files] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     assert [f.rows for f in m.files] == [400, 400, 200] and m.rows == 1000
+    # the downloaded source is recorded with our own sha256 of exactly the bytes read
+    assert m.sources[0]["sha256"] == sha256_bytes(buf.getvalue()) and m.sources[0]["bytes"] == len(buf.getvalue())
     # quality over several shards (row count is summed, counts aggregate)
     summary = _validate(s3, m, tmp_path, params={"label_column": "label", "feature_columns": ["a", "b"]})
     assert summary["success"] and summary["rows"] == 1000 and summary["shards"] == 3

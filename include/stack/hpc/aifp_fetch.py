@@ -229,6 +229,13 @@ def check_request(files: list, *, urls: bool) -> None:
         raise ValueError("duplicate file names")
 
 
+def finish(ok: list, failed: dict, progress: Progress, started: float) -> int:
+    """Print the summary line; the exit status (0 all verified, 3 some failed)."""
+    summary = {"ok": ok, "failed": failed, "bytes": progress.bytes, "seconds": round(time.monotonic() - started, 3)}
+    emit("summary " + json.dumps(summary, sort_keys=True))
+    return 3 if failed else 0
+
+
 def receive(dest: str, stream) -> int:
     """Push mode: files from ``stream`` (a JSON line, then the bytes) until end of input."""
     started = time.monotonic()
@@ -255,9 +262,7 @@ def receive(dest: str, stream) -> int:
             failed[name] = reason
             if reason == "the stream ended early":
                 break
-    summary = {"ok": ok, "failed": failed, "bytes": progress.bytes, "seconds": round(time.monotonic() - started, 3)}
-    emit("summary " + json.dumps(summary, sort_keys=True))
-    return 3 if failed else 0
+    return finish(ok, failed, progress, started)
 
 
 def main(argv: list[str]) -> int:
@@ -266,14 +271,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--receive", action="store_true", help="push: the files follow the request on stdin")
     args = parser.parse_args(argv)
-    stdin = sys.stdin.buffer
     if not os.path.isdir(args.dest):
         emit(f"summary {json.dumps({'error': 'destination directory does not exist'})}")
         return 2
     if args.receive:
         return receive(args.dest, ReadAhead(sys.stdin.fileno()))
     try:
-        request = json.loads(stdin.read())
+        request = json.loads(sys.stdin.buffer.read())
         files = request["files"]
         check_request(files, urls=True)
     except (ValueError, KeyError, TypeError) as exc:
@@ -289,9 +293,7 @@ def main(argv: list[str]) -> int:
                 ok.append(name)
             else:
                 failed[name] = reason
-    summary = {"ok": ok, "failed": failed, "bytes": progress.bytes, "seconds": round(time.monotonic() - started, 3)}
-    emit("summary " + json.dumps(summary, sort_keys=True))
-    return 3 if failed else 0
+    return finish(ok, failed, progress, started)
 
 
 if __name__ == "__main__":
