@@ -71,8 +71,24 @@ def test_triggerer_killed_mid_job_and_restarted(api, s3_client):
     assert len(jobs) == 1 and jobs[0][1] == "COMPLETED"  # same job, never cancelled, never resubmitted
 
 
+def wait_training_started(name: str) -> None:
+    """Wait until the job's training step runs (its first rank line is in the job log).
+
+    The batch script starts the step with ``srun``, which needs the controller: stopped before
+    that, the step cannot start at all (a job-start outage, not the mid-job one tested here)."""
+    job = subprocess.run(["squeue", "-h", f"--name={name}", "-o", "%i"], capture_output=True, text=True).stdout.strip()
+    log = Path(os.environ["AIFP_HPC_ROOT"]) / SPEC.tenant / "runs" / name / f"slurm-{job}.out"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if log.is_file() and "rank=0/" in log.read_text(errors="replace"):
+            return
+        time.sleep(1)
+    raise AssertionError(f"job {job} never started training ({log})")
+
+
 def test_slurm_controller_down_for_a_minute_mid_job(api, s3_client):
     run_id, name = start_long_run(api, s3_client)
+    wait_training_started(name)
     os.kill(pid_of("slurmctld"), signal.SIGTERM)
     try:
         time.sleep(60)
