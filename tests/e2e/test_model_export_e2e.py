@@ -58,6 +58,12 @@ def _run(api: AirflowClient, conf: dict) -> tuple[str, dict, dict[str, str]]:
     return run_id, run, {t["task_id"]: t["state"] for t in api.task_instances(DAG_ID, run_id)}
 
 
+def _failed_logs(api: AirflowClient, run_id: str, states: dict[str, str]) -> str:
+    """The tail of every failed task's log, so that a red CI run says why."""
+    return "\n".join(f"--- {task} ---\n" + api.task_log(DAG_ID, run_id, task)[-4000:]
+                     for task, state in states.items() if state == "failed")
+
+
 def _get(s3, key: str) -> bytes:
     return s3.get_object(Bucket=SPEC.bucket, Key=key)["Body"].read()
 
@@ -98,7 +104,7 @@ def test_onnx_model_reproduces_metrics_on_one_and_two_nodes(api, stack_env, s3_c
 
     published = {}
     for nodes, (run_id, run, states) in results.items():
-        assert run["state"] == "success", (nodes, states)
+        assert run["state"] == "success", (nodes, states, _failed_logs(api, run_id, states))
         train = api.xcom(DAG_ID, run_id, "train")
         export = api.xcom(DAG_ID, run_id, "export")
         ingest = api.xcom(DAG_ID, run_id, "ingest")
