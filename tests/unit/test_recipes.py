@@ -222,6 +222,13 @@ def test_split_is_fixed_by_seed_and_independent_of_batching():
     assert not (train.test_mask(rows, 8, 0.2) == mask).all()
 
 
+def test_rendezvous_port_stays_below_the_ephemeral_range():
+    train = _train_module()
+    ports = {train.rendezvous_port(job, restart) for job in range(1, 5000) for restart in range(3)}
+    assert min(ports) >= 20000 and max(ports) < 32768  # Linux hands 32768-60999 to outgoing connections
+    assert train.rendezvous_port(41, 0) != train.rendezvous_port(41, 1)  # a requeued job gets a new port
+
+
 def test_steps_per_epoch_covers_every_rank():
     train = _train_module()
     assert train.steps_per_epoch(117, 64, 1) == 2

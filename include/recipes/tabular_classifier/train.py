@@ -421,6 +421,19 @@ def _env_int(*names: str, default: int) -> int:
     return default
 
 
+RENDEZVOUS_PORTS = (20000, 32000)  # below Linux's ephemeral range (32768-60999): no client socket holds one
+
+
+def rendezvous_port(job: int, restart: int) -> int:
+    """The rendezvous port every rank derives alike from the job id and its restart count.
+
+    A requeued job gets another port (the last one may still be in TIME_WAIT), and the range stays
+    clear of the ephemeral ports the kernel hands to outgoing connections on the launch node.
+    """
+    low, high = RENDEZVOUS_PORTS
+    return low + (job * 7 + restart) % (high - low)
+
+
 def setup_distributed() -> Dist:
     """Ranks from torchrun (RANK/WORLD_SIZE/LOCAL_RANK) or srun (SLURM_PROCID/NTASKS/LOCALID)."""
     import torch
@@ -440,7 +453,7 @@ def setup_distributed() -> Dist:
         os.environ.setdefault("MASTER_ADDR", os.environ.get("SLURM_LAUNCH_NODE_IPADDR") or "127.0.0.1")
         job = _env_int("SLURM_JOB_ID", default=0)
         restart = _env_int("SLURM_RESTART_COUNT", default=0)
-        os.environ.setdefault("MASTER_PORT", str(20000 + (job * 7 + restart) % 20000))
+        os.environ.setdefault("MASTER_PORT", str(rendezvous_port(job, restart)))
         from datetime import timedelta
 
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(minutes=5))
