@@ -70,6 +70,7 @@ from aifactory.s3 import (
     is_precondition_failed,
     iter_objects,
     put_bytes,
+    put_file,
     upload_file,
     validate_key,
 )
@@ -80,7 +81,7 @@ if TYPE_CHECKING:
 Log = Callable[[str], Any]
 
 #: Bump when the conversion changes in a way that should produce a new version for the same input.
-CONVERTER_VERSION = 2  # 2: dictionary encoding only where it pays
+CONVERTER_VERSION = 3  # 2: dictionary encoding only where it pays; 3: byte-stream-split floats
 DEFAULT_ROW_GROUP_ROWS = 128 * 1024
 DEFAULT_SHARD_ROWS = 8 * DEFAULT_ROW_GROUP_ROWS  # ~1M rows per shard
 #: CSV is read in segments of about this many bytes, cut at line ends; types are inferred from the
@@ -269,6 +270,17 @@ def dictionary_columns(table: pa.Table) -> list[str]:
     return chosen
 
 
+def byte_stream_split_columns(schema: pa.Schema, dictionary: list[str]) -> list[str]:
+    """Floating-point columns that are not dictionary-encoded: written BYTE_STREAM_SPLIT.
+
+    The encoding puts the n-th byte of every value together (sign and exponent bytes, then the
+    mantissa's), which zstd compresses far better than interleaved IEEE values (6% on random
+    measurements, more on real ones) at no write cost, and which reads faster."""
+    import pyarrow as pa
+
+    return [f.name for f in schema if pa.types.is_floating(f.type) and f.name not in dictionary]
+
+
 class _ShardWriter:
     """Buffers record batches into fixed-size row groups and rolls shards at ``shard_rows``."""
 
@@ -332,7 +344,8 @@ class _ShardWriter:
             if self._dictionary is None:
                 self._dictionary = dictionary_columns(table)
             self._writer = pq.ParquetWriter(
-                path, self.schema, compression="zstd", use_dictionary=self._dictionary
+                path, self.schema, compression="zstd", use_dictionary=self._dictionary,
+                use_byte_stream_split=byte_stream_split_columns(self.schema, self._dictionary),
             )
             self.paths.append(path)
             self.rows_per_shard.append(0)
@@ -1125,7 +1138,6 @@ class _ShardUploader:
         self._futures.append(self._pool.submit(self._upload, path, rows))
 
     def _upload(self, path: Path, rows: int) -> None:
-        import hashlib
         import os
 
         from aifactory.s3 import SINGLE_PUT_LIMIT
@@ -1138,15 +1150,8 @@ class _ShardUploader:
                 digest = sha256_file(path)
                 size = upload_file(self.s3, path, self.bucket, self.prefix + path.name)
             else:
-                h = hashlib.sha256()
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
-                digest = h.hexdigest()
-                fh.seek(0)
-                self.s3.put_object(
-                    Bucket=self.bucket, Key=self.prefix + path.name, Body=fh, ContentLength=st.st_size,
-                    ContentType="application/octet-stream",
-                )
+                # The sha256 the PUT was signed with (and the store checked): no second pass.
+                digest = put_file(self.s3, self.bucket, self.prefix + path.name, fh, st.st_size)
                 size = st.st_size
         self._done[path.name] = (ident, FileEntry(path=path.name, bytes=size, sha256=digest, rows=rows))
         secs = max(time.monotonic() - started, 1e-6)

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -308,14 +309,72 @@ def _copy_hashed(s3: Any, bucket: str, key: str, write: Any, *, if_match: str | 
     return resp, written, digest.hexdigest()
 
 
-def download_bytes(s3: Any, bucket: str, key: str) -> tuple[bytes, str]:
+#: The PUT requests of this thread record the payload sha256 they were signed with here.
+_SIGNED_PAYLOAD = threading.local()
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _record_signed_payload(request: Any, **_: Any) -> None:
+    sink = getattr(_SIGNED_PAYLOAD, "sink", None)
+    if sink is not None:
+        value = request.headers.get("X-Amz-Content-SHA256")  # bytes once the request is prepared
+        sink.append(value.decode("ascii", "replace") if isinstance(value, bytes) else value)
+
+
+def put_file(s3: Any, bucket: str, key: str, fh: Any, size: int, *, content_type: str = "application/octet-stream") -> str:
+    """One ``put_object`` of ``size`` bytes of an open file, from its position; returns their sha256.
+
+    botocore hashes a PUT body for its SigV4 signature (``x-amz-content-sha256``: always over plain
+    HTTP and, with checksums only when required, over HTTPS too) and the store checks the body it
+    receives against that hash. The hash is taken from the signed request, so the file is not read
+    a second time to hash it, and the sha256 recorded in a manifest is the one the store verified.
+    Where a request carries no payload hash (``UNSIGNED-PAYLOAD``) the file is hashed here.
+    """
+    start = fh.tell()
+    if os.fstat(fh.fileno()).st_size - start != size:
+        raise OSError(f"{getattr(fh, 'name', 'file')} is not {size} bytes from offset {start}; it changed while uploading")
+    s3.meta.events.register("before-send.s3.PutObject", _record_signed_payload, unique_id="aifactory-signed-payload")
+    _SIGNED_PAYLOAD.sink = signed = []
+    try:
+        s3.put_object(Bucket=bucket, Key=key, Body=fh, ContentLength=size, ContentType=content_type)
+    finally:
+        _SIGNED_PAYLOAD.sink = None
+    if signed and isinstance(signed[-1], str) and _SHA256_HEX.fullmatch(signed[-1]):
+        return signed[-1]
+    fh.seek(start)
+    digest = hashlib.sha256()
+    while chunk := fh.read(8 * _CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_bytes(s3: Any, bucket: str, key: str) -> tuple[bytearray, str]:
     """One object into memory with a single streaming GET; ``(bytes, sha256)``, hashed in-stream.
 
     For objects that are read whole anyway (a Parquet shard to validate): no local file to write
-    and read back."""
-    parts: list[bytes] = []
-    _, _, digest = _copy_hashed(s3, bucket, key, parts.append, if_match=None, chunk=8 * _CHUNK)
-    return b"".join(parts), digest
+    and read back. The body is read straight into one buffer of the object's size (no chunk
+    objects to join), and each piece is hashed where it landed.
+
+    :raises OSError: the body ended before its ``Content-Length`` (retry the task).
+    """
+    resp = get_object(s3, bucket, key, if_match=None)
+    size = int(resp.get("ContentLength", -1))
+    if size < 0:
+        raise OSError(f"s3://{bucket}/{key}: the endpoint sent no Content-Length; cannot check the download")
+    buf = bytearray(size)
+    view = memoryview(buf)
+    digest = hashlib.sha256()
+    got = 0
+    while got < size:
+        n = resp["Body"].readinto(view[got : got + 8 * _CHUNK])
+        if not n:
+            break
+        digest.update(view[got : got + n])
+        got += n
+    view.release()
+    if got != size:
+        raise OSError(f"short read from s3://{bucket}/{key}: got {got} of {size} bytes; retry the task")
+    return buf, digest.hexdigest()
 
 
 def download_to(

@@ -28,12 +28,14 @@ from aifactory.ingest import ingest_dataset
 from aifactory.manifest import DatasetManifest, sha256_bytes
 from aifactory.quality import validate_dataset, write_quality_result
 from aifactory.s3 import (
+    download_bytes,
     download_to,
     get_bytes,
     list_keys,
     make_client,
     object_exists,
     put_bytes,
+    put_file,
     upload_file,
 )
 
@@ -257,6 +259,55 @@ def test_multipart_upload_and_streaming_download(s3, tenant, tmp_path):
         got = download_to(s3, BUCKET, key, tmp_path / "out" / "blob.bin")
     assert calls.ops == ["GetObject"]  # one streaming GET, no ranged requests
     assert got.sha256 == sha256_bytes(data) and (tmp_path / "out" / "blob.bin").read_bytes() == data
+    with _Calls(s3) as calls:
+        body, digest = download_bytes(s3, BUCKET, key)  # into memory: several reads into one buffer
+    assert calls.ops == ["GetObject"]
+    assert digest == sha256_bytes(data) and body == data
+
+
+def test_put_file_returns_the_sha256_the_request_was_signed_with(s3, tenant, tmp_path, monkeypatch):
+    """The shard hash in a manifest is the PUT's own signed payload hash; unsigned, it is computed."""
+    import hashlib
+
+    import boto3
+    from botocore.config import Config
+
+    import aifactory.s3
+
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    src = tmp_path / "shard.bin"
+    src.write_bytes(b"skip" + data)
+    sent: list[str] = []
+    s3.meta.events.register("before-send.s3.PutObject", lambda request, **_: sent.append(
+        request.headers["X-Amz-Content-SHA256"].decode()), unique_id="test-signed-payload")
+    def no_second_pass(*args):
+        raise AssertionError("put_file hashed the file again although the request carried its sha256")
+
+    try:
+        with open(src, "rb") as fh, monkeypatch.context() as m:
+            m.setattr(aifactory.s3.hashlib, "sha256", no_second_pass)  # botocore holds its own reference
+            fh.seek(4)  # from the file's position on
+            digest = put_file(s3, BUCKET, f"{tenant}/tmp/signed.bin", fh, len(data))
+    finally:
+        s3.meta.events.unregister("before-send.s3.PutObject", unique_id="test-signed-payload")
+    assert digest == sha256_bytes(data) == hashlib.sha256(data).hexdigest() == sent[-1]
+    assert get_bytes(s3, BUCKET, f"{tenant}/tmp/signed.bin") == data
+
+    # A client that does not sign payloads sends UNSIGNED-PAYLOAD: the file is hashed instead.
+    creds = s3._request_signer._credentials
+    unsigned = boto3.client(
+        "s3", endpoint_url=s3.meta.endpoint_url, region_name="us-east-1", aws_access_key_id=creds.access_key,
+        aws_secret_access_key=creds.secret_key,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path", "payload_signing_enabled": False},
+                      request_checksum_calculation="when_required"),
+    )
+    with open(src, "rb") as fh:
+        fh.seek(4)
+        assert put_file(unsigned, BUCKET, f"{tenant}/tmp/unsigned.bin", fh, len(data)) == sha256_bytes(data)
+        fh.seek(4)
+        with pytest.raises(OSError, match="changed while uploading"):
+            put_file(unsigned, BUCKET, f"{tenant}/tmp/unsigned.bin", fh, len(data) - 1)
+    assert get_bytes(s3, BUCKET, f"{tenant}/tmp/unsigned.bin") == data
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from aifactory.readahead import prefetched
 from aifactory.ingest import (
     SourceObject,
     SourceReadError,
+    byte_stream_split_columns,
     check_dataset_name,
     compute_version,
     convert_to_parquet,
@@ -428,3 +429,12 @@ def test_written_shards_use_dictionaries_only_where_chosen(tmp_path):
     encodings = {md.column(i).path_in_schema: md.column(i).encodings for i in range(md.num_columns)}
     assert "RLE_DICTIONARY" in encodings["label"]
     assert "RLE_DICTIONARY" not in encodings["f"] and "RLE_DICTIONARY" not in encodings["id"]
+    # measurements (high-cardinality floats) are byte-stream-split; the values read back exactly
+    assert "BYTE_STREAM_SPLIT" in encodings["f"] and "BYTE_STREAM_SPLIT" not in encodings["id"]
+    assert pq.read_table(paths[0])["f"].to_pylist()[:3] == [0.0, 1 / 7, 2 / 7]
+
+
+def test_only_plain_floats_are_byte_stream_split():
+    schema = pa.schema([("id", pa.int64()), ("x", pa.float64()), ("y", pa.float32()), ("code", pa.float64()),
+                        ("label", pa.string())])
+    assert byte_stream_split_columns(schema, ["code", "label"]) == ["x", "y"]

@@ -34,16 +34,12 @@ FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 PARAMS = {"label_column": "species", "feature_columns": FEATURES}
 
 
-class _Body:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
+class _Body(io.BytesIO):
+    """A GET body: read, readinto and iter_chunks, like botocore's StreamingBody."""
 
     def iter_chunks(self, size: int):
-        for i in range(0, len(self._data), size):
-            yield self._data[i : i + size]
-
-    def read(self) -> bytes:
-        return self._data
+        while chunk := self.read(size):
+            yield chunk
 
 
 class _LocalStore:
