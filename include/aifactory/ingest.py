@@ -41,6 +41,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -87,9 +88,10 @@ DEFAULT_SHARD_ROWS = 8 * DEFAULT_ROW_GROUP_ROWS  # ~1M rows per shard
 #: CSV is read in segments of about this many bytes, cut at line ends; types are inferred from the
 #: first one and imposed on the rest. JSON Lines blocks have this size too.
 READ_BLOCK_SIZE = 16 * 1024 * 1024
-#: Each segment is parsed by Arrow's multi-threaded reader in blocks of this size (all cores busy,
-#: memory bounded by the segment: about four times its size at peak).
-PARSE_BLOCK_SIZE = 1024 * 1024
+#: Each segment is parsed by Arrow's multi-threaded reader in blocks of this size: two blocks per
+#: core keep every core busy, and larger blocks cost less per byte (a 2-core worker parses 4 MiB
+#: blocks ~5% cheaper than 1 MiB ones). Memory is bounded by the segment (about four times its size).
+PARSE_BLOCK_SIZE = max(1024 * 1024, READ_BLOCK_SIZE // (2 * (os.cpu_count() or 1)))
 #: A CSV line longer than this is refused (the file is not line-oriented tabular data).
 MAX_LINE_BYTES = 64 * 1024 * 1024
 #: Row groups queued for the Parquet writer thread (bounds memory while reading runs ahead).
@@ -1138,8 +1140,6 @@ class _ShardUploader:
         self._futures.append(self._pool.submit(self._upload, path, rows))
 
     def _upload(self, path: Path, rows: int) -> None:
-        import os
-
         from aifactory.s3 import SINGLE_PUT_LIMIT
 
         started = time.monotonic()
@@ -1158,8 +1158,6 @@ class _ShardUploader:
         self.log(f"ingest: uploaded {path.name} ({size} bytes, {rows} rows, {size / secs / 1e6:.0f} MB/s)")
 
     def finish(self, paths: list[Path], rows: list[int]) -> list[FileEntry]:
-        import os
-
         from aifactory.s3 import head
 
         for f in self._futures:
