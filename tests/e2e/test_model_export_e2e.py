@@ -59,9 +59,18 @@ def _run(api: AirflowClient, conf: dict) -> tuple[str, dict, dict[str, str]]:
 
 
 def _failed_logs(api: AirflowClient, run_id: str, states: dict[str, str]) -> str:
-    """The tail of every failed task's log, so that a red CI run says why."""
-    return "\n".join(f"--- {task} ---\n" + api.task_log(DAG_ID, run_id, task)[-4000:]
-                     for task, state in states.items() if state == "failed")
+    """Every try's log tail of each task that did not succeed, so that a red CI run says why."""
+    parts = []
+    for task, state in states.items():
+        if state in ("success", "skipped"):
+            continue
+        for attempt in range(1, 4):
+            try:
+                log = api.task_log(DAG_ID, run_id, task, try_number=attempt)
+            except Exception:  # no such try
+                break
+            parts.append(f"--- {task} ({state}) try {attempt} ---\n{log[-6000:]}")
+    return "\n".join(parts)
 
 
 def _get(s3, key: str) -> bytes:
@@ -104,7 +113,12 @@ def test_onnx_model_reproduces_metrics_on_one_and_two_nodes(api, stack_env, s3_c
 
     published = {}
     for nodes, (run_id, run, states) in results.items():
-        assert run["state"] == "success", (nodes, states, _failed_logs(api, run_id, states))
+        if run["state"] != "success":
+            logs = _failed_logs(api, run_id, states)
+            print(logs)  # in full under "Captured stdout call"
+            errors = [line for line in logs.splitlines() if re.match(r"\w+(Error|Exception): ", line)]
+            pytest.fail(f"{nodes} node(s): " + ", ".join(f"{t}={s}" for t, s in states.items())
+                        + "\n" + "\n".join(errors[-6:]), pytrace=False)
         train = api.xcom(DAG_ID, run_id, "train")
         export = api.xcom(DAG_ID, run_id, "export")
         ingest = api.xcom(DAG_ID, run_id, "ingest")
