@@ -6,7 +6,9 @@ it over SSH under the tenant's account, and watches it with ``sacct``:
 
 * a requeue mid-run (``scontrol requeue``): the job resumes from its checkpoint, every step number
   appears once in the log, and the run succeeds;
-* ``nodes=2``: one rank per node through ``srun``, both in the log, and the same outputs as one node.
+* ``nodes=2``: one rank per node through ``srun``, both in the log, and the same outputs as one node;
+* the controller down when the batch script starts the step: the wrapper starts it again once the
+  controller is back, and the job completes with one training run.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def _stage_iris(shell, ds_dir: str) -> None:
     local.unlink()
 
 
-def _submit(shell, root: str, name: str, hp: dict, nodes: int = 1) -> tuple[str, str]:
+def _submit(shell, root: str, name: str, hp: dict, nodes: int = 1, *, delay_s: int = 0,
+            env: dict[str, str] | None = None) -> tuple[str, str]:
     run_dir = f"{root}/{name}"
     shell.run("mkdir -p -m 0700 " + q(run_dir))
     params = {"dataset_dir": f"{root}/ds", "output_dir": f"{run_dir}/output",
@@ -61,14 +64,19 @@ def _submit(shell, root: str, name: str, hp: dict, nodes: int = 1) -> tuple[str,
         fh.write(json.dumps(params).encode())
     sftp.put(str(RECIPE.entrypoint_path), f"{run_dir}/train.py")
     sftp.put(str(RECIPE.sbatch_template_path), f"{run_dir}/job.sh")
+    script = f"{run_dir}/job.sh"
+    if delay_s:  # the batch script waits before it runs the wrapper (a window to stop the controller in)
+        script = f"{run_dir}/delayed.sh"
+        with sftp.open(script, "wb") as fh:
+            fh.write(f"#!/bin/bash\nsleep {int(delay_s)}\nexec bash job.sh\n".encode())
     policy = TenantSlurmPolicy(account="demo", partitions=("debug",), max_nodes=2, max_mem_gb=2)
     res = Resources.from_request({"nodes": nodes, "mem_gb": 1, "time_limit_minutes": 10}, policy=policy)
     argv = sbatch_argv(res, job_name=job_name("demo", "itest", secrets.token_hex(4), name), comment="aifp:itest",
                        chdir=run_dir, output_path=f"{run_dir}/slurm-%j.out",
                        export_vars={"PATH": "/usr/local/bin:/usr/bin:/bin", "AIFP_PYTHON": PYTHON,
-                                    "AIFP_ENTRYPOINT": "train.py"},
+                                    "AIFP_ENTRYPOINT": "train.py", **(env or {})},
                        signal=RECIPE.sbatch_signal(10))
-    rc, out, err = shell.run(build_sbatch_command(argv, f"{run_dir}/job.sh"))
+    rc, out, err = shell.run(build_sbatch_command(argv, script))
     assert rc == 0, err
     return parse_sbatch_output(out).job_id, run_dir
 
@@ -151,3 +159,32 @@ def test_two_nodes_train_with_one_rank_each(shell, area):
     for marker in outputs.values():
         assert marker["metrics"]["test_accuracy"] >= 0.8
         assert marker["onnx_check"]["passed"]
+
+
+def test_step_start_waits_out_a_controller_outage(shell, area, stack_env):
+    """slurmctld is stopped while the batch script runs and before it starts the training step.
+
+    Without the wrapper's retry, srun fails at once and the finished-looking job is FAILED;
+    with it, the step starts when the controller is back and the job completes, trained once."""
+    _stage_iris(shell, f"{area}/ds")
+    job_id, run_dir = _submit(shell, area, "outage", {"epochs": 5, "batch_size": 32}, delay_s=5,
+                              env={"AIFP_STEP_RETRY_INTERVAL_S": "20"})
+    _wait(job_id, ("RUNNING",), timeout=120)
+    # The next try comes 20 s after the failed one: by then the controller is back and the nodes
+    # have registered (a step asked for in the seconds before that waits minutes in srun's own
+    # "step creation temporarily disabled" loop).
+    pidfile = Path(stack_env["AIFP_STATE_DIR"]) / "run" / "slurmctld.pid"
+    subprocess.run(["kill", "-TERM", pidfile.read_text().strip()], check=True)
+    try:
+        deadline = time.time() + 60  # the batch script has tried the step at least once meanwhile
+        while "the training step did not start" not in _log(shell, run_dir, job_id):
+            assert time.time() < deadline, _log(shell, run_dir, job_id)
+            time.sleep(1)
+    finally:
+        subprocess.run(["bash", str(REPO / "include/stack/stack.sh"), "up"], check=True, capture_output=True)
+    assert _wait(job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")) == "COMPLETED", \
+        _log(shell, run_dir, job_id)
+    log = _log(shell, run_dir, job_id)
+    assert "Unable to contact slurm controller" in log or "srun: error" in log, log
+    assert log.count("rank=0/1 ") == 1 and log.count("done: test_accuracy") == 1, log  # trained once
+

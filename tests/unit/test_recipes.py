@@ -110,29 +110,68 @@ def test_sbatch_wrapper_is_fixed():
     text = (RECIPE_DIR / "sbatch.sh.tmpl").read_text()
     assert "#SBATCH" not in text.replace("#SBATCH lines", "")  # no directives, only the comment
     assert "{{" not in text and "${AIFP_PYTHON" in text and "set -euo pipefail" in text
-    assert 'srun --export=ALL --ntasks="${SLURM_NTASKS:-1}" "$AIFP_PYTHON"' in text
+    assert 'srun --export=ALL --ntasks="${SLURM_NTASKS:-1}"' in text
     r = subprocess.run(["bash", "-n", str(RECIPE_DIR / "sbatch.sh.tmpl")], capture_output=True)
     assert r.returncode == 0, r.stderr
 
 
-def test_sbatch_wrapper_runs_with_fake_srun(tmp_path):
-    """The wrapper with a fake srun: it must pass the entrypoint and params.json, nothing else."""
+#: A stand-in for srun: records its arguments, fails like an unreachable controller for the first
+#: $FAKE_SRUN_DOWN calls (no task runs), then runs the task command (the arguments after the options).
+FAKE_SRUN = """#!/bin/bash
+n=$(( $(cat "$FAKE_SRUN_CALLS" 2>/dev/null || echo 0) + 1 )); echo "$n" > "$FAKE_SRUN_CALLS"
+printf "%s\\n" "$@" > "$FAKE_SRUN_ARGS"
+if (( n <= ${FAKE_SRUN_DOWN:-0} )); then
+  echo "srun: error: Unable to create step for job 5: Unable to contact slurm controller (connect failure)" >&2
+  exit 1
+fi
+while [[ "$1" == --* ]]; do shift; done
+exec "$@"
+"""
+
+
+def _wrapper(tmp_path: Path, entry: str, **env: str) -> subprocess.CompletedProcess:
     bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "srun").write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
+    bindir.mkdir(exist_ok=True)
+    (bindir / "srun").write_text(FAKE_SRUN)
     (bindir / "srun").chmod(0o755)
-    env = {"PATH": f"{bindir}:/usr/bin:/bin", "AIFP_PYTHON": "/usr/bin/python3", "AIFP_ENTRYPOINT": "train.py",
-           "SLURM_JOB_ID": "5", "SLURM_CPUS_PER_TASK": "2"}
-    out = subprocess.run(["bash", str(RECIPE_DIR / "sbatch.sh.tmpl")], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out[-7:] == ["--export=ALL", "--ntasks=1", "/usr/bin/python3", "-u", "train.py", "--params", "params.json"]
-    env["SLURM_NTASKS"] = "2"  # nodes=2 with one task per node: one rank per node
-    out = subprocess.run(["bash", str(RECIPE_DIR / "sbatch.sh.tmpl")], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out[-6] == "--ntasks=2"
-    missing = subprocess.run(["bash", str(RECIPE_DIR / "sbatch.sh.tmpl")], env={"PATH": env["PATH"]},
+    (tmp_path / "entry.py").write_text(entry)
+    (tmp_path / "calls").unlink(missing_ok=True)
+    full = {"PATH": f"{bindir}:/usr/bin:/bin", "AIFP_PYTHON": sys.executable, "AIFP_ENTRYPOINT": "entry.py",
+            "SLURM_JOB_ID": "5", "SLURM_CPUS_PER_TASK": "2", "FAKE_SRUN_CALLS": str(tmp_path / "calls"),
+            "FAKE_SRUN_ARGS": str(tmp_path / "args"), "AIFP_STEP_RETRY_INTERVAL_S": "1", **env}
+    return subprocess.run(["bash", str(RECIPE_DIR / "sbatch.sh.tmpl")], env=full, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_sbatch_wrapper_runs_the_entrypoint_as_the_step(tmp_path):
+    """The entrypoint and params.json, nothing else; its exit status is the job's."""
+    entry = "import os, sys; print('ARGS', sys.argv[1:], os.environ['OMP_NUM_THREADS']); sys.exit(3)"
+    r = _wrapper(tmp_path, entry)
+    assert r.returncode == 3, r.stderr
+    assert "ARGS ['--params', 'params.json'] 2" in r.stdout
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[:2] == ["--export=ALL", "--ntasks=1"] and args[-5:] == [sys.executable, "-u", "entry.py",
+                                                                         "--params", "params.json"]
+    assert (tmp_path / "calls").read_text().strip() == "1"  # it ran, and failed: never started again
+    assert not (tmp_path / ".aifp-step-started").exists()
+    r = _wrapper(tmp_path, "pass", SLURM_NTASKS="2")  # nodes=2 with one task per node: one rank per node
+    assert r.returncode == 0 and (tmp_path / "args").read_text().splitlines()[1] == "--ntasks=2"
+    missing = subprocess.run(["bash", str(RECIPE_DIR / "sbatch.sh.tmpl")], env={"PATH": "/usr/bin:/bin"},
                              cwd=tmp_path, capture_output=True, text=True)
     assert missing.returncode != 0 and "AIFP_PYTHON" in missing.stderr
+
+
+def test_sbatch_wrapper_starts_the_step_again_while_the_controller_is_unreachable(tmp_path):
+    r = _wrapper(tmp_path, "print('TRAINED')", FAKE_SRUN_DOWN="2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("TRAINED") == 1 and (tmp_path / "calls").read_text().strip() == "3"
+    assert r.stderr.count("the training step did not start (srun exit 1") == 2 and "attempt 3 in 1s" in r.stderr
+
+    # ... but not past its deadline: then the job fails, saying why
+    r = _wrapper(tmp_path, "print('TRAINED')", FAKE_SRUN_DOWN="100", AIFP_STEP_RETRY_S="2")
+    assert r.returncode == 1 and "TRAINED" not in r.stdout
+    assert "the training step never started (srun exit 1" in r.stderr and "is the Slurm controller up?" in r.stderr
+    assert int((tmp_path / "calls").read_text()) <= 3
 
 
 # ------------------------------------------------------------------------------------------ train.py
