@@ -6,11 +6,13 @@ Used by ``make demo`` and by the end-to-end tests; plain ``urllib`` so it needs 
 from __future__ import annotations
 
 import json
+import secrets
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from aifactory.errors import FactoryError
@@ -47,6 +49,9 @@ class AirflowClient:
         except urllib.error.URLError as exc:
             raise AirflowAPIError(f"{method} {path}: Airflow API at {self.base_url} unreachable ({exc.reason}); "
                                   "is the stack up? (make up / make status)") from exc
+        except TimeoutError as exc:
+            raise AirflowAPIError(f"{method} {path}: no answer from the Airflow API at {self.base_url} "
+                                  f"within {self.timeout:.0f}s (unreachable?)") from exc
         return json.loads(raw) if raw else None
 
     def token(self) -> str:
@@ -77,11 +82,29 @@ class AirflowClient:
     def import_errors(self) -> list[dict[str, Any]]:
         return self._request("GET", "/api/v2/importErrors")["import_errors"]
 
-    def trigger(self, dag_id: str, conf: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"logical_date": None, "conf": conf}
-        if run_id:
-            body["dag_run_id"] = run_id
-        return self._request("POST", f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns", body)
+    def trigger(self, dag_id: str, conf: dict[str, Any], run_id: str | None = None, *,
+                attempts: int = 4) -> dict[str, Any]:
+        """Trigger a run; safe to retry, because the run id is chosen here.
+
+        A server error (on the embedded SQLite, "database is locked" while the scheduler writes)
+        or a lost answer is retried with the same run id: a retry either creates the run or finds
+        the one an earlier try created (HTTP 409), never a second run.
+        """
+        run_id = run_id or f"manual__{datetime.now(timezone.utc).isoformat()}__{secrets.token_hex(3)}"
+        body: dict[str, Any] = {"logical_date": None, "conf": conf, "dag_run_id": run_id}
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._request("POST", f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns", body)
+            except AirflowAPIError as exc:
+                if "HTTP 409" in str(exc) and attempt > 1:
+                    existing = self.run(dag_id, run_id)
+                    if existing.get("conf") == conf:
+                        return existing  # an earlier try created it; its answer was lost
+                    raise
+                if attempt == attempts or not ("HTTP 5" in str(exc) or "unreachable" in str(exc)):
+                    raise
+                time.sleep(2.0 * attempt)
+        raise AssertionError("unreachable")
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self._request("GET", f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run_id)}")

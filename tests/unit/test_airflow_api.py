@@ -1,0 +1,88 @@
+"""The REST client's trigger is idempotent: retried after a server error, it never makes two runs."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from aifactory import airflow_api
+from aifactory.airflow_api import AirflowAPIError, AirflowClient
+
+
+class _FakeAirflow(BaseHTTPRequestHandler):
+    """Token, POST dagRuns and GET dagRun; ``script`` says what each POST does."""
+
+    runs: dict[str, dict[str, Any]] = {}
+    posts: list[str] = []
+    script: list[str] = []  # per POST: "ok", "500" (nothing created), "lost" (created, then 500)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, code: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/auth/token":
+            return self._send(201, {"access_token": "t"})
+        run_id = body["dag_run_id"]
+        self.posts.append(run_id)
+        action = self.script.pop(0) if self.script else "ok"
+        if run_id in self.runs:
+            return self._send(409, {"detail": f"DAGRun with dag_run_id: '{run_id}' already exists"})
+        if action == "500":
+            return self._send(500, {"detail": {"reason": "Database error"}})
+        self.runs[run_id] = {"dag_run_id": run_id, "conf": body["conf"], "state": "queued"}
+        if action == "lost":
+            return self._send(500, {"detail": {"reason": "Database error"}})
+        return self._send(200, self.runs[run_id])
+
+    def do_GET(self) -> None:  # noqa: N802
+        run_id = self.path.rsplit("/", 1)[-1]
+        from urllib.parse import unquote
+
+        run = self.runs.get(unquote(run_id))
+        return self._send(200, run) if run else self._send(404, {"detail": "not found"})
+
+
+@pytest.fixture()
+def api(monkeypatch):
+    monkeypatch.setattr(airflow_api.time, "sleep", lambda s: None)
+    _FakeAirflow.runs, _FakeAirflow.posts, _FakeAirflow.script = {}, [], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeAirflow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield AirflowClient(base_url=f"http://127.0.0.1:{server.server_address[1]}", username="u", password="p")
+    server.shutdown()
+
+
+def test_a_server_error_is_retried_with_the_same_run_id(api):
+    _FakeAirflow.script = ["500", "500"]
+    run = api.trigger("factory_demo", {"a": 1})
+    assert len(_FakeAirflow.posts) == 3 and len(set(_FakeAirflow.posts)) == 1
+    assert list(_FakeAirflow.runs) == [run["dag_run_id"]] and run["dag_run_id"].startswith("manual__")
+
+
+def test_a_lost_answer_finds_the_run_instead_of_making_a_second(api):
+    _FakeAirflow.script = ["lost"]
+    run = api.trigger("factory_demo", {"a": 1})
+    assert len(_FakeAirflow.runs) == 1 and run["conf"] == {"a": 1} and len(_FakeAirflow.posts) == 2
+
+
+def test_an_existing_run_id_of_someone_else_is_an_error_and_errors_end(api):
+    _FakeAirflow.runs["mine"] = {"dag_run_id": "mine", "conf": {"other": True}, "state": "success"}
+    with pytest.raises(AirflowAPIError, match="HTTP 409"):
+        api.trigger("factory_demo", {"a": 1}, run_id="mine")
+    _FakeAirflow.script = ["500"] * 10
+    with pytest.raises(AirflowAPIError, match="HTTP 500"):
+        api.trigger("factory_demo", {"a": 1})
+    assert len(_FakeAirflow.posts) == 1 + 4  # four tries, then the error
