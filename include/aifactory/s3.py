@@ -291,12 +291,11 @@ def get_object(s3: Any, bucket: str, key: str, *, if_match: str | None = None) -
     return s3.get_object(**kwargs)
 
 
-def _copy_hashed(s3: Any, bucket: str, key: str, write: Any, *, if_match: str | None, chunk: int) -> tuple[Any, int, str]:
-    """One streaming GET into ``write``, hashing as it goes; ``(response, bytes, sha256)``.
+def _copy_hashed(resp: Any, write: Any, *, label: str, chunk: int) -> tuple[int, str]:
+    """A GET response's body into ``write``, hashing as it goes; ``(bytes, sha256)``.
 
     :raises OSError: the body ended before its ``Content-Length`` (retry the task).
     """
-    resp = get_object(s3, bucket, key, if_match=if_match)
     expected = int(resp.get("ContentLength", -1))
     digest = hashlib.sha256()
     written = 0
@@ -305,8 +304,8 @@ def _copy_hashed(s3: Any, bucket: str, key: str, write: Any, *, if_match: str | 
         digest.update(piece)
         written += len(piece)
     if expected >= 0 and written != expected:
-        raise OSError(f"short read from s3://{bucket}/{key}: got {written} of {expected} bytes; retry the task")
-    return resp, written, digest.hexdigest()
+        raise OSError(f"short read from {label}: got {written} of {expected} bytes; retry the task")
+    return written, digest.hexdigest()
 
 
 #: The PUT requests of this thread record the payload sha256 they were signed with here.
@@ -342,39 +341,39 @@ def put_file(s3: Any, bucket: str, key: str, fh: Any, size: int, *, content_type
     if signed and isinstance(signed[-1], str) and _SHA256_HEX.fullmatch(signed[-1]):
         return signed[-1]
     fh.seek(start)
-    digest = hashlib.sha256()
-    while chunk := fh.read(8 * _CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
+    return hashlib.file_digest(fh, hashlib.sha256).hexdigest()
 
 
 def download_bytes(s3: Any, bucket: str, key: str) -> tuple[bytearray, str]:
     """One object into memory with a single streaming GET; ``(bytes, sha256)``, hashed in-stream.
 
     For objects that are read whole anyway (a Parquet shard to validate): no local file to write
-    and read back. The body is read straight into one buffer of the object's size (no chunk
-    objects to join), and each piece is hashed where it landed.
+    and read back. The pieces go into one buffer of the object's size (none kept to join), so
+    memory holds the object once.
 
-    :raises OSError: the body ended before its ``Content-Length`` (retry the task).
+    :raises OSError: the body is shorter or longer than its ``Content-Length`` (retry the task).
     """
-    resp = get_object(s3, bucket, key, if_match=None)
+    resp = get_object(s3, bucket, key)
     size = int(resp.get("ContentLength", -1))
     if size < 0:
         raise OSError(f"s3://{bucket}/{key}: the endpoint sent no Content-Length; cannot check the download")
     buf = bytearray(size)
     view = memoryview(buf)
-    digest = hashlib.sha256()
-    got = 0
-    while got < size:
-        n = resp["Body"].readinto(view[got : got + 8 * _CHUNK])
-        if not n:
-            break
-        digest.update(view[got : got + n])
-        got += n
-    view.release()
-    if got != size:
-        raise OSError(f"short read from s3://{bucket}/{key}: got {got} of {size} bytes; retry the task")
-    return buf, digest.hexdigest()
+    filled = 0
+
+    def write(piece: bytes) -> None:
+        nonlocal filled
+        end = filled + len(piece)
+        if end > size:
+            raise OSError(f"s3://{bucket}/{key} sent more than its {size} bytes; retry the task")
+        view[filled:end] = piece
+        filled = end
+
+    try:
+        _, digest = _copy_hashed(resp, write, label=f"s3://{bucket}/{key}", chunk=8 * _CHUNK)
+    finally:
+        view.release()
+    return buf, digest
 
 
 def download_to(
@@ -391,7 +390,8 @@ def download_to(
     tmp = path.with_name(path.name + ".part")
     try:
         with open(tmp, "wb") as fh:
-            resp, written, digest = _copy_hashed(s3, bucket, key, fh.write, if_match=if_match, chunk=_CHUNK)
+            resp = get_object(s3, bucket, key, if_match=if_match)
+            written, digest = _copy_hashed(resp, fh.write, label=f"s3://{bucket}/{key}", chunk=_CHUNK)
     except OSError:
         tmp.unlink(missing_ok=True)
         raise

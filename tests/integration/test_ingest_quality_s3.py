@@ -280,6 +280,7 @@ def test_put_file_returns_the_sha256_the_request_was_signed_with(s3, tenant, tmp
     sent: list[str] = []
     s3.meta.events.register("before-send.s3.PutObject", lambda request, **_: sent.append(
         request.headers["X-Amz-Content-SHA256"].decode()), unique_id="test-signed-payload")
+
     def no_second_pass(*args):
         raise AssertionError("put_file hashed the file again although the request carried its sha256")
 

@@ -164,7 +164,7 @@ def test_two_nodes_train_with_one_rank_each(shell, area):
 def test_step_start_waits_out_a_controller_outage(shell, area, stack_env):
     """slurmctld is stopped while the batch script runs and before it starts the training step.
 
-    Without the wrapper's retry, srun fails at once and the finished-looking job is FAILED;
+    Without the wrapper's retry, srun fails at once and the job ends FAILED;
     with it, the step starts when the controller is back and the job completes, trained once."""
     _stage_iris(shell, f"{area}/ds")
     job_id, run_dir = _submit(shell, area, "outage", {"epochs": 5, "batch_size": 32}, delay_s=5,
