@@ -325,3 +325,46 @@ def test_gx_does_not_fingerprint_batches():
     from great_expectations.execution_engine import pandas_execution_engine as engine
 
     assert engine.HASH_THRESHOLD == 0
+
+
+_LAZY_PROBE = """
+import json, sys
+import pandas as pd
+from aifactory import quality
+quality._import_gx()
+kinds = {name: type(sys.modules[name]).__name__ for name in quality.GX_DEFERRED_IMPORTS}
+finder_left = any(type(f).__name__ == "_DeferredFinder" for f in sys.meta_path)
+context = quality._ephemeral_context()
+batch_def = context.data_sources.add_pandas("d").add_dataframe_asset("a").add_batch_definition_whole_dataframe("w")
+suite = quality.build_gx_suite(quality.expand_suite({"name": "kl", "expectations": [{
+    "type": "expect_column_kl_divergence_to_be_less_than",
+    "kwargs": {"column": "x", "partition_object": {"bins": [0, 1, 2], "weights": [0.5, 0.5]}, "threshold": 0.1},
+}]}, {}), name="kl")
+verdicts = []
+for values in ([0.5] * 50 + [1.5] * 50, [0.5] * 95 + [1.5] * 5):
+    result = quality._run_gx(batch_def, pd.DataFrame({"x": values}), suite)[0].to_json_dict()
+    verdicts.append([result["success"], bool(result["exception_info"].get("raised_exception"))])
+print(json.dumps({"kinds": kinds, "finder_left": finder_left, "verdicts": verdicts,
+                  "after": type(sys.modules["scipy.stats"]).__name__}))
+"""
+
+
+@pytest.mark.parametrize("lazy", ["1", "0"])
+def test_gx_heavy_dependencies_load_on_first_use(lazy):
+    """GX's scipy.stats and altair are lazy modules (a second off every quality task's start) that
+    still work when an expectation needs them: the KL-divergence expectation, which calls
+    scipy.stats, passes on matching data and fails on skewed data. A fresh interpreter, as GX may
+    already be imported in this one; AIFP_GX_LAZY_IMPORTS=0 imports them as usual."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, AIFP_GX_LAZY_IMPORTS=lazy)
+    out = subprocess.run([sys.executable, "-c", _LAZY_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    expected_kind = "_LazyModule" if lazy == "1" else "module"
+    assert probe["kinds"] == {"scipy.stats": expected_kind, "altair": expected_kind}
+    assert probe["finder_left"] is False
+    assert probe["verdicts"] == [[True, False], [False, False]]
+    assert probe["after"] == "module"  # used, so loaded for real
