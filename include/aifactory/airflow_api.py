@@ -5,6 +5,7 @@ Used by ``make demo`` and by the end-to-end tests; plain ``urllib`` so it needs 
 
 from __future__ import annotations
 
+import http.client
 import json
 import secrets
 import time
@@ -21,7 +22,11 @@ TERMINAL_RUN_STATES = {"success", "failed"}
 
 
 class AirflowAPIError(FactoryError):
-    pass
+    """A failed API call; ``status`` is the HTTP status, ``None`` when no answer came back."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -45,13 +50,16 @@ class AirflowClient:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:1000]
-            raise AirflowAPIError(f"{method} {path} -> HTTP {exc.code}: {detail}") from exc
+            raise AirflowAPIError(f"{method} {path} -> HTTP {exc.code}: {detail}", status=exc.code) from exc
         except urllib.error.URLError as exc:
             raise AirflowAPIError(f"{method} {path}: Airflow API at {self.base_url} unreachable ({exc.reason}); "
                                   "is the stack up? (make up / make status)") from exc
         except TimeoutError as exc:
             raise AirflowAPIError(f"{method} {path}: no answer from the Airflow API at {self.base_url} "
                                   f"within {self.timeout:.0f}s (unreachable?)") from exc
+        except (ConnectionError, http.client.HTTPException) as exc:  # sent, then the answer was lost
+            raise AirflowAPIError(f"{method} {path}: the Airflow API at {self.base_url} closed the connection "
+                                  f"without an answer ({exc!r})") from exc
         return json.loads(raw) if raw else None
 
     def token(self) -> str:
@@ -96,12 +104,13 @@ class AirflowClient:
             try:
                 return self._request("POST", f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns", body)
             except AirflowAPIError as exc:
-                if "HTTP 409" in str(exc) and attempt > 1:
+                if exc.status == 409 and attempt > 1:
                     existing = self.run(dag_id, run_id)
                     if existing.get("conf") == conf:
                         return existing  # an earlier try created it; its answer was lost
                     raise
-                if attempt == attempts or not ("HTTP 5" in str(exc) or "unreachable" in str(exc)):
+                # None: unreachable, or no answer in time
+                if attempt == attempts or not (exc.status is None or exc.status >= 500):
                     raise
                 time.sleep(2.0 * attempt)
         raise AssertionError("unreachable")

@@ -18,7 +18,9 @@ class _FakeAirflow(BaseHTTPRequestHandler):
 
     runs: dict[str, dict[str, Any]] = {}
     posts: list[str] = []
-    script: list[str] = []  # per POST: "ok", "500" (nothing created), "lost" (created, then 500)
+    # per POST: "ok", "500" (nothing created), "lost" (created, then 500), "drop" (created, then
+    # the connection closes without an answer)
+    script: list[str] = []
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -45,6 +47,9 @@ class _FakeAirflow(BaseHTTPRequestHandler):
         self.runs[run_id] = {"dag_run_id": run_id, "conf": body["conf"], "state": "queued"}
         if action == "lost":
             return self._send(500, {"detail": {"reason": "Database error"}})
+        if action == "drop":
+            self.close_connection = True
+            return None
         return self._send(200, self.runs[run_id])
 
     def do_GET(self) -> None:  # noqa: N802
@@ -72,8 +77,9 @@ def test_a_server_error_is_retried_with_the_same_run_id(api):
     assert list(_FakeAirflow.runs) == [run["dag_run_id"]] and run["dag_run_id"].startswith("manual__")
 
 
-def test_a_lost_answer_finds_the_run_instead_of_making_a_second(api):
-    _FakeAirflow.script = ["lost"]
+@pytest.mark.parametrize("lost", ["lost", "drop"])
+def test_a_lost_answer_finds_the_run_instead_of_making_a_second(api, lost):
+    _FakeAirflow.script = [lost]
     run = api.trigger("factory_demo", {"a": 1})
     assert len(_FakeAirflow.runs) == 1 and run["conf"] == {"a": 1} and len(_FakeAirflow.posts) == 2
 
