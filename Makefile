@@ -22,7 +22,7 @@ status:
 	$(STACK) status
 
 demo: up
-	$(PY) -m aifactory.demo
+	$(PY) -m aifactory.local.demo
 
 # The whole suite: unit tests first (no services), then the tests against the real stack.
 test: setup

@@ -34,7 +34,7 @@ TENANT = "benchmark"
 def stack_env() -> dict[str, str]:
     """The local stack's environment (also put into ``os.environ``)."""
     sys.path.insert(0, str(REPO / "include"))
-    from aifactory.localstack import read_env_file
+    from aifactory.local.localstack import read_env_file
 
     env = read_env_file()
     os.environ.update(env)
@@ -42,7 +42,7 @@ def stack_env() -> dict[str, str]:
 
 
 def s3_client(env: dict[str, str]) -> Any:
-    from aifactory.s3 import make_client
+    from aifactory.data.s3 import make_client
 
     return make_client(
         endpoint_url=env["AIFP_S3_ENDPOINT"],
@@ -150,8 +150,8 @@ def ingested_dataset(s3: Any, rows: int) -> Any:
     a second call finds the version and converts nothing). Returns its DatasetManifest."""
     import tempfile
 
-    from aifactory.ingest import ingest_dataset
-    from aifactory.s3 import head, upload_file
+    from aifactory.data.ingest import ingest_dataset
+    from aifactory.data.s3 import head, upload_file
 
     path = ensure_csv(rows)
     key = f"{TENANT}/raw/synthetic-{rows}.csv"

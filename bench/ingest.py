@@ -23,8 +23,8 @@ import _common as c  # noqa: E402
 PROJECT = """
 import sys, tempfile
 from pathlib import Path
-from aifactory.ingest import ingest_dataset
-from aifactory.s3 import make_client
+from aifactory.data.ingest import ingest_dataset
+from aifactory.data.s3 import make_client
 import os
 s3 = make_client(endpoint_url=os.environ["AIFP_S3_ENDPOINT"], access_key=os.environ["AWS_ACCESS_KEY_ID"],
                  secret_key=os.environ["AWS_SECRET_ACCESS_KEY"])
@@ -62,7 +62,7 @@ def main() -> None:
 
     env = c.stack_env()
     s3 = c.s3_client(env)
-    from aifactory.s3 import head, upload_file
+    from aifactory.data.s3 import head, upload_file
 
     path = c.ensure_csv(args.rows)
     size = path.stat().st_size

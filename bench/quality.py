@@ -23,9 +23,9 @@ import _common as c  # noqa: E402
 PROJECT = """
 import json, os, sys, tempfile
 from pathlib import Path
-from aifactory.manifest import load_manifest
-from aifactory.quality import validate_dataset
-from aifactory.s3 import make_client
+from aifactory.data.manifest import load_manifest
+from aifactory.data.quality import validate_dataset
+from aifactory.data.s3 import make_client
 s3 = make_client(endpoint_url=os.environ["AIFP_S3_ENDPOINT"], access_key=os.environ["AWS_ACCESS_KEY_ID"],
                  secret_key=os.environ["AWS_SECRET_ACCESS_KEY"])
 prefix, suite, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
@@ -39,8 +39,8 @@ print("RESULT", s["success"], s["evaluated_expectations"])
 PYARROW = """
 import json, os, sys
 import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
-from aifactory.manifest import load_manifest
-from aifactory.s3 import make_client
+from aifactory.data.manifest import load_manifest
+from aifactory.data.s3 import make_client
 s3 = make_client(endpoint_url=os.environ["AIFP_S3_ENDPOINT"], access_key=os.environ["AWS_ACCESS_KEY_ID"],
                  secret_key=os.environ["AWS_SECRET_ACCESS_KEY"])
 prefix, feats = sys.argv[1], json.loads(sys.argv[2])

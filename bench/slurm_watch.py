@@ -69,9 +69,9 @@ def main() -> int:
     env = stack_env()
     from datetime import datetime
 
-    from aifactory.airflow_api import AirflowClient
-    from aifactory.localstack import admin_password, state_dir
-    from aifactory.slurm import job_name
+    from aifactory.local.airflow_api import AirflowClient
+    from aifactory.local.localstack import admin_password, state_dir
+    from aifactory.hpc.slurm import job_name
     from aifactory.tenants import load_cluster, load_tenant
 
     spec = load_tenant(args.tenant)

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, AssetAlias, Param
 
-from aifactory.recipes import load_recipes
+from aifactory.models.recipes import load_recipes
 from aifactory.tenants import TenantSpec, load_cluster, load_tenants
 from operators.training import RecipeTrainOperator
 from operators.stages import (

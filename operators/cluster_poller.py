@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from aifactory.slurm import PollResult, poll_command
+from aifactory.hpc.slurm import PollResult, poll_command
 
 log = logging.getLogger(__name__)
 

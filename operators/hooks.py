@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from aifactory.remote import OpenSSHPipe, ParamikoShell, set_nodelay
+from aifactory.hpc.remote import OpenSSHPipe, ParamikoShell, set_nodelay
 from airflow.providers.common.compat.sdk import AirflowException, BaseHook
 
 if TYPE_CHECKING:
@@ -265,7 +265,7 @@ class FactorySSHHook(BaseHook):
     def run(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
         """Run ``command`` through the user's login shell; return ``(exit status, stdout, stderr)``.
 
-        The command must already be safe shell text (build it with ``aifactory.slurm``).
+        The command must already be safe shell text (build it with ``aifactory.hpc.slurm``).
         """
         # Not SSHHook.exec_ssh_client_command: it logs every line of stdout (poll output, base64
         # log chunks) into the task log.
@@ -283,7 +283,7 @@ class FactorySSHHook(BaseHook):
 
     @contextmanager
     def shell(self) -> Iterator[ParamikoShell]:
-        """The core's :class:`aifactory.remote.RemoteShell` over this hook's verified connection.
+        """The core's :class:`aifactory.hpc.remote.RemoteShell` over this hook's verified connection.
 
         Staging and export take this; the connection is closed on exit.
         """

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowException, BaseOperator, conf
 
 from aifactory.errors import InputError
-from aifactory.recipes import DEFAULT_RECIPES_ROOT, Recipe, load_recipes
-from aifactory.slurm import (
+from aifactory.models.recipes import DEFAULT_RECIPES_ROOT, Recipe, load_recipes
+from aifactory.hpc.slurm import (
     Resources,
     accounting,
     build_sbatch_command,

@@ -19,7 +19,7 @@ from aifactory.errors import FactoryError, InputError
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from aifactory.manifest import DatasetManifest
+    from aifactory.data.manifest import DatasetManifest
     from aifactory.tenants import ClusterSpec, RunParams, TenantSpec
 
 S3_CONN_ID = "aifactory_s3"
@@ -105,7 +105,7 @@ class IngestOperator(FactoryOperator):
     """Raw objects in the tenant's S3 area -> a versioned Parquet dataset with a manifest."""
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from aifactory.ingest import ingest_dataset
+        from aifactory.data.ingest import ingest_dataset
 
         spec = self.tenant_spec()
         params = self.run_params(context)
@@ -146,7 +146,7 @@ class DatasetOperator(FactoryOperator):
         self.dataset = dataset
 
     def manifest(self, s3: Any, spec: TenantSpec) -> DatasetManifest:
-        from aifactory.manifest import load_manifest
+        from aifactory.data.manifest import load_manifest
 
         manifest = load_manifest(s3, spec.bucket, self.dataset["prefix"])
         if manifest is None:
@@ -162,7 +162,7 @@ class QualityGateOperator(DatasetOperator):
         from airflow.sdk.exceptions import AirflowFailException
 
         from aifactory.errors import QualityGateFailed
-        from aifactory.quality import publish_quality_result, suite_path, validate_dataset
+        from aifactory.data.quality import publish_quality_result, suite_path, validate_dataset
 
         spec = self.tenant_spec()
         params = self.run_params(context)
@@ -197,7 +197,7 @@ class StageDatasetOperator(DatasetOperator):
     URLs by a fixed script on the HPC side, per the cluster/tenant spec); verify by sha256 there."""
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from aifactory.staging import StagingOptions, stage_dataset
+        from aifactory.hpc.staging import StagingOptions, stage_dataset
 
         spec = self.tenant_spec()
         cluster = self.cluster_spec()
@@ -251,7 +251,7 @@ class ExportModelOperator(FactoryOperator):
         self.model_asset_alias = model_asset_alias
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from aifactory.export import CardContext, export_model, model_version
+        from aifactory.models.export import CardContext, export_model, model_version
         from aifactory.version import code_version
 
         spec = self.tenant_spec()

@@ -1,4 +1,4 @@
-"""The orphan sweep as an Airflow operator (the rules live in :mod:`aifactory.sweep`)."""
+"""The orphan sweep as an Airflow operator (the rules live in :mod:`aifactory.hpc.sweep`)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ class SlurmSweepOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowException
 
-        from aifactory.slurm import scancel_command
-        from aifactory.sweep import judge, owner_of, parse_active_jobs, sweep_command
+        from aifactory.hpc.slurm import scancel_command
+        from aifactory.hpc.sweep import judge, owner_of, parse_active_jobs, sweep_command
         from aifactory.tenants import load_cluster
         from operators.hooks import FactorySSHHook
 

@@ -1,6 +1,6 @@
 """``RecipeTrainOperator``: the Slurm job operator, preceded by the recipe's checks of the data.
 
-The recipe's ``data_checks`` (``recipe.yaml``; see :func:`aifactory.recipes.check_dataset`) run
+The recipe's ``data_checks`` (``recipe.yaml``; see :func:`aifactory.models.recipes.check_dataset`) run
 against the dataset version in object storage **before anything is submitted**: a feature column
 that is not numeric (from the version's manifest schema), a label column with one class (reading
 the label column of the shards until two classes are seen). The task then fails at once, without
@@ -42,8 +42,8 @@ class RecipeTrainOperator(SlurmJobOperator):
         from airflow.sdk.exceptions import AirflowFailException
 
         from aifactory.errors import InputError
-        from aifactory.manifest import load_manifest
-        from aifactory.recipes import check_dataset, distinct_values_s3
+        from aifactory.data.manifest import load_manifest
+        from aifactory.models.recipes import check_dataset, distinct_values_s3
         from aifactory.tenants import load_tenant
 
         try:

@@ -7,7 +7,7 @@ marks the deferred task failed/succeeded or clears it (never on restart, redistr
 timeout); it runs ``scancel`` so that a killed task does not leave its job burning the tenant's
 allocation (FAILURE-MODES 8). Set ``cancel_on_kill=False`` to keep even that from happening.
 
-One poll is ONE SSH command (:func:`aifactory.slurm.poll_command`): squeue for the job, sacct
+One poll is ONE SSH command (:func:`aifactory.hpc.slurm.poll_command`): squeue for the job, sacct
 only once it has left squeue's active states, and the new bytes of the job's log from an offset.
 The query goes through :meth:`SlurmJobTrigger._query`, which takes lists of jobs, so a later
 change can replace it with a per-cluster poller shared by every trigger of one connection
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from aifactory.slurm import (
+from aifactory.hpc.slurm import (
     JobObservation,
     PollResult,
     accounting,
@@ -64,7 +64,7 @@ class SlurmJobTrigger(BaseTrigger):
 
     The event payload (a dict) carries: ``status`` (``succeeded`` | ``failed`` | ``unknown`` |
     ``error``), ``job_id``, ``job_name``, ``state`` (Slurm's state name), ``raw_state``,
-    ``exit_code``, ``signal``, ``reason``, ``message`` (from :func:`aifactory.slurm.describe`),
+    ``exit_code``, ``signal``, ``reason``, ``message`` (from :func:`aifactory.hpc.slurm.describe`),
     ``accounting`` (dict or None), ``log_path``, ``log_offset`` (bytes already streamed), ``polls``.
 
     ``error`` means the trigger lost Slurm or SSH for longer than ``error_deadline_s``: the job

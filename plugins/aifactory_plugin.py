@@ -30,7 +30,7 @@ def tenants() -> list[dict[str, Any]]:
 
 @app.get("/recipes")
 def recipes() -> dict[str, Any]:
-    from aifactory.recipes import load_recipes
+    from aifactory.models.recipes import load_recipes
 
     return {
         name: {"description": r.description, "hyperparameters": r.schema, "resources": r.resources}

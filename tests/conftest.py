@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from aifactory.localstack import read_env_file
+from aifactory.local.localstack import read_env_file
 
 REPO = Path(__file__).resolve().parent.parent
 STACK = REPO / "include" / "stack" / "stack.sh"
@@ -36,7 +36,7 @@ def stack_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def s3_client(stack_env: dict[str, str]):
-    from aifactory.s3 import make_client
+    from aifactory.data.s3 import make_client
 
     return make_client(
         endpoint_url=stack_env["AIFP_S3_ENDPOINT"],

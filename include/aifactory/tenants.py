@@ -20,13 +20,11 @@ from typing import Any, Mapping
 import yaml
 
 from aifactory.errors import InputError
-from aifactory.recipes import Recipe, load_recipes
-from aifactory.s3 import check_tenant_uri
-from aifactory.slurm import Resources, TenantSlurmPolicy
+from aifactory.models.recipes import Recipe, load_recipes
+from aifactory.data.s3 import check_tenant_uri
+from aifactory.hpc.slurm import Resources, TenantSlurmPolicy
+from aifactory.layout import CLUSTERS_DIR, INCLUDE_DIR, TENANTS_DIR
 
-INCLUDE_DIR = Path(__file__).resolve().parent.parent
-TENANTS_DIR = INCLUDE_DIR / "tenants"
-CLUSTERS_DIR = INCLUDE_DIR / "clusters"
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
 PARTITION_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -51,7 +49,7 @@ class ClusterSpec:
     python: str
     poll_interval_s: float
     poll_interval_floor_s: float
-    #: ``staging: {mode: push|pull, parallel: N, url_ttl_s: S}`` (see aifactory.staging)
+    #: ``staging: {mode: push|pull, parallel: N, url_ttl_s: S}`` (see aifactory.hpc.staging)
     staging_mode: str = "push"
     staging_parallel: int = 4
     staging_url_ttl_s: int = 900

@@ -7,8 +7,9 @@ import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from aifactory.layout import REPO_DIR
 
-REPO = Path(__file__).resolve().parent.parent.parent
+REPO = REPO_DIR
 
 
 @functools.cache

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aifactory.airflow_api import AirflowClient
-from aifactory.localstack import admin_password
+from aifactory.local.airflow_api import AirflowClient
+from aifactory.local.localstack import admin_password
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from aifactory.airflow_api import AirflowClient
-from aifactory.modelcard import missing_fields
-from aifactory.slurm import job_name
+from aifactory.local.airflow_api import AirflowClient
+from aifactory.models.modelcard import missing_fields
+from aifactory.hpc.slurm import job_name
 from aifactory.tenants import load_tenant
 
 pytestmark = pytest.mark.e2e

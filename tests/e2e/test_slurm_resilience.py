@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from aifactory.airflow_api import AirflowClient
-from aifactory.localstack import state_dir
-from aifactory.slurm import job_name
+from aifactory.local.airflow_api import AirflowClient
+from aifactory.local.localstack import state_dir
+from aifactory.hpc.slurm import job_name
 from aifactory.tenants import load_tenant
 
 pytestmark = pytest.mark.e2e
@@ -137,8 +137,8 @@ def test_sweep_cancels_jobs_of_ended_tasks_only(api, s3_client, ssh_client):
     cancelled; a job of a run this Airflow does not know is not."""
     import secrets
 
-    from aifactory.remote import ParamikoShell, q
-    from aifactory.slurm import job_comment
+    from aifactory.hpc.remote import ParamikoShell, q
+    from aifactory.hpc.slurm import job_comment
 
     conf = {**SPEC.defaults, "dataset_uri": f"s3://{SPEC.bucket}/demo/raw/e2e/absent-{secrets.token_hex(3)}.csv"}
     run_id = api.trigger(DAG_ID, conf)["dag_run_id"]

@@ -7,8 +7,8 @@ from typing import Iterator
 
 import pytest
 
-from aifactory.localstack import bulk_pipe
-from aifactory.remote import ParamikoShell, q
+from aifactory.local.localstack import bulk_pipe
+from aifactory.hpc.remote import ParamikoShell, q
 
 
 @pytest.fixture()

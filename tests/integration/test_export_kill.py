@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from aifactory.export import CardContext, ExportError, export_model
-from aifactory.modelcard import REQUIRED_FIELDS, missing_fields
-from aifactory.remote import ParamikoShell, q
-from aifactory.s3 import list_keys
+from aifactory.models.export import CardContext, ExportError, export_model
+from aifactory.models.modelcard import REQUIRED_FIELDS, missing_fields
+from aifactory.hpc.remote import ParamikoShell, q
+from aifactory.data.s3 import list_keys
 
 pytestmark = pytest.mark.integration
 
@@ -117,9 +117,9 @@ def test_tampered_onnx_check_is_refused(s3_client, shell, trained, tmp_path):
 KILLABLE = textwrap.dedent('''
     import json, sys, time
     import paramiko
-    from aifactory.export import CardContext, export_model
-    from aifactory.remote import ParamikoShell
-    from aifactory.s3 import make_client
+    from aifactory.models.export import CardContext, export_model
+    from aifactory.hpc.remote import ParamikoShell
+    from aifactory.data.s3 import make_client
     a = json.loads(sys.argv[1])
     s3 = make_client(endpoint_url=a["endpoint"], access_key=a["key"], secret_key=a["secret"], region="us-east-1")
     c = paramiko.SSHClient(); c.load_host_keys(a["known_hosts"]); c.set_missing_host_key_policy(paramiko.RejectPolicy())

@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from aifactory.errors import InputError, QualityGateFailed
-from aifactory.ingest import ingest_dataset
-from aifactory.manifest import DatasetManifest, sha256_bytes
-from aifactory.quality import validate_dataset, write_quality_result
-from aifactory.s3 import (
+from aifactory.data.ingest import ingest_dataset
+from aifactory.data.manifest import DatasetManifest, sha256_bytes
+from aifactory.data.quality import validate_dataset, write_quality_result
+from aifactory.data.s3 import (
     download_bytes,
     download_to,
     get_bytes,
@@ -272,7 +272,7 @@ def test_put_file_returns_the_sha256_the_request_was_signed_with(s3, tenant, tmp
     import boto3
     from botocore.config import Config
 
-    import aifactory.s3
+    import aifactory.data.s3
 
     data = os.urandom(3 * 1024 * 1024 + 7)
     src = tmp_path / "shard.bin"
@@ -286,7 +286,7 @@ def test_put_file_returns_the_sha256_the_request_was_signed_with(s3, tenant, tmp
 
     try:
         with open(src, "rb") as fh, monkeypatch.context() as m:
-            m.setattr(aifactory.s3.hashlib, "sha256", no_second_pass)  # botocore holds its own reference
+            m.setattr(aifactory.data.s3.hashlib, "sha256", no_second_pass)  # botocore holds its own reference
             fh.seek(4)  # from the file's position on
             digest = put_file(s3, BUCKET, f"{tenant}/tmp/signed.bin", fh, len(data))
     finally:
@@ -457,7 +457,7 @@ def test_failed_conversion_leaves_no_uploaded_shards(s3, tenant, tmp_path):
 
 
 def test_streamed_csv_widened_late_is_read_again_from_the_store(s3, tenant, tmp_path, monkeypatch):
-    from aifactory import ingest
+    from aifactory.data import ingest
 
     # small segments: the CSV streams from the GET in many pieces; the float in the last one
     # widens column n, and the conversion restarts with a second GET of the same (pinned) object
@@ -476,7 +476,7 @@ def test_streamed_csv_widened_late_is_read_again_from_the_store(s3, tenant, tmp_
 
 
 def test_source_replaced_while_ingesting_publishes_nothing(s3, tenant, tmp_path, monkeypatch):
-    from aifactory import ingest
+    from aifactory.data import ingest
 
     uri = _upload(s3, tenant, "moving.csv", IRIS)
     real = ingest.compute_version
@@ -519,8 +519,8 @@ def test_exception_inside_expectation_fails_the_gate(s3, tenant, tmp_path):
 
 
 def test_verdict_is_recorded_in_the_manifest_without_changing_its_identity(s3, tenant, tmp_path):
-    from aifactory.manifest import load_manifest
-    from aifactory.quality import publish_quality_result
+    from aifactory.data.manifest import load_manifest
+    from aifactory.data.quality import publish_quality_result
 
     m, _ = _ingest(s3, tenant, _upload(s3, tenant, "iris.csv", IRIS), tmp_path)
     identity = m.manifest_sha256
@@ -541,7 +541,7 @@ def test_verdict_is_recorded_in_the_manifest_without_changing_its_identity(s3, t
 
 
 def test_tenant_spec_picks_the_dataset_suite(s3, tenant, tmp_path):
-    from aifactory.quality import suite_path
+    from aifactory.data.quality import suite_path
     from aifactory.tenants import load_tenant
 
     spec = load_tenant("demo")

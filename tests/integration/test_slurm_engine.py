@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from aifactory.slurm import (
+from aifactory.hpc.slurm import (
     JobState,
     Resources,
     TenantSlurmPolicy,

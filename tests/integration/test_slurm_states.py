@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import pytest
 
-from aifactory.slurm import job_name
+from aifactory.hpc.slurm import job_name
 
 from state_store import Store  # noqa: E402  (tests/integration is on sys.path under pytest)
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from aifactory.errors import FactoryError
-from aifactory.export import CardContext, ExportError, export_model
-from aifactory.ingest import ingest_dataset
-from aifactory.remote import q, sha256_many
-from aifactory.s3 import list_keys
-from aifactory.staging import stage_dataset
+from aifactory.models.export import CardContext, ExportError, export_model
+from aifactory.data.ingest import ingest_dataset
+from aifactory.hpc.remote import q, sha256_many
+from aifactory.data.s3 import list_keys
+from aifactory.hpc.staging import stage_dataset
 
 pytestmark = pytest.mark.integration
 

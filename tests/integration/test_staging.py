@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from aifactory.ingest import ingest_dataset
-from aifactory.manifest import DatasetManifest, FileEntry
-from aifactory.remote import ParamikoShell, RemoteError, q, sha256_many
-from aifactory.staging import MARKER_NAME, StagingOptions, stage_dataset
+from aifactory.data.ingest import ingest_dataset
+from aifactory.data.manifest import DatasetManifest, FileEntry
+from aifactory.hpc.remote import ParamikoShell, RemoteError, q, sha256_many
+from aifactory.hpc.staging import MARKER_NAME, StagingOptions, stage_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -125,8 +125,8 @@ def test_pull_keeps_urls_out_of_logs_and_argv(s3_client, shell, tenant_dir, shar
 
 
 def test_fetch_script_refuses_bad_requests(shell, tenant_dir, sharded, s3_client):
-    from aifactory.remote import run_with_input
-    from aifactory.staging import install_fetch_script
+    from aifactory.hpc.remote import run_with_input
+    from aifactory.hpc.staging import install_fetch_script
 
     shell.run("mkdir -p -m 0700 " + q(tenant_dir + "/x"))
     script = install_fetch_script(shell, tenant_dir)
@@ -146,8 +146,8 @@ def test_receive_mode_keeps_only_verified_files(shell, tenant_dir):
     nothing under the file's name; good files before them stay."""
     import hashlib
 
-    from aifactory.remote import run_with_input
-    from aifactory.staging import install_fetch_script
+    from aifactory.hpc.remote import run_with_input
+    from aifactory.hpc.staging import install_fetch_script
 
     dest = tenant_dir + "/rx"
     shell.run("mkdir -p -m 0700 " + q(dest))
@@ -177,7 +177,7 @@ def test_receive_mode_keeps_only_verified_files(shell, tenant_dir):
 def test_push_refuses_a_host_key_other_than_the_pinned_one(s3_client, ssh_client, stack_env, tenant_dir, sharded):
     import dataclasses as dc
 
-    from aifactory.localstack import bulk_pipe
+    from aifactory.local.localstack import bulk_pipe
 
     pipe = bulk_pipe(stack_env)
     pattern = pipe.known_hosts_line.split()[0]

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from aifactory.recipes import load_recipes
-from aifactory.remote import q
-from aifactory.slurm import Resources, TenantSlurmPolicy, build_sbatch_command, job_name, parse_sbatch_output, sbatch_argv
+from aifactory.models.recipes import load_recipes
+from aifactory.hpc.remote import q
+from aifactory.hpc.slurm import Resources, TenantSlurmPolicy, build_sbatch_command, job_name, parse_sbatch_output, sbatch_argv
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from aifactory import airflow_api
-from aifactory.airflow_api import AirflowAPIError, AirflowClient
+from aifactory.local import airflow_api
+from aifactory.local.airflow_api import AirflowAPIError, AirflowClient
 
 
 class _FakeAirflow(BaseHTTPRequestHandler):

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from aifactory.slurm import parse_poll_output
+from aifactory.hpc.slurm import parse_poll_output
 from operators.cluster_poller import ClusterPoller
 from operators.triggers import SlurmJobTrigger
 

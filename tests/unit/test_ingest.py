@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from aifactory import ingest
+from aifactory.data import ingest
 from aifactory.errors import InputError
-from aifactory.readahead import prefetched
-from aifactory.ingest import (
+from aifactory.data.readahead import prefetched
+from aifactory.data.ingest import (
     SourceObject,
     SourceReadError,
     byte_stream_split_columns,
@@ -25,7 +25,7 @@ from aifactory.ingest import (
     dictionary_columns,
     ingest_options,
 )
-from aifactory.s3 import ObjectInfo, check_tenant_uri, parse_s3_uri
+from aifactory.data.s3 import ObjectInfo, check_tenant_uri, parse_s3_uri
 
 # ---------------------------------------------------------------------------------------------
 # URIs

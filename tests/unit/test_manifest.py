@@ -8,7 +8,7 @@ import json
 import pytest
 
 from aifactory.errors import InputError
-from aifactory.manifest import (
+from aifactory.data.manifest import (
     MANIFEST_FORMAT,
     DatasetManifest,
     FileEntry,

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from aifactory.errors import FactoryError, InputError, QualityGateFailed
-from aifactory.manifest import DatasetManifest, FileEntry
-from aifactory.quality import (
+from aifactory.data.manifest import DatasetManifest, FileEntry
+from aifactory.data.quality import (
     build_gx_suite,
     expand_suite,
     format_summary,
@@ -319,7 +319,7 @@ def test_suite_path_resolves_and_confines_names(tmp_path):
 
 def test_gx_does_not_fingerprint_batches():
     """GX would hash every shard (a third of the gate's time) just to label the batch."""
-    from aifactory import quality
+    from aifactory.data import quality
 
     quality._import_gx()
     from great_expectations.execution_engine import pandas_execution_engine as engine
@@ -330,7 +330,7 @@ def test_gx_does_not_fingerprint_batches():
 _LAZY_PROBE = """
 import gc, json, sys
 import pandas as pd
-from aifactory import quality
+from aifactory.data import quality
 quality._import_gx()
 kinds = {name: type(sys.modules[name]).__name__ for name in quality.GX_DEFERRED_IMPORTS}
 finder_left = any(type(f).__name__ == "_DeferredFinder" for f in sys.meta_path)

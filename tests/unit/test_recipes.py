@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from aifactory.errors import InputError
-from aifactory.recipes import DEFAULT_RECIPES_ROOT, load_recipe, load_recipes
+from aifactory.models.recipes import DEFAULT_RECIPES_ROOT, load_recipe, load_recipes
 
 RECIPE_DIR = DEFAULT_RECIPES_ROOT / "tabular_classifier"
 HP = {"label_column": "species", "feature_columns": ["a", "b"]}
@@ -297,7 +297,7 @@ SCHEMA = [{"name": "a", "type": "double"}, {"name": "b", "type": "int64"}, {"nam
 
 
 def test_check_dataset_names_the_field():
-    from aifactory.recipes import check_dataset
+    from aifactory.models.recipes import check_dataset
 
     r = load_recipe(RECIPE_DIR)
     hp = r.validate_hyperparameters(HP)
@@ -318,7 +318,7 @@ def test_check_dataset_names_the_field():
                                            ("string", False), ("large_string", False), ("timestamp[ns]", False),
                                            ("date32[day]", False), ("dictionary<values=string, indices=int32>", False)])
 def test_numeric_arrow_types(name, numeric):
-    from aifactory.recipes import is_numeric_arrow_type
+    from aifactory.models.recipes import is_numeric_arrow_type
 
     assert is_numeric_arrow_type(name) is numeric
 
@@ -327,7 +327,7 @@ def test_new_recipe_folder_appears_in_the_trigger_form(tmp_path, monkeypatch):
     """Adding a recipe is adding a folder: the DAG file, parsed again, offers it (no other change)."""
     import runpy
 
-    import aifactory.recipes as recipes_mod
+    import aifactory.models.recipes as recipes_mod
 
     root = tmp_path / "recipes"
     shutil.copytree(DEFAULT_RECIPES_ROOT / "tabular_classifier", root / "tabular_classifier")

@@ -1,4 +1,4 @@
-"""Unit tests of the pure Slurm engine (aifactory.slurm): identity, validation, commands, parsing."""
+"""Unit tests of the pure Slurm engine (aifactory.hpc.slurm): identity, validation, commands, parsing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from aifactory.errors import InputError
-from aifactory.slurm import (
+from aifactory.hpc.slurm import (
     ACTIVE_STATES,
     FAILED_STATES,
     SACCT_FIELDS,

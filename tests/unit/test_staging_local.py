@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from aifactory.errors import InputError
-from aifactory.manifest import DatasetManifest, FileEntry
-from aifactory.remote import OpenSSHPipe, RemoteError, stat_files
-from aifactory.staging import MARKER_NAME, StagingOptions, stage_dataset
+from aifactory.data.manifest import DatasetManifest, FileEntry
+from aifactory.hpc.remote import OpenSSHPipe, RemoteError, stat_files
+from aifactory.hpc.staging import MARKER_NAME, StagingOptions, stage_dataset
 
 
 class LocalShell:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aifactory.slurm import job_comment, job_name
-from aifactory.sweep import ActiveJob, judge, owner_of, parse_active_jobs, sweep_command
+from aifactory.hpc.slurm import job_comment, job_name
+from aifactory.hpc.sweep import ActiveJob, judge, owner_of, parse_active_jobs, sweep_command
 
 RUN = "manual__2026-11-27T08:17:11.035069+00:00"
 

@@ -5,7 +5,7 @@ every output file with its sha256 (FAILURE-MODES 11: a COMPLETED job is not enou
 prove its outputs). Export fetches those files, checks each digest, re-checks the model formats
 (``model.onnx`` with ONNX Runtime against the PyTorch logits the job recorded in
 ``onnx_check.json``; ``model.safetensors`` by reading its header), writes a model card
-(:mod:`aifactory.modelcard`), uploads everything under ``<tenant>/models/<model>/<version>/`` and
+(:mod:`aifactory.models.modelcard`), uploads everything under ``<tenant>/models/<model>/<version>/`` and
 only then ``manifest.json``, with a conditional write so that a published version is never
 overwritten. A version without ``manifest.json`` is not published (an export killed midway leaves
 none); a rerun for the same run finds the manifest and publishes nothing new.
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from aifactory.errors import FactoryError
-from aifactory.modelcard import CardContext, build_card, missing_fields, render_card_markdown
-from aifactory.remote import RemoteShell, join
-from aifactory.s3 import is_precondition_failed, object_exists
+from aifactory.models.modelcard import CardContext, build_card, missing_fields, render_card_markdown
+from aifactory.hpc.remote import RemoteShell, join
+from aifactory.data.s3 import is_precondition_failed, object_exists
 
 __all__ = [
     "CardContext",

@@ -73,7 +73,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from aifactory.errors import FactoryError, InputError, QualityGateFailed
-from aifactory.manifest import QUALITY_NAME, DatasetManifest
+from aifactory.data.manifest import QUALITY_NAME, DatasetManifest
+from aifactory.layout import EXPECTATIONS_DIR
 
 Log = Callable[[str], Any]
 
@@ -104,7 +105,7 @@ _MAX_ERROR_CHARS = 300
 
 
 #: Where suites live: ``include/expectations`` beside this package (installed editable).
-EXPECTATIONS_DIR = Path(__file__).resolve().parent.parent / "expectations"
+
 _SUITE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
@@ -559,7 +560,7 @@ def validate_dataset(
     checked against the manifest's sha256) while GX validates the current one. Uniqueness
     expectations are dataset-wide (hash-partitioned spill, see :class:`_UniqueSpill`).
 
-    :param s3: a client from :func:`aifactory.s3.make_client`.
+    :param s3: a client from :func:`aifactory.data.s3.make_client`.
     :param bucket: the tenant's bucket.
     :param manifest: the version's manifest (lists shards, rows and sha256s).
     :param dataset_prefix: key prefix of the version (``<tenant>/datasets/<name>/<version>/``).
@@ -577,8 +578,8 @@ def validate_dataset(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from aifactory.manifest import sha256_file
-    from aifactory.s3 import download_bytes
+    from aifactory.data.manifest import sha256_file
+    from aifactory.data.s3 import download_bytes
 
     started = time.monotonic()
     prefix = dataset_prefix if dataset_prefix.endswith("/") else dataset_prefix + "/"
@@ -854,10 +855,10 @@ def quality_verdict(summary: dict[str, Any], *, report_sha256: str) -> dict[str,
 def publish_quality_result(s3: Any, *, bucket: str, dataset_prefix: str, summary: dict[str, Any]) -> dict[str, Any]:
     """Write ``quality.json`` beside the version, then record the verdict in ``manifest.json``.
 
-    The verdict update is a conditional write (see :func:`aifactory.manifest.record_quality_verdict`);
+    The verdict update is a conditional write (see :func:`aifactory.data.manifest.record_quality_verdict`);
     ``manifest_sha256`` does not change. Returns the verdict.
     """
-    from aifactory.manifest import record_quality_verdict, sha256_bytes
+    from aifactory.data.manifest import record_quality_verdict, sha256_bytes
 
     prefix = dataset_prefix if dataset_prefix.endswith("/") else dataset_prefix + "/"
     body = _report_bytes(summary)
@@ -878,7 +879,7 @@ def write_quality_result(s3: Any, *, bucket: str, dataset_prefix: str, summary: 
     immutable, while a version may be re-validated with another suite, which replaces this file).
     Call it with a passing summary or with ``QualityGateFailed.summary``.
     """
-    from aifactory.s3 import put_bytes
+    from aifactory.data.s3 import put_bytes
 
     prefix = dataset_prefix if dataset_prefix.endswith("/") else dataset_prefix + "/"
     key = prefix + QUALITY_NAME

@@ -13,7 +13,7 @@ A recipe is data the platform owns, not code the user sends::
 script), ``sbatch_template`` (file name of the wrapper), ``hyperparameters`` (a JSON schema of type
 object; ``default`` values are applied), ``resources`` (default resources: ``nodes``,
 ``cpus_per_task``, ``mem_gb``, ``gpus_per_node``, ``time_limit_minutes``; bounded later by the
-tenant's limits in :class:`aifactory.slurm.Resources`), ``slurm`` (optional: ``signal`` and
+tenant's limits in :class:`aifactory.hpc.slurm.Resources`), ``slurm`` (optional: ``signal`` and
 ``signal_before_limit_s``, the warning Slurm sends before the time limit, see
 :meth:`Recipe.sbatch_signal`), ``data_checks`` (optional: what the dataset's columns must be before
 any job is submitted, see :func:`check_dataset`)::
@@ -40,6 +40,7 @@ import jsonschema
 import yaml
 
 from aifactory.errors import InputError
+from aifactory.layout import RECIPES_DIR
 
 __all__ = [
     "Recipe",
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 #: ``include/recipes`` next to this package (``include/aifactory``).
-DEFAULT_RECIPES_ROOT = Path(__file__).resolve().parent.parent / "recipes"
+DEFAULT_RECIPES_ROOT = RECIPES_DIR
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 #: Entry point and template names become remote file names and a ``--export`` value.
@@ -303,7 +304,7 @@ def distinct_values_s3(s3: Any, bucket: str, prefix: str, shard_paths: Iterable[
     def read(column: str, limit: int) -> set[Any]:
         import pyarrow.parquet as pq
 
-        from aifactory.s3 import download_to
+        from aifactory.data.s3 import download_to
 
         seen: set[Any] = set()
         with tempfile.TemporaryDirectory(prefix="aifp-check-") as tmp:

@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from aifactory.errors import InputError
-from aifactory.manifest import MANIFEST_NAME, DatasetManifest, FileEntry, sha256_file
-from aifactory.readahead import chunks, prefetched
-from aifactory.remote import (
+from aifactory.data.manifest import MANIFEST_NAME, DatasetManifest, FileEntry, sha256_file
+from aifactory.data.readahead import chunks, prefetched
+from aifactory.hpc.remote import (
     FileStat,
     OpenSSHPipe,
     RemoteError,
@@ -56,10 +56,11 @@ from aifactory.remote import (
     sha256_many,
     stat_files,
 )
+from aifactory.layout import HPC_SCRIPTS_DIR
 
 CHUNK = 8 * 1024 * 1024
 MARKER_NAME = ".aifp-verified.json"
-FETCH_SCRIPT = Path(__file__).resolve().parent.parent / "stack" / "hpc" / "aifp_fetch.py"
+FETCH_SCRIPT = HPC_SCRIPTS_DIR / "aifp_fetch.py"
 PROGRESS_EVERY_S = 5.0
 StagingMode = Literal["push", "pull"]
 Log = Callable[[str], Any]
@@ -524,8 +525,8 @@ def stage_dataset(
 ) -> StageResult:
     """Put exactly the manifest's files under the tenant's dataset dir; verify; rename into place.
 
-    :param s3: a client from :func:`aifactory.s3.make_client` (also signs pull-mode URLs).
-    :param shell: the HPC login (:class:`aifactory.remote.ParamikoShell` in production).
+    :param s3: a client from :func:`aifactory.data.s3.make_client` (also signs pull-mode URLs).
+    :param shell: the HPC login (:class:`aifactory.hpc.remote.ParamikoShell` in production).
     :param bucket: the tenant's bucket.
     :param dataset_prefix: ``<tenant>/datasets/<name>/<version>/`` in the bucket.
     :param manifest: the version's manifest; only its files are staged.

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from aifactory.errors import InputError
-from aifactory.manifest import (
+from aifactory.data.manifest import (
     MANIFEST_NAME,
     DatasetManifest,
     FileEntry,
@@ -61,8 +61,8 @@ from aifactory.manifest import (
     sha256_bytes,
     sha256_file,
 )
-from aifactory.readahead import prefetched
-from aifactory.s3 import (
+from aifactory.data.readahead import prefetched
+from aifactory.data.s3 import (
     ObjectInfo,
     check_tenant_uri,
     format_s3_uri,
@@ -976,7 +976,7 @@ def ingest_dataset(
 ) -> DatasetManifest:
     """Ingest ``source_uri`` into ``s3://<bucket>/<tenant>/datasets/<name>/<version>/``.
 
-    :param s3: a client from :func:`aifactory.s3.make_client`.
+    :param s3: a client from :func:`aifactory.data.s3.make_client`.
     :param source_uri: one object or a folder (ending in ``/``) inside the tenant's raw area.
     :param bucket: the tenant's bucket, from the tenant spec (never from the user).
     :param tenant: the tenant id, from the tenant spec.
@@ -1140,7 +1140,7 @@ class _ShardUploader:
         self._futures.append(self._pool.submit(self._upload, path, rows))
 
     def _upload(self, path: Path, rows: int) -> None:
-        from aifactory.s3 import SINGLE_PUT_LIMIT
+        from aifactory.data.s3 import SINGLE_PUT_LIMIT
 
         started = time.monotonic()
         with open(path, "rb") as fh:
@@ -1158,7 +1158,7 @@ class _ShardUploader:
         self.log(f"ingest: uploaded {path.name} ({size} bytes, {rows} rows, {size / secs / 1e6:.0f} MB/s)")
 
     def finish(self, paths: list[Path], rows: list[int]) -> list[FileEntry]:
-        from aifactory.s3 import head
+        from aifactory.data.s3 import head
 
         for f in self._futures:
             f.result()

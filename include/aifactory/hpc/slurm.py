@@ -134,7 +134,7 @@ def _check_job_names(names: Iterable[str]) -> list[str]:
         raise ValueError("at least one job name is required")
     for n in out:
         if not JOB_NAME_RE.fullmatch(n):
-            raise InputError(f"job name {n!r:.60} was not made by aifactory.slurm.job_name()")
+            raise InputError(f"job name {n!r:.60} was not made by aifactory.hpc.slurm.job_name()")
     return list(dict.fromkeys(out))
 
 

@@ -7,11 +7,12 @@ import os
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
+from aifactory.layout import REPO_DIR
 
 if TYPE_CHECKING:
-    from aifactory.remote import OpenSSHPipe
+    from aifactory.hpc.remote import OpenSSHPipe
 
-REPO = Path(__file__).resolve().parent.parent.parent
+REPO = REPO_DIR
 
 
 def state_dir() -> Path:
@@ -45,7 +46,7 @@ def admin_password(env: dict[str, str]) -> str:
 def bulk_pipe(env: dict[str, str]) -> OpenSSHPipe:
     """The local stack's login through the OpenSSH client (benches and tests; Airflow tasks get
     theirs from ``FactorySSHHook.bulk_pipe``)."""
-    from aifactory.remote import OpenSSHPipe
+    from aifactory.hpc.remote import OpenSSHPipe
 
     known = Path(env["AIFP_SSH_KNOWN_HOSTS"]).read_text().strip().splitlines()[0]
     return OpenSSHPipe(

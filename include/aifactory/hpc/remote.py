@@ -142,7 +142,7 @@ def run_with_input(
     runner = getattr(shell, "run_input", None)
     if not callable(runner):
         raise RemoteError(
-            f"{type(shell).__name__} cannot pass data on stdin; use aifactory.remote.ParamikoShell "
+            f"{type(shell).__name__} cannot pass data on stdin; use aifactory.hpc.remote.ParamikoShell "
             "(operators.hooks.FactorySSHHook.shell())"
         )
     return runner(command, data, timeout=timeout, on_line=on_line)

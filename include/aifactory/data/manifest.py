@@ -167,7 +167,7 @@ def load_manifest(s3: Any, bucket: str, prefix: str) -> DatasetManifest | None:
     """Read ``<prefix>manifest.json``; ``None`` if the version does not exist (no manifest)."""
     from botocore.exceptions import ClientError
 
-    from aifactory.s3 import get_bytes, is_not_found
+    from aifactory.data.s3 import get_bytes, is_not_found
 
     try:
         raw = get_bytes(s3, bucket, prefix + MANIFEST_NAME)
@@ -188,7 +188,7 @@ def record_quality_verdict(
     """
     from botocore.exceptions import ClientError
 
-    from aifactory.s3 import is_precondition_failed
+    from aifactory.data.s3 import is_precondition_failed
 
     key = prefix + MANIFEST_NAME
     for _ in range(max(1, attempts)):

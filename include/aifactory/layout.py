@@ -1,0 +1,194 @@
+"""Where everything lives: every S3 key, every HPC path, every file name and every name rule.
+
+This module is the one definition of the factory's storage layout (``docs/layout.md`` draws it).
+Every other module asks it for a key, a path or a pattern instead of building one; a test imports
+each rule from here, and the duplicate-code scan keeps second copies out.
+
+Object store (``s3://<bucket>/``, the bucket comes from the tenant spec)::
+
+    <tenant>/raw/...                                     the startup's uploads (read-only to us)
+    <tenant>/datasets/<name>/<version>/                  one immutable dataset version
+        part-00000.parquet ...                             shards, uploaded first
+        manifest.json                                      written last, never rewritten
+        quality/<suite>/<params digest>/quality.json       one verdict per suite and suite params
+    <tenant>/models/<model>/<version>/                   one published model
+        model.*, metrics.json, MODEL_CARD.md, model_card.json
+        manifest.json                                      written last, never overwritten
+
+HPC storage (``<hpc_root>`` comes from the cluster spec)::
+
+    <hpc_root>/<tenant>/                                 0700, the tenant's area
+        datasets/<name>/<version>/                         staged copy, .aifp-verified.json inside
+        runs/<job name>/                                   one run directory per task instance
+            params.json, slurm-<job id>.out, output/ (with _COMPLETED.json written last by the job)
+        .aifp/bin/                                         platform scripts, named by their sha256
+
+Pure functions only: no I/O, no Airflow.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from pathlib import Path
+
+# --------------------------------------------------------------------------------------------
+# Folders of this repository
+# --------------------------------------------------------------------------------------------
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+INCLUDE_DIR = PACKAGE_DIR.parent
+REPO_DIR = INCLUDE_DIR.parent
+TENANTS_DIR = INCLUDE_DIR / "tenants"
+CLUSTERS_DIR = INCLUDE_DIR / "clusters"
+RECIPES_DIR = INCLUDE_DIR / "recipes"
+PLATFORM_RECIPES_DIR = INCLUDE_DIR / "platform_recipes"
+EXPECTATIONS_DIR = INCLUDE_DIR / "expectations"
+HPC_SCRIPTS_DIR = INCLUDE_DIR / "stack" / "hpc"
+
+# --------------------------------------------------------------------------------------------
+# Name rules
+# --------------------------------------------------------------------------------------------
+
+#: a tenant: 3-32 characters, lower-case letters, digits and '-', starting with a letter. It is a
+#: path segment, an S3 key segment, a Slurm account and part of every job name.
+TENANT_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
+#: datasets, suites, recipes, models: 1-64 characters from a-z, 0-9, '_' and '-'.
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+#: a dataset version: content-addressed (``v-<hex>``).
+VERSION_RE = re.compile(r"^v-[0-9a-f]{8,64}$")
+#: the deterministic Slurm job name of one task instance: ``aifp-<tenant>-<12 hex>``.
+JOB_NAME_PREFIX = "aifp-"
+JOB_NAME_RE = re.compile(r"^aifp-[a-z][a-z0-9-]{1,30}[a-z0-9]-[0-9a-f]{12}$")
+#: a file name inside a dataset version, a model or a job's output directory.
+SAFE_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+# --------------------------------------------------------------------------------------------
+# File names
+# --------------------------------------------------------------------------------------------
+
+#: the manifest of a dataset version and of a published model (written last in both)
+MANIFEST_NAME = "manifest.json"
+#: one quality verdict's full report
+QUALITY_REPORT_NAME = "quality.json"
+#: written by the job, last, into its output directory (schema: aifactory.models.contract)
+COMPLETION_MARKER = "_COMPLETED.json"
+#: written by staging into a verified dataset directory on the HPC side
+STAGING_MARKER = ".aifp-verified.json"
+#: the run's parameters, uploaded next to the job script
+PARAMS_FILE = "params.json"
+MODEL_CARD_MD = "MODEL_CARD.md"
+MODEL_CARD_JSON = "model_card.json"
+#: the shard file of a dataset version
+SHARD_NAME_FORMAT = "part-{index:05d}.parquet"
+
+
+def shard_name(index: int) -> str:
+    return SHARD_NAME_FORMAT.format(index=index)
+
+
+# --------------------------------------------------------------------------------------------
+# Object-store keys (all relative to the tenant's bucket; prefixes end in '/')
+# --------------------------------------------------------------------------------------------
+
+
+def tenant_prefix(tenant: str) -> str:
+    return f"{tenant}/"
+
+
+def raw_prefix(tenant: str) -> str:
+    """The startup's upload area: the only place ingest reads from."""
+    return f"{tenant}/raw/"
+
+
+def datasets_prefix(tenant: str) -> str:
+    return f"{tenant}/datasets/"
+
+
+def dataset_prefix(tenant: str, name: str, version: str) -> str:
+    """One dataset version."""
+    return f"{tenant}/datasets/{name}/{version}/"
+
+
+def dataset_manifest_key(tenant: str, name: str, version: str) -> str:
+    return dataset_prefix(tenant, name, version) + MANIFEST_NAME
+
+
+def quality_result_key(dataset_prefix_: str, suite: str, params_digest: str) -> str:
+    """The verdict of one suite, with one set of suite parameters, on one dataset version."""
+    return f"{dataset_prefix_}quality/{suite}/{params_digest}/{QUALITY_REPORT_NAME}"
+
+
+def models_prefix(tenant: str) -> str:
+    return f"{tenant}/models/"
+
+
+def model_prefix(tenant: str, model: str, version: str) -> str:
+    """One published model version."""
+    return f"{tenant}/models/{model}/{version}/"
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def key_inside(key: str, prefix: str) -> bool:
+    """True when ``key`` lies strictly inside ``prefix`` (which ends in '/'), with no '..' or '.' segment."""
+    if not prefix.endswith("/") or not key.startswith(prefix) or key == prefix:
+        return False
+    return all(part not in ("", ".", "..") for part in key[len(prefix):].rstrip("/").split("/"))
+
+
+# --------------------------------------------------------------------------------------------
+# HPC paths
+# --------------------------------------------------------------------------------------------
+
+
+def tenant_dir(hpc_root: str, tenant: str) -> str:
+    """The tenant's area on the cluster (0700)."""
+    return f"{hpc_root.rstrip('/')}/{tenant}"
+
+
+def hpc_datasets_dir(tenant_root: str) -> str:
+    return f"{tenant_root}/datasets"
+
+
+def hpc_dataset_dir(tenant_root: str, name: str, version: str) -> str:
+    """The staged copy of one dataset version."""
+    return f"{tenant_root}/datasets/{name}/{version}"
+
+
+def runs_dir(tenant_root: str) -> str:
+    return f"{tenant_root}/runs"
+
+
+def run_dir(tenant_root: str, job_name: str) -> str:
+    """One task instance's run directory: the same for every try of the task."""
+    return f"{tenant_root}/runs/{job_name}"
+
+
+def run_output_dir(run_dir_: str) -> str:
+    """Where the job writes its outputs and, last, its completion marker."""
+    return f"{run_dir_}/output"
+
+
+def platform_bin_dir(tenant_root: str) -> str:
+    """Platform scripts installed into a tenant's area, each named by its sha256."""
+    return f"{tenant_root}/.aifp/bin"
+
+
+def job_log_path(run_dir_: str, job_id: str) -> str:
+    """The batch log sbatch writes from ``--output=<run_dir>/slurm-%j.out``."""
+    return f"{run_dir_.rstrip('/')}/slurm-{job_id}.out"
+
+
+def path_inside(path: str, parent: str) -> bool:
+    """True when the absolute POSIX ``path`` is ``parent`` itself or lies below it, after normalising.
+
+    ``..`` segments, doubled slashes and relative paths never pass: the path must already be in
+    normal form, so a caller cannot smuggle a traversal past a later, different normalisation.
+    """
+    if not path.startswith("/") or posixpath.normpath(path) != path.rstrip("/") or "//" in path:
+        return False
+    parent = parent.rstrip("/")
+    return path == parent or path.startswith(parent + "/")
