@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from aifactory.errors import InputError
-from aifactory.hpc.slurm import JOB_NAME_RE, job_name
+from aifactory.hpc.slurm import job_name
+from aifactory.layout import JOB_NAME_RE
 
 #: Task states after which nobody will come back for the job (``success`` included: a task a user
 #: marked successful by hand does not want its job any more).
