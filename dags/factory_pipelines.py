@@ -89,18 +89,15 @@ def build_pipeline(spec: TenantSpec) -> DAG:
         quality = QualityGateOperator(task_id="quality", dataset=ingest.output, retries=0, **common)
         stage = StageDatasetOperator(task_id="stage", dataset=ingest.output, execution_timeout=timedelta(hours=6),
                                      **common)
-        # The train task takes the *validated* params (validate's XCom), never the raw form.
-        validated = "ti.xcom_pull(task_ids='validate')"
+        # The train task takes the *validated* params (validate's typed XCom), never the raw form.
         # The recipe's data checks (one-class label, non-numeric feature) run before anything is submitted.
         train = RecipeTrainOperator(
             dataset=ingest.output,
+            run_params=validate.output,
             task_id="train",
             tenant=spec.tenant,
             cluster=cluster.name,
-            recipe="{{ %s['recipe'] }}" % validated,
-            hyperparameters="{{ %s['hyperparameters'] | tojson }}" % validated,
-            slurm_resources="{{ %s['resources'] | tojson }}" % validated,
-            dataset_dir="{{ ti.xcom_pull(task_ids='stage')['remote_dir'] }}",
+            dataset_dir=stage.output["remote_dir"],
             poll_interval=cluster.effective_poll_interval_s,
             retries=2,
         )

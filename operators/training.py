@@ -1,16 +1,18 @@
-"""``RecipeTrainOperator``: the Slurm job operator, preceded by the recipe's checks of the data.
+"""``RecipeTrainOperator``: the Slurm job operator fed by the validate task, preceded by the recipe's data checks.
 
-The recipe's ``data_checks`` (``recipe.yaml``; see :func:`aifactory.models.recipes.check_dataset`) run
-against the dataset version in object storage **before anything is submitted**: a feature column
-that is not numeric (from the version's manifest schema), a label column with one class (reading
-the label column of the shards until two classes are seen). The task then fails at once, without
-retries, with a message that names the hyperparameter and the column. Everything else is
+The run's parameters arrive as the validate task's native XCom (``RunParams.to_xcom()``) and are
+read back with ``RunParams.from_xcom``: typed, never re-parsed from rendered text. The recipe's
+``data_checks`` (``recipe.yaml``; see :func:`aifactory.models.recipes.check_dataset`) run against
+the dataset version in object storage **before anything is submitted**: a feature column that is
+not numeric (from the version's manifest schema), a label column with one class. The task then
+fails at once, without retries, naming the hyperparameter and the column. Everything else is
 :class:`~operators.slurm.SlurmJobOperator`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from operators.slurm import SlurmJobOperator
 from operators.stages import S3_CONN_ID
@@ -24,46 +26,72 @@ __all__ = ["RecipeTrainOperator"]
 class RecipeTrainOperator(SlurmJobOperator):
     """Check the dataset against the recipe's ``data_checks``, then run the recipe as a Slurm job.
 
-    :param dataset: ingest's XCom (``prefix``, ``uri``, ...; templated): the dataset version to check.
+    :param run_params: the validate task's XCom (``validate.output``): recipe, hyperparameters and
+        resources, already validated; they replace ``recipe``/``hyperparameters``/``slurm_resources``.
+    :param dataset: ingest's XCom (``prefix``, ``uri``, ...): the dataset version to check; its
+        prefix must lie inside the tenant's datasets area.
     :param s3_conn_id: Airflow connection of the object store.
     :param kwargs: everything :class:`~operators.slurm.SlurmJobOperator` takes.
     """
 
-    template_fields: Sequence[str] = (*SlurmJobOperator.template_fields, "dataset")
+    template_fields: Sequence[str] = (*SlurmJobOperator.template_fields, "dataset", "run_params")
 
-    def __init__(self, *, dataset: Any, s3_conn_id: str = S3_CONN_ID, **kwargs: Any) -> None:
+    def __init__(self, *, dataset: Any, run_params: Any = None, s3_conn_id: str = S3_CONN_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.dataset = dataset
+        self.run_params = run_params
         self.s3_conn_id = s3_conn_id
+
+    def apply_run_params(self) -> None:
+        """Take recipe, hyperparameters and resources from the validate task's typed result."""
+        if self.run_params is None:
+            return
+        from aifactory.tenants import RunParams
+
+        if not hasattr(RunParams, "from_xcom"):  # TRANSITION: until the typed XCom of validate lands
+            self.recipe = self.run_params["recipe"]
+            self.hyperparameters = dict(self.run_params["hyperparameters"])
+            self.slurm_resources = dict(self.run_params["resources"])
+            return
+        params = RunParams.from_xcom(self.run_params)
+        self.recipe = params.recipe
+        self.hyperparameters = dict(params.hyperparameters)
+        self.slurm_resources = params.resource_request()
 
     def check_data(self, context: Context) -> list[str]:
         """Run the recipe's data checks; AirflowFailException (no retry) naming the field if one fails."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
         from airflow.sdk.exceptions import AirflowFailException
 
-        from aifactory.errors import InputError
+        from aifactory import layout
         from aifactory.data.manifest import load_manifest
+        from aifactory.errors import InputError
         from aifactory.models.recipes import check_dataset, distinct_values_s3
         from aifactory.tenants import load_tenant
+        from aifactory.text import shown
 
         try:
+            self.apply_run_params()
             plan = self.plan(context)  # validated recipe and hyperparameters; touches nothing
             spec = load_tenant(self.tenant)
+            prefix = self.dataset.get("prefix") if isinstance(self.dataset, Mapping) else None
+            if not isinstance(prefix, str) or not layout.key_inside(prefix, layout.datasets_prefix(spec.tenant)):
+                raise InputError(f"dataset prefix {shown(prefix)} is not inside the tenant's datasets area "
+                                 f"{layout.datasets_prefix(spec.tenant)}; clear the ingest task")
             s3 = S3Hook(aws_conn_id=self.s3_conn_id).get_conn()
-            prefix = self.dataset["prefix"]
             manifest = load_manifest(s3, spec.bucket, prefix)
             if manifest is None:
-                raise InputError(f"dataset version {self.dataset.get('uri')} has no manifest.json; clear the ingest task")
+                raise InputError(f"dataset version {shown(prefix)} has no {layout.MANIFEST_NAME}; clear the ingest task")
             checked = check_dataset(
-                plan.recipe,
+                self.load_recipe(),
                 plan.hyperparameters,
                 manifest.schema,
                 distinct_values_s3(s3, spec.bucket, prefix, [f.path for f in manifest.files]),
-                dataset=str(self.dataset.get("uri", prefix)),
+                dataset=layout.s3_uri(spec.bucket, prefix),
             )
         except InputError as exc:
             raise AirflowFailException(f"InputError: {exc}. Nothing was submitted to Slurm") from exc
-        self.log.info("recipe %s: data checks passed (%s)", plan.recipe.name, ", ".join(checked) or "none declared")
+        self.log.info("recipe %s: data checks passed (%s)", plan.recipe, ", ".join(checked) or "none declared")
         return checked
 
     def execute(self, context: Context) -> dict[str, Any] | None:

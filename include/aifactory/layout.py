@@ -172,6 +172,11 @@ def run_output_dir(run_dir_: str) -> str:
     return f"{run_dir_}/output"
 
 
+def superseded_output_dir(run_dir_: str, tag: str) -> str:
+    """Where an earlier job's outputs are moved before a new job of other parameters runs in ``run_dir_``."""
+    return f"{run_dir_}/output.superseded-{tag}"
+
+
 def platform_bin_dir(tenant_root: str) -> str:
     """Platform scripts installed into a tenant's area, each named by its sha256."""
     return f"{tenant_root}/.aifp/bin"

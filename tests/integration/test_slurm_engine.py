@@ -300,5 +300,9 @@ def test_operator_deferrable_path(hook, stack_env):
             return event.payload
 
     event = asyncio.run(asyncio.wait_for(first(), timeout=180))
-    result = getattr(op, deferred.value.method_name)(context, event)
+    # The plan travels with the deferral (and the task state store): finishing never re-plans.
+    carried = json.loads(json.dumps(deferred.value.kwargs))
+    assert carried["plan"]["job_name"] == trigger.job_name
+    result = getattr(op, deferred.value.method_name)(context, event, **carried)
     assert result["state"] == "COMPLETED" and result["metrics"]["epochs"] == 2
+    assert result["params_sha256"] == carried["plan"]["params_sha256"]

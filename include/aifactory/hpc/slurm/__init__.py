@@ -36,6 +36,7 @@ from .commands import (
     squeue_by_name_command,
     squeue_command,
 )
+from .decision import Action, Decision, PriorJobFacts, decide_prior_job
 from .identity import job_comment, job_name, log_path
 from .parsing import (
     JobObservation,
@@ -50,11 +51,19 @@ from .parsing import (
     parse_squeue,
     select_record,
 )
+from .plan import JobPlan, TaskIds, plan_job
 from .resources import Resources, TenantSlurmPolicy, sbatch_argv
 from .states import ACTIVE_STATES, FAILED_STATES, OOM_LOG_HINTS, JobState, classify, describe, failure_message
 
 __all__ = [
     "ACTIVE_STATES",
+    "Action",
+    "Decision",
+    "JobPlan",
+    "PriorJobFacts",
+    "TaskIds",
+    "decide_prior_job",
+    "plan_job",
     "FAILED_STATES",
     "JOB_ID_RE",
     "OOM_LOG_HINTS",

@@ -1,0 +1,188 @@
+"""Planning a job (pure), the plan carried with the job, and the operator acting on the decision.
+
+The operator tests use a fake SSH hook (a unit test of the adapter's logic); the real sshd and
+Slurm are exercised in tests/integration/test_slurm_engine.py and tests/e2e.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from aifactory import layout
+from aifactory.errors import InputError
+from aifactory.hpc.slurm import JobPlan, TaskIds, plan_job
+from aifactory.models.recipes import load_recipes
+from aifactory.tenants import load_cluster, parse_tenant
+
+TENANT = {
+    "tenant": "demo", "cluster": "local", "recipes": ["tabular_classifier"], "bucket": "aifactory",
+    "quality_suite": "tabular_default",
+    "slurm": {"account": "demo", "partitions": ["debug"], "qos": None},
+    "limits": {"max_nodes": 1, "max_gpus_per_node": 0, "max_cpus_per_task": 2, "max_mem_gb": 4,
+               "max_time_limit_minutes": 60},
+}
+TI = SimpleNamespace(dag_id="factory_demo", run_id="manual__2026-01-01T00:00:00+00:00", task_id="train",
+                     map_index=-1, try_number=1)
+CTX = {"ti": TI}
+HP = {"label_column": "species", "feature_columns": ["a", "b"]}
+DATASET = "/srv/aifactory/demo/datasets/iris/v1"
+
+
+def _plan(**over: Any) -> JobPlan:
+    args: dict[str, Any] = dict(hyperparameters=HP, resources={"cpus_per_task": 1}, dataset_dir=DATASET,
+                                task=TaskIds(dag_id=TI.dag_id, run_id=TI.run_id, task_id="train", try_number=1))
+    args.update(over)
+    return plan_job(parse_tenant(TENANT, "t"), load_cluster("local"), load_recipes()["tabular_classifier"], **args)
+
+
+def test_plan_is_pure_and_complete():
+    plan = _plan()
+    assert plan.job_name.startswith("aifp-demo-") and layout.JOB_NAME_RE.fullmatch(plan.job_name)
+    assert plan.run_dir == layout.run_dir(layout.tenant_dir("/srv/aifactory", "demo"), plan.job_name)
+    assert plan.output_dir == layout.run_output_dir(plan.run_dir)
+    assert plan.marker_path == f"{plan.output_dir}/{layout.COMPLETION_MARKER}"
+    assert plan.resources["account"] == "demo" and plan.hyperparameters["seed"] == 42
+    assert "--account=demo" in plan.sbatch_command and "AIFP_PYTHON=/srv/aifactory/venv/bin/python" in plan.sbatch_command
+    assert plan.script_path.startswith(plan.run_dir + "/")
+    doc = json.loads(plan.params_json)
+    assert doc["hyperparameters"]["label_column"] == "species" and doc["job"]["job_name"] == plan.job_name
+    assert len(plan.params_sha256) == 64
+
+
+def test_params_digest_is_the_same_for_every_try_and_changes_with_the_hyperparameters():
+    first = _plan()
+    retry = _plan(task=TaskIds(dag_id=TI.dag_id, run_id=TI.run_id, task_id="train", try_number=3))
+    assert retry.params_sha256 == first.params_sha256 and retry.comment != first.comment
+    other = _plan(hyperparameters={**HP, "epochs": 7})
+    assert other.params_sha256 != first.params_sha256 and other.job_name == first.job_name
+
+
+def test_plan_round_trips_through_json_and_rechecks_what_it_carries():
+    plan = _plan()
+    assert JobPlan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+    with pytest.raises(InputError, match="version"):
+        JobPlan.from_json({**plan.to_json(), "version": 99})
+    with pytest.raises(InputError, match="inside"):
+        JobPlan.from_json({**plan.to_json(), "run_dir": "/srv/aifactory/other/runs/x"})
+    with pytest.raises(InputError):
+        JobPlan.from_json({**plan.to_json(), "sbatch_argv": ["--account=demo\n#SBATCH"]})
+
+
+@pytest.mark.parametrize(
+    "over, fragment",
+    [
+        ({"run_dir": "/srv/aifactory/other/runs/r1"}, "inside /srv/aifactory/demo/runs/"),
+        ({"run_dir": "/srv/aifactory/demo/runs/../../other/runs/x"}, "normalised"),
+        ({"run_dir": "/srv/aifactory/demo/runs"}, "inside"),
+        ({"dataset_dir": "/etc"}, "inside /srv/aifactory/demo/datasets/"),
+        ({"dataset_dir": "/srv/aifactory/demo/datasets/../runs/x"}, "inside"),
+        ({"resources": {"account": "other"}}, "set by the platform"),
+        ({"resources": {"partition": "debug\n#SBATCH -A x"}}, "partition"),
+        ({"resources": {"cpus_per_task": "$(id)"}}, "expected an integer"),
+        ({"resources": {"time_limit_minutes": 61}}, "outside 1..60"),
+        ({"hyperparameters": {"label_column": "y", "feature_columns": "a;id"}}, "feature_columns"),
+    ],
+)
+def test_plan_refuses(over, fragment):
+    with pytest.raises(InputError) as exc:
+        _plan(**over)
+    assert fragment in str(exc.value)
+
+
+# ------------------------------------------------------------------------------------------ operator
+
+
+def _op(**over: Any):
+    from operators.slurm import SlurmJobOperator
+
+    kwargs: dict[str, Any] = dict(
+        task_id="train", tenant="demo", recipe="tabular_classifier", tenant_spec=TENANT,
+        dataset_dir=DATASET, hyperparameters=HP, slurm_resources={"cpus_per_task": 1},
+    )
+    kwargs.update(over)
+    return SlurmJobOperator(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "over, fragment",
+    [
+        ({"recipe": "not_enabled"}, "not a recipe enabled"),
+        ({"recipe": "../../tenants/demo"}, "not a recipe enabled"),
+        ({"hyperparameters": "__import__('os').system('id')"}, "not a JSON object"),
+        ({"slurm_resources": "{'cpus_per_task': 2}"}, "not a JSON object"),  # no Python literals any more
+        ({"tenant": "Demo"}, "tenant"),
+        ({"cluster": "../etc"}, "cluster"),
+    ],
+)
+def test_operator_validates_before_side_effects(over, fragment, monkeypatch):
+    from operators import slurm as op_mod
+
+    def boom(*a, **k):
+        raise AssertionError("no SSH before validation")
+
+    monkeypatch.setattr(op_mod, "FactorySSHHook", boom)
+    with pytest.raises(InputError) as exc:
+        _op(**over).execute(CTX)
+    assert fragment in str(exc.value)
+
+
+class FakeHook:
+    """Answers squeue/sacct like a cluster whose controller is down; records every command."""
+
+    def __init__(self, rc: int = 1, err: str = "slurm_load_jobs error: Unable to contact slurm controller"):
+        self.commands: list[str] = []
+        self.rc, self.err = rc, err
+
+    def run(self, command: str, timeout: float = 0) -> tuple[int, str, str]:
+        self.commands.append(command)
+        return self.rc, "", self.err
+
+    @contextmanager
+    def sftp(self):
+        def missing(*a, **k):
+            raise FileNotFoundError(a[0] if a else "")
+
+        yield SimpleNamespace(open=missing, stat=missing, lstat=missing)
+
+    def close(self) -> None:
+        pass
+
+
+def test_slurm_that_cannot_answer_means_refuse_never_submit(monkeypatch):
+    from airflow.providers.common.compat.sdk import AirflowException
+
+    from operators import slurm as op_mod
+
+    hook = FakeHook()
+    monkeypatch.setattr(op_mod, "FactorySSHHook", lambda **k: hook)
+    with pytest.raises(AirflowException, match="Not submitting: squeue did not answer"):
+        _op().execute({"ti": TI, "task_state_store": None})
+    assert hook.commands and not any(c.startswith("sbatch") for c in hook.commands)
+
+
+def test_execute_complete_finishes_with_the_carried_plan_not_the_edited_spec(monkeypatch):
+    """The tenant's limit is lowered below what the job uses after submission: the finish still works
+    with the plan the job was submitted with (here: a failed job's message names its own limits)."""
+    from airflow.providers.common.compat.sdk import AirflowException
+
+    from operators import slurm as op_mod
+
+    monkeypatch.setattr(op_mod, "FactorySSHHook", lambda **k: FakeHook(rc=0, err=""))
+    plan = _op(slurm_resources={"time_limit_minutes": 45, "mem_gb": 3}).plan(CTX)
+    lowered = {**TENANT, "limits": {**TENANT["limits"], "max_time_limit_minutes": 10, "max_mem_gb": 1}}
+    op = _op(tenant_spec=lowered, slurm_resources={"time_limit_minutes": 45, "mem_gb": 3})
+    with pytest.raises(InputError):
+        op.plan(CTX)  # today's spec would refuse the job...
+    event = {"status": "failed", "job_id": "7", "state": "TIMEOUT", "raw_state": "TIMEOUT", "log_offset": None}
+    with pytest.raises(AirflowException, match="hit its time limit of 45 min"):
+        op.execute_complete(CTX, event, plan=plan.to_json())  # ...the carried plan finishes it
+    store = SimpleNamespace(get=lambda key, default=None: {"job_id": "7", "plan": plan.to_json()})
+    with pytest.raises(AirflowException, match="of 45 min"):
+        op.execute_complete({"ti": TI, "task_state_store": store}, event)  # or the plan saved with the job id
+    with pytest.raises(AirflowException, match="not carried"):
+        op.execute_complete(CTX, event)
