@@ -1,6 +1,6 @@
 """One poller per cluster per triggerer process: every watched job, one SSH connection, one query.
 
-HPC sites ban tight ``squeue`` loops (FAILURE-MODES 6) and sshd drops connections under fan-out
+HPC sites ban tight ``squeue`` loops (docs/failure-modes.md, 6) and sshd drops connections under fan-out
 (item 10). So the triggers of one triggerer process do not poll on their own: each asks the
 :class:`ClusterPoller` of its cluster for the next observation of its job, and the poller answers
 all of them from ONE command per interval (``squeue`` for every job, ``sacct`` only for those that

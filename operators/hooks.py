@@ -1,6 +1,6 @@
 """SSH access to an HPC cluster, sync (workers) and async (triggerer), from ONE set of settings.
 
-FAILURE-MODES 9: the provider's ``SSHHook`` (paramiko) and ``SSHHookAsync`` (asyncssh) read the
+``docs/failure-modes.md``, 9: the provider's ``SSHHook`` (paramiko) and ``SSHHookAsync`` (asyncssh) read the
 same Airflow connection differently. In particular ``SSHHookAsync`` writes the pinned host key as
 ``<host> <key>``, which asyncssh never matches for a non-default port (it looks up
 ``[host]:port``), so a trigger on port 2222 cannot verify the host and the task stays deferred.
@@ -14,7 +14,7 @@ Here both sides are built from one :class:`SSHEndpoint` parsed once from the con
 Host-key checking cannot be turned off: a connection without ``host_key`` or with
 ``no_host_key_check: true`` is refused.
 
-Connects are retried with exponential backoff and jitter (FAILURE-MODES 10: sshd ``MaxStartups``
+Connects are retried with exponential backoff and jitter (docs/failure-modes.md, 10: sshd ``MaxStartups``
 drops handshakes when many tasks connect at once: "Error reading SSH protocol banner"). Wrong
 host keys and refused authentication are never retried: they will not fix themselves.
 """

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
-import posixpath
-import stat
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -35,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowException, BaseOperator, conf
 
-from aifactory import layout
 from aifactory.errors import InputError
 from aifactory.hpc.slurm import (
     accounting,
@@ -53,6 +49,7 @@ from aifactory.models.recipes import DEFAULT_RECIPES_ROOT, Recipe, load_recipes
 from aifactory.tenants import load_cluster, load_tenant, parse_cluster, parse_tenant
 from operators.hooks import FactorySSHHook
 from operators.slurm_facts import gather_facts, legacy_markers, marker_params_sha256, read_marker
+from operators.slurm_rundir import move_outputs_aside, prepare_run_dir
 from operators.triggers import SlurmJobTrigger
 
 if TYPE_CHECKING:
@@ -246,7 +243,7 @@ class SlurmJobOperator(BaseOperator):
                                                "adopted": True})
             else:
                 if decision.move_outputs_aside:
-                    self._move_outputs_aside(hook, plan)
+                    self.log.warning("Moved the earlier job's outputs aside to %s", move_outputs_aside(hook, plan))
                 job_id = self._submit(hook, plan, context)
             self._job_id = job_id
         finally:
@@ -268,51 +265,8 @@ class SlurmJobOperator(BaseOperator):
     # 3. Submit
     # ---------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _mkdirs(sftp: Any, root: str, path: str) -> None:
-        """Create every missing directory from ``root`` down to ``path`` 0700; refuse symlinks on the way."""
-        current = root
-        for part in path[len(root) + 1 :].split("/") if path != root else []:
-            current = f"{current}/{part}"
-            try:
-                st = sftp.lstat(current)
-            except FileNotFoundError:
-                sftp.mkdir(current, mode=0o700)
-                sftp.chmod(current, 0o700)  # mkdir's mode is filtered by the remote umask
-                continue
-            if stat.S_ISLNK(st.st_mode or 0) or not stat.S_ISDIR(st.st_mode or 0):
-                raise InputError(f"{current} exists and is not a plain directory; refusing to use it")
-
-    def _move_outputs_aside(self, hook: FactorySSHHook, plan: JobPlan) -> None:
-        """An earlier job's outputs (and marker) leave the output directory before a new job runs."""
-        marker, parsed, _ = read_marker(hook, plan)
-        tag = str(getattr(parsed, "job_id", None) or (parsed.get("job_id") if isinstance(parsed, dict) else None)
-                  or int(time.time()))
-        target = layout.superseded_output_dir(plan.run_dir, "".join(c for c in tag if c.isalnum())[:32])
-        with hook.sftp() as sftp:
-            sftp.posix_rename(plan.output_dir, target)
-        self.log.warning("Moved the earlier job's outputs (params %s) aside to %s",
-                         marker_params_sha256(parsed) if parsed is not None else "?", target)
-
-    def _prepare_run_dir(self, hook: FactorySSHHook, plan: JobPlan) -> None:
-        uploads: list[tuple[str, bytes]] = [(layout.PARAMS_FILE, plan.params_json.encode())]
-        uploads += [(remote, Path(local).read_bytes()) for local, remote in plan.files]
-        hpc_root = posixpath.dirname(plan.tenant_root)
-        with hook.sftp() as sftp:
-            self._mkdirs(sftp, hpc_root, plan.run_dir)
-            sftp.chmod(plan.run_dir, 0o700)
-            for name, data in uploads:
-                if name.startswith("/") or ".." in name.split("/") or not name:
-                    raise InputError(f"job file {name!r:.80} must be a relative path inside the run directory")
-                final = f"{plan.run_dir}/{name}"
-                self._mkdirs(sftp, plan.run_dir, posixpath.dirname(final))
-                tmp = f"{posixpath.dirname(final)}/.{posixpath.basename(final)}.uploading"
-                sftp.putfo(io.BytesIO(data), tmp, file_size=len(data), confirm=True)
-                sftp.chmod(tmp, 0o600)
-                sftp.posix_rename(tmp, final)
-
     def _submit(self, hook: FactorySSHHook, plan: JobPlan, context: Context) -> str:
-        self._prepare_run_dir(hook, plan)
+        prepare_run_dir(hook, plan)
         try:
             rc, out, err = hook.run(plan.sbatch_command, timeout=120)
         except Exception:

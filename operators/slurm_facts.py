@@ -143,6 +143,9 @@ def gather_facts(hook: Any, plan: JobPlan, saved_job_id: str | None, sacct_lookb
     marker, parsed, why = read_marker(hook, plan)
     if why:
         log.warning("completion marker %s is unreadable: %s", plan.marker_path, why)
+    digest = marker_params_sha256(parsed) if parsed is not None else None
+    if parsed is not None and digest is None and legacy_markers():
+        digest = plan.params_sha256  # TRANSITION: markers written before the contract record no digest
     return PriorJobFacts(
         saved_job_id=saved_job_id,
         squeue=squeue,
@@ -152,6 +155,6 @@ def gather_facts(hook: Any, plan: JobPlan, saved_job_id: str | None, sacct_lookb
         finished_job_id=finished_id,
         finished_state=finished_state,
         marker=marker,
-        marker_params_sha256=marker_params_sha256(parsed) if parsed is not None else None,
+        marker_params_sha256=digest,
         params_sha256=plan.params_sha256,
     )

@@ -1,17 +1,18 @@
 """The trigger that watches one Slurm job from the triggerer.
 
-It only observes (FAILURE-MODES 7): it never submits, and it never cancels from ``run()`` or
+It only observes (docs/failure-modes.md, 7): it never submits, and it never cancels from ``run()`` or
 ``cleanup()`` - both also run when a triggerer restarts or hands the trigger to another triggerer.
 The one exception is :meth:`SlurmJobTrigger.on_kill`, which Airflow 3.3 calls only when a user
 marks the deferred task failed/succeeded or clears it (never on restart, redistribution or
 timeout); it runs ``scancel`` so that a killed task does not leave its job burning the tenant's
-allocation (FAILURE-MODES 8). Set ``cancel_on_kill=False`` to keep even that from happening.
+allocation (docs/failure-modes.md, 8). Set ``cancel_on_kill=False`` to keep even that from happening.
 
 One poll is ONE SSH command (:func:`aifactory.hpc.slurm.poll_command`): squeue for the job, sacct
 only once it has left squeue's active states, and the new bytes of the job's log from an offset.
-The query goes through :meth:`SlurmJobTrigger._query`, which takes lists of jobs, so a later
-change can replace it with a per-cluster poller shared by every trigger of one connection
-(FAILURE-MODES 6) without touching the state machine in :meth:`run`.
+Batched (the default), every trigger of one triggerer process watching the same cluster shares
+one :class:`~operators.cluster_poller.ClusterPoller`: one SSH connection and one such command per
+interval for all of their jobs (``docs/failure-modes.md``, section 6). :meth:`SlurmJobTrigger._query`
+is the seam; the state machine in :meth:`run` is the same either way.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ class SlurmJobTrigger(BaseTrigger):
         return max(self.poll_interval, self.poll_interval_floor)
 
     # ---------------------------------------------------------------------------------------------
-    # Seams (tests replace these; a shared per-cluster poller would replace _query)
+    # Seams (tests replace these; batched, _query goes through the cluster's shared poller)
     # ---------------------------------------------------------------------------------------------
 
     def _hook(self) -> FactorySSHHook:
@@ -277,7 +278,7 @@ class SlurmJobTrigger(BaseTrigger):
 
                 obs = result.jobs.get(self.job_id)
                 if result.errors and (obs is None or not obs.found):
-                    # Slurm or SSH did not answer: transient until the deadline (FAILURE-MODES 4, 10).
+                    # Slurm or SSH did not answer: transient until the deadline (docs/failure-modes.md, 4 and 10).
                     now = time.monotonic()
                     trouble_since = trouble_since or now
                     failures += 1
@@ -302,7 +303,7 @@ class SlurmJobTrigger(BaseTrigger):
 
                 if obs is None or not obs.found:
                     # Neither squeue nor sacct knows the job, and both answered. Never success
-                    # (FAILURE-MODES 2); give sacct a few polls to catch up first.
+                    # (docs/failure-modes.md, 2); give sacct a few polls to catch up first.
                     not_found += 1
                     if not_found >= self.not_found_limit:
                         yield self._event(

@@ -271,7 +271,7 @@ def test_endpoint_from_connection():
     ep = SSHEndpoint.from_connection(_conn())
     assert (ep.host, ep.port, ep.username, ep.key_file) == ("127.0.0.1", 2222, "aifactory", "/k/id_ed25519")
     assert ep.host_key == "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA"
-    # asyncssh and OpenSSH look non-default ports up as [host]:port (FAILURE-MODES 9)
+    # asyncssh and OpenSSH look non-default ports up as [host]:port (docs/failure-modes.md, 9)
     assert ep.known_hosts_line == "[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA"
     assert SSHEndpoint.from_connection(_conn(port=None)).known_hosts_pattern == "127.0.0.1"
 

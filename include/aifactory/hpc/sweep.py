@@ -2,9 +2,9 @@
 
 A deferred task marked failed is cancelled by its trigger's ``on_kill``, but only once the
 triggerer runs that trigger. Marked in the seconds before (or with the triggerer down), nothing is
-there to call, and the job would burn the tenant's allocation to the end (FAILURE-MODES 8). The
-sweep closes that gap from the other side: it lists the service account's active jobs, ties each
-one back to its task instance, and cancels those whose task has ENDED.
+there to call, and the job would burn the tenant's allocation to the end (``docs/failure-modes.md``,
+section 8). The sweep closes that gap from the other side: it lists the service account's active
+jobs, ties each one back to its task instance, and cancels those whose task has ENDED.
 
 Safety, in order:
 
