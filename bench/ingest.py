@@ -63,6 +63,7 @@ def main() -> None:
     env = c.stack_env()
     s3 = c.s3_client(env)
     from aifactory.data.s3 import head, upload_file
+    from aifactory.layout import datasets_prefix, raw_prefix, s3_uri
 
     path = c.ensure_csv(args.rows)
     size = path.stat().st_size
@@ -70,7 +71,7 @@ def main() -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     print(f"ingest bench: {path.name}, {size / 1e6:.0f} MB, {args.rows} rows; {c.machine_note()}", flush=True)
 
-    key = f"{c.TENANT}/raw/synthetic-{args.rows}.csv"
+    key = raw_prefix(c.TENANT) + f"synthetic-{args.rows}.csv"
     info = head(s3, c.BUCKET, key)
     if info is None or info.size != size:
         upload_file(s3, path, c.BUCKET, key)
@@ -93,9 +94,9 @@ def main() -> None:
     for _ in range(args.repeat):
         name = f"bench-{secrets.token_hex(4)}"
         try:
-            projects.append(c.run_child(PROJECT, f"s3://{c.BUCKET}/{key}", name, str(scratch)))
+            projects.append(c.run_child(PROJECT, s3_uri(c.BUCKET, key), name, str(scratch)))
         finally:
-            c.delete_prefix(s3, f"{c.TENANT}/datasets/{name}/")
+            c.delete_prefix(s3, datasets_prefix(c.TENANT) + f"{name}/")
         pyarrows.append(c.run_child(PYARROW, str(path), str(scratch)))
     project, pyarrow = c.median_run(projects), c.median_run(pyarrows)
     print("\n".join("  | " + line for line in project.output.splitlines()[-8:]), flush=True)
@@ -103,15 +104,15 @@ def main() -> None:
 
     double = None
     if not args.no_double:
-        folder = f"{c.TENANT}/raw/double-{args.rows}/"
+        folder = raw_prefix(c.TENANT) + f"double-{args.rows}/"
         for part in ("a.csv", "b.csv"):
             if head(s3, c.BUCKET, folder + part) is None:
                 s3.copy_object(Bucket=c.BUCKET, Key=folder + part, CopySource={"Bucket": c.BUCKET, "Key": key})
         dname = f"bench-{secrets.token_hex(4)}"
         try:
-            double = c.run_child(PROJECT, f"s3://{c.BUCKET}/{folder}", dname, str(scratch))
+            double = c.run_child(PROJECT, s3_uri(c.BUCKET, folder), dname, str(scratch))
         finally:
-            c.delete_prefix(s3, f"{c.TENANT}/datasets/{dname}/")
+            c.delete_prefix(s3, datasets_prefix(c.TENANT) + f"{dname}/")
 
     rows = [
         (f"contender (project, pyarrow: median of {args.repeat})", "wall s", "peak MiB", "MB/s of CSV"),

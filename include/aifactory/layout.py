@@ -81,6 +81,8 @@ MODEL_CARD_MD = "MODEL_CARD.md"
 MODEL_CARD_JSON = "model_card.json"
 #: the shard file of a dataset version
 SHARD_NAME_FORMAT = "part-{index:05d}.parquet"
+#: every shard file of a dataset version (a glob; a conversion that restarts removes these first)
+SHARD_GLOB = "part-*.parquet"
 
 
 def shard_name(index: int) -> str:

@@ -34,10 +34,11 @@ from aifactory.data.s3 import (
     list_keys,
     make_client,
     object_exists,
-    put_bytes,
     put_file,
+    put_if_absent,
     upload_file,
 )
+from aifactory.layout import dataset_manifest_key
 
 pytestmark = pytest.mark.integration
 
@@ -200,7 +201,7 @@ def test_folder_ingest_skips_markers_and_detects_drift(s3, tenant, tmp_path):
 
 
 def test_missing_object_and_folder_hint(s3, tenant, tmp_path):
-    with pytest.raises(InputError, match=r"no object at s3://.*/raw/nope.csv; upload the dataset first or fix dataset_uri"):
+    with pytest.raises(InputError, match=r"no object at 's3://.*/raw/nope.csv'; upload the dataset first or fix dataset_uri"):
         _ingest(s3, tenant, f"s3://{BUCKET}/{tenant}/raw/nope.csv", tmp_path)
     with pytest.raises(InputError, match="no object at"):
         _ingest(s3, tenant, f"s3://{BUCKET}/{tenant}/raw/nofolder/", tmp_path)
@@ -241,9 +242,9 @@ def test_uri_outside_tenant_area(s3, tenant, tmp_path, path):
 
 
 def test_manifest_is_never_overwritten(s3, tenant, tmp_path):
-    key = f"{tenant}/datasets/x/v-1/manifest.json"
-    assert put_bytes(s3, BUCKET, key, b"{}", if_none_match=True) is True
-    assert put_bytes(s3, BUCKET, key, b"{\"other\": 1}", if_none_match=True) is False
+    key = dataset_manifest_key(tenant, "x", "v-1")
+    assert put_if_absent(s3, BUCKET, key, b"{}", content_type="application/json") is True
+    assert put_if_absent(s3, BUCKET, key, b"{\"other\": 1}", content_type="application/json") is False
     assert get_bytes(s3, BUCKET, key) == b"{}"
 
 
@@ -424,7 +425,7 @@ def test_schema_drift_publishes_nothing(s3, tenant, tmp_path):
 def test_zero_byte_object_in_folder_and_missing_prefix(s3, tenant, tmp_path):
     _upload(s3, tenant, "z/a.csv", b"x\n1\n")
     _upload(s3, tenant, "z/b.csv", b"")
-    with pytest.raises(InputError, match="b.csv is empty"):
+    with pytest.raises(InputError, match="b.csv' is empty"):
         _ingest(s3, tenant, f"s3://{BUCKET}/{tenant}/raw/z/", tmp_path)
     with pytest.raises(InputError, match="no object at"):
         _ingest(s3, tenant, f"s3://{BUCKET}/{tenant}/raw/never-uploaded/", tmp_path)
@@ -461,7 +462,7 @@ def test_streamed_csv_widened_late_is_read_again_from_the_store(s3, tenant, tmp_
 
     # small segments: the CSV streams from the GET in many pieces; the float in the last one
     # widens column n, and the conversion restarts with a second GET of the same (pinned) object
-    monkeypatch.setattr(ingest, "READ_BLOCK_SIZE", 4096)
+    monkeypatch.setattr(ingest.limits, "READ_BLOCK_SIZE", 4096)
     body = b"n,label\n" + b"".join(b"%d,k%d\n" % (i, i % 3) for i in range(20000)) + b"0.5,k0\n"
     uri = _upload(s3, tenant, "late-float.csv", body)
     with _Calls(s3) as calls:
@@ -476,18 +477,18 @@ def test_streamed_csv_widened_late_is_read_again_from_the_store(s3, tenant, tmp_
 
 
 def test_source_replaced_while_ingesting_publishes_nothing(s3, tenant, tmp_path, monkeypatch):
-    from aifactory.data import ingest
+    from aifactory.data.ingest import pipeline
 
     uri = _upload(s3, tenant, "moving.csv", IRIS)
-    real = ingest.compute_version
+    real = pipeline.compute_version
 
     def version_then_replace(sources, options):  # the object changes after it was listed
         version = real(sources, options)
         _upload(s3, tenant, "moving.csv", IRIS.replace(b"setosa", b"SETOSA"))
         return version
 
-    monkeypatch.setattr(ingest, "compute_version", version_then_replace)
-    with pytest.raises(InputError, match="moving.csv changed while it was being ingested"):
+    monkeypatch.setattr(pipeline, "compute_version", version_then_replace)
+    with pytest.raises(InputError, match="moving.csv' changed while it was being ingested"):
         _ingest(s3, tenant, uri, tmp_path)
     assert _datasets(s3, tenant) == []
 

@@ -18,7 +18,8 @@ import pytest
 from aifactory.data.ingest import ingest_dataset
 from aifactory.data.manifest import DatasetManifest, FileEntry
 from aifactory.hpc.remote import ParamikoShell, RemoteError, q, sha256_many
-from aifactory.hpc.staging import MARKER_NAME, StagingOptions, stage_dataset
+from aifactory.hpc.staging import StagingOptions, stage_dataset
+from aifactory.layout import STAGING_MARKER
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +72,7 @@ def test_stage_verifies_skips_and_resends_only_tampered(s3_client, shell, tenant
     assert out.split()[:4] == ["700"] * 4
     assert out.split()[4:] == [manifest.version]
     _, listing, _ = shell.run(f"ls -A {q(remote)}")
-    assert sorted(listing.split()) == sorted([f.path for f in manifest.files] + ["manifest.json", MARKER_NAME])
+    assert sorted(listing.split()) == sorted([f.path for f in manifest.files] + ["manifest.json", STAGING_MARKER])
     assert any("MB/s" in line for line in logs)
 
     # unchanged: skipped from the marker, without hashing anything again

@@ -9,10 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from aifactory.data import ingest
-from aifactory.errors import InputError
-from aifactory.data.readahead import prefetched
 from aifactory.data.ingest import (
     SourceObject,
     SourceReadError,
@@ -25,7 +22,10 @@ from aifactory.data.ingest import (
     dictionary_columns,
     ingest_options,
 )
+from aifactory.data.ingest.csv_reader import _csv_segments
+from aifactory.data.readahead import prefetched
 from aifactory.data.s3 import ObjectInfo, check_tenant_uri, parse_s3_uri
+from aifactory.errors import InputError
 
 # ---------------------------------------------------------------------------------------------
 # URIs
@@ -223,7 +223,7 @@ def test_shards_roll_and_row_groups_are_bounded(tmp_path):
 
 
 def test_csv_type_widening_after_first_block(tmp_path, monkeypatch):
-    monkeypatch.setattr(ingest, "READ_BLOCK_SIZE", 1024)
+    monkeypatch.setattr(ingest.limits, "READ_BLOCK_SIZE", 1024)
     body = b"n,s\n" + b"1,2\n" * 2000 + b"1.5,x\n"
     schema, paths, rows, logs = _convert(tmp_path, {"a.csv": body})
     assert str(schema.field("n").type) == "double"
@@ -249,7 +249,7 @@ def test_non_utf8_csv_is_refused(tmp_path):
 
 
 def test_non_utf8_in_a_later_block_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(ingest, "READ_BLOCK_SIZE", 1024)
+    monkeypatch.setattr(ingest.limits, "READ_BLOCK_SIZE", 1024)
     body = b"name,v\n" + b"abc,1\n" * 1000 + "M\u00fcller,2\n".encode("latin-1")
     with pytest.raises(InputError, match="does not parse even as text; check the file's encoding"):
         _convert(tmp_path, {"l1.csv": body})
@@ -294,7 +294,7 @@ def test_jsonl(tmp_path):
 
 
 def test_jsonl_int_then_float_widens(tmp_path, monkeypatch):
-    monkeypatch.setattr(ingest, "READ_BLOCK_SIZE", 1024)
+    monkeypatch.setattr(ingest.limits, "READ_BLOCK_SIZE", 1024)
     lines = b'{"x": 1}\n' * 1000 + b'{"x": 1.5}\n'
     schema, paths, rows, _ = _convert(tmp_path, {"a.jsonl": lines})
     assert str(schema.field("x").type) == "double" and sum(rows) == 1001
@@ -315,7 +315,7 @@ def test_parquet_and_parquet_drift(tmp_path):
     srcs = [SourceObject.local(tmp_path / n) for n in ("p1.parquet", "p2.parquet")]
     _schema, paths, rows = convert_to_parquet(srcs, fmt, out)
     assert sum(rows) == 3
-    with pytest.raises(InputError, match=r"schema drift.*x: int64 -> double"):
+    with pytest.raises(InputError, match=r"schema drift.*'x': int64 -> double"):
         convert_to_parquet([*srcs, SourceObject.local(tmp_path / "p3.parquet")], fmt, out)
 
 
@@ -332,7 +332,7 @@ def test_not_parquet(tmp_path):
 def _segments(data: bytes, size: int) -> list[bytes]:
     import io
 
-    return list(ingest._csv_segments(io.BytesIO(data), size, label="s3://b/t/raw/x.csv"))
+    return list(_csv_segments(io.BytesIO(data), size, label="s3://b/t/raw/x.csv"))
 
 
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
@@ -352,13 +352,13 @@ def test_last_segment_without_final_newline():
 
 
 def test_a_line_longer_than_the_limit_is_refused(monkeypatch):
-    monkeypatch.setattr(ingest, "MAX_LINE_BYTES", 100)
+    monkeypatch.setattr(ingest.limits, "MAX_LINE_BYTES", 100)
     with pytest.raises(InputError, match="x.csv has a line longer than"):
         _segments(b"a" * 500 + b"\n", 16)
 
 
 def test_csv_split_into_many_segments_converts_every_row(tmp_path, monkeypatch):
-    monkeypatch.setattr(ingest, "READ_BLOCK_SIZE", 256)
+    monkeypatch.setattr(ingest.limits, "READ_BLOCK_SIZE", 256)
     body = b"id,v,label\r\n" + b"".join(f"{i},{i / 3:.4f},k{i % 3}\r\n".encode() for i in range(5000))
     schema, paths, rows, _ = _convert(tmp_path, {"a.csv": body}, row_group_rows=700, shard_rows=2100)
     assert sum(rows) == 5000 and rows[:2] == [2100, 2100]

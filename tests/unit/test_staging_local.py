@@ -14,7 +14,8 @@ import pytest
 from aifactory.errors import InputError
 from aifactory.data.manifest import DatasetManifest, FileEntry
 from aifactory.hpc.remote import OpenSSHPipe, RemoteError, stat_files
-from aifactory.hpc.staging import MARKER_NAME, StagingOptions, stage_dataset
+from aifactory.hpc.staging import StagingOptions, stage_dataset
+from aifactory.layout import STAGING_MARKER
 
 
 class LocalShell:
@@ -80,7 +81,7 @@ def test_push_skip_and_resend_only_what_changed(tmp_path, transport):
     first, logs = _stage(store, m, tmp_path / "t", transport)
     assert any({"sftp": "over SFTP", "stream": "over OpenSSH"}[transport] in line for line in logs)
     final = Path(first.remote_dir)
-    assert first.sent_files == 3 and (final / MARKER_NAME).exists() and (final / "manifest.json").exists()
+    assert first.sent_files == 3 and (final / STAGING_MARKER).exists() and (final / "manifest.json").exists()
     assert oct((tmp_path / "t").stat().st_mode & 0o777) == "0o700" and oct(final.stat().st_mode & 0o777) == "0o700"
     assert any("MB/s" in line for line in logs)
 

@@ -2,7 +2,7 @@
 
 Why these choices:
 
-* **Checksums only when required** (FAILURE-MODES 12). Recent boto3 adds CRC checksums to every
+* **Checksums only when required** (``docs/failure-modes.md``, section 12). Recent boto3 adds CRC checksums to every
   request by default, which several S3-compatible stores reject or mangle. We keep our own sha256
   in the dataset manifest instead, and never treat an ETag as a content checksum.
 * **Whole-object streaming.** S3 emulators (moto) pay roughly the full object for every ranged GET,
@@ -12,6 +12,9 @@ Why these choices:
 * **Strict URIs.** Dataset URIs come from a trigger form. ``parse_s3_uri`` refuses anything that
   could escape a prefix or confuse a log reader (``..``, empty segments, control characters,
   backslashes, a leading ``/``), and ``check_tenant_uri`` confines a tenant to its own raw area.
+* **One conditional write.** :func:`put_if_absent` is the only way the factory writes an object
+  that must never be overwritten (a dataset's or a model's ``manifest.json``, a quality verdict):
+  ``If-None-Match: *``, which AWS S3, MinIO and moto enforce.
 
 Nothing here imports Airflow.
 """
@@ -24,11 +27,14 @@ import json
 import os
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from aifactory.errors import InputError
+from aifactory.layout import raw_prefix, s3_uri
+from aifactory.text import shown
 
 #: Objects up to this size are uploaded with one PUT; above it, multipart with large parts.
 SINGLE_PUT_LIMIT = 256 * 1024 * 1024
@@ -81,8 +87,8 @@ def make_client(
 
 
 def _bad(uri: str, rule: str) -> InputError:
-    # repr() so that odd characters show up escaped in logs instead of acting on the terminal.
-    return InputError(f"invalid S3 URI {uri!r}: {rule}")
+    # shown() so that odd characters show up escaped in logs instead of acting on the terminal.
+    return InputError(f"invalid S3 URI {shown(uri)}: {rule}")
 
 
 def validate_bucket_name(bucket: str, *, uri: str | None = None) -> None:
@@ -91,7 +97,7 @@ def validate_bucket_name(bucket: str, *, uri: str | None = None) -> None:
     if not _BUCKET_RE.match(bucket) or ".." in bucket or _IPV4_RE.match(bucket):
         raise _bad(
             where,
-            f"bucket name {bucket!r} is not valid (3-63 characters: lowercase letters, digits, "
+            f"bucket name {shown(bucket)} is not valid (3-63 characters: lowercase letters, digits, "
             "'.' and '-', starting and ending with a letter or digit)",
         )
 
@@ -130,7 +136,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     :class:`InputError` naming the URI and the rule it broke.
     """
     if not isinstance(uri, str):
-        raise InputError(f"invalid S3 URI {uri!r}: expected a string like s3://bucket/path")
+        raise InputError(f"invalid S3 URI {shown(uri)}: expected a string like s3://bucket/path")
     if uri != uri.strip():
         raise _bad(uri, "it has leading or trailing whitespace; remove it")
     if _CONTROL_RE.search(uri):
@@ -146,14 +152,6 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def format_s3_uri(bucket: str, key: str) -> str:
-    return f"s3://{bucket}/{key}"
-
-
-def tenant_raw_prefix(tenant: str) -> str:
-    return f"{tenant}/raw/"
-
-
 def check_tenant_uri(uri: str, *, bucket: str, tenant: str) -> str:
     """Return the key of ``uri`` if it lies inside ``s3://<bucket>/<tenant>/raw/``.
 
@@ -161,15 +159,15 @@ def check_tenant_uri(uri: str, *, bucket: str, tenant: str) -> str:
     platform-owned tenant spec, never from the user. Raises :class:`InputError` otherwise.
     """
     got_bucket, key = parse_s3_uri(uri)
-    allowed = format_s3_uri(bucket, tenant_raw_prefix(tenant))
-    if got_bucket != bucket or not key.startswith(tenant_raw_prefix(tenant)):
+    allowed = s3_uri(bucket, raw_prefix(tenant))
+    if got_bucket != bucket or not key.startswith(raw_prefix(tenant)):
         raise InputError(
-            f"dataset URI {uri!r} is outside this tenant's upload area; datasets must be under "
+            f"dataset URI {shown(uri)} is outside this tenant's upload area; datasets must be under "
             f"{allowed} (upload the file there and point dataset_uri at it)"
         )
-    if key == tenant_raw_prefix(tenant):
+    if key == raw_prefix(tenant):
         raise InputError(
-            f"dataset URI {uri!r} names the whole upload area; name one file or one folder "
+            f"dataset URI {shown(uri)} names the whole upload area; name one file or one folder "
             f"inside {allowed}"
         )
     return key
@@ -245,33 +243,45 @@ def list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
     return [obj.key for obj in iter_objects(s3, bucket, prefix)]
 
 
-def put_bytes(
-    s3: Any,
-    bucket: str,
-    key: str,
-    data: bytes,
-    *,
-    content_type: str = "application/octet-stream",
-    if_none_match: bool = False,
-) -> bool:
-    """Write ``data`` to ``key``.
+def put_bytes(s3: Any, bucket: str, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
+    """Write ``data`` to ``key``, replacing what is there (see :func:`put_if_absent` for the other case)."""
+    s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
 
-    With ``if_none_match=True`` the write only happens if no object exists there yet
-    (``If-None-Match: *``), which is how a published version is protected from being overwritten;
-    the function then returns ``False`` when the object already existed.
+
+#: How often :func:`put_if_absent` tries again when the store reports a conflicting write in flight.
+PUT_IF_ABSENT_ATTEMPTS = 3
+
+
+def put_if_absent(
+    s3: Any, bucket: str, key: str, body: bytes, *, content_type: str = "application/octet-stream"
+) -> bool:
+    """Write ``body`` to ``key`` only if no object is there yet; ``True`` when written, ``False``
+    when the key already existed (the object there is left as it is).
+
+    ``If-None-Match: *`` makes the store decide atomically, so of two writers racing for the same
+    key exactly one wins and the other learns it (412 Precondition Failed): a published manifest is
+    never overwritten and a loser reads the winner's. AWS S3 can also answer 409
+    ``ConditionalRequestConflict`` while another conditional write to the key is in flight; that
+    write may still fail, so this tries again (:data:`PUT_IF_ABSENT_ATTEMPTS` times) before raising.
+    There is deliberately no fallback to HEAD-then-PUT: a store that ignores ``If-None-Match``
+    is not supported.
     """
+    import time
+
     from botocore.exceptions import ClientError
 
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": data, "ContentType": content_type}
-    if if_none_match:
-        kwargs["IfNoneMatch"] = "*"
-    try:
-        s3.put_object(**kwargs)
-    except ClientError as exc:
-        if if_none_match and is_precondition_failed(exc):
-            return False
-        raise
-    return True
+    for attempt in range(PUT_IF_ABSENT_ATTEMPTS):
+        try:
+            s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code in ("412", "PreconditionFailed"):
+                return False
+            if code not in ("409", "ConditionalRequestConflict") or attempt + 1 == PUT_IF_ABSENT_ATTEMPTS:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def get_bytes(s3: Any, bucket: str, key: str) -> bytes:
@@ -356,7 +366,7 @@ def download_bytes(s3: Any, bucket: str, key: str) -> tuple[bytearray, str]:
     resp = get_object(s3, bucket, key)
     size = int(resp.get("ContentLength", -1))
     if size < 0:
-        raise OSError(f"s3://{bucket}/{key}: the endpoint sent no Content-Length; cannot check the download")
+        raise OSError(f"{shown(s3_uri(bucket, key))}: the endpoint sent no Content-Length; cannot check the download")
     buf = bytearray(size)
     view = memoryview(buf)
     filled = 0
@@ -365,12 +375,12 @@ def download_bytes(s3: Any, bucket: str, key: str) -> tuple[bytearray, str]:
         nonlocal filled
         end = filled + len(piece)
         if end > size:
-            raise OSError(f"s3://{bucket}/{key} sent more than its {size} bytes; retry the task")
+            raise OSError(f"{shown(s3_uri(bucket, key))} sent more than its {size} bytes; retry the task")
         view[filled:end] = piece
         filled = end
 
     try:
-        _, digest = _copy_hashed(resp, write, label=f"s3://{bucket}/{key}", chunk=8 * _CHUNK)
+        _, digest = _copy_hashed(resp, write, label=shown(s3_uri(bucket, key)), chunk=8 * _CHUNK)
     finally:
         view.release()
     return buf, digest
@@ -391,7 +401,7 @@ def download_to(
     try:
         with open(tmp, "wb") as fh:
             resp = get_object(s3, bucket, key, if_match=if_match)
-            written, digest = _copy_hashed(resp, fh.write, label=f"s3://{bucket}/{key}", chunk=_CHUNK)
+            written, digest = _copy_hashed(resp, fh.write, label=shown(s3_uri(bucket, key)), chunk=_CHUNK)
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
@@ -425,7 +435,7 @@ def upload_file(
     info = head(s3, bucket, key)
     if info is None or info.size != size:
         raise OSError(
-            f"upload of {path.name} to s3://{bucket}/{key} did not verify "
+            f"upload of {path.name} to {shown(s3_uri(bucket, key))} did not verify "
             f"(local {size} bytes, remote {info.size if info else 'missing'}); retry the task"
         )
     return size

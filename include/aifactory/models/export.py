@@ -26,7 +26,7 @@ from typing import Any, Callable
 from aifactory.errors import FactoryError
 from aifactory.models.modelcard import CardContext, build_card, missing_fields, render_card_markdown
 from aifactory.hpc.remote import RemoteShell, join
-from aifactory.data.s3 import is_precondition_failed, object_exists
+from aifactory.data.s3 import object_exists, put_if_absent
 
 __all__ = [
     "CardContext",
@@ -218,20 +218,11 @@ def export_model(
         "slurm": card_data["slurm"],
         "formats": card_data["formats"],
     }
-    try:
-        s3.put_object(
-            Bucket=bucket,
-            Key=manifest_key,
-            Body=json.dumps(manifest, indent=2, sort_keys=True).encode(),
-            ContentType="application/json",
-            IfNoneMatch="*",
-        )
-    except Exception as exc:  # botocore ClientError; keep botocore out of the signature
-        if is_precondition_failed(exc):
-            log(f"{uri} was published concurrently by another attempt; keeping that version")
-            return {"model_uri": uri, "model": card.model, "version": card.version, "published": False,
-                    "metrics": metrics, "files": uploaded}
-        raise
+    body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    if not put_if_absent(s3, bucket, manifest_key, body, content_type="application/json"):
+        log(f"{uri} was published concurrently by another attempt; keeping that version")
+        return {"model_uri": uri, "model": card.model, "version": card.version, "published": False,
+                "metrics": metrics, "files": uploaded}
     log(f"published {uri} ({len(uploaded)} files, manifest.json last)")
     return {"model_uri": uri, "model": card.model, "version": card.version, "published": True,
             "metrics": metrics, "files": uploaded}
