@@ -97,7 +97,7 @@ def build_pipeline(spec: TenantSpec) -> DAG:
             task_id="train",
             tenant=spec.tenant,
             cluster=cluster.name,
-            dataset_dir=stage.output["remote_dir"],
+            staged=stage.output,
             poll_interval=cluster.effective_poll_interval_s,
             retries=2,
         )

@@ -30,20 +30,33 @@ class RecipeTrainOperator(SlurmJobOperator):
         resources, already validated; they replace ``recipe``/``hyperparameters``/``slurm_resources``.
     :param dataset: ingest's XCom (``prefix``, ``uri``, ...): the dataset version to check; its
         prefix must lie inside the tenant's datasets area.
+    :param staged: the stage task's XCom (``stage.output``): its ``remote_dir`` is the dataset
+        directory on the cluster (which the plan refuses unless it lies inside the tenant's
+        datasets directory).
     :param s3_conn_id: Airflow connection of the object store.
     :param kwargs: everything :class:`~operators.slurm.SlurmJobOperator` takes.
     """
 
-    template_fields: Sequence[str] = (*SlurmJobOperator.template_fields, "dataset", "run_params")
+    template_fields: Sequence[str] = (*SlurmJobOperator.template_fields, "dataset", "run_params", "staged")
 
-    def __init__(self, *, dataset: Any, run_params: Any = None, s3_conn_id: str = S3_CONN_ID, **kwargs: Any) -> None:
+    def __init__(self, *, dataset: Any, run_params: Any = None, staged: Any = None, s3_conn_id: str = S3_CONN_ID,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.dataset = dataset
         self.run_params = run_params
+        self.staged = staged
         self.s3_conn_id = s3_conn_id
 
     def apply_run_params(self) -> None:
-        """Take recipe, hyperparameters and resources from the validate task's typed result."""
+        """Take recipe, hyperparameters and resources from the validate task's typed result, and the
+        dataset directory from the stage task's."""
+        if self.staged is not None:
+            from aifactory.errors import InputError
+
+            remote_dir = self.staged.get("remote_dir") if isinstance(self.staged, Mapping) else None
+            if not isinstance(remote_dir, str):
+                raise InputError("the stage task's result names no remote_dir; clear the stage task")
+            self.dataset_dir = remote_dir
         if self.run_params is None:
             return
         from aifactory.tenants import RunParams
