@@ -34,10 +34,10 @@ def main() -> None:
     s3 = c.s3_client(env)
     import paramiko
 
-    from aifactory.local.localstack import bulk_pipe
-    from aifactory.hpc.remote import ParamikoShell, q
     from aifactory.data.s3 import download_to
+    from aifactory.hpc.remote import ParamikoShell, q
     from aifactory.hpc.staging import StagingOptions, stage_dataset
+    from aifactory.local.localstack import bulk_pipe
 
     m = c.ingested_dataset(s3, args.rows)
     total = m.total_bytes

@@ -60,6 +60,9 @@ VERSION_RE = re.compile(r"^v-[0-9a-f]{8,64}$")
 #: the deterministic Slurm job name of one task instance: ``aifp-<tenant>-<12 hex>``.
 JOB_NAME_PREFIX = "aifp-"
 JOB_NAME_RE = re.compile(r"^aifp-[a-z][a-z0-9-]{1,30}[a-z0-9]-[0-9a-f]{12}$")
+#: how every factory job's ``--comment`` starts (``aifp:tenant=..,dag=..,...``): the job identity
+#: writes it, the orphan sweep reads it
+JOB_COMMENT_PREFIX = "aifp:"
 #: a file name inside a dataset version, a model or a job's output directory.
 SAFE_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 

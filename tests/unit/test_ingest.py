@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from aifactory.data import ingest
 from aifactory.data.ingest import (
     SourceObject,

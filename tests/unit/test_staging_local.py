@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from aifactory.errors import InputError
 from aifactory.data.manifest import DatasetManifest, FileEntry
+from aifactory.errors import InputError
 from aifactory.hpc.remote import OpenSSHPipe, RemoteError, stat_files
 from aifactory.hpc.staging import StagingOptions, stage_dataset
 from aifactory.layout import STAGING_MARKER

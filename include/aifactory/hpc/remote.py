@@ -13,8 +13,9 @@ import re
 import select
 import shlex
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Iterable, Protocol
+from typing import IO, Any, Protocol
 
 from aifactory.errors import FactoryError
 
@@ -259,7 +260,7 @@ class ParamikoShell:
             self._sftp.close()
             self._sftp = None
 
-    def __enter__(self) -> "ParamikoShell":
+    def __enter__(self) -> ParamikoShell:
         return self
 
     def __exit__(self, *exc: object) -> None:

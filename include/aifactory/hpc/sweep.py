@@ -20,12 +20,13 @@ No Airflow here: :mod:`operators.sweep` adapts it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from aifactory.errors import InputError
 from aifactory.hpc.slurm import job_name
-from aifactory.layout import JOB_NAME_RE
+from aifactory.layout import JOB_COMMENT_PREFIX, JOB_NAME_RE
 
 #: Task states after which nobody will come back for the job (``success`` included: a task a user
 #: marked successful by hand does not want its job any more).
@@ -85,10 +86,10 @@ def parse_active_jobs(out: str) -> list[ActiveJob]:
 
 def owner_of(job: ActiveJob) -> JobOwner | None:
     """The task instance of a factory job, or ``None`` when the job is not provably ours."""
-    if not JOB_NAME_RE.fullmatch(job.name) or not job.comment.startswith("aifp:"):
+    if not JOB_NAME_RE.fullmatch(job.name) or not job.comment.startswith(JOB_COMMENT_PREFIX):
         return None
     fields: dict[str, str] = {}
-    for part in job.comment[len("aifp:"):].split(","):
+    for part in job.comment[len(JOB_COMMENT_PREFIX):].split(","):
         key, sep, value = part.partition("=")
         if sep:
             fields[key] = value

@@ -46,6 +46,8 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+#: a file name inside a dataset version: aifactory.layout.SAFE_FILE_RE, copied because this script
+#: runs on the cluster without the package (tests/unit/test_layout.py checks the two are equal)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 CHUNK = 1024 * 1024
 ATTEMPTS = 3
