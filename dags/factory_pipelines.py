@@ -37,6 +37,12 @@ from operators.stages import (
 )
 
 
+def _bounded(name: str, default: int, low: int, high: int, title: str) -> dict[str, Param]:
+    """A resource field: an integer from ``low``; the tenant's upper bound is in its description."""
+    return {name: Param(default, type="integer", minimum=low, title=title,
+                        description=f"At most {high} (the tenant's limit; checked by the validate task).")}
+
+
 def trigger_form(spec: TenantSpec) -> dict[str, Param]:
     """The typed Params of the trigger form, bounded by the tenant spec."""
     lim, d = spec.limits, spec.defaults
@@ -57,15 +63,15 @@ def trigger_form(spec: TenantSpec) -> dict[str, Param]:
                                  description="Checked against the recipe's JSON schema before anything runs."),
         "partition": Param(d.get("partition", spec.partitions[0]), type="string", enum=list(spec.partitions),
                            title="Slurm partition"),
-        "nodes": Param(d.get("nodes", 1), type="integer", minimum=1, maximum=lim.max_nodes, title="Nodes"),
-        "gpus_per_node": Param(d.get("gpus_per_node", 0), type="integer", minimum=0,
-                               maximum=lim.max_gpus_per_node, title="GPUs per node"),
-        "cpus_per_task": Param(d.get("cpus_per_task", 1), type="integer", minimum=1,
-                               maximum=lim.max_cpus_per_task, title="CPUs per task"),
-        "mem_gb": Param(d.get("mem_gb", 1), type="integer", minimum=1, maximum=lim.max_mem_gb,
-                        title="Memory per node (GB)"),
-        "time_limit_minutes": Param(d.get("time_limit_minutes", 30), type="integer", minimum=1,
-                                    maximum=lim.max_time_limit_minutes, title="Time limit (minutes)"),
+        # The tenant's limits are stated, not enforced, here: Airflow validates a run's conf against
+        # the DAG's params again at every task start, so a limit lowered while a run is under way would
+        # fail its next task. The validate task enforces them, before any side effect.
+        **_bounded("nodes", d.get("nodes", 1), 1, lim.max_nodes, "Nodes"),
+        **_bounded("gpus_per_node", d.get("gpus_per_node", 0), 0, lim.max_gpus_per_node, "GPUs per node"),
+        **_bounded("cpus_per_task", d.get("cpus_per_task", 1), 1, lim.max_cpus_per_task, "CPUs per task"),
+        **_bounded("mem_gb", d.get("mem_gb", 1), 1, lim.max_mem_gb, "Memory per node (GB)"),
+        **_bounded("time_limit_minutes", d.get("time_limit_minutes", 30), 1, lim.max_time_limit_minutes,
+                   "Time limit (minutes)"),
     }
 
 
