@@ -13,7 +13,7 @@ import hashlib
 import re
 
 from aifactory.errors import InputError
-from aifactory.layout import JOB_NAME_PREFIX, TENANT_RE, job_log_path
+from aifactory.layout import JOB_COMMENT_PREFIX, JOB_NAME_PREFIX, TENANT_RE, job_log_path
 
 from .checks import check_job_ids, check_remote_path
 
@@ -59,7 +59,7 @@ def job_comment(
         return _COMMENT_UNSAFE.sub("_", str(value))[:100]
 
     parts = [
-        f"aifp:tenant={clean(tenant)}",
+        f"{JOB_COMMENT_PREFIX}tenant={clean(tenant)}",
         f"dag={clean(dag_id)}",
         f"run={clean(run_id)}",
         f"task={clean(task_id)}",
