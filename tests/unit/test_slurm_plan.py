@@ -186,3 +186,85 @@ def test_execute_complete_finishes_with_the_carried_plan_not_the_edited_spec(mon
         op.execute_complete({"ti": TI, "task_state_store": store}, event)  # or the plan saved with the job id
     with pytest.raises(AirflowException, match="not carried"):
         op.execute_complete(CTX, event)
+
+
+# ------------------------------------------------------------------------------------------ facts
+
+
+class FakeCluster(FakeHook):
+    """squeue/sacct answers chosen per test; files by path."""
+
+    def __init__(self, squeue=(0, ""), sacct_name=(0, ""), sacct_id=(0, ""), files=None):
+        super().__init__()
+        self.answers = {"squeue": squeue, "sacct --parsable2 -X --noheader --name": sacct_name,
+                        "sacct --parsable2 -X --noheader --jobs": sacct_id}
+        self.files = dict(files or {})
+
+    def run(self, command: str, timeout: float = 0) -> tuple[int, str, str]:
+        self.commands.append(command)
+        for prefix, (rc, out) in self.answers.items():
+            if command.replace("'", "").startswith(prefix):
+                return rc, out, "" if rc == 0 else "slurm_load_jobs error: Unable to contact slurm controller"
+        raise AssertionError(f"unexpected command {command}")
+
+    @contextmanager
+    def sftp(self):
+        import io
+
+        def open_(path, mode="r"):
+            if path not in self.files:
+                raise FileNotFoundError(path)
+            return io.BytesIO(self.files[path])
+
+        yield SimpleNamespace(open=open_)
+
+
+def _sacct_line(job_id: str, name: str, state: str) -> str:
+    from aifactory.hpc.slurm import SACCT_FIELDS
+
+    row = dict.fromkeys(SACCT_FIELDS, "")
+    row.update(JobID=job_id, JobName=name, State=state, ExitCode="0:0", Submit="2026-01-01T00:00:00")
+    return "|".join(row[f] for f in SACCT_FIELDS)
+
+
+def test_facts_slurm_failures_are_no_answer_never_not_found():
+    from aifactory.hpc.slurm.decision import SacctFact, SqueueFact
+    from operators.slurm_facts import gather_facts
+
+    plan = _plan()
+    facts = gather_facts(FakeCluster(squeue=(1, "")), plan, None, "now-7days")
+    assert facts.squeue is SqueueFact.NO_ANSWER
+    facts = gather_facts(FakeCluster(sacct_name=(1, "")), plan, None, "now-7days")
+    assert facts.squeue is SqueueFact.NOT_LISTED and facts.sacct is SacctFact.NO_ANSWER
+    facts = gather_facts(FakeCluster(sacct_id=(1, "")), plan, "41", "now-7days")  # the saved id is asked too
+    assert facts.sacct is SacctFact.NO_ANSWER
+
+
+def test_facts_of_an_active_job_carry_its_params_digest():
+    import hashlib
+
+    from aifactory.hpc.slurm.decision import SqueueFact
+    from operators.slurm_facts import gather_facts
+
+    plan = _plan()
+    squeue = (0, f"42|{plan.job_name}|RUNNING|None|0:05|N/A\n")
+    files = {plan.params_path: plan.params_json.encode()}
+    facts = gather_facts(FakeCluster(squeue=squeue, files=files), plan, None, "now-7days")
+    assert facts.squeue is SqueueFact.ACTIVE and facts.active_job_id == "42"
+    assert facts.active_params_sha256 == hashlib.sha256(plan.params_json.encode()).hexdigest()
+    facts = gather_facts(FakeCluster(squeue=squeue), plan, None, "now-7days")
+    assert facts.active_params_sha256 is None  # unreadable: the decision refuses
+
+
+def test_facts_of_a_finished_job_sacct_has_not_recorded_are_unsettled():
+    from aifactory.hpc.slurm.decision import SacctFact
+    from operators.slurm_facts import gather_facts
+
+    plan = _plan()
+    squeue = (0, f"42|{plan.job_name}|COMPLETED|None|0:05|N/A\n")
+    assert gather_facts(FakeCluster(squeue=squeue), plan, None, "now-7days").sacct is SacctFact.UNSETTLED
+    done = (0, _sacct_line("42", plan.job_name, "COMPLETED") + "\n" + _sacct_line("40", plan.job_name, "FAILED"))
+    facts = gather_facts(FakeCluster(squeue=squeue, sacct_name=done), plan, None, "now-7days")
+    assert facts.sacct is SacctFact.COMPLETED and facts.finished_job_id == "42"
+    other = (0, _sacct_line("43", "aifp-demo-000000000000", "COMPLETED"))  # someone else's job
+    assert gather_facts(FakeCluster(sacct_name=other), plan, None, "now-7days").sacct is SacctFact.NOT_FOUND
