@@ -143,7 +143,7 @@ class ClusterPoller:
                     self._wakeup.clear()
                     try:
                         await asyncio.wait_for(self._wakeup.wait(), timeout=max(self.interval, 1.0))
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         return
                     continue
                 batch = dict(self._pending)

@@ -51,10 +51,10 @@ def _parse_marker(raw: bytes, output_dir: str) -> Any:
 
         try:
             data = json.loads(raw)
-        except ValueError as exc:
-            raise InputError(f"completion marker is not JSON: {exc}") from exc
+        except ValueError:
+            data = None
         if not isinstance(data, dict):
-            raise InputError("completion marker is not a JSON object")
+            raise InputError("completion marker is not a JSON object") from None
         return data
     return parse_marker(raw, output_dir=output_dir)
 

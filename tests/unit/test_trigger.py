@@ -99,7 +99,8 @@ def test_serialize_round_trip():
     assert classpath == CLASSPATH == "operators.triggers.SlurmJobTrigger"
     again = SlurmJobTrigger(**kwargs)
     assert again.serialize() == (classpath, kwargs)
-    import importlib, json
+    import importlib
+    import json
 
     module, _, cls = classpath.rpartition(".")
     assert getattr(importlib.import_module(module), cls) is SlurmJobTrigger
@@ -237,7 +238,7 @@ def test_real_query_parses_poll_output(sleeps):
     rec_line = "|".join(["42", NAME, "demo", "debug", "COMPLETED", "0:0", "00:00:03", "cpu=1,node=1", "n1",
                          "2026-01-01T00:00:00", "2026-01-01T00:00:00", "2026-01-01T00:00:03", "None"])
     outputs = [
-        "@@AIFP squeue rc=0\n42|%s|RUNNING|None|0:01|N/A\n@@AIFP log job=42 offset=0\naGVsbG8K\n@@AIFP end\n" % NAME,
+        f"@@AIFP squeue rc=0\n42|{NAME}|RUNNING|None|0:01|N/A\n@@AIFP log job=42 offset=0\naGVsbG8K\n@@AIFP end\n",
         "@@AIFP squeue rc=1\nslurm_load_jobs error: Invalid job id specified\n@@AIFP sacct rc=0\n"
         + rec_line + "\n@@AIFP log job=42 offset=6\n\n@@AIFP end\n",
     ]
