@@ -288,6 +288,32 @@ def test_schema_drift_between_csv_files(tmp_path):
         _convert(tmp_path, {"a.csv": b"x,y\n1,2\n", "b.csv": b"x,z\n1,2\n"})
 
 
+def _printable_line(message: str) -> bool:
+    return "\n" not in message and "\x1b" not in message and "\u202e" not in message
+
+
+def test_column_names_in_a_drift_message_are_escaped(tmp_path):
+    # quoted CSV header names may hold a newline, an ANSI escape or a bidi override
+    forged = b'x,"y\ningest: published s3://x \x1b[31m\xe2\x80\xae"\n1,2\n'
+    with pytest.raises(InputError, match="schema drift") as err:
+        _convert(tmp_path, {"a.csv": b"x,y\n1,2\n", "b.csv": forged})
+    assert _printable_line(str(err.value)) and "\\n" in str(err.value) and "\\x1b" in str(err.value)
+
+
+def test_a_widened_column_name_is_escaped_in_the_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest.limits, "READ_BLOCK_SIZE", 1024)
+    body = b'"n\x1b[2J",l\n' + b"".join(b"%d,a\n" % i for i in range(400)) + b"0.5,a\n"
+    *_, logs = _convert(tmp_path, {"a.csv": body})
+    widened = [line for line in logs if "widened" in line]
+    assert widened and all(_printable_line(line) for line in logs) and "\\x1b[2J" in widened[0]
+
+
+def test_an_explicit_dataset_name_is_shown_escaped():
+    with pytest.raises(InputError) as err:
+        check_dataset_name("a\nb\u202e")
+    assert _printable_line(str(err.value)) and "'a\\nb\\u202e'" in str(err.value)
+
+
 def test_jsonl(tmp_path):
     lines = b"".join(json.dumps({"x": i, "label": "k"}).encode() + b"\n" for i in range(5))
     schema, paths, rows, _ = _convert(tmp_path, {"a.jsonl": lines})

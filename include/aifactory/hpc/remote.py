@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
 from aifactory.errors import FactoryError
+from aifactory.text import shown
 
 #: Seconds to wait for the end of a command's output after its exit status arrived.
 EOF_GRACE_S = 5.0
@@ -206,7 +207,7 @@ class ParamikoShell:
                     if time.monotonic() - exited_at > EOF_GRACE_S:
                         break
                 if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"remote command ran past {timeout:.0f}s: {command[:120]!r}")
+                    raise TimeoutError(f"remote command ran past {timeout:.0f}s: {shown(command, max_chars=120)}")
                 if not busy:
                     select.select([chan], [], [], 0.2)
             return (
@@ -368,7 +369,7 @@ class OpenSSHPipe:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-                    raise TimeoutError(f"ssh command ran past {timeout}s: {command[:120]!r}") from None
+                    raise TimeoutError(f"ssh command ran past {timeout}s: {shown(command, max_chars=120)}") from None
                 out.seek(0)
                 err.seek(0)
                 return rc, out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")
