@@ -48,7 +48,14 @@ from aifactory.hpc.slurm.plan import JobPlan, TaskIds, plan_job
 from aifactory.models.recipes import DEFAULT_RECIPES_ROOT, Recipe, load_recipes
 from aifactory.tenants import load_cluster, load_tenant, parse_cluster, parse_tenant
 from operators.hooks import FactorySSHHook
-from operators.slurm_facts import gather_facts, legacy_markers, marker_params_sha256, read_marker
+from operators.slurm_facts import (
+    gather_facts,
+    legacy_markers,
+    marker_field,
+    marker_outputs,
+    marker_params_sha256,
+    read_marker,
+)
 from operators.slurm_rundir import move_outputs_aside, prepare_run_dir
 from operators.triggers import SlurmJobTrigger
 
@@ -404,8 +411,8 @@ class SlurmJobOperator(BaseOperator):
             "output_dir": plan.output_dir,
             "log_path": plan.log_path(job_id),
             "accounting": event.get("accounting"),
-            "metrics": _field(marker, "metrics"),
-            "outputs": _outputs(_field(marker, "files")),
+            "metrics": marker_field(marker, "metrics"),
+            "outputs": marker_outputs(marker),
             "recipe": plan.recipe,
             "resources": dict(plan.resources),
             "params_sha256": plan.params_sha256,
@@ -422,17 +429,3 @@ class SlurmJobOperator(BaseOperator):
         except Exception as exc:
             self.log.warning("could not cancel Slurm job %s: %s", self._job_id, exc)
 
-
-def _field(marker: Any, name: str) -> Any:
-    return marker.get(name) if isinstance(marker, Mapping) else getattr(marker, name, None)
-
-
-def _outputs(files: Any) -> dict[str, Any]:
-    """``{path: {sha256, bytes}}`` from the marker's file list (or the older mapping form)."""
-    if isinstance(files, Mapping):
-        return {str(k): dict(v) if isinstance(v, Mapping) else v for k, v in files.items()}
-    out: dict[str, Any] = {}
-    for f in files or []:
-        path = _field(f, "path")
-        out[str(path)] = {"sha256": _field(f, "sha256"), "bytes": _field(f, "bytes")}
-    return out

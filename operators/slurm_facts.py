@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from aifactory.errors import FactoryError
@@ -24,7 +25,7 @@ from aifactory.hpc.slurm import (
 from aifactory.hpc.slurm.decision import MarkerFact, PriorJobFacts, SacctFact, SqueueFact
 from aifactory.hpc.slurm.plan import JobPlan
 
-__all__ = ["gather_facts", "read_marker", "MARKER_MAX_BYTES"]
+__all__ = ["MARKER_MAX_BYTES", "gather_facts", "marker_field", "marker_outputs", "marker_params_sha256", "read_marker"]
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,22 @@ def _parse_marker(raw: bytes, output_dir: str) -> Any:
     return parse_marker(raw, output_dir=output_dir)
 
 
+def marker_field(marker: Any, name: str) -> Any:
+    return marker.get(name) if isinstance(marker, Mapping) else getattr(marker, name, None)
+
+
 def marker_params_sha256(marker: Any) -> str | None:
-    value = marker.get("params_sha256") if isinstance(marker, dict) else getattr(marker, "params_sha256", None)
+    value = marker_field(marker, "params_sha256")
     return value if isinstance(value, str) else None
+
+
+def marker_outputs(marker: Any) -> dict[str, Any]:
+    """``{path: {sha256, bytes}}`` from the marker's file list (or the older mapping form), for XCom."""
+    files = marker_field(marker, "files")
+    if isinstance(files, Mapping):
+        return {str(k): dict(v) if isinstance(v, Mapping) else v for k, v in files.items()}
+    return {str(marker_field(f, "path")): {"sha256": marker_field(f, "sha256"), "bytes": marker_field(f, "bytes")}
+            for f in files or []}
 
 
 def read_marker(hook: Any, plan: JobPlan) -> tuple[MarkerFact, Any, str]:
