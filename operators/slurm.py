@@ -34,6 +34,7 @@ from airflow.providers.common.compat.sdk import AirflowException, BaseOperator, 
 
 from aifactory.errors import InputError
 from aifactory.hpc.slurm import (
+    Resources,
     accounting,
     failure_message,
     parse_sacct,
@@ -198,7 +199,8 @@ class SlurmJobOperator(BaseOperator):
         return plan_job(
             spec, cluster, recipe,
             hyperparameters=_as_mapping(self.hyperparameters, "hyperparameters"),
-            resources=_as_mapping(self.slurm_resources, "resources"),
+            resources=self.slurm_resources if isinstance(self.slurm_resources, Resources)
+            else _as_mapping(self.slurm_resources, "resources"),
             task=task, dataset_dir=self.dataset_dir or None, run_dir=self.run_dir,
             poll_interval=self.poll_interval,
         )

@@ -69,7 +69,7 @@ class RecipeTrainOperator(SlurmJobOperator):
         params = RunParams.from_xcom(self.run_params)
         self.recipe = params.recipe
         self.hyperparameters = dict(params.hyperparameters)
-        self.slurm_resources = params.resource_request()
+        self.slurm_resources = params.resources  # bounded once by validate; not re-checked against today's spec
 
     def check_data(self, context: Context) -> list[str]:
         """Run the recipe's data checks; AirflowFailException (no retry) naming the field if one fails."""

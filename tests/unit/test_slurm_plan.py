@@ -268,3 +268,19 @@ def test_facts_of_a_finished_job_sacct_has_not_recorded_are_unsettled():
     assert facts.sacct is SacctFact.COMPLETED and facts.finished_job_id == "42"
     other = (0, _sacct_line("43", "aifp-demo-000000000000", "COMPLETED"))  # someone else's job
     assert gather_facts(FakeCluster(sacct_name=other), plan, None, "now-7days").sacct is SacctFact.NOT_FOUND
+
+
+def test_resources_validated_by_the_validate_task_are_not_bounded_again():
+    """Train plans with the resources validate bounded; a limit lowered since does not refuse them."""
+    from aifactory.hpc.slurm import Resources
+
+    validated = Resources(account="demo", partition="debug", time_limit_minutes=45, mem_gb=3)
+    lowered = {**TENANT, "limits": {**TENANT["limits"], "max_time_limit_minutes": 10, "max_mem_gb": 1}}
+    recipe = load_recipes()["tabular_classifier"]
+    task = TaskIds(dag_id=TI.dag_id, run_id=TI.run_id, task_id="train")
+    plan = plan_job(parse_tenant(lowered, "t"), load_cluster("local"), recipe, hyperparameters=HP,
+                    resources=validated, task=task, dataset_dir=DATASET)
+    assert plan.resources["time_limit_minutes"] == 45 and "--time=45" in plan.sbatch_command
+    with pytest.raises(InputError, match="account"):
+        plan_job(parse_tenant(lowered, "t"), load_cluster("local"), recipe, hyperparameters=HP,
+                 resources=Resources(account="other", partition="debug"), task=task, dataset_dir=DATASET)

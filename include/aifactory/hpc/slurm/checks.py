@@ -65,23 +65,21 @@ def check_remote_path(value: str, what: str) -> str:
     return value
 
 
+def _check_each(values: Iterable[str], pattern: re.Pattern[str], what: str, rule: str) -> list[str]:
+    """Every value must match ``pattern``; order kept, duplicates dropped (the list is also a
+    squeue/sacct/scancel argument)."""
+    out = [str(v) for v in values]
+    if not out:
+        raise ValueError(f"at least one {what} is required")
+    for v in out:
+        if not pattern.fullmatch(v):
+            raise InputError(f"{what} {v!r:.60} {rule}")
+    return list(dict.fromkeys(out))
+
+
 def check_job_ids(job_ids: Iterable[str]) -> list[str]:
-    ids = [str(j) for j in job_ids]
-    if not ids:
-        raise ValueError("at least one job id is required")
-    for j in ids:
-        if not JOB_ID_RE.fullmatch(j):
-            raise InputError(f"job id {j!r:.40} is not a Slurm job id (digits, optionally _<index>)")
-    # Keep order, drop duplicates: the id list is also the squeue/sacct argument.
-    return list(dict.fromkeys(ids))
+    return _check_each(job_ids, JOB_ID_RE, "job id", "is not a Slurm job id (digits, optionally _<index>)")
 
 
 def check_job_names(names: Iterable[str]) -> list[str]:
-    out = [str(n) for n in names]
-    if not out:
-        raise ValueError("at least one job name is required")
-    for n in out:
-        if not JOB_NAME_RE.fullmatch(n):
-            raise InputError(f"job name {n!r:.60} was not made by aifactory.hpc.slurm.job_name()")
-    return list(dict.fromkeys(out))
-
+    return _check_each(names, JOB_NAME_RE, "job name", "was not made by aifactory.hpc.slurm.job_name()")

@@ -158,7 +158,7 @@ def plan_job(
     recipe: Recipe,
     *,
     hyperparameters: Mapping[str, Any],
-    resources: Mapping[str, Any] | None,
+    resources: Mapping[str, Any] | Resources | None,
     task: TaskIds,
     dataset_dir: str | None,
     run_dir: str | None = None,
@@ -167,7 +167,8 @@ def plan_job(
     """Validate everything and decide names, paths, arguments and bytes. Touches nothing.
 
     :param hyperparameters: validated again against the recipe's schema (idempotent).
-    :param resources: the user's resource request; bounded by the tenant's policy.
+    :param resources: the user's resource request, bounded here by the tenant's policy; or
+        :class:`Resources` the validate task already bounded (taken as they are).
     :param dataset_dir: the staged dataset, inside ``<tenant area>/datasets/`` (None: no dataset).
     :param run_dir: inside ``<tenant area>/runs/``; default ``runs/<job name>``, the same for every try.
     :param poll_interval: override the cluster's interval (never below its floor).
@@ -179,7 +180,14 @@ def plan_job(
         raise InputError(f"recipe {recipe.name!r} is not enabled for tenant {tenant.tenant!r}; "
                          f"allowed: {list(tenant.recipes)}")
     hp = recipe.validate_hyperparameters(dict(hyperparameters))
-    res = Resources.from_request(resources, policy=tenant.slurm_policy(), defaults=recipe.resources)
+    if isinstance(resources, Resources):
+        # Validated once, by the validate task, against the spec of that moment: not again here.
+        if resources.account != tenant.slurm_account:
+            raise InputError(f"validated resources name account {resources.account!r}, not the tenant's "
+                             f"{tenant.slurm_account!r}; clear the validate task")
+        res = resources
+    else:
+        res = Resources.from_request(resources, policy=tenant.slurm_policy(), defaults=recipe.resources)
     tenant_root = layout.tenant_dir(cluster.hpc_root, tenant.tenant)
     name = job_name(tenant.tenant, task.dag_id, task.run_id, task.task_id, task.map_index)
     run = (run_dir or layout.run_dir(tenant_root, name)).rstrip("/")
