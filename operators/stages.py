@@ -146,13 +146,9 @@ class DatasetOperator(FactoryOperator):
         self.dataset = dataset
 
     def manifest(self, s3: Any, spec: TenantSpec) -> DatasetManifest:
-        from aifactory.data.manifest import load_manifest
+        from aifactory.data.manifest import require_manifest
 
-        manifest = load_manifest(s3, spec.bucket, self.dataset["prefix"])
-        if manifest is None:
-            _fail(InputError(f"dataset version {self.dataset['uri']} has no manifest.json: it does not exist "
-                             "(was it deleted?). Clear the ingest task to build it again."))
-        return manifest
+        return self.call(require_manifest, s3, spec.bucket, self.dataset["prefix"])
 
 
 class QualityGateOperator(DatasetOperator):
@@ -162,7 +158,8 @@ class QualityGateOperator(DatasetOperator):
         from airflow.sdk.exceptions import AirflowFailException
 
         from aifactory.errors import QualityGateFailed
-        from aifactory.data.quality import publish_quality_result, suite_path, validate_dataset
+        from aifactory.data.quality import suite_path, validate_dataset, write_quality_result
+        from aifactory.text import shown
 
         spec = self.tenant_spec()
         params = self.run_params(context)
@@ -181,15 +178,17 @@ class QualityGateOperator(DatasetOperator):
                     log=self.log.info,
                 )
             except QualityGateFailed as exc:
-                # the full (value-free) result is kept beside the dataset version either way, and
-                # the verdict is recorded in its manifest (manifest_sha256 does not change)
-                publish_quality_result(s3, bucket=spec.bucket, dataset_prefix=self.dataset["prefix"], summary=exc.summary)
+                # the full (value-free) result is stored beside the dataset version either way, per
+                # suite and suite parameters; the version's manifest.json is never rewritten
+                verdict = write_quality_result(s3, bucket=spec.bucket, dataset_prefix=self.dataset["prefix"],
+                                               summary=exc.summary)
+                self.log.info("quality verdict failed stored at %s", shown(verdict["report_key"]))
                 raise AirflowFailException(f"quality gate failed for {self.dataset['uri']}\n{exc}") from exc
             except FactoryError as exc:
                 _fail(exc)
-        verdict = publish_quality_result(s3, bucket=spec.bucket, dataset_prefix=self.dataset["prefix"], summary=summary)
-        self.log.info("quality verdict %s recorded in %smanifest.json", verdict["verdict"], self.dataset["uri"])
-        return summary
+        verdict = write_quality_result(s3, bucket=spec.bucket, dataset_prefix=self.dataset["prefix"], summary=summary)
+        self.log.info("quality verdict %s stored at %s", verdict["verdict"], shown(verdict["report_key"]))
+        return verdict
 
 
 class StageDatasetOperator(DatasetOperator):
@@ -268,12 +267,8 @@ class ExportModelOperator(FactoryOperator):
             recipe=params.recipe,
             hyperparameters=params.hyperparameters,
             dataset=dict(self.dataset),
-            quality={
-                "verdict": "passed" if self.quality.get("success") else "failed",
-                "suite": self.quality.get("suite"),
-                "expectations": self.quality.get("evaluated_expectations"),
-                "failed": self.quality.get("failed_expectations"),
-            },
+            quality={k: self.quality.get(k) for k in (  # the quality task's verdict XCom
+                "verdict", "suite", "params_digest", "expectations", "failed", "report_key", "report_sha256")},
             slurm={
                 "job_ids": [self.training["job_id"]],
                 "state": self.training.get("state"),
