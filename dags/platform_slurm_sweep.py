@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
-from aifactory.tenants import CLUSTERS_DIR, ClusterSpec, load_cluster
+from aifactory.layout import CLUSTERS_DIR
+from aifactory.tenants import ClusterSpec, load_cluster
 from operators.sweep import SlurmSweepOperator
 
 

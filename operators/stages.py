@@ -91,14 +91,14 @@ class ValidateRunOperator(FactoryOperator):
     """Check every parameter of the run before any side effect; return the typed params."""
 
     def execute(self, context: Context) -> dict[str, Any]:
-        params = self.run_params(context)
-        self.log.info("run parameters are valid: recipe=%s resources=%s", params.recipe, params.resources.as_dict())
-        return {
-            "dataset_uri": params.dataset_uri,
-            "recipe": params.recipe,
-            "hyperparameters": params.hyperparameters,
-            "resources": params.resource_request(),
-        }
+        from aifactory.tenants import validate_run_params
+        from aifactory.text import shown
+
+        params = self.call(validate_run_params, context["params"], self.tenant_spec())
+        self.log.info("run parameters are valid: recipe=%s resources=%s", shown(params.recipe),
+                      params.resources.as_dict())
+        # the typed result every later stage reads (RunParams.from_xcom), never the raw form again
+        return params.to_xcom()
 
 
 class IngestOperator(FactoryOperator):

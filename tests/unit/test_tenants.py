@@ -5,7 +5,15 @@ from pathlib import Path
 import pytest
 
 from aifactory.errors import InputError
-from aifactory.tenants import load_cluster, load_tenant, load_tenants, parse_tenant, validate_run_params
+from aifactory.tenants import (
+    FORM_FIELDS,
+    RunParams,
+    load_cluster,
+    load_tenant,
+    load_tenants,
+    parse_tenant,
+    validate_run_params,
+)
 
 GOOD = {
     "dataset_uri": "s3://aifactory/demo/raw/iris.csv",
@@ -40,7 +48,7 @@ def test_shipped_specs_load():
 
 
 def test_valid_params_are_typed(demo):
-    p = validate_run_params({**GOOD, "nodes": "1"}, demo)
+    p = validate_run_params({**GOOD, "nodes": 1}, demo)
     assert p.resources.nodes == 1 and p.resources.partition == "debug"
     assert p.resources.account == "demo"  # from the tenant spec, never from the user
     assert p.hyperparameters["epochs"] >= 1  # recipe defaults applied
@@ -60,6 +68,9 @@ def test_valid_params_are_typed(demo):
         ("partition", "debug --qos=high", "must match"),
         ("partition", "gpu", "not allowed"),
         ("nodes", 99, r"outside 1\.\.2 allowed"),
+        ("nodes", "1", "expected an integer"),
+        ("nodes", 1.0, "expected an integer, got '1.0'; write 1"),
+        ("time_limit_minutes", float("nan"), "not a finite number"),
         ("nodes", "-1", "expected an integer"),
         ("nodes", True, "expected an integer"),
         ("mem_gb", "4\n#SBATCH --account=other", "expected an integer"),
@@ -96,3 +107,94 @@ def test_recipe_allowlist():
     assert narrowed.allows_recipe("a") and not narrowed.allows_recipe("b")
     with pytest.raises(InputError, match="not available to tenant acme"):
         validate_run_params({**GOOD, "recipe": "b"}, narrowed, recipes={"a": None, "b": None})
+
+
+HP = GOOD["hyperparameters"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_refused_everywhere(demo, bad):
+    # JSON schema's "number" lets NaN through (every comparison with NaN is false): checked after it
+    with pytest.raises(InputError, match=r"hyperparameters\.learning_rate: .* not a finite number"):
+        validate_run_params({**GOOD, "hyperparameters": {**HP, "learning_rate": bad}}, demo)
+    with pytest.raises(InputError, match="not a finite number"):
+        validate_run_params({**GOOD, "hyperparameters": {**HP, "test_fraction": bad}}, demo)
+    # nested, in a field the schema does not type
+    with pytest.raises(InputError, match=r"feature_columns\[1\]|not a finite number"):
+        validate_run_params({**GOOD, "hyperparameters": {**HP, "feature_columns": ["a", bad]}}, demo)
+
+
+@pytest.mark.parametrize(("value", "message"), [(5.0, "expected an integer, got '5.0'; write 5"),
+                                                (True, "epochs"), ("5", "epochs")])
+def test_integer_hyperparameters_take_only_integers(demo, value, message):
+    with pytest.raises(InputError, match=message):
+        validate_run_params({**GOOD, "hyperparameters": {**HP, "epochs": value}}, demo)
+    assert validate_run_params({**GOOD, "hyperparameters": {**HP, "epochs": 5}}, demo).hyperparameters["epochs"] == 5
+
+
+@pytest.mark.parametrize("key", ["account", "qos", "cluster", "step_sleep_s"])
+def test_unknown_top_level_keys_refused_with_the_form_fields(demo, key):
+    with pytest.raises(InputError, match=f"unknown parameter.*'{key}'") as exc:
+        validate_run_params({**GOOD, key: "x"}, demo)
+    for name in FORM_FIELDS:
+        assert name in str(exc.value)
+
+
+def test_unknown_key_is_shown_escaped(demo):
+    with pytest.raises(InputError) as exc:
+        validate_run_params({**GOOD, "a\nINFO forged\x1b[31m\u202e": 1}, demo)
+    message = str(exc.value)
+    assert "\n" not in message and "\x1b" not in message and "\u202e" not in message
+    assert "a\\nINFO forged\\x1b[31m\\u202e" in message
+
+
+def test_allocation_hold_is_capped(demo):
+    cap = demo.limits.max_hold_minutes
+    assert cap == 360
+    ok = validate_run_params({**GOOD, "time_limit_minutes": 60, "hyperparameters": {**HP, "max_requeues": 5}}, demo)
+    assert ok.resources.time_limit_minutes * (1 + ok.hyperparameters["max_requeues"]) == cap
+    with pytest.raises(InputError) as exc:
+        validate_run_params({**GOOD, "time_limit_minutes": 60, "hyperparameters": {**HP, "max_requeues": 100}}, demo)
+    message = str(exc.value)
+    assert "6060 minutes" in message and "max_hold_minutes=360" in message and "at most 5" in message
+
+
+def test_hold_limit_defaults_and_is_checked_in_the_spec():
+    base = {"tenant": "acme", "bucket": "b-1", "cluster": "local", "quality_suite": "s", "recipes": ["*"],
+            "slurm": {"account": "acme", "partitions": ["debug"]}}
+    assert parse_tenant({**base, "limits": LIMITS}, "x.yaml").limits.max_hold_minutes == 6 * 5
+    assert parse_tenant({**base, "limits": {**LIMITS, "max_hold_minutes": 7}}, "x").limits.max_hold_minutes == 7
+    with pytest.raises(InputError, match="unknown key"):
+        parse_tenant({**base, "limits": {**LIMITS, "max_hold_hours": 7}}, "x.yaml")
+    with pytest.raises(InputError, match="whole number"):
+        parse_tenant({**base, "limits": {**LIMITS, "max_nodes": 1.5}}, "x.yaml")
+
+
+def test_xcom_round_trip_is_json_native(demo):
+    import json
+
+    params = validate_run_params(GOOD, demo)
+    data = params.to_xcom()
+    assert json.loads(json.dumps(data, allow_nan=False)) == data
+    assert RunParams.from_xcom(data) == params
+    assert data["resources"]["account"] == "demo"
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda d: d.pop("recipe"), "recipe"),
+        (lambda d: d.update(hyperparameters="{'epochs': 5}"), "hyperparameters"),
+        (lambda d: d["resources"].update(nodes="2"), "nodes"),
+        (lambda d: d["resources"].update(nodes=True), "nodes"),
+        (lambda d: d["resources"].update(qos=3), "qos"),
+        (lambda d: d["hyperparameters"].update(learning_rate=float("nan")), "learning_rate"),
+    ],
+)
+def test_from_xcom_checks_types(demo, edit, field):
+    data = validate_run_params(GOOD, demo).to_xcom()
+    edit(data)
+    with pytest.raises(InputError, match=field):
+        RunParams.from_xcom(data)
+    with pytest.raises(InputError, match="validate task"):
+        RunParams.from_xcom("not a dict")

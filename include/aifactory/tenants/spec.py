@@ -1,33 +1,29 @@
-"""Tenant and cluster specs, and the validation of a run's parameters against them.
+"""Tenant and cluster specs: loading and checking the platform-owned YAML files.
 
 A tenant spec (``include/tenants/<tenant>.yaml``) is owned by platform engineers: it fixes the
 tenant's bucket, Slurm account, allowed partitions and recipes, and the upper bounds of every
 resource a startup may ask for. A startup's trigger form can only choose *within* those bounds:
 it never picks a host, a connection, an account or another tenant's paths.
 
-``validate_run_params`` is the one place that turns the untyped ``params`` of a DAG run into a
-typed :class:`RunParams`. The DAG's Params enforce the same rules in the UI form; the operators call
-this again before any side effect, because a run can also be triggered through the API or the CLI.
+The validation of a run's parameters against a spec lives in :mod:`aifactory.tenants.params`.
+Every name rule (tenant, Slurm names) and every key or path comes from :mod:`aifactory.layout`
+and :mod:`aifactory.hpc.slurm`: this module only reads the files.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
+from aifactory import layout
 from aifactory.errors import InputError
-from aifactory.models.recipes import Recipe, load_recipes
-from aifactory.data.s3 import check_tenant_uri
-from aifactory.hpc.slurm import Resources, TenantSlurmPolicy
-from aifactory.layout import CLUSTERS_DIR, INCLUDE_DIR, TENANTS_DIR
-
-
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
-PARTITION_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+from aifactory.hpc.slurm import TenantSlurmPolicy
+from aifactory.hpc.slurm.checks import SLURM_NAME_RE
+from aifactory.layout import CLUSTERS_DIR, TENANT_RE, TENANTS_DIR
+from aifactory.text import shown
 
 
 @dataclass(frozen=True)
@@ -37,6 +33,19 @@ class Limits:
     max_cpus_per_task: int
     max_mem_gb: int
     max_time_limit_minutes: int
+    #: how long one run may hold an allocation across all its requeues: ``time_limit_minutes *
+    #: (1 + max_requeues)`` must not exceed it (see :func:`aifactory.tenants.params.check_hold`).
+    #: Absent: :data:`DEFAULT_HOLD_FACTOR` times ``max_time_limit_minutes``.
+    max_hold_minutes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_hold_minutes <= 0:
+            object.__setattr__(self, "max_hold_minutes", DEFAULT_HOLD_FACTOR * self.max_time_limit_minutes)
+
+
+#: a spec without ``limits.max_hold_minutes`` lets a run hold its allocation for this many time
+#: limits (the first start and five requeues)
+DEFAULT_HOLD_FACTOR = 6
 
 
 @dataclass(frozen=True)
@@ -85,19 +94,24 @@ class TenantSpec:
         return self.quality_suites.get(dataset_name, self.quality_suite)
 
     # --- the tenant's areas -------------------------------------------------------------------
+    # (thin calls: the layout is defined once, in aifactory.layout)
     @property
     def raw_prefix(self) -> str:
-        return f"{self.tenant}/raw/"
+        return layout.raw_prefix(self.tenant)
 
     @property
     def raw_uri_prefix(self) -> str:
-        return f"s3://{self.bucket}/{self.raw_prefix}"
+        return layout.s3_uri(self.bucket, self.raw_prefix)
+
+    @property
+    def datasets_prefix(self) -> str:
+        return layout.datasets_prefix(self.tenant)
 
     def dataset_prefix(self, name: str, version: str) -> str:
-        return f"{self.tenant}/datasets/{name}/{version}/"
+        return layout.dataset_prefix(self.tenant, name, version)
 
     def model_prefix(self, model: str, version: str) -> str:
-        return f"{self.tenant}/models/{model}/{version}/"
+        return layout.model_prefix(self.tenant, model, version)
 
     def allows_recipe(self, recipe: str) -> bool:
         """``recipes: ["*"]`` allows every recipe folder; otherwise an explicit allowlist."""
@@ -118,7 +132,7 @@ class TenantSpec:
         )
 
     def hpc_dir(self, cluster: ClusterSpec) -> str:
-        return f"{cluster.hpc_root.rstrip('/')}/{self.tenant}"
+        return layout.tenant_dir(cluster.hpc_root, self.tenant)
 
 
 def _require(spec: Mapping[str, Any], key: str, where: str) -> Any:
@@ -129,21 +143,18 @@ def _require(spec: Mapping[str, Any], key: str, where: str) -> Any:
 
 def parse_tenant(data: Mapping[str, Any], where: str = "tenant spec") -> TenantSpec:
     tenant = str(_require(data, "tenant", where))
-    if not NAME_RE.match(tenant):
-        raise InputError(f"{where}: tenant name {tenant!r} must match {NAME_RE.pattern}")
+    if not TENANT_RE.match(tenant):
+        raise InputError(f"{where}: tenant name {shown(tenant)} must match {TENANT_RE.pattern}")
     slurm = _require(data, "slurm", where)
     limits = _require(data, "limits", where)
     partitions = tuple(str(p) for p in _require(slurm, "partitions", f"{where} slurm"))
     for p in partitions:
-        if not PARTITION_RE.match(p):
-            raise InputError(f"{where}: partition {p!r} must match {PARTITION_RE.pattern}")
+        if not SLURM_NAME_RE.match(p):
+            raise InputError(f"{where}: partition {shown(p)} must match {SLURM_NAME_RE.pattern}")
     account = str(_require(slurm, "account", f"{where} slurm"))
-    if not PARTITION_RE.match(account):
-        raise InputError(f"{where}: Slurm account {account!r} must match {PARTITION_RE.pattern}")
-    try:
-        lim = Limits(**{k: int(v) for k, v in limits.items()})
-    except TypeError as exc:
-        raise InputError(f"{where}: limits: {exc}") from exc
+    if not SLURM_NAME_RE.match(account):
+        raise InputError(f"{where}: Slurm account {shown(account)} must match {SLURM_NAME_RE.pattern}")
+    lim = _limits(limits, where)
     return TenantSpec(
         tenant=tenant,
         display_name=str(data.get("display_name", tenant)),
@@ -163,6 +174,22 @@ def parse_tenant(data: Mapping[str, Any], where: str = "tenant spec") -> TenantS
     )
 
 
+def _limits(raw: Any, where: str) -> Limits:
+    if not isinstance(raw, Mapping):
+        raise InputError(f"{where}: limits must be a mapping like {{max_nodes: 1, max_time_limit_minutes: 60}}")
+    known = set(Limits.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise InputError(f"{where}: limits: unknown key(s) {[shown(k) for k in unknown]}; known: {sorted(known)}")
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InputError(f"{where}: limits.{key} must be a whole number >= 0, got {shown(value)}")
+    try:
+        return Limits(**raw)
+    except TypeError as exc:
+        raise InputError(f"{where}: limits: {exc}; add the missing limit") from exc
+
+
 def _quality_suites(raw: Any, where: str) -> dict[str, str]:
     if raw is None:
         return {}
@@ -173,7 +200,7 @@ def _quality_suites(raw: Any, where: str) -> dict[str, str]:
 
 def _staging_mode(raw: Any, where: str) -> str | None:
     if raw is not None and raw not in ("push", "pull"):
-        raise InputError(f"{where}: staging.mode {raw!r} must be 'push' or 'pull'")
+        raise InputError(f"{where}: staging.mode {shown(raw)} must be 'push' or 'pull'")
     return raw
 
 
@@ -184,7 +211,7 @@ def load_tenants(directory: Path = TENANTS_DIR) -> list[TenantSpec]:
         specs.append(parse_tenant(yaml.safe_load(path.read_text()) or {}, where=str(path)))
     names = [s.tenant for s in specs]
     if len(names) != len(set(names)):
-        raise InputError(f"duplicate tenant names in {directory}: {names}")
+        raise InputError(f"duplicate tenant names in {directory}: {names}; each tenant needs one file")
     return specs
 
 
@@ -192,13 +219,13 @@ def load_tenant(tenant: str, directory: Path = TENANTS_DIR) -> TenantSpec:
     for spec in load_tenants(directory):
         if spec.tenant == tenant:
             return spec
-    raise InputError(f"unknown tenant {tenant!r}: no spec in {directory}")
+    raise InputError(f"unknown tenant {shown(tenant)}: no spec in {directory}")
 
 
 def parse_cluster(data: Mapping[str, Any], where: str = "cluster spec") -> ClusterSpec:
     name = str(_require(data, "name", where))
-    if not NAME_RE.match(name):
-        raise InputError(f"{where}: cluster name {name!r} must match {NAME_RE.pattern}")
+    if not TENANT_RE.match(name):
+        raise InputError(f"{where}: cluster name {shown(name)} must match {TENANT_RE.pattern}")
     staging = data.get("staging") or {}
     if not isinstance(staging, Mapping):
         raise InputError(f"{where}: staging must be a mapping like {{mode: push, parallel: 4}}")
@@ -216,73 +243,12 @@ def parse_cluster(data: Mapping[str, Any], where: str = "cluster spec") -> Clust
 
 
 def load_cluster(name: str, directory: Path = CLUSTERS_DIR) -> ClusterSpec:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InputError(f"cluster name {name!r:.40} must match {NAME_RE.pattern}")
+    if not isinstance(name, str) or not TENANT_RE.match(name):
+        raise InputError(f"cluster name {shown(name, max_chars=40)} must match {TENANT_RE.pattern}")
     path = directory / f"{name}.yaml"
     if not path.is_file():
-        raise InputError(f"unknown cluster {name!r}: no {path}")
+        raise InputError(f"unknown cluster {shown(name)}: no {path}")
     cluster = parse_cluster(yaml.safe_load(path.read_text()) or {}, where=str(path))
     if cluster.name != name:
-        raise InputError(f"{path}: names cluster {cluster.name!r}; the file name must match")
+        raise InputError(f"{path}: names cluster {shown(cluster.name)}; the file name must match")
     return cluster
-
-
-# --------------------------------------------------------------------------------------------------
-# Run parameters
-# --------------------------------------------------------------------------------------------------
-RESOURCE_FIELDS = ("partition", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "time_limit_minutes")
-
-
-@dataclass(frozen=True)
-class RunParams:
-    """A run's parameters after validation: typed, bounded, inside the tenant's areas.
-
-    ``hyperparameters`` have the recipe's defaults applied; ``resources`` carry the tenant's
-    account and QoS (never chosen by the user).
-    """
-
-    dataset_uri: str
-    recipe: str
-    hyperparameters: dict[str, Any]
-    resources: Resources
-
-    def resource_request(self) -> dict[str, Any]:
-        """The user-choosable part of the resources, as the train task takes it."""
-        res = self.resources.as_dict()
-        return {k: res[k] for k in RESOURCE_FIELDS}
-
-
-def check_dataset_uri(uri: Any, tenant: TenantSpec) -> str:
-    """The dataset URI must name an object or prefix inside the tenant's raw area."""
-    check_tenant_uri(uri, bucket=tenant.bucket, tenant=tenant.tenant)
-    return uri
-
-
-def validate_run_params(
-    params: Mapping[str, Any], tenant: TenantSpec, recipes: Mapping[str, Recipe] | None = None
-) -> RunParams:
-    """Validate a run's params against the tenant spec and the recipe; raise InputError naming the field.
-
-    :param recipes: the recipe folders that exist (default: those under ``include/recipes``).
-    """
-    if recipes is None:
-        recipes = load_recipes()
-    recipe_name = params.get("recipe")
-    if not isinstance(recipe_name, str) or recipe_name not in recipes:
-        raise InputError(f"recipe: {recipe_name!r} is not a known recipe; choose one of {sorted(recipes)}")
-    if not tenant.allows_recipe(recipe_name):
-        raise InputError(
-            f"recipe: {recipe_name!r} is not available to tenant {tenant.tenant}; "
-            f"choose one of {list(tenant.recipes)}"
-        )
-    recipe = recipes[recipe_name]
-    hp = params.get("hyperparameters") or {}
-    if not isinstance(hp, dict):
-        raise InputError("hyperparameters: must be a JSON object")
-    request = {k: params[k] for k in RESOURCE_FIELDS if k in params}
-    return RunParams(
-        dataset_uri=check_dataset_uri(params.get("dataset_uri"), tenant),
-        recipe=recipe_name,
-        hyperparameters=recipe.validate_hyperparameters(hp),
-        resources=Resources.from_request(request, policy=tenant.slurm_policy(), defaults=recipe.resources),
-    )

@@ -1,0 +1,242 @@
+"""A run's parameters: validated once against the tenant spec and the recipe, then carried typed.
+
+:func:`validate_run_params` is the one place that turns the untyped ``params`` of a DAG run (the
+trigger form, the REST API or the CLI) into a typed :class:`RunParams`. The validate task runs it
+before any side effect and returns :meth:`RunParams.to_xcom`; every later stage reads that native
+XCom value back with :meth:`RunParams.from_xcom` (type checks only) instead of validating the raw
+form again, so a tenant spec edited while a run is under way cannot fail its later stages.
+
+Rules on top of the recipe's JSON schema (which lets them through):
+
+- every number, at any depth, is finite: JSON schema's ``number`` accepts NaN and infinities;
+- an integer field takes only an integer: ``5.0`` is refused (JSON schema calls it an integer) and
+  ``true`` is refused (Python calls it one);
+- a conf key that is not a field of the form (``account``, ``qos``, ``cluster``) is refused, with
+  the list of fields: such a key used to be ignored silently;
+- ``time_limit_minutes * (1 + max_requeues)`` stays within the tenant's ``limits.max_hold_minutes``:
+  a job that requeues itself holds its allocation once per start.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aifactory.data.s3 import check_tenant_uri
+from aifactory.errors import InputError
+from aifactory.hpc.slurm import Resources
+from aifactory.models.recipes import Recipe, load_recipes
+from aifactory.tenants.spec import TenantSpec
+from aifactory.text import shown, shown_list
+
+#: the trigger form's resource fields (the user-choosable part of :class:`Resources`)
+RESOURCE_FIELDS = ("partition", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "time_limit_minutes")
+#: every top-level field of the trigger form; any other conf key is refused
+FORM_FIELDS = ("dataset_uri", "recipe", "hyperparameters", *RESOURCE_FIELDS)
+#: the hyperparameter a recipe's job reads as its requeue budget (the platform job runtime's name)
+REQUEUES_HYPERPARAMETER = "max_requeues"
+#: the fields of :meth:`RunParams.to_xcom` and the JSON type each must have
+_XCOM_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "dataset_uri": str, "recipe": str, "hyperparameters": dict, "resources": dict}
+_RESOURCE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "account": str, "partition": str, "qos": (str, type(None)), "nodes": int, "cpus_per_task": int,
+    "mem_gb": int, "gpus_per_node": int, "time_limit_minutes": int}
+
+
+@dataclass(frozen=True)
+class RunParams:
+    """A run's parameters after validation: typed, bounded, inside the tenant's areas.
+
+    ``hyperparameters`` have the recipe's defaults applied; ``resources`` carry the tenant's
+    account and QoS (never chosen by the user).
+    """
+
+    dataset_uri: str
+    recipe: str
+    hyperparameters: dict[str, Any]
+    resources: Resources
+
+    def resource_request(self) -> dict[str, Any]:
+        """The user-choosable part of the resources, as the train task takes it."""
+        res = self.resources.as_dict()
+        return {k: res[k] for k in RESOURCE_FIELDS}
+
+    def to_xcom(self) -> dict[str, Any]:
+        """JSON-native form for the validate task's XCom (the only form later stages read)."""
+        return {
+            "dataset_uri": self.dataset_uri,
+            "recipe": self.recipe,
+            "hyperparameters": dict(self.hyperparameters),
+            "resources": self.resources.as_dict(),
+        }
+
+    @classmethod
+    def from_xcom(cls, data: Any) -> RunParams:
+        """Read back :meth:`to_xcom`'s result; type checks only (validation happened once, earlier).
+
+        :raises InputError: naming the field that is missing or of the wrong type (an XCom value
+            edited by hand, or a validate task of an older release): clear the validate task.
+        """
+        if not isinstance(data, Mapping):
+            raise InputError(f"validated params: expected the validate task's object, got {type(data).__name__}; "
+                             "clear the validate task")
+        for name, kind in _XCOM_FIELDS.items():
+            _expect(data, name, kind, "validated params")
+        resources = data["resources"]
+        for name, kind in _RESOURCE_TYPES.items():
+            _expect(resources, name, kind, "validated params: resources")
+        _finite(data["hyperparameters"], "validated params: hyperparameters")
+        return cls(
+            dataset_uri=data["dataset_uri"],
+            recipe=data["recipe"],
+            hyperparameters=dict(data["hyperparameters"]),
+            resources=Resources(**{k: resources[k] for k in _RESOURCE_TYPES}),
+        )
+
+
+def _expect(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> None:
+    value = data.get(name)
+    is_bool_for_int = isinstance(value, bool) and kind is int
+    if name not in data or not isinstance(value, kind) or is_bool_for_int:
+        got = "nothing" if name not in data else type(value).__name__
+        raise InputError(f"{where}: {name} must be {_type_name(kind)}, got {got}; clear the validate task")
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks the JSON schema does not make
+# --------------------------------------------------------------------------------------------------
+
+
+def _finite(value: Any, where: str) -> None:
+    """Refuse NaN and +/-infinity anywhere in ``value`` (dicts and lists walked recursively)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{where}: {value} is not a finite number; give a finite value")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _finite(item, f"{where}.{printable_key(key)}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _finite(item, f"{where}[{i}]")
+
+
+def printable_key(key: Any) -> str:
+    """A user-chosen key as part of a field path in a message (escaped, quoted only when it must be)."""
+    text = shown(key)
+    return text[1:-1] if text[1:-1] == str(key) else text
+
+
+def _is_integer_schema(schema: Mapping[str, Any]) -> bool:
+    kind = schema.get("type")
+    kinds = kind if isinstance(kind, list) else [kind]
+    return "integer" in kinds and "number" not in kinds
+
+
+def _strict_integers(value: Any, schema: Any, where: str) -> None:
+    """Where the schema says ``integer``, the value must be a Python int (not 5.0, not True)."""
+    if not isinstance(schema, Mapping):
+        return
+    if _is_integer_schema(schema) and (isinstance(value, bool) or not isinstance(value, int)):
+        hint = f"; write {int(value)}" if isinstance(value, float) and value.is_integer() else ""
+        raise InputError(f"{where}: expected an integer, got {shown(value, max_chars=40)}{hint}")
+    if isinstance(value, Mapping):
+        props = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            _strict_integers(item, props.get(key, extra), f"{where}.{printable_key(key)}")
+    elif isinstance(value, list):
+        items = schema.get("items")
+        for i, item in enumerate(value):
+            _strict_integers(item, items, f"{where}[{i}]")
+
+
+def _strict_resource_integers(params: Mapping[str, Any]) -> None:
+    for name in RESOURCE_FIELDS:
+        if name == "partition" or name not in params:
+            continue
+        value = params[name]
+        if isinstance(value, bool) or not isinstance(value, int):
+            hint = f"; write {int(value)}" if isinstance(value, float) and value.is_integer() else ""
+            raise InputError(f"{name}: expected an integer, got {shown(value, max_chars=40)}{hint}")
+
+
+def check_known_fields(params: Mapping[str, Any]) -> None:
+    """Refuse a conf key that is not a field of the trigger form (``account``, ``qos``, ``cluster``...)."""
+    unknown = sorted(str(k) for k in params if k not in FORM_FIELDS)
+    if unknown:
+        raise InputError(
+            f"unknown parameter(s) {shown_list(unknown)}: the form's fields are {', '.join(FORM_FIELDS)}; "
+            "the account, QoS and cluster come from the tenant spec and cannot be chosen"
+        )
+
+
+def check_hold(resources: Resources, hyperparameters: Mapping[str, Any], tenant: TenantSpec) -> None:
+    """A job that requeues itself holds an allocation once per start: cap the total per run."""
+    requeues = hyperparameters.get(REQUEUES_HYPERPARAMETER, 0)
+    if isinstance(requeues, bool) or not isinstance(requeues, int):
+        requeues = 0
+    hold = resources.time_limit_minutes * (1 + requeues)
+    cap = tenant.limits.max_hold_minutes
+    if hold > cap:
+        most = max(cap // resources.time_limit_minutes - 1, 0)
+        raise InputError(
+            f"time_limit_minutes={resources.time_limit_minutes} with hyperparameters.{REQUEUES_HYPERPARAMETER}="
+            f"{requeues} may hold the allocation for {hold} minutes (time limit x (1 + requeues)), more than "
+            f"the tenant's limits.max_hold_minutes={cap}; lower {REQUEUES_HYPERPARAMETER} to at most {most} "
+            "or the time limit"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------
+
+
+def check_dataset_uri(uri: Any, tenant: TenantSpec) -> str:
+    """The dataset URI must name an object or prefix inside the tenant's raw area."""
+    check_tenant_uri(uri, bucket=tenant.bucket, tenant=tenant.tenant)
+    return uri
+
+
+def validate_run_params(
+    params: Mapping[str, Any], tenant: TenantSpec, recipes: Mapping[str, Recipe] | None = None
+) -> RunParams:
+    """Validate a run's params against the tenant spec and the recipe; raise InputError naming the field.
+
+    :param recipes: the recipe folders that exist (default: those under ``include/recipes``).
+    """
+    check_known_fields(params)
+    _finite(dict(params), "params")
+    if recipes is None:
+        recipes = load_recipes()
+    recipe_name = params.get("recipe")
+    if not isinstance(recipe_name, str) or recipe_name not in recipes:
+        raise InputError(f"recipe: {shown(recipe_name)} is not a known recipe; choose one of {sorted(recipes)}")
+    if not tenant.allows_recipe(recipe_name):
+        raise InputError(
+            f"recipe: {shown(recipe_name)} is not available to tenant {tenant.tenant}; "
+            f"choose one of {list(tenant.recipes)}"
+        )
+    recipe = recipes[recipe_name]
+    hp = params.get("hyperparameters") or {}
+    if not isinstance(hp, dict):
+        raise InputError("hyperparameters: must be a JSON object")
+    _strict_resource_integers(params)
+    hyperparameters = recipe.validate_hyperparameters(hp)
+    _finite(hyperparameters, "hyperparameters")
+    _strict_integers(hyperparameters, recipe.schema, "hyperparameters")
+    request = {k: params[k] for k in RESOURCE_FIELDS if k in params}
+    resources = Resources.from_request(request, policy=tenant.slurm_policy(), defaults=recipe.resources)
+    check_hold(resources, hyperparameters, tenant)
+    return RunParams(
+        dataset_uri=check_dataset_uri(params.get("dataset_uri"), tenant),
+        recipe=recipe_name,
+        hyperparameters=hyperparameters,
+        resources=resources,
+    )
