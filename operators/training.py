@@ -77,7 +77,7 @@ class RecipeTrainOperator(SlurmJobOperator):
         from airflow.sdk.exceptions import AirflowFailException
 
         from aifactory import layout
-        from aifactory.data.manifest import load_manifest
+        from aifactory.data.manifest import require_manifest
         from aifactory.errors import InputError
         from aifactory.models.recipes import check_dataset, distinct_values_s3
         from aifactory.tenants import load_tenant
@@ -92,9 +92,7 @@ class RecipeTrainOperator(SlurmJobOperator):
                 raise InputError(f"dataset prefix {shown(prefix)} is not inside the tenant's datasets area "
                                  f"{layout.datasets_prefix(spec.tenant)}; clear the ingest task")
             s3 = S3Hook(aws_conn_id=self.s3_conn_id).get_conn()
-            manifest = load_manifest(s3, spec.bucket, prefix)
-            if manifest is None:
-                raise InputError(f"dataset version {shown(prefix)} has no {layout.MANIFEST_NAME}; clear the ingest task")
+            manifest = require_manifest(s3, spec.bucket, prefix)
             checked = check_dataset(
                 self.load_recipe(),
                 plan.hyperparameters,

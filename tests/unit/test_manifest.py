@@ -12,10 +12,10 @@ from aifactory.data.manifest import (
     MANIFEST_FORMAT,
     DatasetManifest,
     FileEntry,
-    dataset_prefix,
     sha256_bytes,
     sha256_file,
 )
+from aifactory.layout import dataset_prefix
 
 
 def _manifest(**over) -> DatasetManifest:
@@ -107,3 +107,27 @@ def test_verdict_does_not_change_the_identity():
     assert judged.manifest_sha256 == plain.manifest_sha256
     assert judged.to_json() != plain.to_json()
     assert _manifest(rows=99, quality={"verdict": "failed"}).manifest_sha256 != plain.manifest_sha256
+
+
+def test_the_module_writes_no_manifest_and_keeps_no_layout_of_its_own():
+    """Versions are immutable: nothing here rewrites a manifest; names come from aifactory.layout."""
+    from aifactory import layout
+    from aifactory.data import manifest as module
+
+    assert not hasattr(module, "record_quality_verdict")
+    assert module.MANIFEST_NAME is layout.MANIFEST_NAME and module.dataset_prefix is layout.dataset_prefix
+    assert not hasattr(module, "_SAFE_FILE_RE") and not hasattr(module, "QUALITY_NAME")
+
+
+def test_require_manifest_names_a_missing_version():
+    from botocore.exceptions import ClientError
+
+    from aifactory.data.manifest import load_manifest, require_manifest
+
+    class _Store:
+        def get_object(self, **_):
+            raise ClientError({"Error": {"Code": "NoSuchKey", "Message": "gone"}}, "GetObject")
+
+    assert load_manifest(_Store(), "b", "demo/datasets/d/v-1/") is None
+    with pytest.raises(InputError, match="has no manifest.json: it does not exist"):
+        require_manifest(_Store(), "b", "demo/datasets/d/v-1/")

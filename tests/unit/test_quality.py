@@ -188,7 +188,7 @@ def test_nulls_fail_with_counts_and_no_values(tmp_path):
         _validate(tmp_path, [_iris_table(30, species=labels)])
     msg = str(err.value)
     assert "FAILED" in msg
-    assert "expect_column_values_to_not_be_null(column=species): 3 unexpected of 30 values (10.00%)" in msg
+    assert "expect_column_values_to_not_be_null(column='species'): 3 unexpected of 30 values (10.00%)" in msg
     assert "SECRETLABEL" not in msg and "SECRETLABEL" not in json.dumps(err.value.summary)
     assert err.value.summary["failed_expectations"] == 1
 
@@ -198,12 +198,12 @@ def test_missing_label_column_is_named(tmp_path):
     with pytest.raises(QualityGateFailed) as err:
         _validate(tmp_path, [table])
     msg = str(err.value)
-    assert "expect_column_to_exist(column=species): column 'species' is missing" in msg
-    assert "expect_column_values_to_not_be_null(column=species): column 'species' is missing" in msg
+    assert "expect_column_to_exist(column='species'): column 'species' is missing" in msg
+    assert "expect_column_values_to_not_be_null(column='species'): column 'species' is missing" in msg
 
 
 def test_non_numeric_feature_fails_type_check(tmp_path):
-    with pytest.raises(QualityGateFailed, match=r"in_type_list\(column=sepal_width\): observed 'str'"):
+    with pytest.raises(QualityGateFailed, match=r"in_type_list\(column='sepal_width'\): observed 'str'"):
         _validate(tmp_path, [_iris_table(30, sepal_width=["wide"] * 30)])
 
 
@@ -240,7 +240,7 @@ def test_suite_that_expands_to_nothing_fails(tmp_path):
     [
         # the mean of a string column raises inside the metric computation
         ({"type": "expect_column_mean_to_be_between", "kwargs": {"column": "species", "min_value": 1}},
-         "Cannot perform reduction"),
+         "cannot be computed on column 'species'"),
         # a missing column inside column_list (not pre-checked) raises inside GX
         ({"type": "expect_compound_columns_to_be_unique", "kwargs": {"column_list": ["species", "nope"]}},
          'column "nope"'),
@@ -275,12 +275,21 @@ def test_corrupt_shard_is_detected(tmp_path):
                          suite_path=DEFAULT_SUITE, params=PARAMS, workdir=tmp_path)
 
 
-def test_write_quality_result(tmp_path):
+def test_write_quality_result_per_suite_and_params(tmp_path):
+    from aifactory.layout import quality_result_key
+
     store = _LocalStore()
     summary, _ = _validate(tmp_path, [_iris_table(30)])
-    key = write_quality_result(store, bucket="aifactory", dataset_prefix="demo/datasets/d/v-1", summary=summary)
-    assert key == "demo/datasets/d/v-1/quality.json"
-    assert json.loads(store.objects[("aifactory", key)])["success"] is True
+    verdict = write_quality_result(store, bucket="aifactory", dataset_prefix="demo/datasets/d/v-1", summary=summary)
+    key = quality_result_key("demo/datasets/d/v-1/", "tabular_default", summary["params_digest"])
+    assert verdict["report_key"] == key and verdict["verdict"] == "passed"
+    body = store.objects[("aifactory", key)]
+    assert verdict["report_sha256"] == hashlib.sha256(body).hexdigest() and json.loads(body)["success"] is True
+    assert summary["suite_params"] == PARAMS
+    # another label column is another verdict, at another key; the manifest is never written
+    other, _ = _validate(tmp_path, [_iris_table(30, label=["a"] * 30)], params=dict(PARAMS, label_column="label"))
+    assert other["params_digest"] != summary["params_digest"]
+    assert not any(k.endswith("manifest.json") for _, k in store.objects)
 
 
 def test_format_summary_is_readable():
@@ -302,8 +311,8 @@ def test_format_summary_is_readable():
     lines = text.splitlines()
     assert lines[0].startswith("Quality gate FAILED for demo/iris/v-1 (suite s): 3 of 3 expectations failed")
     assert "  - the dataset is empty (0 rows); upload data" in lines
-    assert "  - expect_column_values_to_not_be_null(column=y): 2 unexpected of 10 values (20.00%)" in lines
-    assert "  - expect_column_to_exist(column=z): column 'z' is missing from the dataset" in lines
+    assert "  - expect_column_values_to_not_be_null(column='y'): 2 unexpected of 10 values (20.00%)" in lines
+    assert "  - expect_column_to_exist(column='z'): column 'z' is missing from the dataset" in lines
     assert "  - expect_table_row_count_to_be_between: observed 0, expected min_value=10, max_value=None" in lines
     assert lines[-1].startswith("Fix the dataset")
 

@@ -1,40 +1,38 @@
 """Dataset manifests: the only proof that a dataset version exists.
 
-A dataset version lives under ``<tenant>/datasets/<name>/<version>/`` as ``part-NNNNN.parquet``
-shards plus ``manifest.json``, and the manifest is written **last** (FAILURE-MODES 13): a version
-without a manifest does not exist, so a crash mid-upload never publishes partial data.
+A dataset version lives under ``layout.dataset_prefix(tenant, name, version)`` as shards
+(``layout.shard_name``) plus ``manifest.json``, and the manifest is written **last**
+(``docs/failure-modes.md``, section 13): a version without a manifest does not exist, so a crash
+mid-upload never publishes partial data.
 
 The manifest carries our own sha256 of every shard and every source object, because an S3 ETag is
-not a content checksum for multipart or encrypted uploads (FAILURE-MODES 12). Staging to the
-cluster verifies files against these digests.
+not a content checksum for multipart or encrypted uploads (``docs/failure-modes.md``, section 12).
+Staging to the cluster verifies files against these digests.
 
 JSON is written with sorted keys and a fixed indent so the same manifest always serialises to the
 same bytes, which makes :meth:`DatasetManifest.manifest_sha256` a stable identity.
 
-The quality gate's **verdict** is the one field that changes after publication: the gate writes its
-full result beside the version (``quality.json``) and then sets ``quality`` in ``manifest.json``
-with a conditional write (``If-Match`` on the ETag it read, retried on a race), see
-:func:`record_quality_verdict`. ``manifest_sha256`` is computed with ``quality`` left out, so the
-identity that ingest returned, staging records and export cites never changes when a version is
-(re)validated; the verdict carries the sha256 of the report it summarises.
+A manifest, once written by ingest, is **never rewritten**: a content-addressed version is shared
+by every run that ingests the same input, and a verdict depends on the run's suite and label
+column. Quality verdicts are stored beside the version, one per suite and suite parameters
+(``layout.quality_result_key``, :mod:`aifactory.data.quality.report`). :func:`load_manifest` is
+the one reader of a manifest from the object store.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aifactory.errors import InputError
+from aifactory.layout import MANIFEST_NAME, SAFE_FILE_RE, dataset_prefix
+from aifactory.text import shown
 
-MANIFEST_NAME = "manifest.json"
-QUALITY_NAME = "quality.json"
 #: Bump when the manifest's meaning changes; readers refuse versions newer than they know.
 MANIFEST_FORMAT = 1
-_SAFE_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
 def sha256_file(path: Path | str, bufsize: int = 1 << 20) -> str:
@@ -48,11 +46,6 @@ def sha256_file(path: Path | str, bufsize: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def dataset_prefix(tenant: str, name: str, version: str) -> str:
-    """Key prefix (ending in ``/``) of one dataset version inside the tenant's bucket."""
-    return f"{tenant}/datasets/{name}/{version}/"
 
 
 @dataclass(frozen=True)
@@ -71,7 +64,8 @@ class DatasetManifest:
 
     :param schema: ``[{"name": ..., "type": ...}]`` with Arrow type names.
     :param sources: ``[{"uri", "etag", "bytes", "sha256"}]``, the raw objects it was built from.
-    :param quality: the quality gate's compact summary once validated, else ``None``.
+    :param quality: always ``None`` in a manifest ingest writes (kept so that manifests written
+        before verdicts moved beside the version still read, with the same identity).
     """
 
     tenant: str
@@ -102,7 +96,7 @@ class DatasetManifest:
 
     @property
     def manifest_sha256(self) -> str:
-        """The version's identity: sha256 of the manifest JSON with the (mutable) verdict left out."""
+        """The version's identity: sha256 of the manifest JSON (with a legacy verdict left out)."""
         if self.quality is None:
             return sha256_bytes(self.to_json().encode("utf-8"))
         identity = DatasetManifest.from_dict({**self.to_dict(), "quality": None})
@@ -146,9 +140,9 @@ class DatasetManifest:
         # path that could leave the prefix, or hide in a log, is refused wherever a manifest is
         # built or read.
         for f in self.files:
-            if not _SAFE_FILE_RE.match(f.path) or f.path in (".", ".."):
+            if not SAFE_FILE_RE.match(f.path) or f.path in (".", ".."):
                 raise InputError(
-                    f"dataset manifest lists an unsafe file name {f.path!r}; only plain names such "
+                    f"dataset manifest lists an unsafe file name {shown(f.path)}; only plain names such "
                     "as part-00000.parquet are allowed"
                 )
 
@@ -169,6 +163,7 @@ def load_manifest(s3: Any, bucket: str, prefix: str) -> DatasetManifest | None:
 
     from aifactory.data.s3 import get_bytes, is_not_found
 
+    prefix = prefix if prefix.endswith("/") else prefix + "/"
     try:
         raw = get_bytes(s3, bucket, prefix + MANIFEST_NAME)
     except ClientError as exc:
@@ -178,33 +173,12 @@ def load_manifest(s3: Any, bucket: str, prefix: str) -> DatasetManifest | None:
     return DatasetManifest.from_json(raw)
 
 
-def record_quality_verdict(
-    s3: Any, bucket: str, prefix: str, verdict: dict[str, Any], *, attempts: int = 5
-) -> DatasetManifest:
-    """Set ``quality`` in ``<prefix>manifest.json`` to ``verdict`` without losing a concurrent write.
-
-    Read the manifest and its ETag, write it back with ``If-Match: <etag>``; if another writer got
-    there first, read again and retry. Only ``quality`` changes, so ``manifest_sha256`` is stable.
-    """
-    from botocore.exceptions import ClientError
-
-    from aifactory.data.s3 import is_precondition_failed
-
-    key = prefix + MANIFEST_NAME
-    for _ in range(max(1, attempts)):
-        resp = s3.get_object(Bucket=bucket, Key=key)
-        etag = resp["ETag"]
-        manifest = DatasetManifest.from_json(resp["Body"].read())
-        manifest.quality = dict(verdict)
-        try:
-            s3.put_object(
-                Bucket=bucket, Key=key, Body=manifest.to_json().encode("utf-8"),
-                ContentType="application/json", IfMatch=etag,
-            )
-            return manifest
-        except ClientError as exc:
-            if not is_precondition_failed(exc):
-                raise
-    raise RuntimeError(
-        f"s3://{bucket}/{key} kept changing while the quality verdict was recorded; run the quality task again"
-    )
+def require_manifest(s3: Any, bucket: str, prefix: str) -> DatasetManifest:
+    """:func:`load_manifest`, or an :class:`InputError` saying the version does not exist."""
+    manifest = load_manifest(s3, bucket, prefix)
+    if manifest is None:
+        raise InputError(
+            f"dataset version s3://{bucket}/{shown(prefix)} has no {MANIFEST_NAME}: it does not exist "
+            "(was it deleted?). Clear the ingest task to build it again."
+        )
+    return manifest
