@@ -174,7 +174,7 @@ def delete_prefix(s3: Any, prefix: str) -> None:
 def print_table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)), flush=True)
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)), flush=True)
 
 
 def emit(figures: dict[str, Any]) -> None:

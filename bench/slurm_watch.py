@@ -27,11 +27,12 @@ import re
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, emit, machine_note, print_table, stack_env  # noqa: E402
+from _common import emit, machine_note, print_table, stack_env  # noqa: E402
 
 POLL_LINE = re.compile(
     r"(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)Z?.*polled (?P<jobs>\d+) job\(s\) on (?P<cluster>\S+) in one command "
@@ -69,9 +70,9 @@ def main() -> int:
     env = stack_env()
     from datetime import datetime
 
+    from aifactory.hpc.slurm import job_name
     from aifactory.local.airflow_api import AirflowClient
     from aifactory.local.localstack import admin_password, state_dir
-    from aifactory.hpc.slurm import job_name
     from aifactory.tenants import load_cluster, load_tenant
 
     spec = load_tenant(args.tenant)
@@ -141,7 +142,7 @@ def main() -> int:
     window = interval - 0.05
     calls = sorted((datetime.fromisoformat(p["ts"]).timestamp() - float(p["secs"]), p) for p in polls)
     starts = [t for t, _ in calls]
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in pairwise(starts)]
 
     def per_window_of(key: str | None) -> int:
         return max([sum(1 if key is None else int(p[key]) for t, p in calls if a <= t < a + window)

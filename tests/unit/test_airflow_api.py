@@ -1,4 +1,8 @@
-"""The REST client's trigger is idempotent: retried after a server error, it never makes two runs."""
+"""The REST facade's trigger is idempotent: retried after a server error, it never makes two runs.
+
+A local fake of the API server answers the real ``apache-airflow-client`` calls the facade makes, so
+the retry decisions are tested through the client's own request and error paths.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,18 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
 from aifactory.local import airflow_api
 from aifactory.local.airflow_api import AirflowAPIError, AirflowClient
+
+
+def _run(run_id: str, conf: Any, state: str) -> dict[str, Any]:
+    """A DAGRunResponse with the fields the generated client requires."""
+    return {"dag_run_id": run_id, "dag_id": "factory_demo", "dag_display_name": "factory_demo", "conf": conf,
+            "state": state, "dag_versions": [], "run_after": "2026-01-01T00:00:00Z", "run_type": "manual"}
 
 
 class _FakeAirflow(BaseHTTPRequestHandler):
@@ -21,6 +32,7 @@ class _FakeAirflow(BaseHTTPRequestHandler):
     # per POST: "ok", "500" (nothing created), "lost" (created, then 500), "drop" (created, then
     # the connection closes without an answer)
     script: list[str] = []
+    tokens: list[str] = []  # tokens handed out; only the last one is accepted
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -36,7 +48,10 @@ class _FakeAirflow(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path == "/auth/token":
-            return self._send(201, {"access_token": "t"})
+            self.tokens.append(f"t{len(self.tokens)}")
+            return self._send(201, {"access_token": self.tokens[-1]})
+        if self.headers.get("Authorization") != f"Bearer {self.tokens[-1]}":
+            return self._send(401, {"detail": "Invalid JWT token"})
         run_id = body["dag_run_id"]
         self.posts.append(run_id)
         action = self.script.pop(0) if self.script else "ok"
@@ -44,7 +59,9 @@ class _FakeAirflow(BaseHTTPRequestHandler):
             return self._send(409, {"detail": f"DAGRun with dag_run_id: '{run_id}' already exists"})
         if action == "500":
             return self._send(500, {"detail": {"reason": "Database error"}})
-        self.runs[run_id] = {"dag_run_id": run_id, "conf": body["conf"], "state": "queued"}
+        if action == "400":
+            return self._send(400, {"detail": "Invalid input for param epochs: 5.0 is not of type 'integer'"})
+        self.runs[run_id] = _run(run_id, body["conf"], "queued")
         if action == "lost":
             return self._send(500, {"detail": {"reason": "Database error"}})
         if action == "drop":
@@ -52,10 +69,14 @@ class _FakeAirflow(BaseHTTPRequestHandler):
             return None
         return self._send(200, self.runs[run_id])
 
+    def do_PATCH(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        run = self.runs[unquote(self.path.rsplit("/", 1)[-1])]
+        run["state"] = body["state"]
+        return self._send(200, run)
+
     def do_GET(self) -> None:  # noqa: N802
         run_id = self.path.rsplit("/", 1)[-1]
-        from urllib.parse import unquote
-
         run = self.runs.get(unquote(run_id))
         return self._send(200, run) if run else self._send(404, {"detail": "not found"})
 
@@ -63,7 +84,7 @@ class _FakeAirflow(BaseHTTPRequestHandler):
 @pytest.fixture()
 def api(monkeypatch):
     monkeypatch.setattr(airflow_api.time, "sleep", lambda s: None)
-    _FakeAirflow.runs, _FakeAirflow.posts, _FakeAirflow.script = {}, [], []
+    _FakeAirflow.runs, _FakeAirflow.posts, _FakeAirflow.script, _FakeAirflow.tokens = {}, [], [], []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeAirflow)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield AirflowClient(base_url=f"http://127.0.0.1:{server.server_address[1]}", username="u", password="p")
@@ -85,10 +106,26 @@ def test_a_lost_answer_finds_the_run_instead_of_making_a_second(api, lost):
 
 
 def test_an_existing_run_id_of_someone_else_is_an_error_and_errors_end(api):
-    _FakeAirflow.runs["mine"] = {"dag_run_id": "mine", "conf": {"other": True}, "state": "success"}
+    _FakeAirflow.runs["mine"] = _run("mine", {"other": True}, "success")
     with pytest.raises(AirflowAPIError, match="HTTP 409"):
         api.trigger("factory_demo", {"a": 1}, run_id="mine")
     _FakeAirflow.script = ["500"] * 10
     with pytest.raises(AirflowAPIError, match="HTTP 500"):
         api.trigger("factory_demo", {"a": 1})
     assert len(_FakeAirflow.posts) == 1 + 4  # four tries, then the error
+
+
+def test_a_refused_trigger_gives_its_status_and_detail_and_an_accepted_one_is_an_error(api):
+    _FakeAirflow.script = ["400"]
+    status, detail = api.trigger_expecting_refusal("factory_demo", {"epochs": 5.0})
+    assert status == 400 and detail.startswith("Invalid input for param epochs") and not _FakeAirflow.runs
+    with pytest.raises(AirflowAPIError, match="was accepted"):
+        api.trigger_expecting_refusal("factory_demo", {"epochs": 5})
+    assert [r["state"] for r in _FakeAirflow.runs.values()] == ["failed"]  # stopped, as far as it can be
+
+
+def test_an_expired_token_is_renewed_once(api):
+    api.trigger("factory_demo", {"a": 1})
+    _FakeAirflow.tokens.append("rotated")  # the server no longer accepts the facade's token
+    api.trigger("factory_demo", {"a": 2})
+    assert len(_FakeAirflow.runs) == 2 and len(_FakeAirflow.tokens) == 3

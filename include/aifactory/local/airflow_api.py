@@ -1,24 +1,31 @@
-"""A small client of Airflow 3's public REST API (``/api/v2``), the same path the UI's trigger takes.
+"""The local stack's view of Airflow 3's public REST API (``/api/v2``), the path the UI's trigger takes.
 
-Used by ``make demo`` and by the end-to-end tests; plain ``urllib`` so it needs no Airflow install.
+Every call goes through ``apache-airflow-client`` (the generated client that matches the Airflow
+release); this module only composes its calls into what the demo, the end-to-end tests and the
+benches need: wait loops, an idempotent trigger, a refused trigger's status and detail. It builds no
+HTTP request itself. Results are the API's JSON objects as plain dicts, so callers index them as the
+API documents them (``run["state"]``, ``ti["task_id"]``).
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import secrets
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import urllib3
+from airflow_client import client as ac
+from airflow_client.client.exceptions import ApiException, UnauthorizedException
 
 from aifactory.errors import FactoryError
 
 TERMINAL_RUN_STATES = {"success", "failed"}
+_PAGE = 100  # list endpoints page at most this many items per call
 
 
 class AirflowAPIError(FactoryError):
@@ -29,142 +36,199 @@ class AirflowAPIError(FactoryError):
         self.status = status
 
 
+def _transient(exc: AirflowAPIError) -> bool:
+    """No answer, or a server error (on the embedded SQLite, "database is locked" while the scheduler
+    writes): the same call may succeed when tried again."""
+    return exc.status is None or exc.status >= 500
+
+
+def _detail(exc: ApiException) -> str:
+    """The ``detail`` of an error answer (FastAPI's shape), else its body."""
+    body = exc.body or ""
+    try:
+        detail = json.loads(body).get("detail", body)
+    except (ValueError, AttributeError):
+        detail = body
+    return (detail if isinstance(detail, str) else json.dumps(detail))[:1000]
+
+
+def _plain(model: Any) -> dict[str, Any]:
+    """A response model as the API's JSON object; fields the server sent as null stay present (None)."""
+    data = json.loads(model.to_json())
+    for name, info in type(model).model_fields.items():
+        if name != "additional_properties":
+            data.setdefault(info.alias or name, None)
+    return data
+
+
+class _ApiClient(ac.ApiClient):
+    """The generated ``ApiClient`` with one default timeout for every call."""
+
+    def __init__(self, configuration: ac.Configuration, timeout: float) -> None:
+        super().__init__(configuration)
+        self.timeout = timeout
+
+    def call_api(self, method, url, header_params=None, body=None, post_params=None,  # type: ignore[override]
+                 _request_timeout=None):
+        return super().call_api(method, url, header_params, body, post_params,
+                                _request_timeout if _request_timeout is not None else self.timeout)
+
+
 @dataclass
 class AirflowClient:
     base_url: str
     username: str
     password: str
     timeout: float = 30.0
-    _token: str | None = None
+    _client: _ApiClient | None = field(default=None, repr=False)
 
     # -- plumbing -------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base_url.rstrip("/") + path, data=data, method=method)
-        req.add_header("Content-Type", "application/json")
-        req.add_header("Accept", "application/json")
-        if auth:
-            req.add_header("Authorization", f"Bearer {self.token()}")
+    def _api(self) -> _ApiClient:
+        if self._client is None:
+            config = ac.Configuration(host=self.base_url.rstrip("/"))
+            # Only refused connections are retried below the facade (the request was never sent);
+            # a lost answer is the facade's decision (see trigger).
+            config.retries = urllib3.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0,
+                                           backoff_factor=1.0)
+            self._client = _ApiClient(config, self.timeout)
+        return self._client
+
+    @contextmanager
+    def _calling(self, what: str) -> Iterator[None]:
+        """Turn the client's exceptions into one ``AirflowAPIError`` that names the call and its status."""
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:1000]
-            raise AirflowAPIError(f"{method} {path} -> HTTP {exc.code}: {detail}", status=exc.code) from exc
-        except urllib.error.URLError as exc:
-            raise AirflowAPIError(f"{method} {path}: Airflow API at {self.base_url} unreachable ({exc.reason}); "
+            yield
+        except ApiException as exc:
+            status = exc.status or None  # 0: the client could not even build or send the request
+            raise AirflowAPIError(f"{what} -> HTTP {exc.status}: {_detail(exc)}", status=status) from exc
+        except urllib3.exceptions.MaxRetryError as exc:
+            raise AirflowAPIError(f"{what}: Airflow API at {self.base_url} unreachable ({exc.reason}); "
                                   "is the stack up? (make up / make status)") from exc
-        except TimeoutError as exc:
-            raise AirflowAPIError(f"{method} {path}: no answer from the Airflow API at {self.base_url} "
+        except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
+            raise AirflowAPIError(f"{what}: no answer from the Airflow API at {self.base_url} "
                                   f"within {self.timeout:.0f}s (unreachable?)") from exc
-        except (ConnectionError, http.client.HTTPException) as exc:  # sent, then the answer was lost
-            raise AirflowAPIError(f"{method} {path}: the Airflow API at {self.base_url} closed the connection "
+        except (urllib3.exceptions.HTTPError, ConnectionError) as exc:  # sent, then the answer was lost
+            raise AirflowAPIError(f"{what}: the Airflow API at {self.base_url} closed the connection "
                                   f"without an answer ({exc!r})") from exc
-        return json.loads(raw) if raw else None
+
+    def _call(self, what: str, fn: Callable[[ac.ApiClient], Any]) -> Any:
+        """One API call, logged in first; an expired token is renewed once."""
+        for renewed in (False, True):
+            api = self._api()
+            if api.configuration.access_token is None:
+                api.configuration.access_token = self.token()
+            try:
+                with self._calling(what):
+                    return fn(api)
+            except AirflowAPIError as exc:
+                if renewed or not isinstance(exc.__cause__, UnauthorizedException):
+                    raise
+                api.configuration.access_token = None
+        raise AssertionError("unreachable")
 
     def token(self) -> str:
-        if self._token is None:
-            out = self._request("POST", "/auth/token", {"username": self.username, "password": self.password},
-                                auth=False)
-            self._token = out["access_token"]
-        return self._token
+        """A JWT from the auth manager's ``POST /auth/token`` (not part of the generated API, so it
+        is sent through the client's own request layer)."""
+        api = self._api()
+        with self._calling("POST /auth/token"):
+            request = api.param_serialize(
+                "POST", "/auth/token", body={"username": self.username, "password": self.password},
+                header_params={"Content-Type": "application/json", "Accept": "application/json"})
+            response = api.call_api(*request)
+            response.read()
+            out = api.response_deserialize(response, {"2XX": "object"}).data
+        return out["access_token"]
 
-    # -- API ------------------------------------------------------------------------------------
+    # -- Dags -----------------------------------------------------------------------------------
     def wait_for_dag(self, dag_id: str, timeout: float = 180) -> dict[str, Any]:
         """Wait until the dag-processor has parsed ``dag_id`` (it appears in the API)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return self._request("GET", f"/api/v2/dags/{urllib.parse.quote(dag_id)}")
+                return self._call(f"GET dag {dag_id}", lambda a: _plain(ac.DAGApi(a).get_dag(dag_id)))
             except AirflowAPIError as exc:
-                if "HTTP 404" not in str(exc) or time.monotonic() > deadline:
+                if exc.status != 404 or time.monotonic() > deadline:
                     raise
             time.sleep(2)
 
     def unpause(self, dag_id: str) -> None:
-        self._request("PATCH", f"/api/v2/dags/{urllib.parse.quote(dag_id)}", {"is_paused": False})
+        self._call(f"unpause {dag_id}",
+                   lambda a: ac.DAGApi(a).patch_dag(dag_id, ac.DAGPatchBody(is_paused=False)))
 
     def pause(self, dag_id: str) -> None:
-        self._request("PATCH", f"/api/v2/dags/{urllib.parse.quote(dag_id)}", {"is_paused": True})
+        self._call(f"pause {dag_id}",
+                   lambda a: ac.DAGApi(a).patch_dag(dag_id, ac.DAGPatchBody(is_paused=True)))
 
     def import_errors(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/api/v2/importErrors")["import_errors"]
+        out = self._call("GET import errors", lambda a: ac.ImportErrorApi(a).get_import_errors(limit=_PAGE))
+        return [_plain(e) for e in out.import_errors]
 
-    def trigger(self, dag_id: str, conf: dict[str, Any], run_id: str | None = None, *,
-                attempts: int = 4) -> dict[str, Any]:
-        """Trigger a run; safe to retry, because the run id is chosen here.
-
-        A server error (on the embedded SQLite, "database is locked" while the scheduler writes)
-        or a lost answer is retried with the same run id: a retry either creates the run or finds
-        the one an earlier try created (HTTP 409), never a second run.
-        """
-        run_id = run_id or f"manual__{datetime.now(timezone.utc).isoformat()}__{secrets.token_hex(3)}"
-        body: dict[str, Any] = {"logical_date": None, "conf": conf, "dag_run_id": run_id}
+    # -- runs -----------------------------------------------------------------------------------
+    def _post_run(self, dag_id: str, conf: dict[str, Any], run_id: str, attempts: int) -> dict[str, Any]:
+        """POST a run with a run id chosen here, so that a retry is safe: it either creates the run
+        or finds the one an earlier try created (HTTP 409), never a second run."""
+        body = ac.TriggerDAGRunPostBody(dag_run_id=run_id, conf=conf, logical_date=None)
         for attempt in range(1, attempts + 1):
             try:
-                return self._request("POST", f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns", body)
+                return self._call(f"trigger {dag_id}", lambda a: _plain(ac.DagRunApi(a).trigger_dag_run(dag_id, body)))
             except AirflowAPIError as exc:
                 if exc.status == 409 and attempt > 1:
                     existing = self.run(dag_id, run_id)
                     if existing.get("conf") == conf:
                         return existing  # an earlier try created it; its answer was lost
                     raise
-                # None: unreachable, or no answer in time
-                if attempt == attempts or not (exc.status is None or exc.status >= 500):
+                if attempt == attempts or not _transient(exc):
                     raise
                 time.sleep(2.0 * attempt)
         raise AssertionError("unreachable")
 
+    def trigger(self, dag_id: str, conf: dict[str, Any], run_id: str | None = None, *,
+                attempts: int = 4) -> dict[str, Any]:
+        """Trigger a run; safe to retry (a server error or a lost answer is tried again, same run id)."""
+        run_id = run_id or f"manual__{datetime.now(UTC).isoformat()}__{secrets.token_hex(3)}"
+        return self._post_run(dag_id, conf, run_id, attempts)
+
+    def trigger_expecting_refusal(self, dag_id: str, conf: dict[str, Any]) -> tuple[int, str]:
+        """Trigger a run that must be refused; the refusal's HTTP status and detail.
+
+        Raises ``AirflowAPIError`` when the run was accepted (naming it), or when no refusal came
+        back (no answer, a server error after every retry).
+        """
+        try:
+            run = self.trigger(dag_id, conf)
+        except AirflowAPIError as exc:
+            if exc.status is None or _transient(exc):
+                raise
+            detail = _detail(exc.__cause__) if isinstance(exc.__cause__, ApiException) else str(exc)
+            return exc.status, detail
+        run_id = run["dag_run_id"]
+        try:  # stop what the refusal should have prevented, as far as it has not happened yet
+            body = ac.DAGRunPatchBody(state=ac.DagRunMutableStates("failed"), note="should have been refused")
+            self._call(f"fail run {run_id}", lambda a: ac.DagRunApi(a).patch_dag_run(dag_id, run_id, body))
+        except AirflowAPIError:
+            pass
+        raise AirflowAPIError(f"trigger {dag_id} was accepted (run {run_id}, now marked failed) but should "
+                              f"have been refused: conf {json.dumps(conf)[:300]}", status=200)
+
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run_id)}")
-
-    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        path = f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances"
-        return self._request("GET", path)["task_instances"]
-
-    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
-        path = (f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run_id)}"
-                f"/taskInstances/{urllib.parse.quote(task_id)}/xcomEntries/{urllib.parse.quote(key)}?deserialize=true")
-        value = self._request("GET", path)["value"]
-        if isinstance(value, str):
-            try:
-                return json.loads(value)
-            except ValueError:
-                return value
-        return value
-
-    def set_task_state(self, dag_id: str, run_id: str, task_id: str, new_state: str) -> Any:
-        """Mark a task instance (as a user does in the UI: "Mark as failed / success")."""
-        path = (f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run_id)}"
-                f"/taskInstances/{urllib.parse.quote(task_id)}")
-        return self._request("PATCH", path, {"new_state": new_state})
-
-    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
-        path = (f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run_id)}"
-                f"/taskInstances/{urllib.parse.quote(task_id)}/logs/{try_number}?full_content=true")
-        out = self._request("GET", path)
-        content = out.get("content", "")
-        if not isinstance(content, list):
-            return str(content)
-        lines = []
-        for c in content:
-            if not isinstance(c, dict):
-                lines.append(str(c))
-                continue
-            lines.append(str(c.get("event", "")))
-            # a failure's message travels in error_detail, not in the event text
-            for err in c.get("error_detail") or []:
-                if isinstance(err, dict):
-                    lines.append(f"{err.get('exc_type')}: {err.get('exc_value')}")
-        return "\n".join(lines)
+        return self._call(f"GET run {run_id} of {dag_id}",
+                          lambda a: _plain(ac.DagRunApi(a).get_dag_run(dag_id, run_id)))
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 900,
                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Poll the run until it is finished; a transient API error (server error, no answer) is
+        polled through until the deadline, since the run goes on without us."""
         deadline = time.monotonic() + timeout
         last = ""
         while True:
-            run = self.run(dag_id, run_id)
-            states = {t["task_id"]: t["state"] for t in self.task_instances(dag_id, run_id)}
+            try:
+                run = self.run(dag_id, run_id)
+                states = {t["task_id"]: t["state"] for t in self.task_instances(dag_id, run_id)}
+            except AirflowAPIError as exc:
+                if not _transient(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(3)
+                continue
             line = f"run {run['state']}: " + ", ".join(f"{k}={v}" for k, v in states.items())
             if progress and line != last:
                 progress(line)
@@ -174,3 +238,77 @@ class AirflowClient:
             if time.monotonic() > deadline:
                 raise AirflowAPIError(f"run {run_id} of {dag_id} not finished after {timeout:.0f}s ({line})")
             time.sleep(3)
+
+    # -- task instances -------------------------------------------------------------------------
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Every task instance of the run (mapped ones included), all pages."""
+        out: list[dict[str, Any]] = []
+        while True:
+            page = self._call(f"GET task instances of {run_id}", self._task_page(dag_id, run_id, len(out)))
+            out += [_plain(t) for t in page.task_instances]
+            if not page.task_instances or len(out) >= page.total_entries:
+                return out
+
+    @staticmethod
+    def _task_page(dag_id: str, run_id: str, offset: int) -> Callable[[ac.ApiClient], Any]:
+        return lambda a: ac.TaskInstanceApi(a).get_task_instances(
+            dag_id, run_id, limit=_PAGE, offset=offset, order_by=["id"])
+
+    def set_task_state(self, dag_id: str, run_id: str, task_id: str, new_state: str) -> Any:
+        """Mark a task instance (as a user does in the UI: "Mark as failed / success")."""
+        body = ac.PatchTaskInstanceBody(new_state=ac.TaskInstanceState(new_state))
+        out = self._call(f"set {task_id} of {run_id} to {new_state}",
+                         lambda a: ac.TaskInstanceApi(a).patch_task_instance(dag_id, run_id, task_id, body))
+        return _plain(out)
+
+    def clear_tasks(self, dag_id: str, run_id: str, task_ids: list[str], *,
+                    only_failed: bool = False) -> list[dict[str, Any]]:
+        """Clear task instances of a run (as "Clear" in the UI) so the scheduler runs them again;
+        the cleared task instances."""
+        body = ac.ClearTaskInstancesBody(
+            dag_run_id=run_id, dry_run=False, only_failed=only_failed, reset_dag_runs=True,
+            task_ids=[ac.ClearTaskInstancesBodyTaskIdsInner(t) for t in task_ids])
+        out = self._call(f"clear {task_ids} of {run_id}",
+                         lambda a: ac.TaskInstanceApi(a).post_clear_task_instances(dag_id, body))
+        return [_plain(t) for t in out.task_instances]
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        out = self._call(f"GET log of {task_id} try {try_number}", lambda a: ac.TaskInstanceApi(a).get_log(
+            dag_id, run_id, task_id, try_number, full_content=True))
+        lines = []
+        for c in out.content.actual_instance or []:
+            if isinstance(c, str):
+                lines.append(c)
+                continue
+            entry = c.to_dict()
+            lines.append(str(entry.get("event", "")))
+            # a failure's message travels in error_detail, not in the event text
+            for err in entry.get("error_detail") or []:
+                if isinstance(err, dict):
+                    lines.append(f"{err.get('exc_type')}: {err.get('exc_value')}")
+        return "\n".join(lines)
+
+    # -- XCom and assets ------------------------------------------------------------------------
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        out = self._call(f"GET XCom {key} of {task_id}", lambda a: ac.XComApi(a).get_xcom_entry(
+            dag_id, task_id, run_id, key, deserialize=True))
+        value = out.actual_instance.value
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value
+        return value
+
+    def patch_xcom(self, dag_id: str, run_id: str, task_id: str, value: Any, key: str = "return_value") -> Any:
+        """Overwrite an XCom value (what anyone with edit rights on the run can do through the API)."""
+        body = ac.XComUpdateBody(value=value, map_index=-1)
+        out = self._call(f"PATCH XCom {key} of {task_id}", lambda a: ac.XComApi(a).update_xcom_entry(
+            dag_id, task_id, run_id, key, body))
+        return out.value
+
+    def asset_events(self, *, source_dag_id: str, source_run_id: str) -> list[dict[str, Any]]:
+        """The asset events a run emitted."""
+        out = self._call(f"GET asset events of {source_run_id}", lambda a: ac.AssetApi(a).get_asset_events(
+            source_dag_id=source_dag_id, source_run_id=source_run_id, limit=_PAGE))
+        return [_plain(e) for e in out.asset_events]

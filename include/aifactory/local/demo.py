@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aifactory.data.s3 import make_client, parse_s3_uri
 from aifactory.local.airflow_api import AirflowClient
 from aifactory.local.localstack import REPO, admin_password, read_env_file
-from aifactory.data.s3 import make_client, parse_s3_uri
 from aifactory.tenants import load_tenant
 
 STAGES = ["validate", "ingest", "quality", "stage", "train", "export"]

@@ -7,6 +7,7 @@ import os
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
+
 from aifactory.layout import REPO_DIR
 
 if TYPE_CHECKING:
