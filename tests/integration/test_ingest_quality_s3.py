@@ -25,7 +25,7 @@ import pytest
 
 from aifactory.errors import InputError, QualityGateFailed
 from aifactory.data.ingest import ingest_dataset
-from aifactory.data.manifest import DatasetManifest, sha256_bytes
+from aifactory.data.manifest import DatasetManifest, load_manifest, sha256_bytes
 from aifactory.data.quality import validate_dataset, write_quality_result
 from aifactory.data.s3 import (
     download_bytes,
@@ -38,7 +38,7 @@ from aifactory.data.s3 import (
     put_if_absent,
     upload_file,
 )
-from aifactory.layout import dataset_manifest_key
+from aifactory.layout import dataset_manifest_key, quality_result_key
 
 pytestmark = pytest.mark.integration
 
@@ -322,8 +322,9 @@ def test_quality_passes_on_iris_and_writes_report(s3, tenant, tmp_path):
     summary = _validate(s3, m, tmp_path)
     assert summary["success"] and summary["rows"] == 150
     assert summary["evaluated_expectations"] == 15 and summary["failed_expectations"] == 0
-    key = write_quality_result(s3, bucket=BUCKET, dataset_prefix=m.prefix, summary=summary)
-    assert key == m.prefix + "quality.json" and object_exists(s3, BUCKET, key)
+    verdict = write_quality_result(s3, bucket=BUCKET, dataset_prefix=m.prefix, summary=summary)
+    key = quality_result_key(m.prefix, "tabular_default", summary["params_digest"])
+    assert verdict["report_key"] == key and object_exists(s3, BUCKET, key)
     assert json.loads(get_bytes(s3, BUCKET, key))["success"] is True
 
 
@@ -333,7 +334,7 @@ def test_quality_fails_on_missing_label_column(s3, tenant, tmp_path):
         _validate(s3, m, tmp_path, params=dict(PARAMS, label_column="label"))
     msg = str(err.value)
     assert msg.startswith("Quality gate FAILED for")
-    assert "expect_column_to_exist(column=label): column 'label' is missing from the dataset" in msg
+    assert "expect_column_to_exist(column='label'): column 'label' is missing from the dataset" in msg
     assert err.value.summary["failed_expectations"] == 2
 
 
@@ -348,12 +349,13 @@ def test_quality_fails_on_nulls_with_counts_only(s3, tenant, tmp_path):
     with pytest.raises(QualityGateFailed) as err:
         _validate(s3, m, tmp_path)
     msg = str(err.value)
-    assert "expect_column_values_to_not_be_null(column=species): 3 unexpected of 150 values (2.00%)" in msg
-    assert "expect_column_values_to_not_be_null(column=sepal_length): 2 unexpected of 150 values" in msg
+    assert "expect_column_values_to_not_be_null(column='species'): 3 unexpected of 150 values (2.00%)" in msg
+    assert "expect_column_values_to_not_be_null(column='sepal_length'): 2 unexpected of 150 values" in msg
     assert "setosa" not in msg and "setosa" not in json.dumps(err.value.summary)
     # the failure report can be written beside the version too
-    write_quality_result(s3, bucket=BUCKET, dataset_prefix=m.prefix, summary=err.value.summary)
-    assert json.loads(get_bytes(s3, BUCKET, m.prefix + "quality.json"))["success"] is False
+    verdict = write_quality_result(s3, bucket=BUCKET, dataset_prefix=m.prefix, summary=err.value.summary)
+    assert verdict["verdict"] == "failed"
+    assert json.loads(get_bytes(s3, BUCKET, verdict["report_key"]))["success"] is False
 
 
 def test_quality_fails_on_empty_suite(s3, tenant, tmp_path):
@@ -519,26 +521,34 @@ def test_exception_inside_expectation_fails_the_gate(s3, tenant, tmp_path):
         _validate(s3, m, tmp_path, suite=suite)
 
 
-def test_verdict_is_recorded_in_the_manifest_without_changing_its_identity(s3, tenant, tmp_path):
-    from aifactory.data.manifest import load_manifest
-    from aifactory.data.quality import publish_quality_result
+def test_concurrent_verdicts_with_other_label_columns_leave_the_manifest_unchanged(s3, tenant, tmp_path):
+    """Two runs judge one shared version at once, with different label columns: each gets its own
+    verdict at its own key, and the manifest's bytes are the ones ingest wrote."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    m, _ = _ingest(s3, tenant, _upload(s3, tenant, "iris.csv", IRIS), tmp_path)
-    identity = m.manifest_sha256
-    summary = _validate(s3, m, tmp_path)
-    verdict = publish_quality_result(s3, bucket=BUCKET, dataset_prefix=m.prefix, summary=summary)
-    stored = load_manifest(s3, BUCKET, m.prefix)
-    assert stored is not None and stored.quality == verdict and verdict["verdict"] == "passed"
-    assert verdict["report_sha256"] == sha256_bytes(get_bytes(s3, BUCKET, m.prefix + "quality.json"))
-    assert stored.manifest_sha256 == identity
-    # re-ingest finds the same version (same identity) and does no work
-    again, logs = _ingest(s3, tenant, f"s3://{BUCKET}/{tenant}/raw/iris.csv", tmp_path)
-    assert again.manifest_sha256 == identity and any("already published" in line for line in logs)
-    # a failing re-validation replaces the verdict
-    with pytest.raises(QualityGateFailed) as err:
-        _validate(s3, m, tmp_path, params=dict(PARAMS, label_column="nope"))
-    publish_quality_result(s3, bucket=BUCKET, dataset_prefix=m.prefix, summary=err.value.summary)
-    assert load_manifest(s3, BUCKET, m.prefix).quality["verdict"] == "failed"  # type: ignore[union-attr]
+    data = IRIS.replace(b"species", b"kind", 1)  # header: ...,kind
+    data = b"\n".join(line + (b",label2" if n == 0 else b",") for n, line in enumerate(data.splitlines())) + b"\n"
+    m, _ = _ingest(s3, tenant, _upload(s3, tenant, "iris.csv", data), tmp_path)
+    key = dataset_manifest_key(tenant, m.name, m.version)
+    before = sha256_bytes(get_bytes(s3, BUCKET, key))
+
+    def judge(label: str) -> dict:
+        try:
+            summary = _validate(s3, m, tmp_path / label, params=dict(PARAMS, label_column=label))
+        except QualityGateFailed as err:
+            summary = err.summary
+        return write_quality_result(s3, bucket=BUCKET, dataset_prefix=m.prefix, summary=summary)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        good, bad = pool.map(judge, ["kind", "label2"])  # label2 is empty in every row
+    assert (good["verdict"], bad["verdict"]) == ("passed", "failed")
+    assert good["params_digest"] != bad["params_digest"] and good["report_key"] != bad["report_key"]
+    for verdict in (good, bad):
+        body = get_bytes(s3, BUCKET, verdict["report_key"])
+        assert sha256_bytes(body) == verdict["report_sha256"]
+        assert json.loads(body)["success"] is (verdict["verdict"] == "passed")
+    assert sha256_bytes(get_bytes(s3, BUCKET, key)) == before
+    assert load_manifest(s3, BUCKET, m.prefix).quality is None  # type: ignore[union-attr]
 
 
 def test_tenant_spec_picks_the_dataset_suite(s3, tenant, tmp_path):
@@ -552,6 +562,6 @@ def test_tenant_spec_picks_the_dataset_suite(s3, tenant, tmp_path):
     assert summary["suite"] == "iris" and summary["success"]
     bad = IRIS.replace(b",setosa\n", b",setosaa\n", 1)
     m2, _ = _ingest(s3, tenant, _upload(s3, tenant, "iris2.csv", bad), tmp_path, dataset_name="iris")
-    with pytest.raises(QualityGateFailed, match=r"in_set\(column=species\): 1 unexpected of 150") as err:
+    with pytest.raises(QualityGateFailed, match=r"in_set\(column='species'\): 1 unexpected of 150") as err:
         _validate(s3, m2, tmp_path, suite=suite_path(spec.suite_for(m2.name)))
     assert "setosaa" not in str(err.value)
