@@ -18,7 +18,6 @@ import re
 import secrets
 import subprocess
 import sys
-import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -142,8 +141,7 @@ def test_onnx_model_reproduces_metrics_on_one_and_two_nodes(api, stack_env, s3_c
         published[nodes] = {f["path"] for f in json.loads(_get(s3_client, prefix + "manifest.json"))["files"]}
 
         # the Asset event of this run names the model version
-        query = urllib.parse.urlencode({"source_dag_id": DAG_ID, "source_run_id": run_id})
-        events = api._request("GET", f"/api/v2/assets/events?{query}")["asset_events"]
+        events = api.asset_events(source_dag_id=DAG_ID, source_run_id=run_id)
         assert [e["extra"]["version"] for e in events] == [export["version"]], events
         assert events[0]["uri"] == f"s3://{SPEC.bucket}/demo/models/{export['model']}"
 
