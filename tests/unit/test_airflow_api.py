@@ -10,7 +10,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import pytest
 
@@ -22,6 +22,14 @@ def _run(run_id: str, conf: Any, state: str) -> dict[str, Any]:
     """A DAGRunResponse with the fields the generated client requires."""
     return {"dag_run_id": run_id, "dag_id": "factory_demo", "dag_display_name": "factory_demo", "conf": conf,
             "state": state, "dag_versions": [], "run_after": "2026-01-01T00:00:00Z", "run_type": "manual"}
+
+
+def _task_instance(map_index: int) -> dict[str, Any]:
+    """A TaskInstanceResponse with the fields the generated client requires; state null (not yet run)."""
+    return {"id": f"00000000-0000-0000-0000-{map_index:012d}", "task_id": "probe", "dag_id": "factory_demo", "dag_run_id": "r",
+            "dag_display_name": "factory_demo", "task_display_name": "probe", "map_index": map_index,
+            "try_number": 0, "max_tries": 0, "pool": "default_pool", "pool_slots": 1, "priority_weight": 1,
+            "executor_config": "{}", "run_after": "2026-01-01T00:00:00Z", "state": None}
 
 
 class _FakeAirflow(BaseHTTPRequestHandler):
@@ -76,7 +84,12 @@ class _FakeAirflow(BaseHTTPRequestHandler):
         return self._send(200, run)
 
     def do_GET(self) -> None:  # noqa: N802
-        run_id = self.path.rsplit("/", 1)[-1]
+        path, _, query = self.path.partition("?")
+        if path.endswith("/taskInstances"):  # 130 mapped task instances, one page per call
+            offset, limit = (int(parse_qs(query)[k][0]) for k in ("offset", "limit"))
+            page = [_task_instance(i) for i in range(130)][offset : offset + limit]
+            return self._send(200, {"task_instances": page, "total_entries": 130})
+        run_id = path.rsplit("/", 1)[-1]
         run = self.runs.get(unquote(run_id))
         return self._send(200, run) if run else self._send(404, {"detail": "not found"})
 
@@ -129,3 +142,9 @@ def test_an_expired_token_is_renewed_once(api):
     _FakeAirflow.tokens.append("rotated")  # the server no longer accepts the facade's token
     api.trigger("factory_demo", {"a": 2})
     assert len(_FakeAirflow.runs) == 2 and len(_FakeAirflow.tokens) == 3
+
+
+def test_task_instances_are_read_to_the_last_page_and_a_null_state_stays_a_key(api):
+    tis = api.task_instances("factory_demo", "r")
+    assert [t["map_index"] for t in tis] == list(range(130))
+    assert all(t["state"] is None for t in tis)

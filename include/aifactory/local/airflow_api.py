@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pydantic
 import urllib3
 from airflow_client import client as ac
 from airflow_client.client.exceptions import ApiException, UnauthorizedException
@@ -101,6 +102,9 @@ class AirflowClient:
         except ApiException as exc:
             status = exc.status or None  # 0: the client could not even build or send the request
             raise AirflowAPIError(f"{what} -> HTTP {exc.status}: {_detail(exc)}", status=status) from exc
+        except pydantic.ValidationError as exc:  # answered, in a shape this client version does not know
+            raise AirflowAPIError(f"{what}: the answer does not fit apache-airflow-client's model ({exc}); "
+                                  "is the client pinned to the server's Airflow version?", status=200) from exc
         except urllib3.exceptions.MaxRetryError as exc:
             raise AirflowAPIError(f"{what}: Airflow API at {self.base_url} unreachable ({exc.reason}); "
                                   "is the stack up? (make up / make status)") from exc
