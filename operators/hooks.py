@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,8 +31,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from aifactory.hpc.remote import OpenSSHPipe, ParamikoShell, set_nodelay
 from airflow.providers.common.compat.sdk import AirflowException, BaseHook
+
+from aifactory.hpc.remote import OpenSSHPipe, ParamikoShell, set_nodelay
 
 if TYPE_CHECKING:
     import asyncssh
@@ -246,7 +246,7 @@ class FactorySSHHook(BaseHook):
                     f"{exc}. The host key or the login key does not match the connection "
                     f"{self.ssh_conn_id!r}; this is not retried"
                 ) from exc
-            except (paramiko.SSHException, OSError, EOFError, socket.timeout) as exc:
+            except (TimeoutError, paramiko.SSHException, OSError, EOFError) as exc:
                 last = exc
                 if attempt == self.connect_attempts:
                     break
@@ -357,7 +357,7 @@ class FactorySSHHook(BaseHook):
                     f"SSH to {ep.known_hosts_pattern} as {ep.username} refused: {exc}. The host key "
                     f"or login key does not match connection {self.ssh_conn_id!r}; not retried"
                 ) from exc
-            except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, asyncssh.Error) as exc:
                 last = exc
                 if attempt == self.connect_attempts:
                     break

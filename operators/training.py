@@ -61,11 +61,6 @@ class RecipeTrainOperator(SlurmJobOperator):
             return
         from aifactory.tenants import RunParams
 
-        if not hasattr(RunParams, "from_xcom"):  # TRANSITION: until the typed XCom of validate lands
-            self.recipe = self.run_params["recipe"]
-            self.hyperparameters = dict(self.run_params["hyperparameters"])
-            self.slurm_resources = dict(self.run_params["resources"])
-            return
         params = RunParams.from_xcom(self.run_params)
         self.recipe = params.recipe
         self.hyperparameters = dict(params.hyperparameters)

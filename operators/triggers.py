@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.common.compat.sdk import AirflowException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from aifactory.hpc.slurm import (
@@ -34,8 +35,6 @@ from aifactory.hpc.slurm import (
     poll_command,
     scancel_command,
 )
-from airflow.providers.common.compat.sdk import AirflowException
-
 from operators.cluster_poller import ClusterPoller
 from operators.hooks import FactorySSHHook, SSHPermanentError, backoff_delay
 

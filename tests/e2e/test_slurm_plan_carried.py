@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_slurm_resilience import DAG_ID, start_long_run  # noqa: E402  (tests/e2e is on sys.path under pytest)
 
 pytestmark = pytest.mark.e2e

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from aifactory.hpc.slurm import job_name
 from aifactory.local.airflow_api import AirflowClient
 from aifactory.local.localstack import state_dir
-from aifactory.hpc.slurm import job_name
 from aifactory.tenants import load_tenant
 
 pytestmark = pytest.mark.e2e

@@ -16,15 +16,15 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from state_store import Store  # noqa: E402  (tests/integration is on sys.path under pytest)
 
 from aifactory.hpc.slurm import job_name
-
-from state_store import Store  # noqa: E402  (tests/integration is on sys.path under pytest)
 
 pytestmark = pytest.mark.integration
 

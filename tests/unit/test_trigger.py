@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from aifactory.errors import InputError
-from aifactory.hpc.slurm import JobObservation, JobState, PollResult, parse_sacct, SACCT_FIELDS
+from aifactory.hpc.slurm import SACCT_FIELDS, JobObservation, JobState, PollResult, parse_sacct
 from operators.hooks import SSHEndpoint, SSHPermanentError, backoff_delay
 from operators.triggers import CLASSPATH, SlurmJobTrigger
 
