@@ -27,7 +27,6 @@ from airflow.sdk import DAG, AssetAlias, Param
 
 from aifactory.models.recipes import load_recipes
 from aifactory.tenants import TenantSpec, load_cluster, load_tenants
-from operators.training import RecipeTrainOperator
 from operators.stages import (
     ExportModelOperator,
     IngestOperator,
@@ -35,6 +34,7 @@ from operators.stages import (
     StageDatasetOperator,
     ValidateRunOperator,
 )
+from operators.training import RecipeTrainOperator
 
 
 def _bounded(name: str, default: int, low: int, high: int, title: str) -> dict[str, Param]:
@@ -91,8 +91,11 @@ def build_pipeline(spec: TenantSpec) -> DAG:
         default_args={"owner": spec.owner, "retries": 1, "retry_delay": timedelta(seconds=20)},
     ) as dag:
         validate = ValidateRunOperator(task_id="validate", **common)
-        ingest = IngestOperator(task_id="ingest", execution_timeout=timedelta(hours=6), **common)
-        quality = QualityGateOperator(task_id="quality", dataset=ingest.output, retries=0, **common)
+        # Later stages read the validate task's typed result (a native XCom value), never the raw form.
+        validated = validate.output
+        ingest = IngestOperator(task_id="ingest", validated=validated, execution_timeout=timedelta(hours=6), **common)
+        quality = QualityGateOperator(task_id="quality", dataset=ingest.output, validated=validated, retries=0,
+                                      **common)
         stage = StageDatasetOperator(task_id="stage", dataset=ingest.output, execution_timeout=timedelta(hours=6),
                                      **common)
         # The train task takes the *validated* params (validate's typed XCom), never the raw form.
@@ -111,8 +114,8 @@ def build_pipeline(spec: TenantSpec) -> DAG:
         # goes through a per-tenant alias, because the model's name is known only at run time.
         models = AssetAlias(f"factory_{spec.tenant}_models")
         export = ExportModelOperator(task_id="export", dataset=ingest.output, quality=quality.output,
-                                     training=train.output, model_asset_alias=models.name, outlets=[models],
-                                     **common)
+                                     training=train.output, validated=validated, model_asset_alias=models.name,
+                                     outlets=[models], **common)
         validate >> ingest >> quality >> stage >> train >> export
     return dag
 

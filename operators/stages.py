@@ -1,16 +1,20 @@
 """The pipeline's data stages as thin Airflow operators over :mod:`aifactory`.
 
-Each operator resolves the tenant spec (platform-owned), validates the run's params again (a run
-can be triggered through the API or CLI, not only the form), builds its clients from Airflow
-connections, and makes one call into the Airflow-free core. XCom carries only small dicts:
-names, versions, URIs, digests and counts, never data or secrets.
+Each operator resolves the tenant spec (platform-owned), reads the run's parameters as the validate
+task typed them (its native XCom, :meth:`aifactory.tenants.RunParams.from_xcom`; the raw form is
+validated once, by the validate task), builds its clients from Airflow connections, and makes one
+call into the Airflow-free core. XCom carries only small dicts: names, versions, URIs, digests and
+counts, never data or secrets. A prefix or path read from XCom is refused unless it lies inside the
+tenant's own area: anyone with edit rights on a run can rewrite an XCom value through the API
+(``docs/failure-modes.md``, "Security").
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk import BaseOperator
 
@@ -35,18 +39,51 @@ def _fail(exc: FactoryError) -> NoReturn:
     raise exc
 
 
+def check_dataset_prefix(prefix: Any, spec: TenantSpec) -> str:
+    """Refuse (no retry) a dataset prefix that is not inside the tenant's datasets area."""
+    from aifactory import layout
+    from aifactory.text import shown
+
+    area = layout.datasets_prefix(spec.tenant)
+    parts = prefix[len(area):].split("/") if isinstance(prefix, str) and layout.key_inside(prefix, area) else []
+    # exactly one version: <tenant>/datasets/<name>/<version>/, each part by its layout rule
+    if not (len(parts) == 3 and layout.NAME_RE.match(parts[0]) and layout.VERSION_RE.match(parts[1])
+            and prefix == layout.dataset_prefix(spec.tenant, parts[0], parts[1])):
+        _fail(InputError(f"dataset prefix {shown(prefix)} from ingest's result is not inside this tenant's "
+                         f"datasets area s3://{spec.bucket}/{area}; refused, nothing was read or written. "
+                         "Clear the ingest task to produce it again"))
+    return prefix
+
+
+def check_output_dir(output_dir: Any, tenant_dir: str) -> str:
+    """Refuse (no retry) a job output directory that is not inside the tenant's runs directory."""
+    from aifactory import layout
+    from aifactory.text import shown
+
+    runs = layout.runs_dir(tenant_dir)
+    if not isinstance(output_dir, str) or output_dir.rstrip("/") == runs or not layout.path_inside(output_dir, runs):
+        _fail(InputError(f"output directory {shown(output_dir)} from the train task's result is not inside this "
+                         f"tenant's runs directory {runs}; refused, nothing was published. Clear the train task "
+                         "to produce it again"))
+    return output_dir
+
+
 class FactoryOperator(BaseOperator):
     """Common base: tenant and cluster specs, validated params, clients.
 
     :param tenant: tenant name; its spec comes from ``include/tenants/<tenant>.yaml``.
+    :param validated: the validate task's XCom (``validate.output``, :meth:`RunParams.to_xcom`);
+        templated, so it resolves to the native value at run time.
     :param s3_conn_id: Airflow connection of the object store.
     """
 
     ui_color = "#e8f0fe"
+    template_fields: Sequence[str] = ("validated",)
 
-    def __init__(self, *, tenant: str, s3_conn_id: str = S3_CONN_ID, **kwargs: Any) -> None:
+    def __init__(self, *, tenant: str, validated: Any = None, s3_conn_id: str = S3_CONN_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.tenant = tenant
+        self.validated = validated
         self.s3_conn_id = s3_conn_id
 
     # -- specs and params -----------------------------------------------------------------------
@@ -61,12 +98,19 @@ class FactoryOperator(BaseOperator):
         return load_cluster(self.tenant_spec().cluster)
 
     def run_params(self, context: Context) -> RunParams:
-        from aifactory.tenants import validate_run_params
+        """The validate task's typed result (type checks only; validation happened once, there)."""
+        from aifactory.tenants import RunParams
 
-        try:
-            return validate_run_params(context["params"], self.tenant_spec())
-        except FactoryError as exc:
-            _fail(exc)
+        if self.validated is None:
+            _fail(InputError(f"task {self.task_id} was given no validated params; the DAG must pass "
+                             "validated=validate.output"))
+        return self.call(RunParams.from_xcom, self.validated)
+
+    def tenant_dir(self, spec: TenantSpec) -> str:
+        """The tenant's area on its cluster (``layout.tenant_dir``)."""
+        from aifactory import layout
+
+        return layout.tenant_dir(self.cluster_spec().hpc_root, spec.tenant)
 
     # -- clients --------------------------------------------------------------------------------
     def s3(self) -> Any:
@@ -120,6 +164,7 @@ class IngestOperator(FactoryOperator):
                 log=self.log.info,
             )
         prefix = spec.dataset_prefix(manifest.name, manifest.version)
+        check_dataset_prefix(prefix, spec)
         return {
             "name": manifest.name,
             "version": manifest.version,
@@ -139,16 +184,19 @@ class DatasetOperator(FactoryOperator):
         ``ingest.output`` resolves at run time.
     """
 
-    template_fields: Sequence[str] = ("dataset",)
+    template_fields: Sequence[str] = ("dataset", "validated")
 
     def __init__(self, *, dataset: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.dataset = dataset
 
     def manifest(self, s3: Any, spec: TenantSpec) -> DatasetManifest:
+        """The version's manifest, after refusing a prefix outside the tenant's datasets area."""
         from aifactory.data.manifest import require_manifest
 
-        return self.call(require_manifest, s3, spec.bucket, self.dataset["prefix"])
+        prefix = self.dataset.get("prefix") if isinstance(self.dataset, dict) else None
+        check_dataset_prefix(prefix, spec)
+        return self.call(require_manifest, s3, spec.bucket, prefix)
 
 
 class QualityGateOperator(DatasetOperator):
@@ -157,8 +205,8 @@ class QualityGateOperator(DatasetOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from aifactory.errors import QualityGateFailed
         from aifactory.data.quality import suite_path, validate_dataset, write_quality_result
+        from aifactory.errors import QualityGateFailed
         from aifactory.text import shown
 
         spec = self.tenant_spec()
@@ -239,7 +287,7 @@ class ExportModelOperator(FactoryOperator):
         None emits nothing.
     """
 
-    template_fields: Sequence[str] = ("dataset", "quality", "training")
+    template_fields: Sequence[str] = ("dataset", "quality", "training", "validated")
 
     def __init__(self, *, dataset: Any, quality: Any, training: Any, model_asset_alias: str | None = None,
                  **kwargs: Any) -> None:
@@ -255,6 +303,9 @@ class ExportModelOperator(FactoryOperator):
 
         spec = self.tenant_spec()
         params = self.run_params(context)
+        check_dataset_prefix(self.dataset.get("prefix") if isinstance(self.dataset, dict) else None, spec)
+        output_dir = self.training.get("output_dir") if isinstance(self.training, dict) else None
+        check_output_dir(output_dir, self.tenant_dir(spec))
         dag_run = context["dag_run"]
         model = f"{self.dataset['name']}-{params.recipe}".replace("_", "-")
         version = model_version(dag_run.run_id, dag_run.dag_id)
@@ -284,7 +335,7 @@ class ExportModelOperator(FactoryOperator):
                 shell,
                 bucket=spec.bucket,
                 model_prefix=spec.model_prefix(model, version),
-                output_dir=self.training["output_dir"],
+                output_dir=output_dir,
                 card=card,
                 log=self.log.info,
             )

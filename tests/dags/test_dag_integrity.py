@@ -70,3 +70,17 @@ def test_dag_file_imports_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", code, str(REPO / "dags" / "factory_pipelines.py")],
                          capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_later_stages_read_the_validated_params_natively(dagbag):
+    """Validate once: every stage that needs the run's params gets validate's XCom (an XComArg,
+    resolved to the native value), not the raw form and not a Jinja string."""
+    from airflow.sdk.definitions.xcom_arg import XComArg
+
+    dag = dagbag.dags["factory_demo"]
+    for task_id, attr in (("ingest", "validated"), ("quality", "validated"), ("export", "validated"),
+                          ("train", "run_params")):
+        value = getattr(dag.get_task(task_id), attr)
+        assert isinstance(value, XComArg), f"{task_id}.{attr} is {value!r}"
+        assert value.operator.task_id == "validate", task_id
+        assert attr in dag.get_task(task_id).template_fields, task_id

@@ -12,9 +12,10 @@ and :mod:`aifactory.hpc.slurm`: this module only reads the files.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
