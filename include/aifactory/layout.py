@@ -20,7 +20,8 @@ HPC storage (``<hpc_root>`` comes from the cluster spec)::
     <hpc_root>/<tenant>/                                 0700, the tenant's area
         datasets/<name>/<version>/                         staged copy, .aifp-verified.json inside
         runs/<job name>/                                   one run directory per task instance
-            params.json, slurm-<job id>.out, output/ (with _COMPLETED.json written last by the job)
+            params.json, job.sh, aifp_runtime/, the recipe's files, slurm-<job id>.out,
+            checkpoints/, output/ (with _COMPLETED.json written last by the job)
         .aifp/bin/                                         platform scripts, named by their sha256
 
 Pure functions only: no I/O, no Airflow.
@@ -45,6 +46,8 @@ RECIPES_DIR = INCLUDE_DIR / "recipes"
 PLATFORM_RECIPES_DIR = INCLUDE_DIR / "platform_recipes"
 EXPECTATIONS_DIR = INCLUDE_DIR / "expectations"
 HPC_SCRIPTS_DIR = INCLUDE_DIR / "stack" / "hpc"
+#: the platform job runtime (``aifp_runtime/``) and the fixed batch wrapper every recipe runs through
+RUNTIME_DIR = INCLUDE_DIR / "runtime"
 
 # --------------------------------------------------------------------------------------------
 # Name rules
@@ -80,6 +83,9 @@ COMPLETION_MARKER = "_COMPLETED.json"
 STAGING_MARKER = ".aifp-verified.json"
 #: the run's parameters, uploaded next to the job script
 PARAMS_FILE = "params.json"
+#: the fixed batch wrapper in a run directory (the sbatch script), and the job runtime's package
+JOB_WRAPPER = "job.sh"
+RUNTIME_PACKAGE = "aifp_runtime"
 MODEL_CARD_MD = "MODEL_CARD.md"
 MODEL_CARD_JSON = "model_card.json"
 #: the shard file of a dataset version
@@ -180,6 +186,19 @@ def run_output_dir(run_dir_: str) -> str:
 def superseded_output_dir(run_dir_: str, tag: str) -> str:
     """Where an earlier job's outputs are moved before a new job of other parameters runs in ``run_dir_``."""
     return f"{run_dir_}/output.superseded-{tag}"
+
+
+def run_checkpoint_dir(run_dir_: str) -> str:
+    """Where the job keeps its checkpoints (beside ``output/``, never published)."""
+    return f"{run_dir_}/checkpoints"
+
+
+def slow_steps_switch_path(tenant_root: str) -> str:
+    """Tests only: seconds a job of this tenant pauses after each step (to be slow enough to preempt).
+
+    In the tenant's platform area, which only the platform writes; no form or parameter reaches it.
+    """
+    return f"{tenant_root}/.aifp/test-step-pause-s"
 
 
 def platform_bin_dir(tenant_root: str) -> str:

@@ -1,4 +1,4 @@
-"""Recipes: loading, hyperparameter validation, the fixed batch wrapper, and train.py itself."""
+"""Recipes: loading, hyperparameter validation, and the tabular classifier run from its job bundle."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from aifactory import layout
 from aifactory.errors import InputError
+from aifactory.models import bundle
+from aifactory.models.contract import parse_marker
 from aifactory.models.recipes import DEFAULT_RECIPES_ROOT, load_recipe, load_recipes
 
 RECIPE_DIR = DEFAULT_RECIPES_ROOT / "tabular_classifier"
@@ -38,7 +41,8 @@ needs_torch = pytest.mark.skipif(TRAIN_PY is None, reason="no Python with torch 
 def test_load_recipes_finds_tabular_classifier():
     recipes = load_recipes()
     r = recipes["tabular_classifier"]
-    assert r.entrypoint_path.is_file() and r.sbatch_template_path.is_file()
+    assert r.entrypoint_path.is_file()
+    assert not list(r.root.glob("*.sh*")), "recipes carry no batch wrapper: every recipe runs through the platform's"
     assert r.resources["time_limit_minutes"] >= 1
     assert r.defaults()["epochs"] == 20
 
@@ -51,7 +55,7 @@ def test_defaults_applied_and_input_not_mutated():
     assert out == {**HP, "epochs": 20, "hidden_units": 32, "learning_rate": 0.01, "batch_size": 64,
                    "test_fraction": 0.2, "seed": 42, "checkpoint_every_steps": 100,
                    "checkpoint_every_minutes": 5, "log_every_steps": 10, "max_requeues": 5,
-                   "read_batch_rows": 8192, "shuffle_buffer_rows": 65536, "step_sleep_s": 0}
+                   "read_batch_rows": 8192, "shuffle_buffer_rows": 65536}
 
 
 @pytest.mark.parametrize(
@@ -99,79 +103,25 @@ def test_broken_recipes_are_reported(tmp_path):
     with pytest.raises(InputError, match="schema is invalid"):
         load_recipe(bad)
     (bad / "recipe.yaml").write_text("name: bad\nentrypoint: ../evil.py\nhyperparameters: {type: object}\n")
-    with pytest.raises(InputError, match="plain file name"):
+    with pytest.raises(InputError, match="plain .py file name"):
+        load_recipe(bad)
+    (bad / "recipe.yaml").write_text("name: bad\nsbatch_template: job.sh\nhyperparameters: {type: object}\n")
+    with pytest.raises(InputError, match="no longer carry a batch wrapper"):
         load_recipe(bad)
     (bad / "recipe.yaml").write_text("name: other\nhyperparameters: {type: object}\n")
     with pytest.raises(InputError, match="folder name"):
         load_recipe(bad)
 
 
-def test_sbatch_wrapper_is_fixed():
-    text = (RECIPE_DIR / "sbatch.sh.tmpl").read_text()
-    assert "#SBATCH" not in text.replace("#SBATCH lines", "")  # no directives, only the comment
-    assert "{{" not in text and "${AIFP_PYTHON" in text and "set -euo pipefail" in text
-    assert 'srun --export=ALL --ntasks="${SLURM_NTASKS:-1}"' in text
-    r = subprocess.run(["bash", "-n", str(RECIPE_DIR / "sbatch.sh.tmpl")], capture_output=True)
-    assert r.returncode == 0, r.stderr
-
-
-#: A stand-in for srun: records its arguments, fails like an unreachable controller for the first
-#: $FAKE_SRUN_DOWN calls (no task runs), then runs the task command (the arguments after the options).
-FAKE_SRUN = """#!/bin/bash
-n=$(( $(cat "$FAKE_SRUN_CALLS" 2>/dev/null || echo 0) + 1 )); echo "$n" > "$FAKE_SRUN_CALLS"
-printf "%s\\n" "$@" > "$FAKE_SRUN_ARGS"
-if (( n <= ${FAKE_SRUN_DOWN:-0} )); then
-  echo "srun: error: Unable to create step for job 5: Unable to contact slurm controller (connect failure)" >&2
-  exit 1
-fi
-while [[ "$1" == --* ]]; do shift; done
-exec "$@"
-"""
-
-
-def _wrapper(tmp_path: Path, entry: str, **env: str) -> subprocess.CompletedProcess:
-    bindir = tmp_path / "bin"
-    bindir.mkdir(exist_ok=True)
-    (bindir / "srun").write_text(FAKE_SRUN)
-    (bindir / "srun").chmod(0o755)
-    (tmp_path / "entry.py").write_text(entry)
-    (tmp_path / "calls").unlink(missing_ok=True)
-    full = {"PATH": f"{bindir}:/usr/bin:/bin", "AIFP_PYTHON": sys.executable, "AIFP_ENTRYPOINT": "entry.py",
-            "SLURM_JOB_ID": "5", "SLURM_CPUS_PER_TASK": "2", "FAKE_SRUN_CALLS": str(tmp_path / "calls"),
-            "FAKE_SRUN_ARGS": str(tmp_path / "args"), "AIFP_STEP_RETRY_INTERVAL_S": "1", **env}
-    return subprocess.run(["bash", str(RECIPE_DIR / "sbatch.sh.tmpl")], env=full, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
-
-
-def test_sbatch_wrapper_runs_the_entrypoint_as_the_step(tmp_path):
-    """The entrypoint and params.json, nothing else; its exit status is the job's."""
-    entry = "import os, sys; print('ARGS', sys.argv[1:], os.environ['OMP_NUM_THREADS']); sys.exit(3)"
-    r = _wrapper(tmp_path, entry)
-    assert r.returncode == 3, r.stderr
-    assert "ARGS ['--params', 'params.json'] 2" in r.stdout
-    args = (tmp_path / "args").read_text().splitlines()
-    assert args[:2] == ["--export=ALL", "--ntasks=1"] and args[-5:] == [sys.executable, "-u", "entry.py",
-                                                                         "--params", "params.json"]
-    assert (tmp_path / "calls").read_text().strip() == "1"  # it ran, and failed: never started again
-    assert not (tmp_path / ".aifp-step-started").exists()
-    r = _wrapper(tmp_path, "pass", SLURM_NTASKS="2")  # nodes=2 with one task per node: one rank per node
-    assert r.returncode == 0 and (tmp_path / "args").read_text().splitlines()[1] == "--ntasks=2"
-    missing = subprocess.run(["bash", str(RECIPE_DIR / "sbatch.sh.tmpl")], env={"PATH": "/usr/bin:/bin"},
-                             cwd=tmp_path, capture_output=True, text=True)
-    assert missing.returncode != 0 and "AIFP_PYTHON" in missing.stderr
-
-
-def test_sbatch_wrapper_starts_the_step_again_while_the_controller_is_unreachable(tmp_path):
-    r = _wrapper(tmp_path, "print('TRAINED')", FAKE_SRUN_DOWN="2")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.count("TRAINED") == 1 and (tmp_path / "calls").read_text().strip() == "3"
-    assert r.stderr.count("the training step did not start (srun exit 1") == 2 and "attempt 3 in 1s" in r.stderr
-
-    # ... but not past its deadline: then the job fails, saying why
-    r = _wrapper(tmp_path, "print('TRAINED')", FAKE_SRUN_DOWN="100", AIFP_STEP_RETRY_S="2")
-    assert r.returncode == 1 and "TRAINED" not in r.stdout
-    assert "the training step never started (srun exit 1" in r.stderr and "is the Slurm controller up?" in r.stderr
-    assert int((tmp_path / "calls").read_text()) <= 3
+def test_test_knobs_are_not_in_the_form_and_requeues_are_bounded():
+    r = load_recipe(RECIPE_DIR)
+    props = r.schema["properties"]
+    assert "step_sleep_s" not in props  # a test-only knob (layout.slow_steps_switch_path), not the startup's
+    assert props["max_requeues"]["maximum"] <= 10
+    with pytest.raises(InputError, match="max_requeues"):
+        r.validate_hyperparameters({**HP, "max_requeues": 11})
+    with pytest.raises(InputError, match="step_sleep_s"):
+        r.validate_hyperparameters({**HP, "step_sleep_s": 1.0})
 
 
 # ------------------------------------------------------------------------------------------ train.py
@@ -195,10 +145,11 @@ def _dataset(path: Path, *, n: int = 120, classes: int = 3, text_feature: bool =
 
 
 def _train(tmp_path: Path, dataset: Path, **hp) -> subprocess.CompletedProcess:
+    """Run the recipe as the cluster does: from its job bundle, in a run directory."""
     params = {"dataset_dir": str(dataset), "output_dir": str(tmp_path / "out"),
-              "hyperparameters": {**HP, "epochs": 3, **hp}, "job": {"tenant": "demo"}}
+              "hyperparameters": {**HP, "epochs": 3, **hp}, "job": {"tenant": "demo", "recipe": "tabular_classifier"}}
     (tmp_path / "params.json").write_text(json.dumps(params))
-    shutil.copy(RECIPE_DIR / "train.py", tmp_path / "train.py")
+    bundle.materialize(load_recipe(RECIPE_DIR), tmp_path)
     return subprocess.run([TRAIN_PY, "train.py", "--params", "params.json"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
 
@@ -212,15 +163,19 @@ def test_train_end_to_end_and_deterministic(tmp_path):
     epoch_lines = [line for line in r.stdout.splitlines() if line.startswith("epoch=")]
     assert len(epoch_lines) == 4 and epoch_lines[-1].startswith("epoch=4/4 step=")
     out = tmp_path / "out"
-    marker = json.loads((out / "_COMPLETED.json").read_text())
+    marker = parse_marker((out / layout.COMPLETION_MARKER).read_bytes(), output_dir=str(out))
     import hashlib
 
-    for name in ("model.pt", "model.safetensors", "model.onnx", "onnx_check.json", "model_config.json",
-                 "metrics.json"):
-        assert marker["files"][name]["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+    assert {f.path for f in marker.files} == {"model.pt", "model.safetensors", "model.onnx", "onnx_check.json",
+                                               "model_config.json", "metrics.json"}
+    for f in marker.files:
+        assert f.sha256 == hashlib.sha256((out / f.path).read_bytes()).hexdigest()
+    assert marker.formats == {"pytorch": "model.pt", "safetensors": "model.safetensors", "onnx": "model.onnx"}
+    assert marker.params_sha256 == hashlib.sha256((tmp_path / "params.json").read_bytes()).hexdigest()
+    assert marker.recipe == "tabular_classifier" and marker.metrics["epochs"] == 4
     metrics = json.loads((out / "metrics.json").read_text())
     # the split is fixed per row by the seed: recompute it here with the recipe's own function
-    split = _train_module().test_mask(__import__("numpy").arange(120), 42, 0.2)
+    split = _recipe_module("tabular_data").test_mask(__import__("numpy").arange(120), 42, 0.2)
     assert metrics["n_train"] + metrics["n_test"] == 120 and metrics["n_test"] == int(split.sum())
     assert metrics["onnx_test_accuracy"] == metrics["test_accuracy"]
     check = json.loads((out / "onnx_check.json").read_text())
@@ -239,20 +194,25 @@ def test_train_end_to_end_and_deterministic(tmp_path):
         line.startswith("step=") for line in r2.stdout.splitlines())
 
 
-def _train_module():
-    import importlib.util
+def _recipe_module(name: str):
+    """A module of the recipe's folder, imported from its job bundle (where aifp_runtime sits beside it)."""
+    import importlib
+    import tempfile
 
-    spec = importlib.util.spec_from_file_location("aifp_tabular_train", RECIPE_DIR / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    run_dir = bundle.materialize(load_recipe(RECIPE_DIR), Path(tempfile.mkdtemp(prefix="aifp-bundle-")))
+    sys.path.insert(0, str(run_dir))
+    try:
+        for mod in [m for m in sys.modules if m == "aifp_runtime" or m.startswith("aifp_runtime.") or m == name]:
+            del sys.modules[mod]
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(run_dir))
 
 
 def test_split_is_fixed_by_seed_and_independent_of_batching():
     import numpy as np
 
-    train = _train_module()
+    train = _recipe_module("tabular_data")
     rows = np.arange(100_000)
     mask = train.test_mask(rows, 7, 0.2)
     assert abs(mask.mean() - 0.2) < 0.01
@@ -261,15 +221,8 @@ def test_split_is_fixed_by_seed_and_independent_of_batching():
     assert not (train.test_mask(rows, 8, 0.2) == mask).all()
 
 
-def test_rendezvous_port_stays_below_the_ephemeral_range():
-    train = _train_module()
-    ports = {train.rendezvous_port(job, restart) for job in range(1, 5000) for restart in range(3)}
-    assert min(ports) >= 20000 and max(ports) < 32768  # Linux hands 32768-60999 to outgoing connections
-    assert train.rendezvous_port(41, 0) != train.rendezvous_port(41, 1)  # a requeued job gets a new port
-
-
 def test_steps_per_epoch_covers_every_rank():
-    train = _train_module()
+    train = _recipe_module("tabular_data")
     assert train.steps_per_epoch(117, 64, 1) == 2
     assert train.steps_per_epoch(117, 64, 2) == 1
     assert train.steps_per_epoch(129, 64, 2) == 1  # one leftover row cannot feed two ranks
@@ -366,7 +319,7 @@ def test_train_bad_data_exits_2_with_clear_message(tmp_path, kind, hp, fragment)
     r = _train(tmp_path, ds, **hp)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert r.stderr.startswith("ERROR: ") and fragment in r.stderr
-    assert not (tmp_path / "out" / "_COMPLETED.json").exists()
+    assert not (tmp_path / "out" / layout.COMPLETION_MARKER).exists()
 
 
 @needs_torch

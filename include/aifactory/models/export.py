@@ -1,14 +1,18 @@
 """Publish a trained model from the HPC side to object storage, atomically.
 
-The training job writes its outputs and, last, a completion marker ``_COMPLETED.json`` listing
-every output file with its sha256 (FAILURE-MODES 11: a COMPLETED job is not enough, the job must
-prove its outputs). Export fetches those files, checks each digest, re-checks the model formats
-(``model.onnx`` with ONNX Runtime against the PyTorch logits the job recorded in
-``onnx_check.json``; ``model.safetensors`` by reading its header), writes a model card
-(:mod:`aifactory.models.modelcard`), uploads everything under ``<tenant>/models/<model>/<version>/`` and
-only then ``manifest.json``, with a conditional write so that a published version is never
-overwritten. A version without ``manifest.json`` is not published (an export killed midway leaves
-none); a rerun for the same run finds the manifest and publishes nothing new.
+The training job writes its outputs and, last, a completion marker (``layout.COMPLETION_MARKER``,
+schema :mod:`aifactory.models.contract`) listing every output file with its sha256 and declaring
+its model formats (``docs/failure-modes.md``, section 11: a COMPLETED job is not enough, the job
+must prove its outputs). Export publishes exactly what the marker declares: it refuses a marker
+that names ``manifest.json``, the model card or any path outside the job's output directory before
+anything is fetched or published, fetches each declared file, checks its sha256 and size,
+re-checks the declared formats (``onnx`` with ONNX Runtime against the PyTorch logits the job
+recorded in ``onnx_check.json``; ``safetensors`` by reading its header), writes a model card
+(:mod:`aifactory.models.modelcard`) that lists the marker's formats, uploads everything under
+``layout.model_prefix(...)`` and only then ``manifest.json``, with a conditional write so that a
+published version is never overwritten. A version without ``manifest.json`` is not published (an
+export killed midway leaves none); a rerun for the same run finds the manifest and publishes
+nothing new.
 
 The ONNX export itself happens in the training job, where torch is (the Airflow side has no torch);
 ONNX Runtime is small enough to re-check here.
@@ -19,14 +23,17 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from aifactory.errors import FactoryError
-from aifactory.models.modelcard import CardContext, build_card, missing_fields, render_card_markdown
-from aifactory.hpc.remote import RemoteShell, join
+from aifactory import layout
 from aifactory.data.s3 import object_exists, put_if_absent
+from aifactory.errors import FactoryError
+from aifactory.hpc.remote import RemoteShell, join
+from aifactory.models.contract import MARKER_MAX_BYTES, CompletionMarker, MarkerError, parse_marker
+from aifactory.models.modelcard import CardContext, build_card, missing_fields, render_card_markdown
 
 __all__ = [
     "CardContext",
@@ -38,10 +45,8 @@ __all__ = [
     "safetensors_summary",
 ]
 
-COMPLETION_MARKER = "_COMPLETED.json"
-MODEL_MANIFEST = "manifest.json"
-CARD_MD = "MODEL_CARD.md"
-CARD_JSON = "model_card.json"
+#: the job's ONNX parity check (tolerance, probe inputs and PyTorch's logits), re-run by export
+ONNX_CHECK_FILE = "onnx_check.json"
 
 
 class ExportError(FactoryError):
@@ -51,10 +56,6 @@ class ExportError(FactoryError):
 def model_version(run_id: str, dag_id: str) -> str:
     """Deterministic per DAG run, so re-running export targets the same version."""
     return "v-" + hashlib.sha256(f"{dag_id}\0{run_id}".encode()).hexdigest()[:12]
-
-
-#: Model files a recipe may produce, by format name (shown in the card).
-FORMATS = {"model.pt": "pytorch", "model.safetensors": "safetensors", "model.onnx": "onnx"}
 
 
 def recheck_onnx(onnx_path: Path, check_path: Path) -> dict[str, Any]:
@@ -109,16 +110,59 @@ def safetensors_summary(path: Path) -> dict[str, Any]:
                           "Rerun the train stage") from exc
 
 
-def _read_remote_json(sftp: Any, path: str, what: str) -> dict[str, Any]:
+def read_marker(sftp: Any, output_dir: str) -> CompletionMarker:
+    """The job's completion marker, parsed and checked (:func:`contract.parse_marker`); ExportError if not."""
+    path = join(output_dir, layout.COMPLETION_MARKER)
     try:
         with sftp.open(path, "rb") as fh:
-            return json.loads(fh.read())
+            raw = fh.read(MARKER_MAX_BYTES + 1)
     except FileNotFoundError as exc:
-        raise ExportError(f"{what} not found at {path} on the HPC side; the job did not finish its outputs") from exc
-    except (OSError, ValueError) as exc:
+        raise ExportError(f"completion marker not found at {path} on the HPC side; the job did not finish "
+                          "its outputs. Check the train task's log") from exc
+    except OSError as exc:
         if "No such file" in str(exc):
-            raise ExportError(f"{what} not found at {path} on the HPC side; the job did not finish its outputs") from exc
-        raise ExportError(f"cannot read {what} at {path}: {exc}") from exc
+            raise ExportError(f"completion marker not found at {path} on the HPC side; the job did not finish "
+                              "its outputs. Check the train task's log") from exc
+        raise ExportError(f"cannot read the completion marker at {path}: {exc}") from exc
+    try:
+        return parse_marker(raw, output_dir=output_dir)
+    except MarkerError as exc:
+        raise ExportError(f"{exc} (in {path}); nothing was published") from exc
+
+
+def _fetch_verified(sftp: Any, output_dir: str, marker: CompletionMarker, tmp: Path) -> list[dict[str, Any]]:
+    """Fetch every file the marker declares into ``tmp`` and check its size and sha256 against it."""
+    fetched: list[dict[str, Any]] = []
+    for entry in marker.files:
+        local = tmp.joinpath(*entry.path.split("/"))
+        local.parent.mkdir(parents=True, exist_ok=True)
+        sftp.get(join(output_dir, entry.path), str(local))
+        digest = hashlib.sha256(local.read_bytes()).hexdigest()
+        size = local.stat().st_size
+        if digest != entry.sha256 or size != entry.bytes:
+            raise ExportError(
+                f"{entry.path}: sha256 {digest[:12]}… ({size} B) on the worker differs from the job's marker "
+                f"{entry.sha256[:12]}… ({entry.bytes} B); the HPC copy is damaged or was changed after the job. "
+                "Nothing was published; rerun the train stage."
+            )
+        fetched.append({"path": entry.path, "bytes": size, "sha256": digest})
+    return fetched
+
+
+def _check_formats(marker: CompletionMarker, tmp: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Re-check the declared formats export knows (onnx, safetensors); returns the ONNX check summary."""
+    onnx_check: dict[str, Any] = {}
+    if "onnx" in marker.formats:
+        if marker.file(ONNX_CHECK_FILE) is None:
+            raise ExportError(f"the marker declares an ONNX model but no {ONNX_CHECK_FILE}: the job did not check "
+                              "its ONNX export against PyTorch. Nothing was published; fix the recipe")
+        onnx_check = recheck_onnx(tmp / marker.formats["onnx"], tmp / ONNX_CHECK_FILE)
+        log(f"{marker.formats['onnx']} re-checked with ONNX Runtime: "
+            f"max |diff| {onnx_check['export_recheck_max_abs_diff']:.2e}")
+    if "safetensors" in marker.formats:
+        tensors = safetensors_summary(tmp / marker.formats["safetensors"])["tensors"]
+        log(f"{marker.formats['safetensors']} holds {len(tensors)} tensors")
+    return onnx_check
 
 
 def export_model(
@@ -129,79 +173,57 @@ def export_model(
     model_prefix: str,
     output_dir: str,
     card: CardContext,
+    params_sha256: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Verify the job's outputs and publish them with ``manifest.json`` last; idempotent per version."""
-    uri = f"s3://{bucket}/{model_prefix}"
-    manifest_key = model_prefix + MODEL_MANIFEST
+    """Verify the job's outputs and publish what its marker declares, ``manifest.json`` last; idempotent.
+
+    :param params_sha256: when given, the marker must record it (the outputs are this run's).
+    :raises ExportError: before anything is published, when the marker is missing, malformed, names
+        a platform file or a path outside ``output_dir``, or a file differs from it.
+    """
+    uri = layout.s3_uri(bucket, model_prefix)
+    manifest_key = model_prefix + layout.MANIFEST_NAME
     if object_exists(s3, bucket, manifest_key):
         published = json.loads(s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
-        log(f"{uri} is already published (manifest.json exists): nothing to do")
+        log(f"{uri} is already published ({layout.MANIFEST_NAME} exists): nothing to do")
         return {"model_uri": uri, "model": card.model, "version": card.version, "published": False,
                 "metrics": published.get("metrics", {}), "files": published["files"]}
 
     sftp = shell.sftp_client()
-    marker = _read_remote_json(sftp, join(output_dir, COMPLETION_MARKER), "completion marker")
-    # The recipe's contract: {"files": {"<name>": {"sha256": ..., "bytes": ...}, ...}, ...}
-    files = marker.get("files")
-    if not isinstance(files, dict) or not files:
-        raise ExportError(f"completion marker in {output_dir} lists no files; the job's outputs are incomplete")
-    entries = [{"path": name, **(meta if isinstance(meta, dict) else {})} for name, meta in sorted(files.items())]
-
-    uploaded: list[dict[str, Any]] = []
-    metrics: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="aifp-export-") as tmp:
-        for entry in entries:
-            name = str(entry["path"])
-            if "/" in name or name in ("", ".", "..") or name.startswith("."):
-                raise ExportError(f"completion marker names an unsafe file {name!r}")
-            local = Path(tmp) / name
-            sftp.get(join(output_dir, name), str(local))
-            digest = hashlib.sha256(local.read_bytes()).hexdigest()
-            if digest != entry.get("sha256"):
-                raise ExportError(
-                    f"{name}: sha256 on the worker {digest[:12]}… differs from the job's marker "
-                    f"{str(entry.get('sha256'))[:12]}…; the HPC copy is damaged or was changed after the job. "
-                    "Nothing was published; rerun the train stage."
-                )
-            if name == "metrics.json":
-                metrics = json.loads(local.read_bytes())
-            uploaded.append({"path": name, "bytes": local.stat().st_size, "sha256": digest})
-
-        if not metrics:
-            raise ExportError(f"metrics.json missing from the job's outputs in {output_dir}")
-        names = {f["path"] for f in uploaded}
-        onnx_check: dict[str, Any] = {}
-        if "model.onnx" in names:
-            onnx_check = recheck_onnx(Path(tmp) / "model.onnx", Path(tmp) / "onnx_check.json")
-            log(f"model.onnx re-checked with ONNX Runtime: max |diff| {onnx_check['export_recheck_max_abs_diff']:.2e}")
-        if "model.safetensors" in names:
-            tensors = safetensors_summary(Path(tmp) / "model.safetensors")["tensors"]
-            log(f"model.safetensors holds {len(tensors)} tensors")
+    marker = read_marker(sftp, output_dir)
+    if params_sha256 is not None and marker.params_sha256 != params_sha256:
+        raise ExportError(f"the completion marker in {output_dir} records params digest {marker.params_sha256[:12]}…, "
+                          f"not this run's {params_sha256[:12]}…: the outputs are another run's. Nothing was "
+                          "published; clear the train task")
+    with tempfile.TemporaryDirectory(prefix="aifp-export-") as tmp_name:
+        tmp = Path(tmp_name)
+        uploaded = _fetch_verified(sftp, output_dir, marker, tmp)
+        onnx_check = _check_formats(marker, tmp, log)
         card_data = build_card(
             card,
-            metrics=metrics,
+            metrics=dict(marker.metrics),
             files=list(uploaded),
-            published_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            formats={FORMATS[n]: n for n in sorted(names) if n in FORMATS},
+            published_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            formats=dict(marker.formats),
             onnx_check=onnx_check,
-            job=marker,
+            job={"restart_count": marker.restart_count, "world_size": marker.world_size},
         )
         lacking = missing_fields(card_data)
         if lacking:
             raise ExportError(f"the model card lacks {', '.join(lacking)}; nothing was published. "
                               "The train/quality/ingest stages' results are incomplete")
         generated = {
-            CARD_JSON: json.dumps(card_data, indent=2, sort_keys=True).encode(),
-            CARD_MD: render_card_markdown(card_data).encode(),
+            layout.MODEL_CARD_JSON: json.dumps(card_data, indent=2, sort_keys=True).encode(),
+            layout.MODEL_CARD_MD: render_card_markdown(card_data).encode(),
         }
         for name, data in generated.items():
-            (Path(tmp) / name).write_bytes(data)
+            (tmp / name).write_bytes(data)
             uploaded.append({"path": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
 
         # every file first ...
         for i, f in enumerate(uploaded, 1):
-            with open(Path(tmp) / f["path"], "rb") as fh:
+            with open(tmp.joinpath(*f["path"].split("/")), "rb") as fh:
                 s3.put_object(Bucket=bucket, Key=model_prefix + f["path"], Body=fh)
             log(f"uploaded {f['path']} ({i}/{len(uploaded)}, {f['bytes']} B)")
 
@@ -213,16 +235,17 @@ def export_model(
         "model": card.model,
         "version": card.version,
         "files": uploaded,
-        "metrics": metrics,
+        "metrics": dict(marker.metrics),
         "dataset": card.dataset,
         "slurm": card_data["slurm"],
         "formats": card_data["formats"],
+        "params_sha256": marker.params_sha256,
     }
     body = json.dumps(manifest, indent=2, sort_keys=True).encode()
     if not put_if_absent(s3, bucket, manifest_key, body, content_type="application/json"):
         log(f"{uri} was published concurrently by another attempt; keeping that version")
         return {"model_uri": uri, "model": card.model, "version": card.version, "published": False,
-                "metrics": metrics, "files": uploaded}
-    log(f"published {uri} ({len(uploaded)} files, manifest.json last)")
+                "metrics": dict(marker.metrics), "files": uploaded}
+    log(f"published {uri} ({len(uploaded)} files, {layout.MANIFEST_NAME} last)")
     return {"model_uri": uri, "model": card.model, "version": card.version, "published": True,
-            "metrics": metrics, "files": uploaded}
+            "metrics": dict(marker.metrics), "files": uploaded}

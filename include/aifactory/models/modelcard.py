@@ -99,7 +99,7 @@ def build_card(
     slurm = dict(ctx.slurm)
     if job:
         # what the job itself recorded: requeues (same job id, restarted) and its rank count
-        slurm.setdefault("restarts", job.get("slurm_restart_count"))
+        slurm.setdefault("restarts", job.get("restart_count"))
         slurm.setdefault("world_size", job.get("world_size"))
     return {
         "tenant": ctx.tenant,

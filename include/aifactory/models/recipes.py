@@ -1,19 +1,22 @@
 """Training recipes: a folder per recipe under ``include/recipes/<name>/``.
 
-A recipe is data the platform owns, not code the user sends::
+A recipe is data and model code the platform owns, not code the user sends::
 
     include/recipes/tabular_classifier/
-        recipe.yaml       description, hyperparameter JSON schema, default resources, file names
-        train.py          the entrypoint; runs on the cluster, imports nothing of ours
-        sbatch.sh.tmpl    the fixed batch wrapper (no placeholders filled from user data)
+        recipe.yaml       description, hyperparameter JSON schema, default resources, checks
+        train.py          the entry point; runs on the cluster through the platform job runtime
+        *.py              any other model code: the whole folder is shipped (aifactory.models.bundle)
+
+A recipe carries no batch wrapper and no job plumbing: every recipe runs through the platform's
+fixed wrapper and uses its job runtime (``include/runtime/``; the contract is
+``docs/recipe-contract.md`` and :mod:`aifactory.models.contract`).
 
 ``recipe.yaml`` keys:
 
 ``name`` (must equal the folder name), ``description``, ``entrypoint`` (file name of the training
-script), ``sbatch_template`` (file name of the wrapper), ``hyperparameters`` (a JSON schema of type
-object; ``default`` values are applied), ``resources`` (default resources: ``nodes``,
-``cpus_per_task``, ``mem_gb``, ``gpus_per_node``, ``time_limit_minutes``; bounded later by the
-tenant's limits in :class:`aifactory.hpc.slurm.Resources`), ``slurm`` (optional: ``signal`` and
+script), ``hyperparameters`` (a JSON schema of type object; ``default`` values are applied),
+``resources`` (default resources: ``nodes``, ``cpus_per_task``, ``mem_gb``, ``gpus_per_node``,
+``time_limit_minutes``; bounded later by the tenant's limits), ``slurm`` (optional: ``signal`` and
 ``signal_before_limit_s``, the warning Slurm sends before the time limit, see
 :meth:`Recipe.sbatch_signal`), ``data_checks`` (optional: what the dataset's columns must be before
 any job is submitted, see :func:`check_dataset`)::
@@ -40,7 +43,7 @@ import jsonschema
 import yaml
 
 from aifactory.errors import InputError
-from aifactory.layout import RECIPES_DIR
+from aifactory.layout import NAME_RE, RECIPES_DIR, SAFE_FILE_RE
 
 __all__ = [
     "Recipe",
@@ -55,9 +58,6 @@ __all__ = [
 #: ``include/recipes`` next to this package (``include/aifactory``).
 DEFAULT_RECIPES_ROOT = RECIPES_DIR
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-#: Entry point and template names become remote file names and a ``--export`` value.
-_FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 #: Signals a recipe may ask Slurm to send before the time limit (``sbatch --signal``).
 _SIGNALS = ("USR1", "USR2", "TERM", "INT", "HUP", "URG")
 #: Checks ``data_checks`` may name, with the type of their argument.
@@ -76,7 +76,6 @@ class Recipe:
     :param schema: JSON schema of the hyperparameters (``type: object``).
     :param resources: default resources.
     :param entrypoint: training script file name inside the folder.
-    :param sbatch_template: batch wrapper file name inside the folder.
     """
 
     name: str
@@ -85,7 +84,6 @@ class Recipe:
     schema: dict[str, Any]
     resources: dict[str, Any] = field(default_factory=dict)
     entrypoint: str = "train.py"
-    sbatch_template: str = "sbatch.sh.tmpl"
     slurm: dict[str, Any] = field(default_factory=dict)
     data_checks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -105,10 +103,6 @@ class Recipe:
     @property
     def entrypoint_path(self) -> Path:
         return self.root / self.entrypoint
-
-    @property
-    def sbatch_template_path(self) -> Path:
-        return self.root / self.sbatch_template
 
     def defaults(self) -> dict[str, Any]:
         """Top-level ``default`` values of the schema (for the trigger form)."""
@@ -158,8 +152,8 @@ def load_recipe(folder: Path) -> Recipe:
     if not isinstance(spec, dict):
         raise InputError(f"recipe {folder.name!r}: recipe.yaml must be a mapping")
     name = spec.get("name", folder.name)
-    if name != folder.name or not _NAME_RE.fullmatch(name):
-        raise InputError(f"recipe {folder.name!r}: name {name!r} must equal the folder name and match {_NAME_RE.pattern}")
+    if name != folder.name or not NAME_RE.fullmatch(name):
+        raise InputError(f"recipe {folder.name!r}: name {name!r} must equal the folder name and match {NAME_RE.pattern}")
     schema = spec.get("hyperparameters")
     if not isinstance(schema, dict) or schema.get("type") != "object":
         raise InputError(f"recipe {name!r}: 'hyperparameters' must be a JSON schema of type object")
@@ -167,13 +161,14 @@ def load_recipe(folder: Path) -> Recipe:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise InputError(f"recipe {name!r}: hyperparameters schema is invalid: {exc.message}") from exc
+    if "sbatch_template" in spec:
+        raise InputError(f"recipe {name!r}: recipes no longer carry a batch wrapper (sbatch_template); every "
+                         "recipe runs through the platform's (include/runtime/sbatch_wrapper.sh). Remove the key")
     entrypoint = spec.get("entrypoint", "train.py")
-    template = spec.get("sbatch_template", "sbatch.sh.tmpl")
-    for label, fname in (("entrypoint", entrypoint), ("sbatch_template", template)):
-        if not isinstance(fname, str) or not _FILE_RE.fullmatch(fname):
-            raise InputError(f"recipe {name!r}: {label} {fname!r} must be a plain file name")
-        if not (folder / fname).is_file():
-            raise InputError(f"recipe {name!r}: {label} file {folder / fname} is missing")
+    if not isinstance(entrypoint, str) or not SAFE_FILE_RE.fullmatch(entrypoint) or not entrypoint.endswith(".py"):
+        raise InputError(f"recipe {name!r}: entrypoint {entrypoint!r} must be a plain .py file name")
+    if not (folder / entrypoint).is_file():
+        raise InputError(f"recipe {name!r}: entrypoint file {folder / entrypoint} is missing")
     resources = spec.get("resources") or {}
     if not isinstance(resources, dict):
         raise InputError(f"recipe {name!r}: 'resources' must be a mapping")
@@ -208,7 +203,6 @@ def load_recipe(folder: Path) -> Recipe:
         schema=schema,
         resources=dict(resources),
         entrypoint=entrypoint,
-        sbatch_template=template,
         slurm=dict(slurm),
         data_checks={k: dict(v) for k, v in checks.items()},
     )
@@ -264,7 +258,7 @@ def check_dataset(
     :param dataset: how to name the dataset in messages (its URI).
     :raises InputError: naming the hyperparameter and the column, e.g. ``hyperparameters.label_column:
         column 'species' has 1 distinct value in s3://...; the recipe needs at least 2 classes``.
-        No data values appear in the message (they could be sensitive; FAILURE-MODES 15).
+        No data values appear in the message (they could be sensitive; ``docs/failure-modes.md``, section 15).
     """
     types = {str(c["name"]): str(c["type"]) for c in schema}
     done: list[str] = []

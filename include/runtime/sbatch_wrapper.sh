@@ -1,18 +1,23 @@
 #!/bin/bash
-# AI Factory batch wrapper: a FIXED file, copied verbatim into the run directory as job.sh.
-# Nothing is substituted into it: no hyperparameter, path or resource ever becomes text here.
+# AI Factory batch wrapper: the platform's ONE fixed batch script, copied verbatim into every run
+# directory as job.sh (aifactory.models.bundle.WRAPPER); every recipe, the probe included, runs
+# through it. Nothing is substituted into it: no hyperparameter, path or resource becomes text here.
 #
-# How the pieces arrive (see aifactory.hpc.slurm.sbatch_argv):
+# How the pieces arrive (see aifactory.hpc.slurm.plan):
 #   * resources, account, job name, log path: sbatch argv options (--opt=value), chosen and
 #     validated by the submitter; there are deliberately no #SBATCH lines in this file;
-#   * working directory: --chdir=<run dir>, which holds params.json and the entrypoint;
+#   * working directory: --chdir=<run dir>, which holds params.json, the recipe's files and the
+#     platform job runtime (aifp_runtime/, found by the entry point next to itself);
 #   * environment: --export=NONE,PATH=...,AIFP_PYTHON=...,AIFP_ENTRYPOINT=...: nothing of the
 #     submitting shell leaks in, and nothing secret is passed (SubmitLine is public);
-#   * user parameters: params.json (JSON), read by the entrypoint, never by a shell.
+#   * user parameters: params.json (JSON), read by the entry point, never by a shell.
 set -euo pipefail
 
 : "${AIFP_PYTHON:?AIFP_PYTHON must be set through sbatch --export}"
 : "${AIFP_ENTRYPOINT:?AIFP_ENTRYPOINT must be set through sbatch --export}"
+# The entry point is a file of the recipe's folder, at the top of the run directory.
+[[ "$AIFP_ENTRYPOINT" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]*$ && -f "$AIFP_ENTRYPOINT" ]] \
+  || { echo "aifp: AIFP_ENTRYPOINT must name a file of the run directory" >&2; exit 2; }
 
 echo "aifp: job=${SLURM_JOB_ID:-?} name=${SLURM_JOB_NAME:-?} account=${SLURM_JOB_ACCOUNT:-?}" \
      "partition=${SLURM_JOB_PARTITION:-?} nodes=${SLURM_JOB_NODELIST:-?}" \
@@ -24,18 +29,20 @@ export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"
 export PYTHONUNBUFFERED=1
 
 # One rank per task of the allocation (sbatch gives --ntasks-per-node=1, so one per node): the
-# entrypoint reads SLURM_PROCID/SLURM_NTASKS and starts torch.distributed when there are several.
+# runtime (aifp_runtime.distributed) reads SLURM_PROCID/SLURM_NTASKS and starts torch.distributed
+# when there are several.
 # --export=ALL hands this script's (already clean) environment to the step; without it the
 # step would inherit SLURM_EXPORT_ENV=NONE from the batch step and lose OMP_NUM_THREADS.
-# Preemption: SIGTERM (requeue, preemption) and SIGUSR1 (sbatch --signal=USR1@<s>, sent to the
-# step's tasks) reach the entrypoint, which checkpoints and requeues the job; a requeued job runs
-# this script again (SLURM_RESTART_COUNT above) and the entrypoint resumes from its checkpoint.
+# Signals: SIGTERM (requeue, preemption, scancel) and SIGUSR1 (sbatch --signal=USR1@<s>, sent to
+# the step's tasks) reach the entry point directly (each task execs it); the runtime checkpoints
+# and requeues the job (aifp_runtime.signals). A requeued job runs this script again
+# (SLURM_RESTART_COUNT above) and the entry point resumes from its checkpoint.
 #
 # Starting the step needs the Slurm controller. If it is restarting, srun fails before any task
-# ran ("Unable to contact slurm controller"): that is no training failure (FAILURE-MODES 4), so
-# the step is started again every AIFP_STEP_RETRY_INTERVAL_S seconds for up to AIFP_STEP_RETRY_S.
-# Each task touches a marker before it becomes the entrypoint (exec: signals reach it directly),
-# so a step whose tasks ran, and then failed, is never started twice.
+# ran ("Unable to contact slurm controller"): that is no training failure (docs/failure-modes.md,
+# section 4), so the step is started again every AIFP_STEP_RETRY_INTERVAL_S seconds for up to
+# AIFP_STEP_RETRY_S. Each task touches a marker before it becomes the entry point, so a step whose
+# tasks ran, and then failed, is never started twice.
 retry_for="${AIFP_STEP_RETRY_S:-600}"
 interval="${AIFP_STEP_RETRY_INTERVAL_S:-15}"
 [[ "$retry_for" =~ ^[0-9]+$ && "$interval" =~ ^[1-9][0-9]*$ ]] || { echo "aifp: bad step retry settings" >&2; exit 2; }
@@ -50,7 +57,7 @@ while :; do
     "$AIFP_PYTHON" -u "$AIFP_ENTRYPOINT" --params params.json || status=$?
   if [[ $status -eq 0 || -e "$AIFP_STEP_MARKER" ]]; then
     rm -f -- "$AIFP_STEP_MARKER"
-    exit "$status"  # the entrypoint ran: its exit status is the job's
+    exit "$status"  # the entry point ran: its exit status is the job's
   fi
   if (( $(date +%s) + interval > deadline )); then
     echo "aifp: the training step never started (srun exit $status, $attempt attempt(s)); is the Slurm controller up?" >&2
