@@ -30,9 +30,9 @@ ExpectationSuite shape, plus parameter templating::
 How a dataset is judged (:mod:`.gate`)
 ======================================
 
-* Shards are downloaded one at a time (one streaming GET each, the next while the current one is
-  validated), checked against the manifest's sha256 and read into Arrow, only the columns the
-  suite reads; GX runs in an **ephemeral** context (file contexts break under parallel runs;
+* Shards are downloaded to a scratch folder (one streaming GET each, the next while the current
+  one is validated), checked against the manifest's sha256, and read a few row groups at a time,
+  only the columns the suite reads; GX runs in an **ephemeral** context (file contexts break under parallel runs;
   ``docs/failure-modes.md``, section 15).
 * **Per-row expectations** (nulls, sets, ranges, regexes, types...) run on batches of
   :data:`~.gate.BATCH_ROWS` rows converted to pandas; they pass only if every batch passes, and

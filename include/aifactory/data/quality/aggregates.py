@@ -340,9 +340,9 @@ class ColumnAggregates:
                 st = state[k]
                 inside = [v in vset for v in values]
                 st["not_in_set"] += len(values) - sum(inside)
-                st["seen"].update(v for v, i in zip(values, inside) if i)
-                st["modes_in_set"] += [v for v, i, a in zip(values, inside, at) if i and a]
-                st["modes_outside"] += sum(1 for i, a in zip(inside, at) if a and not i)
+                st["seen"].update(v for v, i in zip(values, inside, strict=True) if i)
+                st["modes_in_set"] += [v for v, i, a in zip(values, inside, at, strict=True) if i and a]
+                st["modes_outside"] += sum(1 for i, a in zip(inside, at, strict=True) if a and not i)
         self._counts = None
         return {k: {"count": count, "not_in_set": st["not_in_set"],
                     "missing": [v for v in sets[k] if v not in st["seen"]],
