@@ -49,14 +49,7 @@ from aifactory.hpc.slurm.plan import JobPlan, TaskIds, plan_job
 from aifactory.models.recipes import DEFAULT_RECIPES_ROOT, Recipe, load_recipes
 from aifactory.tenants import load_cluster, load_tenant, parse_cluster, parse_tenant
 from operators.hooks import FactorySSHHook
-from operators.slurm_facts import (
-    gather_facts,
-    legacy_markers,
-    marker_field,
-    marker_outputs,
-    marker_params_sha256,
-    read_marker,
-)
+from operators.slurm_facts import gather_facts, marker_outputs, read_marker
 from operators.slurm_rundir import move_outputs_aside, prepare_run_dir
 from operators.triggers import SlurmJobTrigger
 
@@ -395,14 +388,11 @@ class SlurmJobOperator(BaseOperator):
                 "the training script did not finish writing its outputs (or the filesystem lags). "
                 "Check the job log; clear the task to run it again"
             )
-        digest = marker_params_sha256(marker)
-        if digest is None and legacy_markers():
-            self.log.warning("TRANSITION: completion marker without a params digest accepted")
-        elif digest != plan.params_sha256:
+        if marker.params_sha256 != plan.params_sha256:
             raise AirflowException(
-                f"Slurm job {job_id} COMPLETED but its completion marker records params digest {digest!r}, "
-                f"not this run's {plan.params_sha256}: the outputs in {plan.output_dir} are another run's. "
-                "Clear the task to run it again"
+                f"Slurm job {job_id} COMPLETED but its completion marker records params digest "
+                f"{marker.params_sha256}, not this run's {plan.params_sha256}: the outputs in {plan.output_dir} "
+                "are another run's. Clear the task to run it again"
             )
         return {
             "job_id": job_id,
@@ -413,7 +403,7 @@ class SlurmJobOperator(BaseOperator):
             "output_dir": plan.output_dir,
             "log_path": plan.log_path(job_id),
             "accounting": event.get("accounting"),
-            "metrics": marker_field(marker, "metrics"),
+            "metrics": dict(marker.metrics),
             "outputs": marker_outputs(marker),
             "recipe": plan.recipe,
             "resources": dict(plan.resources),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from aifactory.errors import FactoryError
@@ -24,61 +23,19 @@ from aifactory.hpc.slurm import (
 )
 from aifactory.hpc.slurm.decision import MarkerFact, PriorJobFacts, SacctFact, SqueueFact
 from aifactory.hpc.slurm.plan import JobPlan
+from aifactory.models.contract import MARKER_MAX_BYTES, CompletionMarker, parse_marker
 
-__all__ = ["MARKER_MAX_BYTES", "gather_facts", "marker_field", "marker_outputs", "marker_params_sha256", "read_marker"]
+__all__ = ["gather_facts", "marker_outputs", "read_marker"]
 
 log = logging.getLogger(__name__)
 
-#: A completion marker is a small JSON document; anything larger is refused unread.
-MARKER_MAX_BYTES = 1_000_000
+
+def marker_outputs(marker: CompletionMarker) -> dict[str, Any]:
+    """``{path: {sha256, bytes}}`` of the marker's declared files, for the train task's XCom."""
+    return {f.path: {"sha256": f.sha256, "bytes": f.bytes} for f in marker.files}
 
 
-def legacy_markers() -> bool:
-    """TRANSITION: True until the recipe contract (markers that record their params digest) lands."""
-    try:
-        import aifactory.models.contract  # noqa: F401
-    except ImportError:
-        return True
-    return False
-
-
-def _parse_marker(raw: bytes, output_dir: str) -> Any:
-    try:
-        from aifactory.models.contract import parse_marker
-    except ImportError:  # TRANSITION: until the recipe contract lands
-        import json
-
-        from aifactory.errors import InputError
-
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise InputError("completion marker is not a JSON object") from None
-        return data
-    return parse_marker(raw, output_dir=output_dir)
-
-
-def marker_field(marker: Any, name: str) -> Any:
-    return marker.get(name) if isinstance(marker, Mapping) else getattr(marker, name, None)
-
-
-def marker_params_sha256(marker: Any) -> str | None:
-    value = marker_field(marker, "params_sha256")
-    return value if isinstance(value, str) else None
-
-
-def marker_outputs(marker: Any) -> dict[str, Any]:
-    """``{path: {sha256, bytes}}`` from the marker's file list (or the older mapping form), for XCom."""
-    files = marker_field(marker, "files")
-    if isinstance(files, Mapping):
-        return {str(k): dict(v) if isinstance(v, Mapping) else v for k, v in files.items()}
-    return {str(marker_field(f, "path")): {"sha256": marker_field(f, "sha256"), "bytes": marker_field(f, "bytes")}
-            for f in files or []}
-
-
-def read_marker(hook: Any, plan: JobPlan) -> tuple[MarkerFact, Any, str]:
+def read_marker(hook: Any, plan: JobPlan) -> tuple[MarkerFact, CompletionMarker | None, str]:
     """``(fact, parsed marker or None, why it is unreadable)`` of the plan's completion marker."""
     try:
         with hook.sftp() as sftp:
@@ -92,7 +49,7 @@ def read_marker(hook: Any, plan: JobPlan) -> tuple[MarkerFact, Any, str]:
     if len(raw) > MARKER_MAX_BYTES:
         return MarkerFact.UNREADABLE, None, f"larger than {MARKER_MAX_BYTES} bytes"
     try:
-        return MarkerFact.PRESENT, _parse_marker(raw, plan.output_dir), ""
+        return MarkerFact.PRESENT, parse_marker(raw, output_dir=plan.output_dir), ""
     except FactoryError as exc:
         return MarkerFact.UNREADABLE, None, str(exc)
 
@@ -157,9 +114,7 @@ def gather_facts(hook: Any, plan: JobPlan, saved_job_id: str | None, sacct_lookb
     marker, parsed, why = read_marker(hook, plan)
     if why:
         log.warning("completion marker %s is unreadable: %s", plan.marker_path, why)
-    digest = marker_params_sha256(parsed) if parsed is not None else None
-    if parsed is not None and digest is None and legacy_markers():
-        digest = plan.params_sha256  # TRANSITION: markers written before the contract record no digest
+    digest = parsed.params_sha256 if parsed is not None else None
     return PriorJobFacts(
         saved_job_id=saved_job_id,
         squeue=squeue,

@@ -58,9 +58,8 @@ def prepare_run_dir(hook: Any, plan: JobPlan) -> None:
 
 def move_outputs_aside(hook: Any, plan: JobPlan) -> str:
     """Rename the output directory (an earlier job's outputs and marker) out of the new job's way."""
-    _, parsed, _ = read_marker(hook, plan)
-    job = getattr(parsed, "job_id", None) or (parsed.get("job_id") if isinstance(parsed, dict) else None)
-    tag = "".join(c for c in str(job or "") if c.isalnum())[:24]
+    _, marker, _ = read_marker(hook, plan)
+    tag = "".join(c for c in str(marker.job_id or "") if c.isalnum())[:24] if marker is not None else ""
     target = layout.superseded_output_dir(plan.run_dir, f"{tag or 'job'}-{time.time_ns()}")
     with hook.sftp() as sftp:
         sftp.posix_rename(plan.output_dir, target)

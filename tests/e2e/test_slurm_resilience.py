@@ -1,8 +1,8 @@
 """The Slurm engine under trouble, through the real scheduler and triggerer of the local stack.
 
-Each test starts a demo run whose training job lasts about a minute (``step_sleep_s``), waits until
-the train task is deferred and its job runs, then breaks something: the triggerer, the Slurm
-controller, or a user marks the task failed. Every check reads Slurm's own accounting.
+Each test starts a demo run whose training job lasts about a minute (the platform's test-only
+``layout.slow_steps_switch_path``), waits until the train task is deferred and its job runs, then
+breaks something: the triggerer, the Slurm controller, or a user marks the task failed. Every check reads Slurm's own accounting.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from aifactory import layout
 from aifactory.hpc.slurm import job_name
 from aifactory.local.airflow_api import AirflowClient
 from aifactory.local.localstack import state_dir
@@ -35,15 +36,27 @@ def sacct(name: str) -> list[tuple[str, str]]:
     return [tuple(line.split("|")) for line in out.splitlines() if line.strip()]  # type: ignore[misc]
 
 
+def slow_steps(name: str, seconds: float) -> None:
+    """The platform's test-only switch: the job of ``name`` pauses ``seconds`` after each step."""
+    runs = Path(os.environ["AIFP_HPC_ROOT"]) / SPEC.tenant / "runs"
+    switch = Path(layout.slow_steps_switch_path(str(runs / name)))
+    switch.parent.mkdir(mode=0o700, exist_ok=True)
+    switch.write_text(f"{seconds}\n")
+    owner = runs.stat()
+    for path in (switch.parent, switch):  # the job runs as the service account, which owns the area
+        os.chown(path, owner.st_uid, owner.st_gid)
+
+
 def start_long_run(api: AirflowClient, s3) -> tuple[str, str]:
     """Trigger a run whose job trains for about a minute; return (run id, job name) once it runs."""
     key = f"demo/raw/e2e/resilience-{time.time_ns()}.csv"
     s3.put_object(Bucket=SPEC.bucket, Key=key, Body=(REPO / "include/sample_data/iris.csv").read_bytes())
-    hp = {**SPEC.defaults["hyperparameters"], "epochs": 30, "step_sleep_s": 1.0}
+    hp = {**SPEC.defaults["hyperparameters"], "epochs": 30}
     conf = {**SPEC.defaults, "dataset_uri": f"s3://{SPEC.bucket}/{key}", "hyperparameters": hp,
             "time_limit_minutes": 15}
     run_id = api.trigger(DAG_ID, conf)["dag_run_id"]
     name = job_name(SPEC.tenant, DAG_ID, run_id, "train", -1)
+    slow_steps(name, 1.0)  # before the job starts: validate, ingest, quality and stage come first
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         states = {t["task_id"]: t["state"] for t in api.task_instances(DAG_ID, run_id)}

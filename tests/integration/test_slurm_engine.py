@@ -23,6 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from state_store import Store  # noqa: E402  (tests/integration is on sys.path under pytest)
 
 from aifactory.hpc.slurm import (
     JobState,
@@ -42,8 +43,6 @@ from aifactory.hpc.slurm import (
     scancel_command,
     select_record,
 )
-
-from state_store import Store  # noqa: E402  (tests/integration is on sys.path under pytest)
 
 pytestmark = pytest.mark.integration
 
@@ -238,6 +237,15 @@ def test_operator_trains_recipe_end_to_end_and_adopts_on_retry(hook, stack_env):
     # ...and also when the stored id was lost: found by the deterministic name.
     result3 = SlurmJobOperator(**_op_kwargs(op)).execute({"ti": ti, "task_state_store": Store()})
     assert result3["adopted"] and result3["job_id"] == result["job_id"]
+
+    # The run id reused with new hyperparameters (a deleted run triggered again): never adopted; a new
+    # job runs after the old outputs are moved aside, so its marker is the only one in output/.
+    changed = SlurmJobOperator(**{**_op_kwargs(op), "hyperparameters": {**op.hyperparameters, "epochs": 2}})
+    result4 = changed.execute({"ti": ti, "task_state_store": Store()})
+    assert not result4["adopted"] and result4["job_id"] != result["job_id"]
+    assert result4["metrics"]["epochs"] == 2 and result4["params_sha256"] != result["params_sha256"]
+    rc, out, _ = hook.run(f"ls -d {op.run_dir}/output.superseded-*")
+    assert rc == 0 and len(out.split()) == 1
 
 
 def test_operator_bad_data_fails_with_clear_message(hook, stack_env):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aifactory import layout
 from aifactory.errors import InputError
+from aifactory.models.contract import params_digest
 
 from .commands import build_sbatch_command
 from .identity import job_comment, job_name, log_path
@@ -133,22 +134,10 @@ def _check_dirs(tenant_root: str, run_dir: str, dataset_dir: str | None) -> None
                              "(the tenant's area)")
 
 
-def _params_digest(data: bytes) -> str:
-    try:
-        from aifactory.models.contract import params_digest
-    except ImportError:  # TRANSITION: until the recipe contract lands
-        import hashlib
-
-        return hashlib.sha256(data).hexdigest()
-    return params_digest(data)
-
-
 def _job_files(recipe: Recipe) -> tuple[tuple[tuple[str, str], ...], str]:
     """The files to upload (recipe folder, platform runtime, fixed wrapper) and the wrapper's path."""
-    try:
-        from aifactory.models import bundle
-    except ImportError:  # TRANSITION: until the job bundle lands, the entry point and the recipe's wrapper
-        return ((str(recipe.entrypoint_path), recipe.entrypoint), (str(recipe.sbatch_template_path), "job.sh")), "job.sh"
+    from aifactory.models import bundle  # imports the recipe contract; kept out of this package's import
+
     return tuple((str(Path(local)), str(remote)) for local, remote in bundle.job_files(recipe)), bundle.WRAPPER
 
 
@@ -244,6 +233,6 @@ def plan_job(
         script_path=script_path,
         sbatch_argv=tuple(argv),
         params_json=params_json,
-        params_sha256=_params_digest(params_json.encode()),
+        params_sha256=params_digest(params_json.encode()),
         files=files,
     )
