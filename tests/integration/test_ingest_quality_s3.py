@@ -23,7 +23,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from aifactory.errors import InputError, QualityGateFailed
 from aifactory.data.ingest import ingest_dataset
 from aifactory.data.manifest import DatasetManifest, load_manifest, sha256_bytes
 from aifactory.data.quality import validate_dataset, write_quality_result
@@ -38,6 +37,7 @@ from aifactory.data.s3 import (
     put_if_absent,
     upload_file,
 )
+from aifactory.errors import InputError, QualityGateFailed
 from aifactory.layout import dataset_manifest_key, quality_result_key
 
 pytestmark = pytest.mark.integration

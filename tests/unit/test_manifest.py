@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from aifactory.errors import InputError
 from aifactory.data.manifest import (
     MANIFEST_FORMAT,
     DatasetManifest,
@@ -15,6 +14,7 @@ from aifactory.data.manifest import (
     sha256_bytes,
     sha256_file,
 )
+from aifactory.errors import InputError
 from aifactory.layout import dataset_prefix
 
 

@@ -16,7 +16,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from aifactory.errors import FactoryError, InputError, QualityGateFailed
 from aifactory.data.manifest import DatasetManifest, FileEntry
 from aifactory.data.quality import (
     build_gx_suite,
@@ -27,6 +26,7 @@ from aifactory.data.quality import (
     validate_dataset,
     write_quality_result,
 )
+from aifactory.errors import FactoryError, InputError, QualityGateFailed
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_SUITE = REPO / "include" / "expectations" / "tabular_default.json"
