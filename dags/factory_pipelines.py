@@ -37,10 +37,10 @@ from operators.stages import (
 from operators.training import RecipeTrainOperator
 
 
-def _bounded(name: str, default: int, low: int, high: int, title: str) -> dict[str, Param]:
+def _bounded(name: str, default: int, low: int, high: int, title: str, note: str = "") -> dict[str, Param]:
     """A resource field: an integer from ``low``; the tenant's upper bound is in its description."""
     return {name: Param(default, type="integer", minimum=low, title=title,
-                        description=f"At most {high} (the tenant's limit; checked by the validate task).")}
+                        description=f"At most {high} (the tenant's limit; checked by the validate task).{note}")}
 
 
 def trigger_form(spec: TenantSpec) -> dict[str, Param]:
@@ -71,7 +71,8 @@ def trigger_form(spec: TenantSpec) -> dict[str, Param]:
         **_bounded("cpus_per_task", d.get("cpus_per_task", 1), 1, lim.max_cpus_per_task, "CPUs per task"),
         **_bounded("mem_gb", d.get("mem_gb", 1), 1, lim.max_mem_gb, "Memory per node (GB)"),
         **_bounded("time_limit_minutes", d.get("time_limit_minutes", 30), 1, lim.max_time_limit_minutes,
-                   "Time limit (minutes)"),
+                   "Time limit (minutes)", f" With requeues, time limit x (1 + hyperparameters.max_requeues) "
+                   f"must stay within {lim.max_hold_minutes} minutes."),
     }
 
 
