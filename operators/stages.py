@@ -298,16 +298,19 @@ class ExportModelOperator(FactoryOperator):
         self.model_asset_alias = model_asset_alias
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from aifactory import layout
         from aifactory.models.export import CardContext, export_model, model_version
         from aifactory.version import code_version
 
         spec = self.tenant_spec()
         params = self.run_params(context)
-        check_dataset_prefix(self.dataset.get("prefix") if isinstance(self.dataset, dict) else None, spec)
+        prefix = check_dataset_prefix(self.dataset.get("prefix") if isinstance(self.dataset, dict) else None, spec)
         output_dir = self.training.get("output_dir") if isinstance(self.training, dict) else None
         check_output_dir(output_dir, self.tenant_dir(spec))
         dag_run = context["dag_run"]
-        model = f"{self.dataset['name']}-{params.recipe}".replace("_", "-")
+        # the dataset's name as the checked prefix spells it (layout.NAME_RE), not XCom's "name" field
+        dataset_name = prefix[len(layout.datasets_prefix(spec.tenant)):].split("/")[0]
+        model = f"{dataset_name}-{params.recipe}".replace("_", "-")
         version = model_version(dag_run.run_id, dag_run.dag_id)
         card = CardContext(
             tenant=spec.tenant,
