@@ -16,6 +16,8 @@ def test_tenant_catalogue_lists_demo_with_its_limits():
     demo = next(t for t in tenants if t["tenant"] == "demo")
     assert demo["dag_id"] == "factory_demo"
     assert demo["slurm_account"] == "demo" and demo["limits"]["max_nodes"] >= 1
+    # the cap on one run's allocation across requeues is part of what an engineer checks
+    assert demo["limits"]["max_hold_minutes"] >= demo["limits"]["max_time_limit_minutes"]
 
 
 def test_recipe_catalogue_exposes_schemas():
