@@ -193,12 +193,14 @@ def run_checkpoint_dir(run_dir_: str) -> str:
     return f"{run_dir_}/checkpoints"
 
 
-def slow_steps_switch_path(tenant_root: str) -> str:
-    """Tests only: seconds a job of this tenant pauses after each step (to be slow enough to preempt).
+def slow_steps_switch_path(run_dir_: str) -> str:
+    """Tests only: seconds the job of ``run_dir_`` pauses after each step (to be slow enough to preempt).
 
-    In the tenant's platform area, which only the platform writes; no form or parameter reaches it.
+    Beside the run directory, in the platform's own area, written only by the platform's tests
+    before the job starts; no form, parameter or recipe reaches it.
     """
-    return f"{tenant_root}/.aifp/test-step-pause-s"
+    parent, name = posixpath.split(run_dir_.rstrip("/"))
+    return f"{parent}/.aifp-slow-steps/{name}"
 
 
 def platform_bin_dir(tenant_root: str) -> str:

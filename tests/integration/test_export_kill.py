@@ -17,10 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from aifactory import layout
+from aifactory.data.s3 import list_keys
+from aifactory.hpc.remote import ParamikoShell, q
+from aifactory.models import bundle
+from aifactory.models.contract import parse_marker
 from aifactory.models.export import CardContext, ExportError, export_model
 from aifactory.models.modelcard import REQUIRED_FIELDS, missing_fields
-from aifactory.hpc.remote import ParamikoShell, q
-from aifactory.data.s3 import list_keys
+from aifactory.models.recipes import load_recipe
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +42,14 @@ def trained(stack_env, ssh_client):
 
     root = f"{stack_env['AIFP_HPC_ROOT']}/itest-export-{secrets.token_hex(3)}"
     with ParamikoShell(ssh_client) as sh:
-        sh.run("mkdir -p -m 0700 " + q(root + "/ds", root + "/run"))
+        sh.run("mkdir -p -m 0700 " + q(root + "/ds", root + "/run", f"{root}/run/{layout.RUNTIME_PACKAGE}"))
         local = Path(f"/tmp/aifp-{secrets.token_hex(3)}.parquet")
         pq.write_table(pc.read_csv(REPO / "include/sample_data/iris.csv"), local)
         sftp = sh.sftp_client()
         sftp.put(str(local), f"{root}/ds/part-00000.parquet")
         local.unlink()
-        sftp.put(str(RECIPE_DIR / "train.py"), f"{root}/run/train.py")
+        for local_file, remote in bundle.job_files(load_recipe(RECIPE_DIR)):
+            sftp.put(str(local_file), f"{root}/run/{remote}")
         params = {"dataset_dir": f"{root}/ds", "output_dir": f"{root}/run/output", "hyperparameters": {
             "label_column": "species", "feature_columns": ["sepal_length", "sepal_width", "petal_length", "petal_width"],
             "epochs": 20}}
@@ -102,10 +107,13 @@ def test_tampered_onnx_check_is_refused(s3_client, shell, trained, tmp_path):
     data = json.dumps(check).encode()
     with sftp.open(f"{copy}/onnx_check.json", "wb") as fh:
         fh.write(data)
-    with sftp.open(f"{copy}/_COMPLETED.json", "rb") as fh:
+    with sftp.open(f"{copy}/{layout.COMPLETION_MARKER}", "rb") as fh:
         marker = json.loads(fh.read())
-    marker["files"]["onnx_check.json"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    with sftp.open(f"{copy}/_COMPLETED.json", "wb") as fh:
+    for entry in marker["files"]:
+        if entry["path"] == "onnx_check.json":
+            entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    parse_marker(marker, output_dir=copy)  # still a valid marker: only the logits lie
+    with sftp.open(f"{copy}/{layout.COMPLETION_MARKER}", "wb") as fh:
         fh.write(json.dumps(marker).encode())
     prefix = f"itest/models/iris-tabular-classifier/v-{secrets.token_hex(6)}/"
     with pytest.raises(ExportError, match="model.onnx: ONNX Runtime .* differs"):

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from aifactory.errors import FactoryError
-from aifactory.models.export import CardContext, ExportError, export_model
+from aifactory import layout
 from aifactory.data.ingest import ingest_dataset
-from aifactory.hpc.remote import q, sha256_many
 from aifactory.data.s3 import list_keys
+from aifactory.errors import FactoryError
+from aifactory.hpc.remote import q, sha256_many
 from aifactory.hpc.staging import stage_dataset
+from aifactory.models.contract import CompletionMarker, MarkerFile
+from aifactory.models.export import CardContext, ExportError, export_model
 
 pytestmark = pytest.mark.integration
 
@@ -64,16 +66,24 @@ def test_stage_verifies_skips_and_resends_tampered(s3_client, shell, tenant_dir,
     assert any("missing or differ" in line for line in logs)
 
 
-def _fake_job_outputs(shell, out_dir: str, *, tamper: bool = False) -> None:
-    files = {"model.pt": secrets.token_bytes(2048), "metrics.json": json.dumps({"accuracy": 0.93}).encode()}
+def _fake_job_outputs(shell, out_dir: str, *, tamper: bool = False,
+                      extra: dict[str, bytes] | None = None) -> None:
+    """Outputs and a completion marker as a job writes them; ``extra`` adds files (paths relative to
+    ``out_dir``, written where they point) that the marker declares too."""
+    files = {"model.pt": secrets.token_bytes(2048), "metrics.json": json.dumps({"accuracy": 0.93}).encode(),
+             **(extra or {})}
     sftp = shell.sftp_client()
     shell.run("mkdir -p -m 0700 " + q(out_dir))
     for name, data in files.items():
-        with sftp.open(f"{out_dir}/{name}", "wb") as fh:
-            fh.write(data)
-    marker = {"files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)} for n, d in files.items()}}
-    with sftp.open(f"{out_dir}/_COMPLETED.json", "wb") as fh:
-        fh.write(json.dumps(marker).encode())
+        if not name.startswith("/"):  # an absolute path names an existing file
+            with sftp.open(f"{out_dir}/{name}", "wb") as fh:
+                fh.write(data)
+    marker = CompletionMarker(
+        files=tuple(MarkerFile(n, hashlib.sha256(d).hexdigest(), len(d)) for n, d in files.items()),
+        params_sha256="0" * 64, formats={"pytorch": "model.pt"}, metrics={"accuracy": 0.93}, job_id="7",
+    )
+    with sftp.open(f"{out_dir}/{layout.COMPLETION_MARKER}", "wb") as fh:
+        fh.write(json.dumps(marker.to_dict()).encode())
     if tamper:
         shell.run(f"printf x >> {q(out_dir + '/model.pt')}")
 
@@ -133,3 +143,40 @@ def test_export_without_completion_marker_publishes_nothing(s3_client, shell, te
         export_model(s3_client, shell, bucket=BUCKET, model_prefix=prefix, output_dir=out_dir,
                      card=_card("v-y"), log=lambda m: None)
     assert list_keys(s3_client, BUCKET, prefix) == []
+
+
+@pytest.mark.parametrize("named", [layout.MANIFEST_NAME, "../x", "a/../../x", "/etc/passwd"])
+def test_export_refuses_a_marker_naming_a_platform_file_or_a_path_outside_the_output_dir(
+        s3_client, shell, tenant_dir, named):
+    """The file exists and its digest matches the marker: only the path rule stops it."""
+    out_dir = f"{tenant_dir}/runs/r4-{secrets.token_hex(3)}/output"
+    shell.run("mkdir -p -m 0700 " + q(out_dir + "/a"))
+    if named.startswith("/"):
+        body = shell.run(f"cat {q(named)}")[1].encode()
+    else:
+        body = b'{"forged": true}'
+        with shell.sftp_client().open(f"{out_dir}/{named}", "wb") as fh:
+            fh.write(body)
+    _fake_job_outputs(shell, out_dir, extra={named: body})
+    prefix = f"itest/models/iris-tabular/v-{secrets.token_hex(6)}/"
+    with pytest.raises(ExportError, match="completion marker names") as info:
+        export_model(s3_client, shell, bucket=BUCKET, model_prefix=prefix, output_dir=out_dir,
+                     card=_card("v-z"), log=lambda m: None)
+    assert "nothing was published" in str(info.value)
+    assert list_keys(s3_client, BUCKET, prefix) == []  # not one object: refused before any upload
+
+
+def test_export_publishes_the_formats_the_marker_declares(s3_client, shell, tenant_dir):
+    out_dir = f"{tenant_dir}/runs/r5/output"
+    _fake_job_outputs(shell, out_dir)
+    version = "v-" + secrets.token_hex(6)
+    prefix = f"itest/models/iris-tabular/{version}/"
+    export_model(s3_client, shell, bucket=BUCKET, model_prefix=prefix, output_dir=out_dir, card=_card(version),
+                 params_sha256="0" * 64, log=lambda m: None)
+    card = json.loads(s3_client.get_object(Bucket=BUCKET, Key=prefix + layout.MODEL_CARD_JSON)["Body"].read())
+    assert card["formats"] == {"pytorch": "model.pt"}
+    manifest = json.loads(s3_client.get_object(Bucket=BUCKET, Key=prefix + layout.MANIFEST_NAME)["Body"].read())
+    assert manifest["formats"] == {"pytorch": "model.pt"} and manifest["params_sha256"] == "0" * 64
+    with pytest.raises(ExportError, match="another run's"):  # the marker must be this run's
+        export_model(s3_client, shell, bucket=BUCKET, model_prefix=f"itest/models/iris-tabular/v-{secrets.token_hex(6)}/",
+                     output_dir=out_dir, card=_card(version), params_sha256="1" * 64, log=lambda m: None)

@@ -1,8 +1,9 @@
 """The tabular_classifier recipe as real Slurm jobs on the local two-node cluster.
 
 Each test stages a small Parquet dataset on the HPC side, renders the job the way the
-SlurmJobOperator does (its own ``sbatch_argv``, the recipe's fixed wrapper, ``params.json``), submits
-it over SSH under the tenant's account, and watches it with ``sacct``:
+SlurmJobOperator does (its own ``sbatch_argv``, the job bundle of ``aifactory.models.bundle`` with the
+platform's one wrapper and job runtime, ``params.json``), submits it over SSH under the tenant's
+account, and watches it with ``sacct``:
 
 * a requeue mid-run (``scontrol requeue``): the job resumes from its checkpoint, every step number
   appears once in the log, and the run succeeds;
@@ -22,9 +23,19 @@ from pathlib import Path
 
 import pytest
 
-from aifactory.models.recipes import load_recipes
+from aifactory import layout
 from aifactory.hpc.remote import q
-from aifactory.hpc.slurm import Resources, TenantSlurmPolicy, build_sbatch_command, job_name, parse_sbatch_output, sbatch_argv
+from aifactory.hpc.slurm import (
+    Resources,
+    TenantSlurmPolicy,
+    build_sbatch_command,
+    job_name,
+    parse_sbatch_output,
+    sbatch_argv,
+)
+from aifactory.models import bundle
+from aifactory.models.contract import parse_marker
+from aifactory.models.recipes import load_recipes
 
 pytestmark = pytest.mark.integration
 
@@ -54,21 +65,27 @@ def _stage_iris(shell, ds_dir: str) -> None:
 
 
 def _submit(shell, root: str, name: str, hp: dict, nodes: int = 1, *, delay_s: int = 0,
-            env: dict[str, str] | None = None) -> tuple[str, str]:
+            env: dict[str, str] | None = None, step_pause_s: float = 0) -> tuple[str, str]:
     run_dir = f"{root}/{name}"
-    shell.run("mkdir -p -m 0700 " + q(run_dir))
-    params = {"dataset_dir": f"{root}/ds", "output_dir": f"{run_dir}/output",
-              "hyperparameters": RECIPE.validate_hyperparameters({**HP, **hp}), "job": {"tenant": "demo"}}
+    shell.run("mkdir -p -m 0700 " + q(run_dir) + " " + q(f"{run_dir}/{layout.RUNTIME_PACKAGE}"))
+    params = {"dataset_dir": f"{root}/ds", "output_dir": layout.run_output_dir(run_dir),
+              "hyperparameters": RECIPE.validate_hyperparameters({**HP, **hp}),
+              "job": {"tenant": "demo", "recipe": RECIPE.name}}
     sftp = shell.sftp_client()
-    with sftp.open(f"{run_dir}/params.json", "wb") as fh:
+    with sftp.open(f"{run_dir}/{layout.PARAMS_FILE}", "wb") as fh:
         fh.write(json.dumps(params).encode())
-    sftp.put(str(RECIPE.entrypoint_path), f"{run_dir}/train.py")
-    sftp.put(str(RECIPE.sbatch_template_path), f"{run_dir}/job.sh")
-    script = f"{run_dir}/job.sh"
+    for local, remote in bundle.job_files(RECIPE):
+        sftp.put(str(local), f"{run_dir}/{remote}")
+    if step_pause_s:  # the platform's test-only switch: slow steps, to have time to requeue the job
+        switch = layout.slow_steps_switch_path(run_dir)
+        shell.run("mkdir -p -m 0700 " + q(switch.rsplit("/", 1)[0]))
+        with sftp.open(switch, "wb") as fh:
+            fh.write(str(step_pause_s).encode())
+    script = f"{run_dir}/{bundle.WRAPPER}"
     if delay_s:  # the batch script waits before it runs the wrapper (a window to stop the controller in)
         script = f"{run_dir}/delayed.sh"
         with sftp.open(script, "wb") as fh:
-            fh.write(f"#!/bin/bash\nsleep {int(delay_s)}\nexec bash job.sh\n".encode())
+            fh.write(f"#!/bin/bash\nsleep {int(delay_s)}\nexec bash {bundle.WRAPPER}\n".encode())
     policy = TenantSlurmPolicy(account="demo", partitions=("debug",), max_nodes=2, max_mem_gb=2)
     res = Resources.from_request({"nodes": nodes, "mem_gb": 1, "time_limit_minutes": 10}, policy=policy)
     argv = sbatch_argv(res, job_name=job_name("demo", "itest", secrets.token_hex(4), name), comment="aifp:itest",
@@ -101,6 +118,11 @@ def _log(shell, run_dir: str, job_id: str) -> str:
     return shell.run(f"cat {q(run_dir + '/slurm-' + job_id + '.out')}")[1]
 
 
+def _marker(shell, run_dir: str):
+    out = layout.run_output_dir(run_dir)
+    return parse_marker(shell.run(f"cat {q(out + '/' + layout.COMPLETION_MARKER)}")[1].encode(), output_dir=out)
+
+
 def _steps(log: str) -> list[int]:
     return [int(m.group(1)) for m in re.finditer(r"^step=(\d+)/", log, re.M)]
 
@@ -109,7 +131,7 @@ def test_requeue_mid_run_resumes_from_checkpoint(shell, area):
     _stage_iris(shell, f"{area}/ds")
     # 30 epochs x 4 steps of 32 rows, 0.25 s a step: ~30 s of training, requeued after ~8 s
     job_id, run_dir = _submit(shell, area, "requeue", {"epochs": 30, "batch_size": 32, "log_every_steps": 1,
-                                                         "step_sleep_s": 0.25, "checkpoint_every_steps": 1000})
+                                                         "checkpoint_every_steps": 1000}, step_pause_s=0.25)
     _wait(job_id, ("RUNNING",), timeout=120)
     deadline = time.time() + 60
     while not _steps(_log(shell, run_dir, job_id)) or max(_steps(_log(shell, run_dir, job_id))) < 10:
@@ -133,9 +155,9 @@ def test_requeue_mid_run_resumes_from_checkpoint(shell, area):
     steps = _steps(log)
     total = 30 * 4
     assert steps == list(range(1, total + 1)), "a finished step was redone or skipped:\n" + log
-    marker = json.loads(shell.run(f"cat {q(run_dir + '/output/_COMPLETED.json')}")[1])
-    assert marker["slurm_restart_count"] == 1 and marker["metrics"]["steps"] == total
-    assert marker["metrics"]["test_accuracy"] >= 0.8
+    marker = _marker(shell, run_dir)
+    assert marker.restart_count == 1 and marker.metrics["steps"] == total and marker.job_id == job_id
+    assert marker.metrics["test_accuracy"] >= 0.8
 
 
 def test_two_nodes_train_with_one_rank_each(shell, area):
@@ -151,14 +173,14 @@ def test_two_nodes_train_with_one_rank_each(shell, area):
     nodes = subprocess.run(["sacct", "-n", "-X", "-P", "-j", two, "-o", "NodeList"], capture_output=True,
                            text=True).stdout.strip()
     assert nodes == "n[1-2]"
-    outputs = {}
-    for run in (run1, run2):
-        outputs[run] = json.loads(shell.run(f"cat {q(run + '/output/_COMPLETED.json')}")[1])
-    assert set(outputs[run1]["files"]) == set(outputs[run2]["files"]) >= {"model.onnx", "model.safetensors"}
-    assert outputs[run2]["world_size"] == 2 and outputs[run1]["world_size"] == 1
+    outputs = {run: _marker(shell, run) for run in (run1, run2)}
+    paths = {run: {f.path for f in m.files} for run, m in outputs.items()}
+    assert paths[run1] == paths[run2] >= {"model.onnx", "model.safetensors"}
+    assert outputs[run2].world_size == 2 and outputs[run1].world_size == 1
     for marker in outputs.values():
-        assert marker["metrics"]["test_accuracy"] >= 0.8
-        assert marker["onnx_check"]["passed"]
+        assert marker.metrics["test_accuracy"] >= 0.8
+        assert marker.details["onnx_check"]["passed"]
+        assert marker.formats == {"pytorch": "model.pt", "safetensors": "model.safetensors", "onnx": "model.onnx"}
 
 
 def test_step_start_waits_out_a_controller_outage(shell, area, stack_env):

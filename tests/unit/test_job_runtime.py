@@ -102,29 +102,23 @@ def test_the_marker_written_is_the_contract_and_records_the_params_digest(runtim
         job.write_outputs([layout.MANIFEST_NAME])
 
 
-def test_the_test_step_pause_comes_only_from_the_tenants_platform_area(runtime, tmp_path):
+def test_the_test_step_pause_comes_only_from_the_platforms_switch(runtime, tmp_path, monkeypatch):
+    from aifp_runtime import job as job_mod
     from aifp_runtime.job import Job, JobParams
 
-    tenant_root = tmp_path / "acme"
-    run = Path(layout.run_dir(str(tenant_root), "aifp-acme-0123456789ab"))
+    run = Path(layout.run_dir(str(tmp_path / "acme"), "aifp-acme-0123456789ab"))
     run.mkdir(parents=True)
     (run / "params.json").write_text(json.dumps({"output_dir": layout.run_output_dir(str(run)),
                                                  "hyperparameters": {}}))
+    slept: list[float] = []
+    monkeypatch.setattr(job_mod.time, "sleep", slept.append)
+    Job(JobParams.load(run / "params.json")).test_step_pause()
+    assert slept == []
+    switch = Path(layout.slow_steps_switch_path(str(run)))
+    assert switch.parent.parent == run.parent  # beside the run directory, not in it
+    switch.parent.mkdir(parents=True)
+    switch.write_text("99")
     job = Job(JobParams.load(run / "params.json"))
     job.test_step_pause()
-    assert job._pause == 0.0
-    pause = Path(layout.slow_steps_switch_path(str(tenant_root)))
-    pause.parent.mkdir(parents=True)
-    pause.write_text("99")
-    job = Job(JobParams.load(run / "params.json"))
-    job._pause = None
-    import time as _time
-
-    slept: list[float] = []
-    orig = _time.sleep
-    _time.sleep = slept.append  # type: ignore[assignment]
-    try:
-        job.test_step_pause()
-    finally:
-        _time.sleep = orig
-    assert slept == [10.0]  # capped
+    job.test_step_pause()
+    assert slept == [10.0, 10.0]  # capped

@@ -156,23 +156,20 @@ class Job:
         log(f"checkpoint: step={step} reason={reason} file={path}")
 
     def test_step_pause(self) -> None:
-        """Tests only: pause after a step for as long as ``layout.slow_steps_switch_path`` of the tenant says.
+        """Tests only: pause after each step for as long as ``layout.slow_steps_switch_path`` says.
 
-        The platform's tests write that file (in the tenant's platform area, which only the
-        platform writes) to make a job slow enough to preempt; it is not part of any form.
+        The platform's tests write that file (beside the run directory, where only the platform
+        writes) before the job starts, to make it slow enough to preempt; it is in no form.
         """
         if self._pause is None:
             self._pause = 0.0
-            run_dir = self.params.run_dir
-            tenant_root = run_dir.parent.parent
-            if layout.run_dir(str(tenant_root), run_dir.name) == str(run_dir):
-                try:
-                    value = float(Path(layout.slow_steps_switch_path(str(tenant_root))).read_text().strip())
-                    self._pause = min(max(value, 0.0), MAX_TEST_STEP_PAUSE_S) if math.isfinite(value) else 0.0
-                except (OSError, ValueError):
-                    pass
+            try:
+                value = float(Path(layout.slow_steps_switch_path(str(self.params.run_dir))).read_text().strip())
+                self._pause = min(max(value, 0.0), MAX_TEST_STEP_PAUSE_S) if math.isfinite(value) else 0.0
+            except (OSError, ValueError):
+                pass
             if self._pause:
-                log(f"test: pausing {self._pause}s after each step (test-only switch of the platform)")
+                log(f"test: pausing {self._pause}s after each step (a test-only switch of the platform)")
         if self._pause:
             time.sleep(self._pause)
 
