@@ -340,6 +340,7 @@ class ExportModelOperator(FactoryOperator):
                 model_prefix=spec.model_prefix(model, version),
                 output_dir=output_dir,
                 card=card,
+                params_sha256=self.training.get("params_sha256"),  # the marker must be this run's
                 log=self.log.info,
             )
         self._emit_model_event(context, spec.bucket, spec.tenant, result)
