@@ -54,7 +54,8 @@ class _FakeAirflow(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_POST(self) -> None:  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        raw = self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.loads(raw)
         if self.path == "/auth/token":
             self.tokens.append(f"t{len(self.tokens)}")
             return self._send(201, {"access_token": self.tokens[-1]})
@@ -67,6 +68,8 @@ class _FakeAirflow(BaseHTTPRequestHandler):
             return self._send(409, {"detail": f"DAGRun with dag_run_id: '{run_id}' already exists"})
         if action == "500":
             return self._send(500, {"detail": {"reason": "Database error"}})
+        if b"NaN" in raw:  # what Airflow's form validation does with a non-finite number
+            return self._send(400, {"detail": [{"msg": "not a finite number", "loc": ["conf", "lr"]}]})
         if action == "400":
             return self._send(400, {"detail": "Invalid input for param epochs: 5.0 is not of type 'integer'"})
         self.runs[run_id] = _run(run_id, body["conf"], "queued")
@@ -148,3 +151,10 @@ def test_task_instances_are_read_to_the_last_page_and_a_null_state_stays_a_key(a
     tis = api.task_instances("factory_demo", "r")
     assert [t["map_index"] for t in tis] == list(range(130))
     assert all(t["state"] is None for t in tis)
+
+
+def test_a_trigger_outcome_sends_nan_as_the_literal_and_reports_either_answer(api):
+    status, detail = api.trigger_outcome("factory_demo", {"lr": float("nan")})
+    assert status == 400 and json.loads(detail)[0]["msg"] == "not a finite number" and not _FakeAirflow.runs
+    status, detail = api.trigger_outcome("factory_demo", {"lr": 0.1}, run_id="r1")
+    assert status == 200 and json.loads(detail)["dag_run_id"] == "r1" and list(_FakeAirflow.runs) == ["r1"]

@@ -30,11 +30,13 @@ _PAGE = 100  # list endpoints page at most this many items per call
 
 
 class AirflowAPIError(FactoryError):
-    """A failed API call; ``status`` is the HTTP status, ``None`` when no answer came back."""
+    """A failed API call; ``status`` is the HTTP status, ``None`` when no answer came back; ``detail``
+    the error answer's detail (empty without one)."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail
 
 
 def _transient(exc: AirflowAPIError) -> bool:
@@ -101,7 +103,8 @@ class AirflowClient:
             yield
         except ApiException as exc:
             status = exc.status or None  # 0: the client could not even build or send the request
-            raise AirflowAPIError(f"{what} -> HTTP {exc.status}: {_detail(exc)}", status=status) from exc
+            detail = _detail(exc)
+            raise AirflowAPIError(f"{what} -> HTTP {exc.status}: {detail}", status=status, detail=detail) from exc
         except pydantic.ValidationError as exc:  # answered, in a shape this client version does not know
             raise AirflowAPIError(f"{what}: the answer does not fit apache-airflow-client's model ({exc}); "
                                   "is the client pinned to the server's Airflow version?", status=200) from exc
@@ -192,27 +195,37 @@ class AirflowClient:
         run_id = run_id or f"manual__{datetime.now(UTC).isoformat()}__{secrets.token_hex(3)}"
         return self._post_run(dag_id, conf, run_id, attempts)
 
+    def trigger_outcome(self, dag_id: str, conf: dict[str, Any], run_id: str | None = None) -> tuple[int, str]:
+        """Trigger, accepting either answer: ``(200, the run as JSON)`` or ``(status, detail)`` of a
+        refusal. For tests of what the API lets through (a float NaN or infinity in ``conf`` is sent
+        as the literal ``NaN`` / ``Infinity``). A server error or no answer, after the retries of
+        ``trigger``, raises ``AirflowAPIError``.
+        """
+        try:
+            run = self.trigger(dag_id, conf, run_id)
+        except AirflowAPIError as exc:
+            if _transient(exc):
+                raise
+            return exc.status or 0, exc.detail or str(exc)
+        return 200, json.dumps(run)
+
     def trigger_expecting_refusal(self, dag_id: str, conf: dict[str, Any]) -> tuple[int, str]:
         """Trigger a run that must be refused; the refusal's HTTP status and detail.
 
-        Raises ``AirflowAPIError`` when the run was accepted (naming it), or when no refusal came
-        back (no answer, a server error after every retry).
+        Raises ``AirflowAPIError`` when the run was accepted (naming it, after marking it failed),
+        or when no refusal came back (no answer, a server error after every retry).
         """
-        try:
-            run = self.trigger(dag_id, conf)
-        except AirflowAPIError as exc:
-            if exc.status is None or _transient(exc):
-                raise
-            detail = _detail(exc.__cause__) if isinstance(exc.__cause__, ApiException) else str(exc)
-            return exc.status, detail
-        run_id = run["dag_run_id"]
+        status, detail = self.trigger_outcome(dag_id, conf)
+        if status != 200:
+            return status, detail
+        run_id = json.loads(detail)["dag_run_id"]
         try:  # stop what the refusal should have prevented, as far as it has not happened yet
             body = ac.DAGRunPatchBody(state=ac.DagRunMutableStates("failed"), note="should have been refused")
             self._call(f"fail run {run_id}", lambda a: ac.DagRunApi(a).patch_dag_run(dag_id, run_id, body))
         except AirflowAPIError:
             pass
         raise AirflowAPIError(f"trigger {dag_id} was accepted (run {run_id}, now marked failed) but should "
-                              f"have been refused: conf {json.dumps(conf)[:300]}", status=200)
+                              f"have been refused: conf {json.dumps(conf)[:300]}", status=200, detail=detail)
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self._call(f"GET run {run_id} of {dag_id}",
