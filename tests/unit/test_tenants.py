@@ -198,3 +198,11 @@ def test_from_xcom_checks_types(demo, edit, field):
         RunParams.from_xcom(data)
     with pytest.raises(InputError, match="validate task"):
         RunParams.from_xcom("not a dict")
+
+
+def test_deeply_nested_values_are_refused_not_crashed(demo):
+    deep: object = 1.0
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(InputError, match="nested more than"):
+        validate_run_params({**GOOD, "hyperparameters": {**HP, "extra": deep}}, demo)

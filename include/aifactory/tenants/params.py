@@ -114,16 +114,22 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _finite(value: Any, where: str) -> None:
+#: how deep a parameter value may nest (a JSON body can nest far deeper than any recipe needs)
+MAX_DEPTH = 32
+
+
+def _finite(value: Any, where: str, depth: int = 0) -> None:
     """Refuse NaN and +/-infinity anywhere in ``value`` (dicts and lists walked recursively)."""
+    if depth > MAX_DEPTH:
+        raise InputError(f"{where}: nested more than {MAX_DEPTH} levels deep; flatten the value")
     if isinstance(value, float) and not math.isfinite(value):
         raise InputError(f"{where}: {value} is not a finite number; give a finite value")
     if isinstance(value, Mapping):
         for key, item in value.items():
-            _finite(item, f"{where}.{printable_key(key)}")
+            _finite(item, f"{where}.{printable_key(key)}", depth + 1)
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            _finite(item, f"{where}[{i}]")
+            _finite(item, f"{where}[{i}]", depth + 1)
 
 
 def printable_key(key: Any) -> str:
