@@ -61,3 +61,18 @@ def test_an_output_dir_inside_the_runs_dir_passes():
 def test_an_output_dir_outside_is_refused_without_retry(out):
     with pytest.raises(AirflowFailException, match="not inside this tenant's runs directory"):
         check_output_dir(out, TENANT_DIR)
+
+
+def test_stages_read_the_validated_params_and_refuse_a_broken_xcom():
+    from aifactory.tenants import validate_run_params
+    from operators.stages import IngestOperator
+
+    params = validate_run_params({**SPEC.defaults}, SPEC)
+    good = IngestOperator(task_id="ingest", tenant="demo", validated=params.to_xcom())
+    # the raw form in the context is not read at all: only validate's typed result
+    assert good.run_params({"params": {"recipe": "ignored"}}) == params
+    with pytest.raises(AirflowFailException, match="validated=validate.output"):
+        IngestOperator(task_id="ingest", tenant="demo").run_params({})
+    broken = {**params.to_xcom(), "resources": {**params.to_xcom()["resources"], "nodes": "2"}}
+    with pytest.raises(AirflowFailException, match="nodes must be int"):
+        IngestOperator(task_id="ingest", tenant="demo", validated=broken).run_params({})
