@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, AssetAlias, Param
 
+from aifactory.layout import pipeline_dag_id
 from aifactory.models.recipes import load_recipes
 from aifactory.tenants import TenantSpec, load_cluster, load_tenants
 from operators.stages import (
@@ -80,7 +81,7 @@ def build_pipeline(spec: TenantSpec) -> DAG:
     cluster = load_cluster(spec.cluster)
     common = {"tenant": spec.tenant}
     with DAG(
-        dag_id=f"factory_{spec.tenant}",
+        dag_id=pipeline_dag_id(spec.tenant),
         description=f"AI factory pipeline of {spec.display_name}",
         doc_md=__doc__,
         schedule=spec.schedule,
@@ -113,7 +114,7 @@ def build_pipeline(spec: TenantSpec) -> DAG:
         )
         # The model's Asset event (s3://<bucket>/<tenant>/models/<model>, extra: version, URI, metrics)
         # goes through a per-tenant alias, because the model's name is known only at run time.
-        models = AssetAlias(f"factory_{spec.tenant}_models")
+        models = AssetAlias(f"{pipeline_dag_id(spec.tenant)}_models")
         export = ExportModelOperator(task_id="export", dataset=ingest.output, quality=quality.output,
                                      training=train.output, validated=validated, model_asset_alias=models.name,
                                      outlets=[models], **common)
@@ -122,4 +123,4 @@ def build_pipeline(spec: TenantSpec) -> DAG:
 
 
 for _spec in load_tenants():
-    globals()[f"factory_{_spec.tenant}"] = build_pipeline(_spec)
+    globals()[pipeline_dag_id(_spec.tenant)] = build_pipeline(_spec)

@@ -149,6 +149,7 @@ class IngestOperator(FactoryOperator):
     """Raw objects in the tenant's S3 area -> a versioned Parquet dataset with a manifest."""
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from aifactory import layout
         from aifactory.data.ingest import ingest_dataset
 
         spec = self.tenant_spec()
@@ -168,7 +169,7 @@ class IngestOperator(FactoryOperator):
         return {
             "name": manifest.name,
             "version": manifest.version,
-            "uri": f"s3://{spec.bucket}/{prefix}",
+            "uri": layout.s3_uri(spec.bucket, prefix),
             "prefix": prefix,
             "rows": manifest.rows,
             "files": len(manifest.files),
@@ -352,8 +353,10 @@ class ExportModelOperator(FactoryOperator):
             return
         from airflow.sdk import Asset, AssetAlias
 
-        asset = Asset(name=f"{tenant}/models/{result['model']}", uri=f"s3://{bucket}/{tenant}/models/{result['model']}",
-                      group="model")
+        from aifactory import layout
+
+        key = layout.models_prefix(tenant) + result["model"]
+        asset = Asset(name=key, uri=layout.s3_uri(bucket, key), group="model")
         extra = {
             "model": result["model"],
             "version": result["version"],

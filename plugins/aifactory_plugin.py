@@ -23,9 +23,10 @@ app = FastAPI(title="AI Factory Pipelines", description=__doc__)
 
 @app.get("/tenants")
 def tenants() -> list[dict[str, Any]]:
+    from aifactory.layout import pipeline_dag_id
     from aifactory.tenants import load_tenants
 
-    return [{**asdict(t), "dag_id": f"factory_{t.tenant}"} for t in load_tenants()]
+    return [{**asdict(t), "dag_id": pipeline_dag_id(t.tenant)} for t in load_tenants()]
 
 
 @app.get("/recipes")

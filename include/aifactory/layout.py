@@ -69,6 +69,11 @@ JOB_COMMENT_PREFIX = "aifp:"
 #: a file name inside a dataset version, a model or a job's output directory.
 SAFE_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
+
+def pipeline_dag_id(tenant: str) -> str:
+    """The DAG of one tenant's pipeline, generated from its spec (``factory_<tenant>``)."""
+    return f"factory_{tenant}"
+
 # --------------------------------------------------------------------------------------------
 # File names
 # --------------------------------------------------------------------------------------------

@@ -25,10 +25,11 @@ def test_no_import_errors(dagbag):
 
 
 def test_one_pipeline_per_tenant(dagbag):
+    from aifactory.layout import pipeline_dag_id
     from aifactory.tenants import load_tenants
 
     for spec in load_tenants():
-        dag = dagbag.dags.get(f"factory_{spec.tenant}")
+        dag = dagbag.dags.get(pipeline_dag_id(spec.tenant))
         assert dag is not None, f"no DAG for tenant {spec.tenant}"
         assert [t.task_id for t in dag.topological_sort()] == [
             "validate", "ingest", "quality", "stage", "train", "export"]
