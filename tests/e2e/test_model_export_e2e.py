@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from aifactory.hpc.slurm import job_name
 from aifactory.local.airflow_api import AirflowClient
 from aifactory.models.modelcard import missing_fields
-from aifactory.hpc.slurm import job_name
 from aifactory.tenants import load_tenant
 
 pytestmark = pytest.mark.e2e
@@ -38,10 +38,22 @@ IRIS = (REPO / "include/sample_data/iris.csv").read_bytes()
 
 
 def _recipe_module():
-    spec = importlib.util.spec_from_file_location("aifp_e2e_train", REPO / "include/recipes/tabular_classifier/train.py")
+    """The recipe's data module (its split rule), imported from its job bundle as on the cluster."""
+    import tempfile
+
+    from aifactory.models import bundle
+    from aifactory.models.recipes import load_recipe
+
+    run_dir = bundle.materialize(load_recipe(REPO / "include/recipes/tabular_classifier"),
+                                 Path(tempfile.mkdtemp(prefix="aifp-e2e-bundle-")))
+    spec = importlib.util.spec_from_file_location("tabular_data", run_dir / "tabular_data.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(run_dir))  # aifp_runtime beside it
+    try:
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(run_dir))
     return module
 
 
@@ -90,11 +102,11 @@ def _heldout_accuracy_with_onnxruntime(s3, model_prefix: str, dataset_prefix: st
     split = config["split"]
     mask = _recipe_module().test_mask(np.arange(table.num_rows), split["seed"], split["test_fraction"])
     x = np.column_stack([table.column(c).to_numpy().astype("float32") for c in config["feature_columns"]])[mask]
-    labels = [v for v, m in zip(table.column(config["label_column"]).to_pylist(), mask) if m]
+    labels = [v for v, m in zip(table.column(config["label_column"]).to_pylist(), mask, strict=True) if m]
     session = ort.InferenceSession(_get(s3, model_prefix + "model.onnx"), providers=["CPUExecutionProvider"])
     logits = session.run(None, {config["onnx"]["input"]: x})[0]
     predicted = [config["classes"][i] for i in logits.argmax(axis=1)]
-    correct = sum(p == t for p, t in zip(predicted, labels))
+    correct = sum(p == t for p, t in zip(predicted, labels, strict=True))
     return correct / len(labels), len(labels)
 
 
@@ -108,7 +120,7 @@ def test_onnx_model_reproduces_metrics_on_one_and_two_nodes(api, stack_env, s3_c
     confs = {1: {**base, "dataset_uri": _upload(s3_client, IRIS), "nodes": 1},
              2: {**base, "dataset_uri": _upload(s3_client, IRIS), "nodes": 2}}
     with ThreadPoolExecutor(2) as pool:  # max_active_runs=2: both runs go through the scheduler at once
-        results = dict(zip(confs, pool.map(lambda c: _run(api, c), confs.values())))
+        results = dict(zip(confs, pool.map(lambda c: _run(api, c), confs.values()), strict=True))
 
     published = {}
     for nodes, (run_id, run, states) in results.items():

@@ -264,6 +264,10 @@ def test_check_dataset_names_the_field():
         check_dataset(r, {**hp, "label_column": "a", "feature_columns": ["b"]}, SCHEMA, reader)
     with pytest.raises(InputError, match=r"hyperparameters.feature_columns: column 'zz' is not in"):
         check_dataset(r, {**hp, "feature_columns": ["zz"]}, SCHEMA, reader)
+    # a column name cannot forge a log line or repaint a terminal: it is shown escaped
+    with pytest.raises(InputError) as info:
+        check_dataset(r, {**hp, "feature_columns": ["x\nINFO forged\x1b[31m"]}, SCHEMA, reader)
+    assert "\n" not in str(info.value) and "\x1b" not in str(info.value)
 
 
 @pytest.mark.parametrize("name, numeric", [("int8", True), ("uint64", True), ("double", True), ("float", True),

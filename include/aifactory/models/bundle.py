@@ -6,8 +6,9 @@ A run directory holds (``aifactory.layout`` names each part)::
         job.sh             the platform's fixed batch wrapper (WRAPPER), the same for every recipe
         params.json        written by the engine, not part of the bundle
         aifp_runtime/      the platform job runtime: distributed setup, signals and requeue,
-                           checkpoints, the completion marker (with contract.py, layout.py and
-                           errors.py of the core package, so one definition serves job and platform)
+                           checkpoints, the completion marker (with contract.py, layout.py,
+                           errors.py and text.py of the core package: one definition serves job
+                           and platform)
         train.py ...       the recipe's whole folder (its model code and recipe.yaml)
 
 The recipe's files sit at the top of the run directory so that ``python train.py`` finds
@@ -40,6 +41,7 @@ RUNTIME_SOURCES = (
     layout.PACKAGE_DIR / "models" / "contract.py",
     layout.PACKAGE_DIR / "layout.py",
     layout.PACKAGE_DIR / "errors.py",
+    layout.PACKAGE_DIR / "text.py",
 )
 #: top-level names of a run directory that belong to the platform
 RESERVED_TOP_LEVEL = frozenset({

@@ -44,6 +44,7 @@ import yaml
 
 from aifactory.errors import InputError
 from aifactory.layout import NAME_RE, RECIPES_DIR, SAFE_FILE_RE
+from aifactory.text import shown, shown_list
 
 __all__ = [
     "Recipe",
@@ -266,12 +267,12 @@ def check_dataset(
         for column in _columns(hyperparameters.get(hp_name)):
             if column not in types:
                 raise InputError(
-                    f"hyperparameters.{hp_name}: column {column!r} is not in {dataset}; "
-                    f"its columns are {sorted(types)[:50]}. Fix hyperparameters.{hp_name}"
+                    f"hyperparameters.{hp_name}: column {shown(column)} is not in {dataset}; "
+                    f"its columns are {shown_list(sorted(types), max_items=50)}. Fix hyperparameters.{hp_name}"
                 )
             if rules.get("numeric") and not is_numeric_arrow_type(types[column]):
                 raise InputError(
-                    f"hyperparameters.{hp_name}: column {column!r} of {dataset} has type {types[column]}, "
+                    f"hyperparameters.{hp_name}: column {shown(column)} of {dataset} has type {types[column]}, "
                     "not numeric; remove it from the run's hyperparameters or encode it as numbers"
                 )
             need = int(rules.get("min_classes", 0))
@@ -279,7 +280,7 @@ def check_dataset(
                 found = len(distinct_values(column, need))
                 if found < need:
                     raise InputError(
-                        f"hyperparameters.{hp_name}: column {column!r} of {dataset} has {found} distinct "
+                        f"hyperparameters.{hp_name}: column {shown(column)} of {dataset} has {found} distinct "
                         f"value{'s' if found != 1 else ''}; the recipe {recipe.name!r} needs at least {need} "
                         "classes. Choose another label column or add rows of the other classes"
                     )

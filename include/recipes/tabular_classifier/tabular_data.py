@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aifp_runtime import BadInput
+from aifp_runtime.text import shown, shown_list
 
 #: The split hash (splitmix64) constants.
 GOLDEN = 0x9E3779B97F4A7C15
@@ -57,7 +58,7 @@ def check_schema(files: list[Path], label: str, features: list[str]) -> None:
         missing = [c for c in [label, *features] if c not in schema.names]
         if missing:
             raise BadInput(
-                f"column(s) {missing} not found in {f.name}; available columns: {schema.names}. "
+                f"column(s) {shown_list(missing)} not found in {f.name}; available columns: {shown_list(schema.names)}. "
                 "Fix hyperparameters.label_column/feature_columns"
             )
         for col in features:
@@ -65,7 +66,7 @@ def check_schema(files: list[Path], label: str, features: list[str]) -> None:
             if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ)
                     or pa.types.is_decimal(typ)):
                 raise BadInput(
-                    f"feature column {col!r} has type {typ}, not numeric; remove it from "
+                    f"feature column {shown(col)} has type {typ}, not numeric; remove it from "
                     "hyperparameters.feature_columns or encode it as numbers"
                 )
 
@@ -101,7 +102,7 @@ def iter_chunks(files: list[Path], label: str, features: list[str], read_rows: i
             for col in [label, *features]:
                 nulls = batch.column(col).null_count
                 if nulls:
-                    raise BadInput(f"column {col!r} has null values in {files[i].name}; clean the data "
+                    raise BadInput(f"column {shown(col)} has null values in {files[i].name}; clean the data "
                                    "(the quality gate should have caught this)")
             x = np.column_stack([batch.column(c).to_numpy(zero_copy_only=False).astype("float64") for c in features])
             if not np.isfinite(x).all():
@@ -146,11 +147,11 @@ def scan_dataset(files: list[Path], hp: dict[str, Any]) -> DataStats:
         n_rows += len(chunk.index)
         classes.update(chunk.y)
         if len(classes) > MAX_CLASSES:
-            raise BadInput(f"label column {label!r} has more than {MAX_CLASSES} classes; is it really a label?")
+            raise BadInput(f"label column {shown(label)} has more than {MAX_CLASSES} classes; is it really a label?")
     if n_rows == 0:
         raise BadInput("the dataset has no rows")
     if len(classes) < 2:
-        raise BadInput(f"hyperparameters.label_column {label!r} has only one class ({sorted(classes, key=class_key)!r}); "
+        raise BadInput(f"hyperparameters.label_column {shown(label)} has only one class; "
                        "need at least two")
     n_test = n_rows - n_train
     if n_train < 1 or n_test < 1:

@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the run directory: a
 from aifp_runtime import BadInput, Job, run, write_atomic  # noqa: E402
 from aifp_runtime.job import log  # noqa: E402
 from aifp_runtime.signals import restart_count  # noqa: E402
+from aifp_runtime.text import shown  # noqa: E402
 from tabular_data import (  # noqa: E402
     check_schema,
     dataset_files,
@@ -83,7 +84,7 @@ def check_hyperparameters(hp: dict[str, Any]) -> None:
     if not isinstance(feats, list) or not feats or not all(isinstance(f, str) and f for f in feats):
         raise BadInput("hyperparameters.feature_columns must be a non-empty list of column names")
     if hp["label_column"] in feats:
-        raise BadInput(f"label column {json.dumps(hp['label_column'])} is also listed in feature_columns; remove it")
+        raise BadInput(f"label column {shown(hp['label_column'])} is also listed in feature_columns; remove it")
     if not 0 < float(hp["test_fraction"]) < 1:
         raise BadInput("hyperparameters.test_fraction must be between 0 and 1")
     for key in ("epochs", "hidden_units", "batch_size", "checkpoint_every_steps", "log_every_steps",
