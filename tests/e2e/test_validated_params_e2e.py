@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +42,8 @@ def _states(api: AirflowClient, run_id: str) -> dict[str, dict[str, Any]]:
 
 
 def _log(api: AirflowClient, run_id: str, task_id: str) -> str:
-    """The latest try's log as JSON text: the failure's message travels in ``error_detail``."""
-    ti = _states(api, run_id)[task_id]
-    path = (f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}"
-            f"/logs/{ti['try_number']}?full_content=true")
-    req = urllib.request.Request(api.base_url.rstrip("/") + path, headers={
-        "Accept": "application/json", "Authorization": f"Bearer {api.token()}"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return resp.read().decode()
+    """The latest try's log, the failure's message (``error_detail``) included."""
+    return api.task_log(DAG_ID, run_id, task_id, _states(api, run_id)[task_id]["try_number"])
 
 
 def _remote(ssh_client, command: str) -> str:
@@ -144,17 +135,9 @@ def test_an_output_dir_rewritten_to_another_tenant_is_refused_by_export(api, fin
 
 
 def _post_raw(api: AirflowClient, run_id: str, conf_json: str) -> tuple[int, str]:
-    """POST a trigger whose body is raw JSON text (``NaN`` and ``1e999`` cannot come from json.dumps
-    with allow_nan=False, and the generated client may not send them as they are)."""
-    body = f'{{"dag_run_id": "{run_id}", "logical_date": null, "conf": {conf_json}}}'.encode()
-    req = urllib.request.Request(f"{api.base_url.rstrip('/')}/api/v2/dags/{DAG_ID}/dagRuns", data=body,
-                                 method="POST", headers={"Content-Type": "application/json",
-                                                         "Authorization": f"Bearer {api.token()}"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
+    """Trigger with a conf written as JSON text: ``NaN``, ``1e999`` and ``-Infinity`` parse to floats
+    here, and the REST client sends them as the literals ``NaN``, ``Infinity``, ``-Infinity``."""
+    return api.trigger_outcome(DAG_ID, json.loads(conf_json), run_id)
 
 
 def _assert_refused_before_any_side_effect(api: AirflowClient, s3, run_id: str, status: int, detail: str,

@@ -290,14 +290,19 @@ class AirflowClient:
         return [_plain(t) for t in out.task_instances]
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
-        out = self._call(f"GET log of {task_id} try {try_number}", lambda a: ac.TaskInstanceApi(a).get_log(
-            dag_id, run_id, task_id, try_number, full_content=True))
+        """One try's log as text, with each failure's exception type and message.
+
+        Read from the answer's JSON, not the generated model: the model keeps ``event`` and
+        ``timestamp`` only, and the failure's message travels in ``error_detail``.
+        """
+        out = self._call(f"GET log of {task_id} try {try_number}", lambda a: ac.TaskInstanceApi(
+            a).get_log_with_http_info(dag_id, run_id, task_id, try_number, full_content=True))
+        content = json.loads(out.raw_data).get("content") or []
         lines = []
-        for c in out.content.actual_instance or []:
-            if isinstance(c, str):
-                lines.append(c)
+        for entry in content if isinstance(content, list) else [content]:
+            if not isinstance(entry, dict):
+                lines.append(str(entry))
                 continue
-            entry = c.to_dict()
             lines.append(str(entry.get("event", "")))
             # a failure's message travels in error_detail, not in the event text
             for err in entry.get("error_detail") or []:
