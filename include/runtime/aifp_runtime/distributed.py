@@ -49,7 +49,7 @@ class Dist:
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor([int(value)], dtype=torch.int64)
+        flag = torch.tensor([int(value)], dtype=torch.int64, device=self.device)  # nccl reduces CUDA tensors only
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return int(flag.item())
 
@@ -78,6 +78,9 @@ def setup_distributed() -> Dist:
     local_rank = env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
     node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     cuda = torch.cuda.is_available()
+    if cuda:
+        # deterministic cuBLAS needs a fixed workspace (torch.use_deterministic_algorithms raises without it)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     device = torch.device(f"cuda:{local_rank % max(1, torch.cuda.device_count())}") if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
