@@ -71,6 +71,7 @@ def main() -> int:
     from datetime import datetime
 
     from aifactory.hpc.slurm import job_name
+    from aifactory.layout import probe_dag_id
     from aifactory.local.airflow_api import AirflowClient
     from aifactory.local.localstack import admin_password, state_dir
     from aifactory.tenants import load_cluster, load_tenant
@@ -84,7 +85,7 @@ def main() -> int:
     _, sshd_off = new_lines(sshd_log, 0)
 
     api = AirflowClient(env["AIFP_AIRFLOW_URL"], "admin", admin_password(env))
-    dag_id = f"platform_slurm_probe_{spec.tenant}"
+    dag_id = probe_dag_id(spec.tenant)
     api.wait_for_dag(dag_id)
     api.unpause(dag_id)
     print(f"{machine_note()}; cluster {cluster.name}: poll interval {interval:.0f}s", flush=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Param, task
 
+from aifactory.layout import probe_dag_id
 from aifactory.tenants import TenantSpec, load_tenants
 from operators.slurm import SlurmJobOperator
 
@@ -33,7 +34,7 @@ def probe_jobs(params: dict) -> list[dict]:
 
 def build_probe(spec: TenantSpec) -> DAG:
     with DAG(
-        dag_id=f"platform_slurm_probe_{spec.tenant}",
+        dag_id=probe_dag_id(spec.tenant),
         description=f"Submit and watch probe jobs under {spec.tenant}'s Slurm account",
         doc_md=__doc__,
         schedule=None,
@@ -58,4 +59,4 @@ def build_probe(spec: TenantSpec) -> DAG:
 
 
 for _spec in load_tenants():
-    globals()[f"platform_slurm_probe_{_spec.tenant}"] = build_probe(_spec)
+    globals()[probe_dag_id(_spec.tenant)] = build_probe(_spec)

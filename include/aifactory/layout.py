@@ -74,6 +74,11 @@ def pipeline_dag_id(tenant: str) -> str:
     """The DAG of one tenant's pipeline, generated from its spec (``factory_<tenant>``)."""
     return f"factory_{tenant}"
 
+
+def probe_dag_id(tenant: str) -> str:
+    """The platform's Slurm probe DAG of one tenant (``platform_slurm_probe_<tenant>``)."""
+    return f"platform_slurm_probe_{tenant}"
+
 # --------------------------------------------------------------------------------------------
 # File names
 # --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aifactory.data.s3 import make_client, parse_s3_uri
+from aifactory.layout import pipeline_dag_id
 from aifactory.local.airflow_api import AirflowClient
 from aifactory.local.localstack import REPO, admin_password, read_env_file
 from aifactory.tenants import load_tenant
@@ -31,7 +32,7 @@ def upload_sample(env: dict[str, str], dataset_uri: str, sample: Path) -> None:
 
 
 def run_pipeline(client: AirflowClient, tenant: str, conf: dict[str, Any], timeout: float) -> dict[str, Any]:
-    dag_id = f"factory_{tenant}"
+    dag_id = pipeline_dag_id(tenant)
     client.wait_for_dag(dag_id)
     client.unpause(dag_id)
     run = client.trigger(dag_id, conf)
