@@ -56,6 +56,7 @@ __all__ = [
     "CompletionMarker",
     "MarkerError",
     "MarkerFile",
+    "ONNX_CHECK_FILE",
     "parse_marker",
     "params_digest",
     "RESERVED_NAMES",
@@ -67,6 +68,9 @@ MARKER_SCHEMA_VERSION = 1
 MARKER_MAX_BYTES = 1_000_000
 #: At most this many files per marker.
 MAX_FILES = 1000
+#: A marker declaring the ``onnx`` format must list this file too: the job's ONNX Runtime parity
+#: check (tolerance, a synthetic probe's inputs and PyTorch's logits for them), which export re-runs.
+ONNX_CHECK_FILE = "onnx_check.json"
 #: Names a marker may not declare: export writes them itself, or they are the marker.
 RESERVED_NAMES = frozenset({layout.MANIFEST_NAME, layout.MODEL_CARD_MD, layout.MODEL_CARD_JSON,
                             layout.COMPLETION_MARKER})

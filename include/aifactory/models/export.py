@@ -32,7 +32,13 @@ from aifactory import layout
 from aifactory.data.s3 import object_exists, put_if_absent
 from aifactory.errors import FactoryError
 from aifactory.hpc.remote import RemoteShell, join
-from aifactory.models.contract import MARKER_MAX_BYTES, CompletionMarker, MarkerError, parse_marker
+from aifactory.models.contract import (
+    MARKER_MAX_BYTES,
+    ONNX_CHECK_FILE,
+    CompletionMarker,
+    MarkerError,
+    parse_marker,
+)
 from aifactory.models.modelcard import CardContext, build_card, missing_fields, render_card_markdown
 
 __all__ = [
@@ -44,9 +50,6 @@ __all__ = [
     "render_card_markdown",
     "safetensors_summary",
 ]
-
-#: the job's ONNX parity check (tolerance, probe inputs and PyTorch's logits), re-run by export
-ONNX_CHECK_FILE = "onnx_check.json"
 
 
 class ExportError(FactoryError):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aifp_runtime import write_atomic
+from aifp_runtime.contract import ONNX_CHECK_FILE
 from aifp_runtime.job import JobFailed, log
 from tabular_data import DataStats, iter_test_rows
 
@@ -135,6 +136,6 @@ def export_artifacts(model: Any, stats: DataStats, hp: dict[str, Any], files: li
         "probe": {"features": probe.tolist(), "logits": probe_logits.tolist()},
         "passed": True,
     }
-    write_atomic(output_dir / "onnx_check.json", json.dumps(check, indent=2).encode())
+    write_atomic(output_dir / ONNX_CHECK_FILE, json.dumps(check, indent=2).encode())
     log(f"onnx: parity ok on {rows} held-out rows (max |diff| {max_abs:.2e} <= atol {ONNX_ATOL} + rtol {ONNX_RTOL})")
     return check

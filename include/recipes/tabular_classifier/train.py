@@ -46,6 +46,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the run directory: aifp_runtime and this recipe
 
 from aifp_runtime import BadInput, Job, run, write_atomic  # noqa: E402
+from aifp_runtime.contract import ONNX_CHECK_FILE  # noqa: E402
 from aifp_runtime.job import log  # noqa: E402
 from aifp_runtime.signals import restart_count  # noqa: E402
 from aifp_runtime.text import shown  # noqa: E402
@@ -73,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "read_batch_rows": 8192,
     "shuffle_buffer_rows": 65536,
 }
-OUTPUT_FILES = (*FORMATS.values(), "onnx_check.json", "model_config.json", "metrics.json")
+OUTPUT_FILES = (*FORMATS.values(), ONNX_CHECK_FILE, "model_config.json", "metrics.json")
 
 
 def check_hyperparameters(hp: dict[str, Any]) -> None:
