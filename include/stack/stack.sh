@@ -180,7 +180,7 @@ AllowUsers $HPC_USER
 UsePAM no
 X11Forwarding no
 AllowTcpForwarding no
-# many triggers and workers talk to one login node; see FAILURE-MODES.md item 10
+# many triggers and workers talk to one login node; see docs/failure-modes.md, 10
 MaxStartups 100:30:200
 MaxSessions 50
 Subsystem sftp internal-sftp
