@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -47,7 +47,7 @@ def s3_client(stack_env: dict[str, str]):
 
 
 @pytest.fixture(scope="session")
-def ssh_client(stack_env: dict[str, str]) -> Iterator["paramiko.SSHClient"]:  # noqa: F821
+def ssh_client(stack_env: dict[str, str]) -> Iterator[paramiko.SSHClient]:  # noqa: F821
     """A paramiko client logged in to the HPC side with the pinned host key (RejectPolicy)."""
     import paramiko
 

@@ -6,7 +6,7 @@ import functools
 import os
 import subprocess
 from importlib import metadata
-from pathlib import Path
+
 from aifactory.layout import REPO_DIR
 
 REPO = REPO_DIR

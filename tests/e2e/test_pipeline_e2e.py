@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from aifactory.local.airflow_api import AirflowAPIError, AirflowClient
 from aifactory.data.s3 import list_keys
 from aifactory.hpc.slurm import job_name
+from aifactory.local.airflow_api import AirflowAPIError, AirflowClient
 from aifactory.tenants import load_tenant
 
 pytestmark = pytest.mark.e2e

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import secrets
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from aifactory.local.localstack import bulk_pipe
 from aifactory.hpc.remote import ParamikoShell, q
+from aifactory.local.localstack import bulk_pipe
 
 
 @pytest.fixture()
