@@ -23,6 +23,7 @@ from aifactory import layout
 from aifactory.errors import InputError
 from aifactory.hpc.slurm import TenantSlurmPolicy
 from aifactory.hpc.slurm.checks import SLURM_NAME_RE
+from aifactory.hpc.staging.options import STAGING_MODES, StagingOptions
 from aifactory.layout import CLUSTERS_DIR, TENANT_RE, TENANTS_DIR
 from aifactory.text import shown
 
@@ -60,9 +61,9 @@ class ClusterSpec:
     poll_interval_s: float
     poll_interval_floor_s: float
     #: ``staging: {mode: push|pull, parallel: N, url_ttl_s: S}`` (see aifactory.hpc.staging)
-    staging_mode: str = "push"
-    staging_parallel: int = 4
-    staging_url_ttl_s: int = 900
+    staging_mode: str = StagingOptions.mode
+    staging_parallel: int = StagingOptions.parallel
+    staging_url_ttl_s: int = StagingOptions.url_ttl_s
 
     @property
     def effective_poll_interval_s(self) -> float:
@@ -200,8 +201,8 @@ def _quality_suites(raw: Any, where: str) -> dict[str, str]:
 
 
 def _staging_mode(raw: Any, where: str) -> str | None:
-    if raw is not None and raw not in ("push", "pull"):
-        raise InputError(f"{where}: staging.mode {shown(raw)} must be 'push' or 'pull'")
+    if raw is not None and raw not in STAGING_MODES:
+        raise InputError(f"{where}: staging.mode {shown(raw)} must be one of {', '.join(STAGING_MODES)}")
     return raw
 
 
@@ -237,9 +238,9 @@ def parse_cluster(data: Mapping[str, Any], where: str = "cluster spec") -> Clust
         python=str(_require(data, "python", where)),
         poll_interval_s=float(data.get("poll_interval_s", 60)),
         poll_interval_floor_s=float(data.get("poll_interval_floor_s", 30)),
-        staging_mode=str(_staging_mode(staging.get("mode"), where) or "push"),
-        staging_parallel=int(staging.get("parallel", 4)),
-        staging_url_ttl_s=int(staging.get("url_ttl_s", 900)),
+        staging_mode=str(_staging_mode(staging.get("mode"), where) or StagingOptions.mode),
+        staging_parallel=int(staging.get("parallel", StagingOptions.parallel)),
+        staging_url_ttl_s=int(staging.get("url_ttl_s", StagingOptions.url_ttl_s)),
     )
 
 
