@@ -312,7 +312,7 @@ class ExportModelOperator(FactoryOperator):
         # the dataset's name as the checked prefix spells it (layout.NAME_RE), not XCom's "name" field
         dataset_name = prefix[len(layout.datasets_prefix(spec.tenant)):].split("/")[0]
         model = f"{dataset_name}-{params.recipe}".replace("_", "-")
-        version = model_version(dag_run.run_id, dag_run.dag_id)
+        version = self.call(model_version, dag_run.run_id, dag_run.dag_id, self.training.get("params_sha256"))
         card = CardContext(
             tenant=spec.tenant,
             model=model,

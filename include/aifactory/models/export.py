@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -52,13 +53,27 @@ __all__ = [
 ]
 
 
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
 class ExportError(FactoryError):
     """The job's outputs cannot be published as they are (missing marker, checksum mismatch)."""
 
 
-def model_version(run_id: str, dag_id: str) -> str:
-    """Deterministic per DAG run, so re-running export targets the same version."""
-    return "v-" + hashlib.sha256(f"{dag_id}\0{run_id}".encode()).hexdigest()[:12]
+def model_version(run_id: str, dag_id: str, params_sha256: object) -> str:
+    """Deterministic per DAG run and parameters, so re-running export targets the same version.
+
+    The params digest is part of it: a deleted run triggered again under the same run id with new
+    hyperparameters trains a new model (the engine submits anew), and that model must get a version
+    of its own instead of meeting the old one's ``manifest.json`` and being dropped as "already
+    published".
+    """
+    if not isinstance(params_sha256, str) or not _SHA256_RE.fullmatch(params_sha256):
+        raise ExportError(
+            "the train task's result carries no valid params digest (params_sha256); clear the train task "
+            "so that it records the job it ran"
+        )
+    return "v-" + hashlib.sha256(f"{dag_id}\0{run_id}\0{params_sha256}".encode()).hexdigest()[:12]
 
 
 def recheck_onnx(onnx_path: Path, check_path: Path) -> dict[str, Any]:
