@@ -17,14 +17,14 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
-from aifactory.layout import CLUSTERS_DIR
+from aifactory.layout import CLUSTERS_DIR, sweep_dag_id
 from aifactory.tenants import ClusterSpec, load_cluster
 from operators.sweep import SlurmSweepOperator
 
 
 def build_sweep(spec: ClusterSpec) -> DAG:
     with DAG(
-        dag_id=f"platform_slurm_sweep_{spec.name}",
+        dag_id=sweep_dag_id(spec.name),
         description=f"Cancel factory jobs on {spec.name} whose Airflow task has ended",
         doc_md=__doc__,
         schedule=timedelta(minutes=5),
@@ -41,4 +41,4 @@ def build_sweep(spec: ClusterSpec) -> DAG:
 
 for _path in sorted(CLUSTERS_DIR.glob("*.yaml")):
     _cluster = load_cluster(_path.stem)
-    globals()[f"platform_slurm_sweep_{_cluster.name}"] = build_sweep(_cluster)
+    globals()[sweep_dag_id(_cluster.name)] = build_sweep(_cluster)

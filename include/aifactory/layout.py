@@ -79,6 +79,11 @@ def probe_dag_id(tenant: str) -> str:
     """The platform's Slurm probe DAG of one tenant (``platform_slurm_probe_<tenant>``)."""
     return f"platform_slurm_probe_{tenant}"
 
+
+def sweep_dag_id(cluster: str) -> str:
+    """The platform's orphan-sweep DAG of one cluster (``platform_slurm_sweep_<cluster>``)."""
+    return f"platform_slurm_sweep_{cluster}"
+
 # --------------------------------------------------------------------------------------------
 # File names
 # --------------------------------------------------------------------------------------------

@@ -168,7 +168,7 @@ def test_sweep_cancels_jobs_of_ended_tasks_only(api, s3_client, ssh_client):
 
     orphan, stranger = sbatch(run_id), sbatch(f"manual__unknown-{secrets.token_hex(3)}")
     try:
-        sweep = "platform_slurm_sweep_local"
+        sweep = layout.sweep_dag_id("local")
         api.wait_for_dag(sweep)
         api.unpause(sweep)
         try:

@@ -3,7 +3,7 @@
 SIGTERM is Slurm's preemption, ``scontrol requeue``, ``scancel`` and the time limit; SIGUSR1 is
 ``sbatch --signal=USR1@<s>``: the time limit is near. Either makes the job stop after its current
 step, checkpoint, and (see :func:`requeue_self`) requeue itself; a requeued job resumes from its
-checkpoint. ``max_requeues`` bounds how often (``docs/failure-modes.md``, the requeue section).
+checkpoint. ``max_requeues`` bounds how often (``docs/failure-modes.md#requeue``).
 """
 
 from __future__ import annotations
