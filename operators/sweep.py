@@ -33,6 +33,7 @@ class SlurmSweepOperator(BaseOperator):
         from aifactory.hpc.slurm import scancel_command
         from aifactory.hpc.sweep import judge, owner_of, parse_active_jobs, sweep_command
         from aifactory.tenants import load_cluster
+        from aifactory.text import printable
         from operators.hooks import FactorySSHHook
 
         dry_run = bool(self.dry_run or (context.get("params") or {}).get("dry_run", False))
@@ -57,13 +58,15 @@ class SlurmSweepOperator(BaseOperator):
             for v in verdicts:
                 who = f"{v.owner.dag_id}/{v.owner.run_id}/{v.owner.state_key}" if v.owner else "-"
                 action = ("would cancel" if dry_run else "cancelling") if v.cancel else "keeping"
-                self.log.info("%s Slurm job %s (%s, %s, task %s): %s", action, v.job.job_id, v.job.name,
-                              v.job.state, who, v.why)
+                # squeue's names, states and comments are whatever any user of the cluster submitted
+                self.log.info("%s Slurm job %s (%s, %s, task %s): %s", action, printable(v.job.job_id),
+                              printable(v.job.name), printable(v.job.state), printable(who), printable(v.why))
             cancel = [v.job.job_id for v in verdicts if v.cancel]
             if cancel and not dry_run:
                 rc, out, err = hook.run(scancel_command(cancel), timeout=60)
                 if rc != 0:
-                    raise AirflowException(f"scancel {' '.join(cancel)} failed (exit {rc}): {(err or out).strip()[-300:]}")
+                    raise AirflowException(
+                        f"scancel {' '.join(cancel)} failed (exit {rc}): {printable((err or out).strip()[-300:])}")
         finally:
             hook.close()
         self.log.info("sweep of %s: %d active job(s), %d of the factory, %d cancelled%s", self.cluster,
