@@ -44,14 +44,10 @@ def check_dataset_prefix(prefix: Any, spec: TenantSpec) -> str:
     from aifactory import layout
     from aifactory.text import shown
 
-    area = layout.datasets_prefix(spec.tenant)
-    parts = prefix[len(area):].split("/") if isinstance(prefix, str) and layout.key_inside(prefix, area) else []
-    # exactly one version: <tenant>/datasets/<name>/<version>/, each part by its layout rule
-    if not (len(parts) == 3 and layout.NAME_RE.match(parts[0]) and layout.VERSION_RE.match(parts[1])
-            and prefix == layout.dataset_prefix(spec.tenant, parts[0], parts[1])):
+    if layout.dataset_in_prefix(prefix, spec.tenant) is None:
         _fail(InputError(f"dataset prefix {shown(prefix)} from ingest's result is not inside this tenant's "
-                         f"datasets area s3://{spec.bucket}/{area}; refused, nothing was read or written. "
-                         "Clear the ingest task to produce it again"))
+                         f"datasets area s3://{spec.bucket}/{layout.datasets_prefix(spec.tenant)}; refused, "
+                         "nothing was read or written. Clear the ingest task to produce it again"))
     return prefix
 
 
@@ -61,7 +57,7 @@ def check_output_dir(output_dir: Any, tenant_dir: str) -> str:
     from aifactory.text import shown
 
     runs = layout.runs_dir(tenant_dir)
-    if not isinstance(output_dir, str) or output_dir.rstrip("/") == runs or not layout.path_inside(output_dir, runs):
+    if not isinstance(output_dir, str) or not layout.path_inside(output_dir, runs):
         _fail(InputError(f"output directory {shown(output_dir)} from the train task's result is not inside this "
                          f"tenant's runs directory {runs}; refused, nothing was published. Clear the train task "
                          "to produce it again"))
@@ -310,7 +306,7 @@ class ExportModelOperator(FactoryOperator):
         check_output_dir(output_dir, self.tenant_dir(spec))
         dag_run = context["dag_run"]
         # the dataset's name as the checked prefix spells it (layout.NAME_RE), not XCom's "name" field
-        dataset_name = prefix[len(layout.datasets_prefix(spec.tenant)):].split("/")[0]
+        dataset_name, _ = layout.dataset_in_prefix(prefix, spec.tenant) or ("", "")
         model = f"{dataset_name}-{params.recipe}".replace("_", "-")
         version = self.call(model_version, dag_run.run_id, dag_run.dag_id, self.training.get("params_sha256"))
         card = CardContext(

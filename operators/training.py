@@ -83,9 +83,9 @@ class RecipeTrainOperator(SlurmJobOperator):
             plan = self.plan(context)  # validated recipe and hyperparameters; touches nothing
             spec = load_tenant(self.tenant)
             prefix = self.dataset.get("prefix") if isinstance(self.dataset, Mapping) else None
-            if not isinstance(prefix, str) or not layout.key_inside(prefix, layout.datasets_prefix(spec.tenant)):
-                raise InputError(f"dataset prefix {shown(prefix)} is not inside the tenant's datasets area "
-                                 f"{layout.datasets_prefix(spec.tenant)}; clear the ingest task")
+            if layout.dataset_in_prefix(prefix, spec.tenant) is None:
+                raise InputError(f"dataset prefix {shown(prefix)} is not one dataset version inside the tenant's "
+                                 f"datasets area {layout.datasets_prefix(spec.tenant)}; clear the ingest task")
             s3 = S3Hook(aws_conn_id=self.s3_conn_id).get_conn()
             manifest = require_manifest(s3, spec.bucket, prefix)
             checked = check_dataset(

@@ -145,6 +145,18 @@ def quality_result_key(dataset_prefix_: str, suite: str, params_digest: str) -> 
     return f"{dataset_prefix_}quality/{suite}/{params_digest}/{QUALITY_REPORT_NAME}"
 
 
+def dataset_in_prefix(prefix: object, tenant: str) -> tuple[str, str] | None:
+    """``(name, version)`` when ``prefix`` is exactly one dataset version of ``tenant``
+    (``<tenant>/datasets/<name>/<version>/``, each part by its rule); None for anything else."""
+    area = datasets_prefix(tenant)
+    if not isinstance(prefix, str) or not key_inside(prefix, area):
+        return None
+    parts = prefix[len(area):].split("/")
+    if len(parts) != 3 or not NAME_RE.match(parts[0]) or not VERSION_RE.match(parts[1]):
+        return None
+    return (parts[0], parts[1]) if prefix == dataset_prefix(tenant, parts[0], parts[1]) else None
+
+
 def models_prefix(tenant: str) -> str:
     return f"{tenant}/models/"
 
@@ -229,12 +241,13 @@ def job_log_path(run_dir_: str, job_id: str) -> str:
 
 
 def path_inside(path: str, parent: str) -> bool:
-    """True when the absolute POSIX ``path`` is ``parent`` itself or lies below it, after normalising.
+    """True when the absolute POSIX ``path`` lies strictly below ``parent`` (as :func:`key_inside`).
 
     ``..`` segments, doubled slashes and relative paths never pass: the path must already be in
     normal form, so a caller cannot smuggle a traversal past a later, different normalisation.
+    ``parent`` itself is not inside: every caller needs a directory or file of its own there.
     """
     if not path.startswith("/") or posixpath.normpath(path) != path.rstrip("/") or "//" in path:
         return False
     parent = parent.rstrip("/")
-    return path == parent or path.startswith(parent + "/")
+    return path.rstrip("/") != parent and path.startswith(parent + "/")

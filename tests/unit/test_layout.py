@@ -145,7 +145,8 @@ def test_key_inside(key: str, inside: bool) -> None:
     ("path", "inside"),
     [
         ("/srv/aifactory/demo/runs/aifp-demo-0123456789ab/output", True),
-        ("/srv/aifactory/demo/runs", True),
+        ("/srv/aifactory/demo/runs", False),
+        ("/srv/aifactory/demo/runs/", False),
         ("/srv/aifactory/demo/runs/../../other/runs/x", False),
         ("/srv/aifactory/other/runs/x", False),
         ("/srv/aifactory/demo/runsx", False),
@@ -158,6 +159,24 @@ def test_path_inside(path: str, inside: bool) -> None:
     runs = layout.runs_dir(layout.tenant_dir("/srv/aifactory/", "demo"))
     assert runs == "/srv/aifactory/demo/runs"
     assert layout.path_inside(path, runs) is inside
+
+
+@pytest.mark.parametrize(
+    ("prefix", "want"),
+    [
+        ("demo/datasets/iris/v-0123abcd/", ("iris", "v-0123abcd")),
+        ("demo/datasets/iris/v-0123abcd", None),
+        ("demo/datasets/iris/", None),
+        ("demo/datasets/iris/v-0123abcd/extra/", None),
+        ("demo/datasets/Iris/v-0123abcd/", None),
+        ("demo/datasets/iris/latest/", None),
+        ("other-tenant/datasets/iris/v-0123abcd/", None),
+        ("demo/datasets/../datasets/iris/v-0123abcd/", None),
+        (None, None),
+    ],
+)
+def test_dataset_in_prefix(prefix: object, want: tuple[str, str] | None) -> None:
+    assert layout.dataset_in_prefix(prefix, "demo") == want
 
 
 def test_hpc_paths() -> None:

@@ -181,7 +181,7 @@ def check_output_path(path: Any, output_dir: str) -> str:
         raise MarkerError(f"completion marker names {shown}: segment {json.dumps(bad[0][:60])} is not a plain "
                           f"file name ({layout.SAFE_FILE_RE.pattern})")
     full = posixpath.join(output_dir, path)
-    if not layout.path_inside(full, output_dir) or full.rstrip("/") == output_dir.rstrip("/"):
+    if not layout.path_inside(full, output_dir):
         raise MarkerError(f"completion marker names {shown}, which is outside the output directory {output_dir}")
     return path
 
@@ -196,7 +196,7 @@ def parse_marker(raw: bytes | str | Mapping[str, Any], *, output_dir: str) -> Co
     :raises MarkerError: naming what is wrong (not JSON, unknown schema version, a path that is
         absolute, has ``..`` or names ``manifest.json``, a bad digest, a format naming no listed file).
     """
-    if not isinstance(output_dir, str) or not layout.path_inside(output_dir, "/") or output_dir == "/":
+    if not isinstance(output_dir, str) or not layout.path_inside(output_dir, "/"):
         raise MarkerError(f"output directory {output_dir!r:.120} must be a normalised absolute path")
     if isinstance(raw, Mapping):
         data: Any = raw

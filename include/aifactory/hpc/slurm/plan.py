@@ -129,7 +129,7 @@ def _check_dirs(tenant_root: str, run_dir: str, dataset_dir: str | None) -> None
                                (dataset_dir, layout.hpc_datasets_dir(tenant_root), "dataset_dir")):
         if path is None:
             continue
-        if not isinstance(path, str) or path.rstrip("/") == parent or not layout.path_inside(path, parent):
+        if not isinstance(path, str) or not layout.path_inside(path, parent):
             raise InputError(f"{what} {path!r:.120} must be a normalised absolute path inside {parent}/ "
                              "(the tenant's area)")
 
