@@ -70,6 +70,19 @@ JOB_COMMENT_PREFIX = "aifp:"
 SAFE_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
+#: a tenant's Unix login on its cluster (``identity.unix_user``): lowercase, starts with a letter
+UNIX_USER_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}$")
+#: an Airflow connection id named in a spec
+CONN_ID_RE = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
+#: an Airflow login named in a tenant spec (``airflow_users``)
+LOGIN_RE = re.compile(r"^[a-z][a-z0-9._-]{1,62}$")
+
+
+def tenant_role(tenant: str) -> str:
+    """The Airflow role of one tenant's users: its own DAGs, runs, logs and XCom, nothing else."""
+    return f"tenant_{tenant}"
+
+
 def pipeline_dag_id(tenant: str) -> str:
     """The DAG of one tenant's pipeline, generated from its spec (``factory_<tenant>``)."""
     return f"factory_{tenant}"

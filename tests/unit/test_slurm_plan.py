@@ -25,6 +25,8 @@ TENANT = {
     "slurm": {"account": "demo", "partitions": ["debug"], "qos": None},
     "limits": {"max_nodes": 1, "max_gpus_per_node": 0, "max_cpus_per_task": 2, "max_mem_gb": 4,
                "max_time_limit_minutes": 60},
+    "identity": {"unix_user": "aifp-demo", "ssh_conn_id": "aifactory_hpc_local_demo", "s3_conn_id": "aifactory_s3_demo"},
+    "allocation": {"cpu_hours": 10, "gpu_hours": 0, "contact": "support@example.eu"},
 }
 TI = SimpleNamespace(dag_id="factory_demo", run_id="manual__2026-01-01T00:00:00+00:00", task_id="train",
                      map_index=-1, try_number=1)

@@ -30,6 +30,8 @@ GOOD = {
 
 LIMITS = {"max_nodes": 1, "max_gpus_per_node": 0, "max_cpus_per_task": 1, "max_mem_gb": 1,
           "max_time_limit_minutes": 5}
+IDENTITY = {"unix_user": "aifp-acme", "ssh_conn_id": "aifactory_hpc_local_acme", "s3_conn_id": "aifactory_s3_acme"}
+ALLOCATION = {"cpu_hours": 10, "gpu_hours": 0, "contact": "support@example.eu"}
 
 
 @pytest.fixture()
@@ -102,7 +104,7 @@ def test_recipe_allowlist():
     assert spec.allows_recipe("anything-new")  # demo allows every recipe folder ("*")
     narrowed = parse_tenant(
         {"tenant": "acme", "bucket": "b-1", "cluster": "local", "quality_suite": "s", "recipes": ["a"],
-         "slurm": {"account": "acme", "partitions": ["debug"]},
+         "slurm": {"account": "acme", "partitions": ["debug"]}, "identity": IDENTITY, "allocation": ALLOCATION,
          "limits": LIMITS}, "acme.yaml")
     assert narrowed.allows_recipe("a") and not narrowed.allows_recipe("b")
     with pytest.raises(InputError, match="not available to tenant acme"):
@@ -161,7 +163,7 @@ def test_allocation_hold_is_capped(demo):
 
 def test_hold_limit_defaults_and_is_checked_in_the_spec():
     base = {"tenant": "acme", "bucket": "b-1", "cluster": "local", "quality_suite": "s", "recipes": ["*"],
-            "slurm": {"account": "acme", "partitions": ["debug"]}}
+            "slurm": {"account": "acme", "partitions": ["debug"]}, "identity": IDENTITY, "allocation": ALLOCATION}
     assert parse_tenant({**base, "limits": LIMITS}, "x.yaml").limits.max_hold_minutes == 6 * 5
     assert parse_tenant({**base, "limits": {**LIMITS, "max_hold_minutes": 7}}, "x").limits.max_hold_minutes == 7
     with pytest.raises(InputError, match="unknown key"):

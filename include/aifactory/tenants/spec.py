@@ -51,10 +51,42 @@ DEFAULT_HOLD_FACTOR = 6
 
 
 @dataclass(frozen=True)
+class Identity:
+    """Who one tenant is on its cluster and in the object store (``identity:`` in the tenant spec).
+
+    Every task of the tenant's pipeline uses these and nothing else: its own Unix login on the
+    cluster (which owns the tenant's directories, mode 0700, and is the only user associated with
+    its Slurm account), reached through its own Airflow SSH connection, and its own S3 credential,
+    allowed only the tenant's bucket. The platform's identities (the cluster spec's
+    ``ssh_conn_id``, :data:`PLATFORM_S3_CONN_ID`) are used by platform tasks only.
+    """
+
+    unix_user: str
+    ssh_conn_id: str
+    s3_conn_id: str
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The tenant's budget on its cluster, applied by onboarding as Slurm ``GrpTRESMins`` on its
+    account, so Slurm itself refuses work past it; the train task checks what remains first."""
+
+    cpu_hours: int
+    gpu_hours: int
+    #: whom a startup asks for more (named in the train task's refusal)
+    contact: str
+
+
+#: the platform's own S3 credential (an Airflow connection): onboarding, platform DAGs, never a tenant task
+PLATFORM_S3_CONN_ID = "aifactory_s3"
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     """How the factory reaches one HPC system (``include/clusters/<name>.yaml``)."""
 
     name: str
+    #: the platform's service identity on this cluster: manages accounts and sweeps, never runs a tenant's job
     ssh_conn_id: str
     hpc_root: str
     python: str
@@ -90,6 +122,12 @@ class TenantSpec:
     quality_suites: Mapping[str, str] = field(default_factory=dict)
     #: overrides the cluster's ``staging.mode`` for this tenant (``staging: {mode: pull}``)
     staging_mode: str | None = None
+    #: the tenant's own identities (required in every spec; the default only serves unit-test fakes)
+    identity: Identity | None = None
+    #: the tenant's CPU/GPU budget (required in every spec; see :class:`Allocation`)
+    allocation: Allocation | None = None
+    #: the tenant's Airflow logins (role :func:`aifactory.layout.tenant_role`); passwords are generated
+    airflow_users: tuple[str, ...] = ()
 
     def suite_for(self, dataset_name: str) -> str:
         """The quality suite of one dataset: its own entry in ``quality_suites``, else ``quality_suite``."""
@@ -173,7 +211,55 @@ def parse_tenant(data: Mapping[str, Any], where: str = "tenant spec") -> TenantS
         defaults=dict(data.get("defaults") or {}),
         quality_suites=_quality_suites(data.get("quality_suites"), where),
         staging_mode=_staging_mode((data.get("staging") or {}).get("mode"), where),
+        identity=_identity(_require(data, "identity", where), where),
+        allocation=_allocation(_require(data, "allocation", where), where),
+        airflow_users=_airflow_users(data.get("airflow_users") or (), where),
     )
+
+
+def _mapping(raw: Any, where: str, example: str) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise InputError(f"{where} must be a mapping like {example}")
+    return raw
+
+
+def _identity(raw: Any, where: str) -> Identity:
+    where = f"{where}: identity"
+    raw = _mapping(raw, where, "{unix_user: aifp-demo, ssh_conn_id: ..., s3_conn_id: ...}")
+    unix_user = str(_require(raw, "unix_user", where))
+    if not layout.UNIX_USER_RE.match(unix_user):
+        raise InputError(f"{where}: unix_user {shown(unix_user)} must match {layout.UNIX_USER_RE.pattern}")
+    conn_ids = {}
+    for key in ("ssh_conn_id", "s3_conn_id"):
+        value = str(_require(raw, key, where))
+        if not layout.CONN_ID_RE.match(value):
+            raise InputError(f"{where}: {key} {shown(value)} must match {layout.CONN_ID_RE.pattern}")
+        conn_ids[key] = value
+    if conn_ids["s3_conn_id"] == PLATFORM_S3_CONN_ID:
+        raise InputError(f"{where}: s3_conn_id must be the tenant's own credential, not the platform's "
+                         f"{PLATFORM_S3_CONN_ID!r}")
+    return Identity(unix_user=unix_user, **conn_ids)
+
+
+def _allocation(raw: Any, where: str) -> Allocation:
+    where = f"{where}: allocation"
+    raw = _mapping(raw, where, "{cpu_hours: 100, gpu_hours: 0, contact: hpc-support@example.eu}")
+    hours = {}
+    for key in ("cpu_hours", "gpu_hours"):
+        value = _require(raw, key, where)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InputError(f"{where}: {key} must be a whole number of hours >= 0, got {shown(value)}")
+        hours[key] = value
+    return Allocation(contact=str(_require(raw, "contact", where)), **hours)
+
+
+def _airflow_users(raw: Any, where: str) -> tuple[str, ...]:
+    if isinstance(raw, str) or not all(isinstance(u, str) for u in raw):
+        raise InputError(f"{where}: airflow_users must be a list of login names, e.g. [demo]")
+    for user in raw:
+        if not layout.LOGIN_RE.match(user):
+            raise InputError(f"{where}: Airflow login {shown(user)} must match {layout.LOGIN_RE.pattern}")
+    return tuple(raw)
 
 
 def _limits(raw: Any, where: str) -> Limits:
