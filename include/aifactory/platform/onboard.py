@@ -58,9 +58,24 @@ class Context:
 Step = Callable[[Context, TenantSpec, ClusterSpec], list[Change]]
 
 
+PlatformStep = Callable[[Context, list[TenantSpec], list[ClusterSpec]], list[Change]]
+
+
+def platform_steps() -> list[tuple[str, PlatformStep]]:
+    """The platform's own steps (once, before the tenants'), in order."""
+    from aifactory.platform.slurm_accounts import onboard_slurm_platform
+
+    steps: list[tuple[str, PlatformStep]] = []
+    steps.append(("slurm", onboard_slurm_platform))
+    return steps
+
+
 def tenant_steps() -> list[tuple[str, Step]]:
     """The steps, in order (imported here so that each module stays the one place of its rule)."""
+    from aifactory.platform.slurm_accounts import onboard_slurm
+
     steps: list[tuple[str, Step]] = []
+    steps.append(("slurm", onboard_slurm))
     return steps
 
 
