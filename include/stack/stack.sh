@@ -270,7 +270,16 @@ MpiDefault=none
 # accounting: sacct is the source of truth once a job leaves squeue
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
-AccountingStorageEnforce=associations,limits
+# associations: a job runs only under an account its user is associated with (onboarding associates
+# each tenant's own Unix user only); limits: GrpTRESMins, the tenant's allocation, is enforced;
+# safe: a job starts only if its time limit fits in what is left of the budget.
+AccountingStorageEnforce=associations,limits,safe
+# gres/gpu is tracked (and budgeted) even on nodes without GPUs (it needs slurmdbd, nothing else)
+AccountingStorageTRES=gres/gpu
+# GrpTRESMins is enforced by priority/multifactor only; no decay and no reset: usage is a budget
+PriorityType=priority/multifactor
+PriorityDecayHalfLife=0
+PriorityUsageResetPeriod=NONE
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=10
 # No cgroups in these containers: jobacct_gather samples each step's memory and kills a step that
@@ -334,11 +343,7 @@ up_slurm() {
     wait_for "slurmdbd" 30 sacctmgr -n list cluster
   fi
   sacctmgr -i -Q add cluster "$CLUSTER_NAME" >/dev/null 2>&1 || true
-  local tenant account
-  while read -r tenant account; do
-    sacctmgr -i -Q add account "$account" Cluster="$CLUSTER_NAME" Description="tenant $tenant" Organization="$tenant" >/dev/null 2>&1 || true
-    sacctmgr -i -Q add user "$HPC_USER" Account="$account" Cluster="$CLUSTER_NAME" >/dev/null 2>&1 || true
-  done < <(tenant_accounts)
+  # accounts, associations and allocations: onboarding (aifactory.platform.slurm_accounts)
   if ! alive slurmctld; then
     start_bg slurmctld /usr/sbin/slurmctld -D -i
     wait_for "slurmctld" 30 scontrol ping

@@ -92,7 +92,7 @@ class SlurmAdmin:
     def __init__(self, run: Runner = _run_local, dry_run: bool = False) -> None:
         self._run = run
         self.dry_run = dry_run
-        self._cluster: str | None = None
+        self._conf: dict[str, str] | None = None
 
     def _call(self, argv: Sequence[str]) -> str:
         try:
@@ -112,20 +112,25 @@ class SlurmAdmin:
         if not self.dry_run:
             self._call(["sacctmgr", "-i", "-Q", *args])
 
+    def _config(self, key: str) -> str:
+        """One value of ``scontrol show config`` (the controller's slurm.conf, as it runs)."""
+        if self._conf is None:
+            out = self._call(["scontrol", "show", "config"])
+            pairs = (line.split("=", 1) for line in out.splitlines() if "=" in line)
+            self._conf = {k.strip(): v.strip() for k, v in pairs}
+        return self._conf.get(key, "")
+
     @property
     def cluster(self) -> str:
         """Slurm's ClusterName (the spec's cluster name need not be Slurm's)."""
-        if self._cluster is None:
-            out = self._call(["scontrol", "show", "config"])
-            names = [line.split("=", 1)[1].strip() for line in out.splitlines()
-                     if line.split("=", 1)[0].strip() == "ClusterName"]
-            if not names:
-                raise SlurmOnboardingError("scontrol show config reports no ClusterName; is slurmctld up?")
-            self._cluster = names[0]
-        return self._cluster
+        name = self._config("ClusterName")
+        if not name:
+            raise SlurmOnboardingError("scontrol show config reports no ClusterName; is slurmctld up (make up)?")
+        return name
 
     def tracks_gpu(self) -> bool:
-        return any(row[:2] == ["gres", "gpu"] for row in self._show("tres", "format=type,name"))
+        """The controller accounts gres/gpu (``AccountingStorageTRES``), so a GPU budget can be set."""
+        return GPU_TRES in self._config("AccountingStorageTRES").split(",")
 
     # --- reads ----------------------------------------------------------------------------
     def account_exists(self, account: str) -> bool:
