@@ -10,7 +10,10 @@ Flow of :meth:`SlurmJobOperator.execute`:
    from the facts :func:`operators.slurm_facts.gather_facts` collects: the job id saved in the task
    state store, squeue and sacct by the job's deterministic name, the completion marker. Re-attach,
    adopt, refuse, or:
-3. **Submit**: create the run dir (0700) over SFTP, upload ``params.json`` (JSON, never shell) and
+3. **Check the allocation** (:func:`operators.slurm_facts.check_budget`): the tenant's remaining
+   GrpTRESMins must hold the job's nodes x CPUs x time limit, else fail with the figures and whom
+   to ask, before any side effect (Slurm not answering is a refusal too). Then
+   **submit**: create the run dir (0700) over SFTP, upload ``params.json`` (JSON, never shell) and
    the job's files, run ``sbatch`` with quoted ``--opt=value`` options under the tenant's account,
    and save the job id with the plan at once.
 4. **Defer** to :class:`~operators.triggers.SlurmJobTrigger` (or watch in the worker when
@@ -48,8 +51,9 @@ from aifactory.hpc.slurm.decision import Action, MarkerFact, decide_prior_job
 from aifactory.hpc.slurm.plan import JobPlan, TaskIds, plan_job
 from aifactory.models.recipes import DEFAULT_RECIPES_ROOT, Recipe, load_recipes
 from aifactory.tenants import load_cluster, load_tenant, parse_cluster, parse_tenant
+from aifactory.tenants.spec import TenantSpec
 from operators.hooks import FactorySSHHook
-from operators.slurm_facts import gather_facts, marker_outputs, read_marker
+from operators.slurm_facts import check_budget, gather_facts, marker_outputs, read_marker
 from operators.slurm_rundir import move_outputs_aside, prepare_run_dir
 from operators.triggers import SlurmJobTrigger
 
@@ -171,11 +175,15 @@ class SlurmJobOperator(BaseOperator):
             raise InputError(f"recipe {self.recipe!r:.60} is not a recipe enabled for tenant {self.tenant!r}")
         return recipe
 
-    def plan(self, context: Context) -> JobPlan:
-        """Validate everything and decide names, paths and bytes. Raises InputError; touches nothing."""
+    def load_spec(self) -> TenantSpec:
         spec = parse_tenant(self.tenant_spec, "tenant_spec") if self.tenant_spec is not None else load_tenant(self.tenant)
         if spec.tenant != self.tenant:
             raise InputError(f"tenant spec names tenant {spec.tenant!r}, expected {self.tenant!r}")
+        return spec
+
+    def plan(self, context: Context) -> JobPlan:
+        """Validate everything and decide names, paths and bytes. Raises InputError; touches nothing."""
+        spec = self.load_spec()
         if isinstance(self.cluster, Mapping):
             cluster = parse_cluster(self.cluster, "cluster")
         else:
@@ -244,6 +252,7 @@ class SlurmJobOperator(BaseOperator):
                                                "exit_code": 0, "accounting": self._accounting(hook, job_id, plan),
                                                "adopted": True})
             else:
+                self._check_budget(hook, plan)
                 if decision.move_outputs_aside:
                     self.log.warning("Moved the earlier job's outputs aside to %s", move_outputs_aside(hook, plan))
                 job_id = self._submit(hook, plan, context)
@@ -257,6 +266,16 @@ class SlurmJobOperator(BaseOperator):
             self.defer(trigger=trigger, method_name="execute_complete", timeout=self.deferral_timeout,
                        kwargs={"plan": plan.to_json()})
         return self._watch_inline(context, plan, trigger)
+
+    def _check_budget(self, hook: FactorySSHHook, plan: JobPlan) -> None:
+        """Before any submission: the tenant's allocation must hold this job (Slurm would otherwise
+        accept it and leave it PENDING with AssocGrpCPUMinutesLimit, never starting it)."""
+        allocation = self.load_spec().allocation
+        contact = allocation.contact if allocation is not None else "the platform team"
+        verdict = check_budget(hook, plan, contact)
+        if not verdict.enough:
+            raise AirflowException(verdict.message)
+        self.log.info("Allocation: %s", verdict.message)
 
     def _accounting(self, hook: FactorySSHHook, job_id: str, plan: JobPlan) -> dict[str, Any] | None:
         rc, out, _ = hook.run(sacct_command([job_id]), timeout=60)

@@ -21,11 +21,18 @@ from aifactory.hpc.slurm import (
     select_record,
     squeue_by_name_command,
 )
+from aifactory.hpc.slurm.budget import (
+    BudgetUnknown,
+    BudgetVerdict,
+    budget_command,
+    decide_budget,
+    parse_assoc_mgr,
+)
 from aifactory.hpc.slurm.decision import MarkerFact, PriorJobFacts, SacctFact, SqueueFact
 from aifactory.hpc.slurm.plan import JobPlan
 from aifactory.models.contract import MARKER_MAX_BYTES, CompletionMarker, parse_marker
 
-__all__ = ["gather_facts", "marker_outputs", "read_marker"]
+__all__ = ["check_budget", "gather_facts", "marker_outputs", "read_marker"]
 
 log = logging.getLogger(__name__)
 
@@ -127,3 +134,20 @@ def gather_facts(hook: Any, plan: JobPlan, saved_job_id: str | None, sacct_lookb
         marker_params_sha256=digest,
         params_sha256=plan.params_sha256,
     )
+
+
+def check_budget(hook: Any, plan: JobPlan, contact: str) -> BudgetVerdict:
+    """Ask Slurm (as the tenant's identity: the plan's connection) what the account may still use,
+    and decide whether this job fits; Slurm not answering is a refusal (see decide_budget)."""
+    account = str(plan.resources["account"])
+    answer = _run(hook, budget_command(account))
+    budget, why = None, "no answer over SSH"
+    if answer is not None:
+        rc, out, err = answer
+        why = f"scontrol exited {rc}: {err.strip()[:300]}"
+        if rc == 0:
+            try:
+                budget = parse_assoc_mgr(out, account)
+            except BudgetUnknown as exc:
+                why = str(exc)
+    return decide_budget(budget, plan.resources, account=account, contact=contact, why_unknown=why)
