@@ -3,8 +3,10 @@
 
 For platform engineers, one DAG per tenant (`platform_slurm_probe_<tenant>`). Submits `jobs`
 small probe jobs under the tenant's Slurm account and partition, through exactly the path training
-takes (SSH with the pinned host key, the fixed sbatch wrapper, the tenant's limits), and watches
-them from the triggerer.
+takes (the tenant's own SSH connection and Unix login with the pinned host key, the fixed sbatch
+wrapper, the tenant's limits), and watches them from the triggerer. It runs under the tenant's
+identity, never the platform's service login, so it checks the tenant's own setup: its login and
+key, its directory (owned by its user, 0700) and its user's association with its account.
 
 Use it to check a newly onboarded tenant end to end (account association, partition, HPC
 directories, accounting in `sacct`), and to see how the engine behaves with many jobs in flight:
@@ -20,7 +22,7 @@ from pathlib import Path
 from airflow.sdk import DAG, Param, task
 
 from aifactory.layout import probe_dag_id
-from aifactory.tenants import TenantSpec, load_tenants
+from aifactory.tenants import TenantSpec, good_tenants
 from operators.slurm import SlurmJobOperator
 
 PLATFORM_RECIPES = Path(__file__).resolve().parent.parent / "include" / "platform_recipes"
@@ -58,5 +60,6 @@ def build_probe(spec: TenantSpec) -> DAG:
     return dag
 
 
-for _spec in load_tenants():
+# good specs only: a broken tenant spec fails that tenant alone (see aifactory.tenants.spec.good_tenants)
+for _spec in good_tenants():
     globals()[probe_dag_id(_spec.tenant)] = build_probe(_spec)

@@ -26,9 +26,6 @@ if TYPE_CHECKING:
     from aifactory.data.manifest import DatasetManifest
     from aifactory.tenants import ClusterSpec, RunParams, TenantSpec
 
-S3_CONN_ID = "aifactory_s3"
-
-
 def _fail(exc: FactoryError) -> NoReturn:
     """Turn a factory error into a task failure that is not retried when retrying cannot help."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -70,17 +67,18 @@ class FactoryOperator(BaseOperator):
     :param tenant: tenant name; its spec comes from ``include/tenants/<tenant>.yaml``.
     :param validated: the validate task's XCom (``validate.output``, :meth:`RunParams.to_xcom`);
         templated, so it resolves to the native value at run time.
-    :param s3_conn_id: Airflow connection of the object store.
+
+    Every client is the tenant's own: S3 through ``identity.s3_conn_id`` (a credential allowed only
+    the tenant's bucket), SSH through ``identity.ssh_conn_id``; the platform's never.
     """
 
     ui_color = "#e8f0fe"
     template_fields: Sequence[str] = ("validated",)
 
-    def __init__(self, *, tenant: str, validated: Any = None, s3_conn_id: str = S3_CONN_ID, **kwargs: Any) -> None:
+    def __init__(self, *, tenant: str, validated: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.tenant = tenant
         self.validated = validated
-        self.s3_conn_id = s3_conn_id
 
     # -- specs and params -----------------------------------------------------------------------
     def tenant_spec(self) -> TenantSpec:
@@ -110,14 +108,19 @@ class FactoryOperator(BaseOperator):
 
     # -- clients --------------------------------------------------------------------------------
     def s3(self) -> Any:
+        """The tenant's own S3 credential (its connection; allowed only its bucket), never the platform's."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        return S3Hook(aws_conn_id=self.s3_conn_id).get_conn()
+        from aifactory.platform.objectstore import tenant_s3_conn_id
+
+        return S3Hook(aws_conn_id=self.call(tenant_s3_conn_id, self.tenant_spec())).get_conn()
 
     def remote(self) -> Any:
+        """SSH as the tenant's own login (its connection, key and Unix user), never the service's."""
+        from aifactory.hpc.slurm import tenant_ssh_conn_id
         from operators.hooks import FactorySSHHook
 
-        return FactorySSHHook(ssh_conn_id=self.cluster_spec().ssh_conn_id)
+        return FactorySSHHook(ssh_conn_id=self.call(tenant_ssh_conn_id, self.tenant_spec(), self.cluster_spec()))
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run one core function; factory errors become readable task failures."""

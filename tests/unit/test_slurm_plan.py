@@ -286,3 +286,15 @@ def test_resources_validated_by_the_validate_task_are_not_bounded_again():
     with pytest.raises(InputError, match="account"):
         plan_job(parse_tenant(lowered, "t"), load_cluster("local"), recipe, hyperparameters=HP,
                  resources=Resources(account="other", partition="debug"), task=task, dataset_dir=DATASET)
+
+
+def test_a_tenant_job_reaches_the_cluster_through_the_tenant_connection_never_the_service_one():
+    from dataclasses import replace
+
+    assert _plan().ssh_conn_id == "aifactory_hpc_local_demo" != load_cluster("local").ssh_conn_id
+    spec = parse_tenant(TENANT, "t")
+    for identity in (None, replace(spec.identity, ssh_conn_id=load_cluster("local").ssh_conn_id)):
+        with pytest.raises(InputError, match="service connection"):
+            plan_job(replace(spec, identity=identity), load_cluster("local"), load_recipes()["tabular_classifier"],
+                     hyperparameters=HP, resources={"cpus_per_task": 1}, dataset_dir=DATASET,
+                     task=TaskIds(dag_id=TI.dag_id, run_id=TI.run_id, task_id="train"))

@@ -158,3 +158,39 @@ def test_abandoned_temporary_dirs_of_killed_stages_are_removed(tmp_path):
     _result, logs = _stage(store, m, tmp_path / "t")
     assert not dead.exists() and live.exists()  # a stage still running elsewhere keeps its directory
     assert any("abandoned" in line for line in logs)
+
+
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+@pytest.mark.parametrize("link", ["datasets", "datasets/d", "datasets/d/v-1", ".aifp"])
+def test_a_symlink_anywhere_in_the_destination_stops_the_stage_before_any_write(tmp_path, transport, link):
+    """A link planted in the tenant's area (a job of the tenant can write there) would make every
+    write of staging land at its target: refused, naming the link, nothing written anywhere."""
+    from aifactory.hpc.staging import SymlinkInPath
+
+    store, m = _dataset()
+    tenant, elsewhere = tmp_path / "t", tmp_path / "other-tenant"
+    elsewhere.mkdir()
+    (tenant / link).parent.mkdir(parents=True, exist_ok=True)
+    (tenant / link).symlink_to(elsewhere, target_is_directory=True)
+    options = StagingOptions(mode="pull") if link == ".aifp" else None
+    if options is not None:  # the fetch script's folder: only pull and streamed push install it
+        store.generate_presigned_url = lambda *a, **k: "http://127.0.0.1:1/x"  # type: ignore[attr-defined]
+    with pytest.raises(SymlinkInPath, match=f"{tenant / link}.* is a symlink"):
+        _stage(store, m, tenant, transport, **({"options": options} if options else {}))
+    assert list(elsewhere.iterdir()) == []
+    assert store.gets == []
+
+
+def test_the_symlink_walk_checks_every_component_from_the_tenant_dir_down(tmp_path):
+    from aifactory.hpc.staging import SymlinkInPath, refuse_symlinks
+    from aifactory.hpc.staging.paths import components
+
+    assert components("/srv/t", "/srv/t/datasets/d/v") == ["/srv/t", "/srv/t/datasets", "/srv/t/datasets/d",
+                                                           "/srv/t/datasets/d/v"]
+    with pytest.raises(InputError, match="not inside"):
+        components("/srv/t", "/srv/t/../u/datasets")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "t").symlink_to(tmp_path / "real")  # the tenant's directory itself
+    with pytest.raises(SymlinkInPath, match="is a symlink"):
+        refuse_symlinks(LocalShell(), str(tmp_path / "t"), str(tmp_path / "t" / "datasets"))
+    refuse_symlinks(LocalShell(), str(tmp_path / "real"), str(tmp_path / "real" / "not" / "yet" / "there"))

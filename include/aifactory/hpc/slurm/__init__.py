@@ -51,7 +51,7 @@ from .parsing import (
     parse_squeue,
     select_record,
 )
-from .plan import JobPlan, TaskIds, plan_job
+from .plan import JobPlan, TaskIds, plan_job, tenant_ssh_conn_id
 from .resources import Resources, TenantSlurmPolicy, sbatch_argv
 from .states import ACTIVE_STATES, FAILED_STATES, OOM_LOG_HINTS, JobState, classify, describe, failure_message
 
@@ -64,6 +64,7 @@ __all__ = [
     "TaskIds",
     "decide_prior_job",
     "plan_job",
+    "tenant_ssh_conn_id",
     "FAILED_STATES",
     "JOB_ID_RE",
     "OOM_LOG_HINTS",

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from aifactory.models.recipes import Recipe
     from aifactory.tenants import ClusterSpec, TenantSpec
 
-__all__ = ["JOB_PATH", "PLAN_VERSION", "JobPlan", "TaskIds", "plan_job"]
+__all__ = ["JOB_PATH", "PLAN_VERSION", "JobPlan", "TaskIds", "plan_job", "tenant_ssh_conn_id"]
 
 #: The job's PATH: system tools only (the interpreter is passed as an absolute path).
 JOB_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -134,6 +134,17 @@ def _check_dirs(tenant_root: str, run_dir: str, dataset_dir: str | None) -> None
                              "(the tenant's area)")
 
 
+def tenant_ssh_conn_id(tenant: TenantSpec, cluster: ClusterSpec) -> str:
+    """The SSH connection every task of ``tenant`` reaches its cluster through: the tenant's own
+    login (``identity.ssh_conn_id``, which owns the tenant's area and is the only user of its Slurm
+    account), never the cluster's service connection (accounts, sweeps)."""
+    conn_id = tenant.identity.ssh_conn_id if tenant.identity is not None else None
+    if not conn_id or conn_id == cluster.ssh_conn_id:
+        raise InputError(f"tenant {tenant.tenant!r} has no SSH connection of its own (identity.ssh_conn_id in its "
+                         f"spec); tenant tasks never use the cluster's service connection {cluster.ssh_conn_id!r}")
+    return conn_id
+
+
 def _job_files(recipe: Recipe) -> tuple[tuple[tuple[str, str], ...], str]:
     """The files to upload (recipe folder, platform runtime, fixed wrapper) and the wrapper's path."""
     from aifactory.models import bundle  # imports the recipe contract; kept out of this package's import
@@ -217,7 +228,7 @@ def plan_job(
     return JobPlan(
         tenant=tenant.tenant,
         cluster=cluster.name,
-        ssh_conn_id=cluster.ssh_conn_id,
+        ssh_conn_id=tenant_ssh_conn_id(tenant, cluster),
         python=cluster.python,
         poll_interval=max(float(poll_interval or cluster.poll_interval_s), floor),
         poll_interval_floor=floor,

@@ -36,6 +36,7 @@ Where each part lives:
 ``push``        the worker streams the objects (OpenSSH through the script, or SFTP)
 ``pull``        the HPC side fetches presigned URLs itself
 ``script``      the fixed HPC-side script: installing it, reading what it prints
+``paths``       no symlink anywhere from the tenant's directory down to a destination
 ``progress``    progress lines of a transfer
 ==============  ========================================================================
 """
@@ -43,6 +44,7 @@ Where each part lives:
 from __future__ import annotations
 
 from aifactory.hpc.staging.options import STAGING_MODES, Log, StageResult, StagingMode, StagingOptions
+from aifactory.hpc.staging.paths import SymlinkInPath, refuse_symlinks
 from aifactory.hpc.staging.script import FETCH_SCRIPT, install_fetch_script
 from aifactory.hpc.staging.stage import ABANDONED_AFTER_MIN, stage_dataset
 
@@ -54,6 +56,8 @@ __all__ = [
     "StageResult",
     "StagingMode",
     "StagingOptions",
+    "SymlinkInPath",
     "install_fetch_script",
+    "refuse_symlinks",
     "stage_dataset",
 ]

@@ -13,6 +13,7 @@ from typing import Any
 from aifactory.data.manifest import FileEntry, sha256_file
 from aifactory.hpc.remote import RemoteError, RemoteShell, check, mkdir_private, q, sha256_many
 from aifactory.hpc.staging.options import Log
+from aifactory.hpc.staging.paths import refuse_symlinks
 from aifactory.hpc.staging.progress import PROGRESS_EVERY_S, _Progress
 from aifactory.layout import HPC_SCRIPTS_DIR, platform_bin_dir
 from aifactory.text import printable, shown, shown_list
@@ -30,6 +31,7 @@ def install_fetch_script(shell: RemoteShell, tenant_dir: str) -> str:
     target = posixpath.join(bindir, f"{FETCH_SCRIPT.stem}-{digest[:16]}{FETCH_SCRIPT.suffix}")
     if sha256_many(shell, [target]).get(target) == digest:
         return target
+    refuse_symlinks(shell, tenant_dir, bindir)
     mkdir_private(shell, tenant_dir, posixpath.dirname(bindir), bindir)
     tmp = f"{target}.{secrets.token_hex(4)}"
     with shell.sftp_client().open(tmp, "wb") as fh:

@@ -12,6 +12,7 @@ from aifactory.data.manifest import DatasetManifest
 from aifactory.hpc.remote import RemoteShell, check, join, mkdir_private, q
 from aifactory.hpc.staging.existing import _inspect, _write_marker
 from aifactory.hpc.staging.options import Log, StageResult, StagingOptions
+from aifactory.hpc.staging.paths import refuse_symlinks
 from aifactory.hpc.staging.pull import _pull
 from aifactory.hpc.staging.push import _push, _push_stream
 from aifactory.hpc.staging.script import install_fetch_script
@@ -57,7 +58,8 @@ def stage_dataset(
     :param bucket: the tenant's bucket.
     :param dataset_prefix: the version's prefix in the bucket (``layout.dataset_prefix``).
     :param manifest: the version's manifest; only its files are staged.
-    :param tenant_dir: the tenant's area (``layout.tenant_dir``); created 0700 if missing.
+    :param tenant_dir: the tenant's area (``layout.tenant_dir``); created 0700 if missing. A symlink
+        anywhere from it down to the destination stops the stage (:mod:`.paths`).
     :param log: progress sink.
     :param options: mode and parallelism (default: push, 4 in flight).
     """
@@ -68,6 +70,7 @@ def stage_dataset(
     total = manifest.total_bytes
     n_files = len(manifest.files)
 
+    refuse_symlinks(shell, tenant_dir, final)  # before anything is read or written there
     present = _inspect(shell, final, manifest, reverify=opts.reverify, log=log)
     if len(present.good) == n_files:
         if not present.marker_fresh:
@@ -84,6 +87,7 @@ def stage_dataset(
     parent = posixpath.dirname(final)  # the dataset's folder, beside its other versions
     tmp = join(parent, f"{TMP_PREFIX}{manifest.version}-{secrets.token_hex(4)}")
     mkdir_private(shell, tenant_dir, hpc_datasets_dir(tenant_dir), parent, tmp)
+    refuse_symlinks(shell, tenant_dir, tmp)
     _remove_abandoned(shell, parent, keep=tmp, log=log)
     good = set(present.good)
     to_send = [f for f in manifest.files if f.path not in good]
@@ -112,6 +116,7 @@ def stage_dataset(
             remote.write(manifest.to_json().encode())
         # Swap into place: an old (bad) copy is moved aside first and removed after the rename.
         old = join(parent, f"{OLD_PREFIX}{manifest.version}-{secrets.token_hex(4)}")
+        refuse_symlinks(shell, tenant_dir, final)  # again: a link planted while the files travelled
         check(
             shell,
             f"if [ -e {q(final)} ]; then mv -- {q(final)} {q(old)}; fi && mv -- {q(tmp)} {q(final)} "
