@@ -186,3 +186,37 @@ def test_operator_refuses_before_sbatch(monkeypatch, assoc: tuple[int, str], fra
     for part in fragments:
         assert part in str(exc.value), (part, str(exc.value))
     assert any(c.startswith("scontrol -o show assoc_mgr accounts=demo") for c in cluster.commands)
+
+
+# ------------------------------------------------------------------------------ the usage report
+
+
+def test_usage_report_rows_and_budget() -> None:
+    from aifactory.hpc.slurm import SACCT_FIELDS, parse_sacct
+    from aifactory.hpc.slurm.usage import sacct_account_command, usage_report
+
+    def row(job_id: str, account: str, elapsed: str, tres: str) -> str:
+        values = dict.fromkeys(SACCT_FIELDS, "")
+        values.update(JobID=job_id, JobName=f"aifp-demo-{job_id}", Account=account, State="COMPLETED",
+                      ExitCode="0:0", Elapsed=elapsed, AllocTRES=tres, Submit=f"2026-01-0{job_id}T00:00:00")
+        return "|".join(values[f] for f in SACCT_FIELDS)
+
+    records = parse_sacct("\n".join([row("2", "demo", "00:10:00", "cpu=2,node=1,gres/gpu=1"),
+                                     row("1", "demo", "00:01:30", "cpu=4,node=2"),
+                                     row("3", "acme", "01:00:00", "cpu=2,node=1")]))
+    budget = parse_assoc_mgr(HEADER + _line("demo", "", "cpu=600(26),gres/gpu=60(10)", "cpu=N(4)"), "demo")
+    report = usage_report(tenant="demo", account="demo", cpu_hours=10, gpu_hours=1, contact="ask@x",
+                          budget=budget, records=records)
+    assert [r["job_id"] for r in report["runs"]] == ["1", "2"]  # by submit time; the other account's job is not shown
+    assert [r["cpu_minutes"] for r in report["runs"]] == [6.0, 20.0]
+    assert report["runs_total"] == {"jobs": 2, "cpu_minutes": 26.0, "gpu_minutes": 10.0}
+    assert report["budget"]["cpu"] == {"limit_minutes": 600, "used_minutes": 26.0, "held_by_running_minutes": 4.0,
+                                       "remaining_minutes": 570.0}
+    assert report["budget"]["gpu"]["remaining_minutes"] == 50.0
+    assert report["allocation"]["cpu_minutes"] == 600
+    unknown = usage_report(tenant="demo", account="demo", cpu_hours=10, gpu_hours=0, contact="ask@x",
+                           budget=None, records=None, errors=["scontrol exited 1: down"])
+    assert unknown["budget"] is None and unknown["runs"] is None and unknown["errors"]
+    assert "--accounts=demo" in sacct_account_command("demo", "2000-01-01")
+    with pytest.raises(Exception, match="account"):
+        sacct_account_command("demo;id", "2000-01-01")

@@ -13,7 +13,8 @@ field (JSON path)      what
 ``code_version``       the factory's code version (package version + git commit)
 ``slurm.job_ids``      the Slurm job id(s); ``slurm.restarts`` counts requeues of the job
 ``slurm.cpu_hours``    CPU-hours allocated (Slurm accounting: AllocTRES cpu x elapsed)
-``slurm.gpu_hours``    GPU-hours allocated
+``slurm.gpu_hours``    GPU-hours allocated (``slurm.cpu_minutes`` / ``gpu_minutes``: the same in the
+                       unit of the tenant's allocation, charged to ``slurm.account``)
 ``metrics``            the job's ``metrics.json`` (held-out accuracy and loss, ...)
 ``formats``            the model files: PyTorch, safetensors, ONNX
 ``onnx_check``         ONNX Runtime vs PyTorch: tolerance, largest difference, re-check on export
@@ -178,7 +179,8 @@ def render_card_markdown(card: dict[str, Any]) -> str:
         f"- Slurm job id(s): {', '.join(str(j) for j in sl.get('job_ids', []))}",
         f"- final state: {sl.get('state')}; requeues: {_fmt(sl.get('restarts'))}; ranks: {_fmt(sl.get('world_size'))}",
         f"- elapsed: {_fmt(sl.get('elapsed_s'))} s; CPU-hours: {_fmt(sl.get('cpu_hours'))}; "
-        f"GPU-hours: {_fmt(sl.get('gpu_hours'))}",
+        f"GPU-hours: {_fmt(sl.get('gpu_hours'))} (charged to account `{sl.get('account')}`: "
+        f"{_fmt(sl.get('cpu_minutes'))} CPU-minutes, {_fmt(sl.get('gpu_minutes'))} GPU-minutes of its allocation)",
         f"- allocated TRES: `{sl.get('alloc_tres')}`",
     ]
     if res:

@@ -1,4 +1,5 @@
-"""What a job used: elapsed time, allocated TRES, CPU- and GPU-hours (train's result, the model card)."""
+"""What a job used: elapsed time, allocated TRES, CPU- and GPU-hours and -minutes (train's result,
+the model card, the tenant's usage report in :mod:`aifactory.hpc.slurm.usage`)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,9 @@ def accounting(record: SacctRecord | Mapping[str, Any]) -> dict[str, Any]:
         "node_list": data.get("node_list"),
         "cpu_hours": round(cpus * elapsed_s / 3600, 6),
         "gpu_hours": round(gpus * elapsed_s / 3600, 6),
+        # the unit of the tenant's allocation (GrpTRESMins) and of the train task's budget check
+        "cpu_minutes": round(cpus * elapsed_s / 60, 3),
+        "gpu_minutes": round(gpus * elapsed_s / 60, 3),
         "submit": data.get("submit"),
         "start": data.get("start"),
         "end": data.get("end"),
