@@ -28,6 +28,7 @@ from airflow.sdk import DAG, AssetAlias, Param
 from aifactory.layout import pipeline_dag_id
 from aifactory.models.recipes import load_recipes
 from aifactory.tenants import TenantSpec, load_cluster, load_tenants
+from aifactory.tenants.params import dataset_uri_pattern
 from operators.stages import (
     ExportModelOperator,
     IngestOperator,
@@ -55,7 +56,7 @@ def trigger_form(spec: TenantSpec) -> dict[str, Param]:
             type="string",
             title="Dataset URI",
             description=f"A file or folder (ending in /) under {raw}: CSV, JSON Lines or Parquet.",
-            pattern="^" + raw.replace(".", r"\.") + r"[A-Za-z0-9._=/-]+$",
+            pattern=dataset_uri_pattern(raw),  # the same rule validate applies
             maxLength=1024,
         ),
         "recipe": Param(d.get("recipe", recipes[0] if recipes else ""), type="string", enum=recipes,

@@ -31,6 +31,12 @@ def _escape(ch: str) -> str:
     return f"\\U{code:08x}"
 
 
+def unprintable(text: str) -> str | None:
+    """The first character of ``text`` that :func:`printable` would escape (a control, format or
+    separator character), or None: for refusing such text where it is input, not only escaping it."""
+    return next((ch for ch in text if unicodedata.category(ch) in _ESCAPED_CATEGORIES), None)
+
+
 def printable(value: object, *, max_chars: int = _DEFAULT_MAX) -> str:
     """``value`` as one line of printable text: escapes for every control or format character, a
     backslash doubled, and at most ``max_chars`` characters of the original (then ``…``)."""

@@ -40,7 +40,8 @@ die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
 # setup: system packages, venvs
 # ---------------------------------------------------------------------------------------------
 SYSTEM_CMDS=(curl:curl sshd:openssh-server munged:munge mariadbd:mariadb-server slurmctld:slurmctld
-             slurmd:slurmd slurmdbd:slurmdbd sbatch:slurm-client sacctmgr:slurm-client ssh-keygen:openssh-client)
+             slurmd:slurmd slurmdbd:slurmdbd sbatch:slurm-client sacctmgr:slurm-client ssh-keygen:openssh-client
+             chromium:chromium)  # chromium: the browser test drives /usr/bin/chromium (Playwright)
 
 missing_packages() {
   local pair cmd pkg out=()

@@ -9,6 +9,11 @@ form again, so a tenant spec edited while a run is under way cannot fail its lat
 Rules on top of the recipe's JSON schema (which lets them through):
 
 - every number, at any depth, is finite: JSON schema's ``number`` accepts NaN and infinities;
+- every string and key, at any depth, is printable: no NUL, newline, escape, bidi or zero-width
+  character (a newline then ``#SBATCH`` is a line of its own in any script the value reaches);
+- the dataset URI uses only the characters the trigger form allows (:func:`dataset_uri_pattern`):
+  no ``%2e%2e``, no query, no look-alike dots, whether the run came from the form or the API;
+- ``partition``, when given, is a non-empty string (an empty one used to mean "the default");
 - an integer field takes only an integer: ``5.0`` is refused (JSON schema calls it an integer) and
   ``true`` is refused (Python calls it one);
 - a conf key that is not a field of the form (``account``, ``qos``, ``cluster``) is refused, with
@@ -20,6 +25,7 @@ Rules on top of the recipe's JSON schema (which lets them through):
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +35,7 @@ from aifactory.errors import InputError
 from aifactory.hpc.slurm import Resources
 from aifactory.models.recipes import Recipe, load_recipes
 from aifactory.tenants.spec import TenantSpec
-from aifactory.text import shown, shown_list
+from aifactory.text import shown, shown_list, unprintable
 
 #: the trigger form's resource fields (the user-choosable part of :class:`Resources`)
 RESOURCE_FIELDS = ("partition", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "time_limit_minutes")
@@ -132,6 +138,24 @@ def _finite(value: Any, where: str, depth: int = 0) -> None:
             _finite(item, f"{where}[{i}]", depth + 1)
 
 
+def _plain_text(value: Any, where: str) -> None:
+    """Refuse control, format and separator characters in every string and key of ``value`` (after
+    :func:`_finite`, which bounds the depth): text that reaches a log, a file or a script stays one line."""
+    texts = [value] if isinstance(value, str) else []
+    if isinstance(value, Mapping):
+        texts = [k for k in value if isinstance(k, str)]
+        for key, item in value.items():
+            _plain_text(item, f"{where}.{printable_key(key)}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _plain_text(item, f"{where}[{i}]")
+    for text in texts:
+        bad = unprintable(text)
+        if bad is not None:
+            raise InputError(f"{where}: {shown(text, max_chars=40)} contains control characters or invisible "
+                             f"characters (the first: {shown(bad)}); remove them")
+
+
 def printable_key(key: Any) -> str:
     """A user-chosen key as part of a field path in a message (escaped, quoted only when it must be)."""
     text = shown(key)
@@ -164,7 +188,11 @@ def _strict_integers(value: Any, schema: Any, where: str) -> None:
 
 def _strict_resource_integers(params: Mapping[str, Any]) -> None:
     for name in RESOURCE_FIELDS:
-        if name == "partition" or name not in params:
+        if name not in params:
+            continue
+        if name == "partition":
+            if not isinstance(params[name], str) or not params[name]:
+                raise InputError(f"partition: expected a partition's name, got {shown(params[name], max_chars=40)}")
             continue
         value = params[name]
         if isinstance(value, bool) or not isinstance(value, int):
@@ -204,9 +232,23 @@ def check_hold(resources: Resources, hyperparameters: Mapping[str, Any], tenant:
 # --------------------------------------------------------------------------------------------------
 
 
+#: the characters of a dataset URI after the tenant's raw area (the trigger form's pattern, and validate's)
+DATASET_URI_CHARS = "[A-Za-z0-9._=/-]"
+
+
+def dataset_uri_pattern(raw_uri_prefix: str) -> str:
+    """The regular expression a dataset URI matches (JSON schema's ``pattern``, also valid in a browser)."""
+    return "^" + raw_uri_prefix.replace(".", r"\.") + DATASET_URI_CHARS + "+$"
+
+
 def check_dataset_uri(uri: Any, tenant: TenantSpec) -> str:
-    """The dataset URI must name an object or prefix inside the tenant's raw area."""
+    """The dataset URI must name an object or prefix inside the tenant's raw area, in plain characters."""
     check_tenant_uri(uri, bucket=tenant.bucket, tenant=tenant.tenant)
+    if not re.fullmatch(dataset_uri_pattern(tenant.raw_uri_prefix), uri):
+        raise InputError(
+            f"dataset URI {shown(uri)} may use only letters, digits and . _ = / - after "
+            f"{tenant.raw_uri_prefix} (no percent-encoding, query or look-alike characters); rename the object"
+        )
     return uri
 
 
@@ -219,6 +261,8 @@ def validate_run_params(
     """
     check_known_fields(params)
     _finite(dict(params), "params")
+    _strict_resource_integers(params)
+    _plain_text(dict(params), "params")
     if recipes is None:
         recipes = load_recipes()
     recipe_name = params.get("recipe")
@@ -233,7 +277,6 @@ def validate_run_params(
     hp = params.get("hyperparameters") or {}
     if not isinstance(hp, dict):
         raise InputError("hyperparameters: must be a JSON object")
-    _strict_resource_integers(params)
     hyperparameters = recipe.validate_hyperparameters(hp)
     _finite(hyperparameters, "hyperparameters")
     _strict_integers(hyperparameters, recipe.schema, "hyperparameters")
