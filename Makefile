@@ -3,13 +3,15 @@
 #   make test    set up and run the whole suite (lint, unit, integration, end to end)
 #   make lint    ruff check of the whole tree (configuration: [tool.ruff] in pyproject.toml)
 #   make up | down | status    the local stack
+#   make onboard [CHECK=1]     apply every tenant spec (as root on the login node); CHECK=1: dry run
+#   make doctor                check every cluster and tenant: host key, login, Slurm, S3; what to fix
 SHELL := /bin/bash
 STACK := bash include/stack/stack.sh
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RUFF := $(VENV)/bin/ruff
 
-.PHONY: setup up down status demo test unit integration e2e lint bench-slurm clean
+.PHONY: setup up down status onboard doctor demo test unit integration e2e lint bench-slurm clean
 
 setup:
 	$(STACK) setup
@@ -22,6 +24,15 @@ down:
 
 status:
 	$(STACK) status
+
+# both read the stack's environment (endpoints, the platform's connections, the secrets directory)
+STACK_ENV := $${AIFP_STATE_DIR:-.stack}/stack.env
+
+onboard:
+	source $(STACK_ENV) && $(PY) -m aifactory.platform.onboard $(if $(CHECK),--check)
+
+doctor:
+	source $(STACK_ENV) && $(PY) -m aifactory.platform.doctor
 
 demo: up
 	$(PY) -m aifactory.local.demo

@@ -27,7 +27,7 @@ from airflow.sdk import DAG, AssetAlias, Param
 
 from aifactory.layout import pipeline_dag_id
 from aifactory.models.recipes import load_recipes
-from aifactory.tenants import TenantSpec, load_cluster, load_tenants
+from aifactory.tenants import TenantSpec, good_tenants, load_cluster
 from aifactory.tenants.params import dataset_uri_pattern
 from operators.stages import (
     ExportModelOperator,
@@ -123,5 +123,6 @@ def build_pipeline(spec: TenantSpec) -> DAG:
     return dag
 
 
-for _spec in load_tenants():
+# good specs only: a broken tenant spec fails that tenant alone (see aifactory.tenants.spec.good_tenants)
+for _spec in good_tenants():
     globals()[pipeline_dag_id(_spec.tenant)] = build_pipeline(_spec)

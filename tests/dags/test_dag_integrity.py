@@ -85,3 +85,36 @@ def test_later_stages_read_the_validated_params_natively(dagbag):
         assert isinstance(value, XComArg), f"{task_id}.{attr} is {value!r}"
         assert value.operator.task_id == "validate", task_id
         assert attr in dag.get_task(task_id).template_fields, task_id
+
+
+_BROKEN_BAG = """
+import json, sys
+from pathlib import Path
+import aifactory.layout as layout
+layout.TENANTS_DIR = Path(sys.argv[1])  # before the spec module binds it
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[2])
+print(json.dumps({"dags": sorted(bag.dags), "errors": {Path(k).name: v for k, v in bag.import_errors.items()}}))
+"""
+
+
+def test_a_broken_tenant_spec_fails_that_tenant_alone(tmp_path: Path):
+    """One broken YAML: every other tenant's DAGs still load, the broken tenant's are absent, and
+    Airflow's import errors name the file and the key (on a DAG-less file, so no DAG goes stale)."""
+    from aifactory.layout import TENANTS_DIR, pipeline_dag_id, probe_dag_id
+
+    (tmp_path / "demo.yaml").write_text((TENANTS_DIR / "demo.yaml").read_text())
+    acme = (TENANTS_DIR / "acme.yaml").read_text()
+    (tmp_path / "acme.yaml").write_text("\n".join(ln for ln in acme.splitlines() if not ln.startswith("bucket:")))
+    (tmp_path / "zeta.yaml").write_text("tenant: zeta\nbucket: [unclosed\n")
+    out = subprocess.run([sys.executable, "-c", _BROKEN_BAG, str(tmp_path), str(REPO / "dags")],
+                         capture_output=True, text=True, check=True)
+    bag = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {pipeline_dag_id("demo"), probe_dag_id("demo")} <= set(bag["dags"])
+    assert not {pipeline_dag_id("acme"), probe_dag_id("acme"), pipeline_dag_id("zeta")} & set(bag["dags"])
+    assert set(bag["errors"]) == {"platform_tenant_specs.py"}
+    error = bag["errors"]["platform_tenant_specs.py"]
+    assert "acme.yaml: required key 'bucket' is missing" in error
+    assert "zeta.yaml: cannot be read as YAML" in error
+    # the dag-processor's log of the DAG file names it too
+    assert "tenant spec skipped" in out.stderr + out.stdout and "acme.yaml" in out.stderr + out.stdout

@@ -12,6 +12,7 @@ and :mod:`aifactory.hpc.slurm`: this module only reads the files.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from aifactory.hpc.slurm.checks import SLURM_NAME_RE
 from aifactory.hpc.staging.options import STAGING_MODES, StagingOptions
 from aifactory.layout import CLUSTERS_DIR, TENANT_RE, TENANTS_DIR
 from aifactory.text import shown
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -292,22 +295,102 @@ def _staging_mode(raw: Any, where: str) -> str | None:
     return raw
 
 
-def load_tenants(directory: Path = TENANTS_DIR) -> list[TenantSpec]:
-    """Every tenant spec in ``directory``, sorted by name; a broken file raises with its path."""
-    specs = []
+@dataclass(frozen=True)
+class SpecError:
+    """One tenant spec file that cannot be used, and why (the message names the file and the key)."""
+
+    path: Path
+    message: str
+
+
+@dataclass(frozen=True)
+class TenantSpecs:
+    """Every tenant spec of a directory: the good ones, and each broken file with its error.
+
+    A broken file fails its tenant alone: the DAG files build every good tenant's DAGs, onboarding
+    onboards every good tenant, and the broken files are reported (dag-processor log, the
+    ``platform_tenant_specs`` import error, ``make doctor``, ``make onboard``).
+    """
+
+    specs: tuple[TenantSpec, ...]
+    errors: tuple[SpecError, ...]
+
+
+def _load_file(path: Path) -> TenantSpec:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: cannot be read as YAML ({exc}); fix the file") from exc
+    if not isinstance(data, Mapping):
+        raise InputError(f"{path}: must be a mapping of keys (tenant:, bucket:, ...), got {type(data).__name__}")
+    try:
+        spec = parse_tenant(data, where=str(path))
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a key of the wrong shape
+        raise InputError(f"{path}: a key has the wrong shape ({type(exc).__name__}: {exc}); compare the "
+                         "file with include/tenants/demo.yaml") from exc
+    try:
+        load_cluster(spec.cluster)
+    except InputError as exc:
+        raise InputError(f"{path}: cluster: {exc}") from exc
+    return spec
+
+
+def load_tenant_specs(directory: Path = TENANTS_DIR) -> TenantSpecs:
+    """Every tenant spec in ``directory``, each file on its own: a broken file (bad YAML, a missing
+    or invalid key, a tenant name another file also claims) is reported, the others are loaded."""
+    loaded: list[tuple[Path, TenantSpec]] = []
+    errors: list[SpecError] = []
     for path in sorted(directory.glob("*.yaml")):
-        specs.append(parse_tenant(yaml.safe_load(path.read_text()) or {}, where=str(path)))
-    names = [s.tenant for s in specs]
-    if len(names) != len(set(names)):
-        raise InputError(f"duplicate tenant names in {directory}: {names}; each tenant needs one file")
-    return specs
+        try:
+            loaded.append((path, _load_file(path)))
+        except InputError as exc:
+            errors.append(SpecError(path, str(exc)))
+    claims: dict[str, list[Path]] = {}
+    for path, spec in loaded:
+        claims.setdefault(spec.tenant, []).append(path)
+    specs = []
+    for path, spec in loaded:
+        if len(claims[spec.tenant]) > 1:
+            others = ", ".join(str(p) for p in claims[spec.tenant] if p != path)
+            errors.append(SpecError(path, f"{path}: tenant {spec.tenant!r} is also defined in {others}; "
+                                          "each tenant needs exactly one file"))
+        else:
+            specs.append(spec)
+    return TenantSpecs(specs=tuple(sorted(specs, key=lambda s: s.tenant)),
+                       errors=tuple(sorted(errors, key=lambda e: e.path)))
+
+
+def good_tenants(directory: Path = TENANTS_DIR) -> tuple[TenantSpec, ...]:
+    """The specs the DAG files build DAGs from: the good ones. Each broken file is logged as an error
+    (the dag-processor's log of the DAG file) and is the import error of
+    ``dags/platform_tenant_specs.py``, so one broken YAML removes its own tenant's DAGs only."""
+    loaded = load_tenant_specs(directory)
+    for broken in loaded.errors:
+        log.error("tenant spec skipped, its DAGs are not built: %s", broken.message)
+    return loaded.specs
+
+
+def load_tenants(directory: Path = TENANTS_DIR) -> list[TenantSpec]:
+    """Every tenant spec in ``directory``, sorted by name; any broken file raises with its path
+    (callers that must survive one broken tenant use :func:`load_tenant_specs`)."""
+    loaded = load_tenant_specs(directory)
+    if loaded.errors:
+        raise InputError("; ".join(e.message for e in loaded.errors))
+    return list(loaded.specs)
 
 
 def load_tenant(tenant: str, directory: Path = TENANTS_DIR) -> TenantSpec:
-    for spec in load_tenants(directory):
+    """One tenant's spec; another tenant's broken file does not stop it."""
+    loaded = load_tenant_specs(directory)
+    for spec in loaded.specs:
         if spec.tenant == tenant:
             return spec
-    raise InputError(f"unknown tenant {shown(tenant)}: no spec in {directory}")
+    broken = [e.message for e in loaded.errors if e.path.stem == tenant]
+    if broken:
+        raise InputError(broken[0])
+    raise InputError(f"unknown tenant {shown(tenant)}: no valid spec in {directory}"
+                     + (f" ({len(loaded.errors)} broken spec file(s): "
+                        f"{', '.join(e.path.name for e in loaded.errors)})" if loaded.errors else ""))
 
 
 def parse_cluster(data: Mapping[str, Any], where: str = "cluster spec") -> ClusterSpec:
