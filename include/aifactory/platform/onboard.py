@@ -1,7 +1,8 @@
 """Onboarding: apply every tenant spec, idempotently.
 
 ``python -m aifactory.platform.onboard [--tenant NAME] [--check]`` (``make onboard``) runs, for
-each tenant spec, every step of :data:`TENANT_STEPS` in order. A step looks at what exists, changes
+the platform's own steps (:func:`platform_steps`) once, then, for each tenant spec, every step of
+:func:`tenant_steps` in order. A step looks at what exists, changes
 only what differs from the spec, and returns the :class:`Change` list it made (with ``--check``:
 would make). Onboarding twice therefore changes nothing the second time, and prints so.
 
@@ -12,20 +13,26 @@ Steps (each in its own module, each the one place its rule lives):
 3. ``objectstore``: the tenant's bucket, its own S3 credential limited to it, and its connection
 4. ``airflow``: the tenant's Airflow role, DAG permissions and users
 
-A broken spec or a failing step fails that tenant alone: the others are still onboarded, and the
-command exits non-zero naming each tenant that failed and why.
+A broken spec or a failing step fails that tenant alone (its later steps are skipped, they may
+need what the failed one makes): the others are still onboarded, the table names each failure and
+what to do, and the command exits 1. The runner works with whatever steps are registered.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Callable, Mapping
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aifactory.errors import FactoryError
+from aifactory.layout import REPO_DIR, TENANTS_DIR
 from aifactory.platform.secrets import ConnectionStore
-from aifactory.tenants.spec import ClusterSpec, TenantSpec
+from aifactory.tenants.spec import ClusterSpec, SpecError, TenantSpec, load_cluster, load_tenant_specs
+from aifactory.text import printable, shown_list
 
 
 @dataclass(frozen=True)
@@ -72,11 +79,120 @@ def platform_steps() -> list[tuple[str, PlatformStep]]:
 
 def tenant_steps() -> list[tuple[str, Step]]:
     """The steps, in order (imported here so that each module stays the one place of its rule)."""
+    from aifactory.platform.cluster_identity import onboard_identity
     from aifactory.platform.slurm_accounts import onboard_slurm
 
     steps: list[tuple[str, Step]] = []
+    steps.append(("cluster", onboard_identity))
     steps.append(("slurm", onboard_slurm))
     return steps
+
+
+# ---------------------------------------------------------------------------------------------
+# The runner
+# ---------------------------------------------------------------------------------------------
+
+#: the ``tenant`` column of the platform's own steps
+PLATFORM = "platform"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One step for one tenant (or for the platform): what it changed, or why it failed."""
+
+    tenant: str
+    step: str
+    changes: tuple[Change, ...] = ()
+    #: the failure and what to do; ``None`` when the step succeeded
+    error: str | None = None
+    #: not run, because an earlier step of the same tenant failed
+    skipped: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+def _failure(step: str, exc: BaseException) -> str:
+    """A step's failure as a table cell: a FactoryError's message already says what to do."""
+    if isinstance(exc, FactoryError):
+        return printable(str(exc), max_chars=2000)
+    return (f"{type(exc).__name__}: {printable(str(exc), max_chars=1000)} (unexpected error in step {step}; the "
+            "traceback is on stderr; fix the cause and run make onboard again)")
+
+
+def _run_step(name: str, who: str, call: Callable[..., list[Change]], *args: object) -> Outcome:
+    try:
+        return Outcome(who, name, tuple(call(*args) or ()))
+    except Exception as exc:  # one tenant's failure must not stop the others
+        if not isinstance(exc, FactoryError):
+            traceback.print_exc(file=sys.stderr)
+        return Outcome(who, name, error=_failure(name, exc))
+
+
+def onboard(ctx: Context, tenants: Sequence[TenantSpec], clusters: Mapping[str, ClusterSpec], *,
+            broken: Sequence[SpecError] = (), steps: Sequence[tuple[str, Step]] | None = None,
+            platform: Sequence[tuple[str, PlatformStep]] | None = None) -> list[Outcome]:
+    """Run the platform steps once, then every tenant's steps in order; one outcome per step.
+
+    :param clusters: every cluster a tenant names, by name.
+    :param broken: spec files that could not be loaded: each is one failed ``spec`` outcome.
+    :param steps: the tenant steps (default :func:`tenant_steps`); ``platform`` likewise.
+    """
+    steps = tenant_steps() if steps is None else steps
+    platform = platform_steps() if platform is None else platform
+    outcomes = [Outcome(e.path.stem, "spec", error=f"{e.message} (fix the file and run make onboard again; "
+                                                   "the other tenants are onboarded)") for e in broken]
+    used = [clusters[name] for name in sorted({t.cluster for t in tenants})]
+    for name, pstep in platform:
+        outcomes.append(_run_step(name, PLATFORM, pstep, ctx, list(tenants), used))
+    for spec in tenants:
+        failed = False
+        for name, step in steps:
+            if failed:
+                outcomes.append(Outcome(spec.tenant, name, skipped=True))
+                continue
+            outcome = _run_step(name, spec.tenant, step, ctx, spec, clusters[spec.cluster])
+            failed = outcome.failed
+            outcomes.append(outcome)
+    return outcomes
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Rows as an aligned text table (the onboarding and doctor reports); the last column runs free."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
+    lines = []
+    for row in [header, *rows]:
+        cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, str(row[-1])]).rstrip())
+    return "\n".join(lines)
+
+
+def report(outcomes: Sequence[Outcome], *, dry_run: bool) -> str:
+    """The table: tenant, step, and each change, "no change", or the error with what to do."""
+    rows: list[tuple[str, str, str]] = []
+    for o in outcomes:
+        if o.failed:
+            rows.append((o.tenant, o.step, f"FAILED: {o.error}"))
+        elif o.skipped:
+            rows.append((o.tenant, o.step, "skipped: an earlier step of this tenant failed"))
+        elif not o.changes:
+            rows.append((o.tenant, o.step, "no change"))
+        else:
+            prefix = "would " if dry_run else ""
+            rows.extend((o.tenant, o.step, f"{prefix}{printable(c.action, max_chars=500)}") for c in o.changes)
+    changed = sum(len(o.changes) for o in outcomes)
+    failed = sorted({o.tenant for o in outcomes if o.failed})
+    verb = "would change" if dry_run else "changed"
+    summary = f"{verb} {changed} thing(s)" + (f"; FAILED: {', '.join(failed)}" if failed else "; every tenant OK")
+    return format_table(("tenant", "step", "result"), rows) + "\n" + summary
+
+
+def secrets_dir(env: Mapping[str, str]) -> Path:
+    """``AIFP_SECRETS_DIR`` (stack.env), else ``<AIFP_STATE_DIR or .stack>/secrets``."""
+    if env.get("AIFP_SECRETS_DIR"):
+        return Path(env["AIFP_SECRETS_DIR"])
+    return Path(env.get("AIFP_STATE_DIR") or REPO_DIR / ".stack") / "secrets"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,8 +200,22 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
     parser.add_argument("--check", action="store_true", help="report what would change, change nothing")
-    parser.parse_args(argv)
-    raise NotImplementedError("the onboarding runner is being built (issue 11)")
+    parser.add_argument("--tenants-dir", type=Path, default=TENANTS_DIR, help="the tenant specs (default: %(default)s)")
+    args = parser.parse_args(argv)
+    env = dict(os.environ)
+    loaded = load_tenant_specs(args.tenants_dir)
+    tenants, broken = list(loaded.specs), list(loaded.errors)
+    if args.tenant:
+        unknown = sorted(set(args.tenant) - {t.tenant for t in tenants} - {e.path.stem for e in broken})
+        if unknown:
+            raise SystemExit(f"unknown tenant(s) {shown_list(unknown)}: no spec in {args.tenants_dir}")
+        tenants = [t for t in tenants if t.tenant in args.tenant]
+        broken = [e for e in broken if e.path.stem in args.tenant]
+    clusters = {name: load_cluster(name) for name in sorted({t.cluster for t in tenants})}
+    ctx = Context(secrets_dir=secrets_dir(env), env=env, dry_run=args.check)
+    outcomes = onboard(ctx, tenants, clusters, broken=broken)
+    print(report(outcomes, dry_run=args.check))
+    return 1 if any(o.failed for o in outcomes) else 0
 
 
 if __name__ == "__main__":
