@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from operators.slurm import SlurmJobOperator
-from operators.stages import S3_CONN_ID
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -33,19 +32,16 @@ class RecipeTrainOperator(SlurmJobOperator):
     :param staged: the stage task's XCom (``stage.output``): its ``remote_dir`` is the dataset
         directory on the cluster (which the plan refuses unless it lies inside the tenant's
         datasets directory).
-    :param s3_conn_id: Airflow connection of the object store.
     :param kwargs: everything :class:`~operators.slurm.SlurmJobOperator` takes.
     """
 
     template_fields: Sequence[str] = (*SlurmJobOperator.template_fields, "dataset", "run_params", "staged")
 
-    def __init__(self, *, dataset: Any, run_params: Any = None, staged: Any = None, s3_conn_id: str = S3_CONN_ID,
-                 **kwargs: Any) -> None:
+    def __init__(self, *, dataset: Any, run_params: Any = None, staged: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.dataset = dataset
         self.run_params = run_params
         self.staged = staged
-        self.s3_conn_id = s3_conn_id
 
     def apply_run_params(self) -> None:
         """Take recipe, hyperparameters and resources from the validate task's typed result, and the
@@ -75,6 +71,7 @@ class RecipeTrainOperator(SlurmJobOperator):
         from aifactory.data.manifest import require_manifest
         from aifactory.errors import InputError
         from aifactory.models.recipes import check_dataset, distinct_values_s3
+        from aifactory.platform.objectstore import tenant_s3_conn_id
         from aifactory.tenants import load_tenant
         from aifactory.text import shown
 
@@ -86,7 +83,7 @@ class RecipeTrainOperator(SlurmJobOperator):
             if layout.dataset_in_prefix(prefix, spec.tenant) is None:
                 raise InputError(f"dataset prefix {shown(prefix)} is not one dataset version inside the tenant's "
                                  f"datasets area {layout.datasets_prefix(spec.tenant)}; clear the ingest task")
-            s3 = S3Hook(aws_conn_id=self.s3_conn_id).get_conn()
+            s3 = S3Hook(aws_conn_id=tenant_s3_conn_id(spec)).get_conn()  # the tenant's own credential
             manifest = require_manifest(s3, spec.bucket, prefix)
             checked = check_dataset(
                 self.load_recipe(),
