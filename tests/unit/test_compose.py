@@ -3,8 +3,11 @@ services the local stack runs natively, wired the same way."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,3 +52,104 @@ def test_images_are_pinned():
     for name, svc in COMPOSE["services"].items():
         image = svc.get("image", "")
         assert image and not image.endswith(":latest") and ":" in image.replace("${AIRFLOW_IMAGE:-", ""), name
+
+
+# -- secrets (docs/security.md) -----------------------------------------------------------------
+# A variable reference: ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}.
+VAR_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+SECRET_NAME_RE = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|PRIVATE|CREDENTIAL|(^|_)KEY($|_)", re.I)
+#: every secret of the stack, as (service, environment variable)
+SECRET_SETTINGS = [
+    *[(svc, var) for svc in ["airflow-init", *AIRFLOW_SERVICES] for var in [
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__RESULT_BACKEND", "AIRFLOW__CELERY__BROKER_URL",
+        "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__FERNET_KEY"]],
+    ("postgres", "POSTGRES_PASSWORD"),
+    ("redis", "REDIS_PASSWORD"),
+]
+
+
+class Unset(Exception):
+    """A required variable (``${NAME:?...}``) is not set: compose refuses to start."""
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's variable interpolation, the forms this file uses ($$ is a literal $)."""
+    def one(m: re.Match[str]) -> str:
+        name, op, arg = m["name"], m["op"], m["arg"] or ""
+        have = env.get(name)
+        if op in (":?", "?") and (have is None or (op == ":?" and have == "")):
+            raise Unset(f"{name}: {arg}")
+        if op in (":-", "-") and (have is None or (op == ":-" and have == "")):
+            return arg
+        return have or ""
+    return VAR_RE.sub(one, value.replace("$$", "\0")).replace("\0", "$")
+
+
+def walk_strings(node, path=()):
+    """Every string of the compose file (keys of mappings are names, not values) with its path."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from walk_strings(v, (*path, str(k)))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from walk_strings(v, (*path, str(i)))
+    elif isinstance(node, str):
+        yield path, node
+
+
+def test_no_secret_has_a_default():
+    """A default after ``:-`` would be a password every installation shares: secrets are required."""
+    found = []
+    for path, value in walk_strings(COMPOSE):
+        for m in VAR_RE.finditer(value):
+            if SECRET_NAME_RE.search(m["name"]) and m["op"] in (":-", "-"):
+                found.append(f"{'.'.join(path)}: ${{{m['name']}{m['op']}...}}")
+    assert not found, f"secret variables with a default in docker-compose.yaml: {found}"
+
+
+def test_each_secret_is_a_required_variable():
+    """With nothing set, every secret setting refuses to interpolate; with values set, the value is
+    what was supplied (so no literal part of it is shared between installations)."""
+    for svc, var in SECRET_SETTINGS:
+        raw = COMPOSE["services"][svc]["environment"][var]
+        with pytest.raises(Unset):
+            interpolate(raw, {})
+        names = {m["name"] for m in VAR_RE.finditer(raw)}
+        assert all(m["op"] in (":?", "?") for m in VAR_RE.finditer(raw) if SECRET_NAME_RE.search(m["name"])), (
+            f"{svc}.{var}: a secret in it is not a required variable: {raw}")
+        assert any(SECRET_NAME_RE.search(n) for n in names), f"{svc}.{var} holds no secret variable: {raw}"
+
+
+def test_no_literal_secret_in_connection_urls_or_json():
+    """A password written into a URL or a connection's JSON must be a variable, never a literal."""
+    env = {m["name"]: f"<{m['name']}>" for _, v in walk_strings(COMPOSE) for m in VAR_RE.finditer(v)}
+    for path, value in walk_strings(COMPOSE):
+        text = interpolate(value, env)
+        for m in re.finditer(r"://[^/@\s:]*:(?P<pw>[^@/\s]*)@", text):
+            assert m["pw"] == "" or re.fullmatch(r"<[A-Z0-9_]+>", m["pw"]), f"{'.'.join(path)}: literal password in {value}"
+        if text.lstrip().startswith("{"):
+            conn = json.loads(text)
+            assert re.fullmatch(r"<[A-Z0-9_]+>", str(conn.get("password") or "<none>")), (
+                f"{'.'.join(path)}: literal password in the connection {value}")
+
+
+def volume_parts(spec: str) -> tuple[str, str]:
+    """(source, target) of a short-syntax volume whose source may be ``${VAR:?msg}``."""
+    m = re.fullmatch(r"(?P<src>\$\{[^}]*\}|[^:]+):(?P<dst>[^:]+)(?::[a-z,]+)?", spec)
+    assert m, f"volume {spec!r} is not in the short syntax"
+    return m["src"], m["dst"]
+
+
+def test_no_airflow_service_mounts_the_login_nodes_host_key():
+    """Airflow containers get the client key and the pinned host PUBLIC key, file by file. A directory
+    mount of the stack's ssh folder would carry ``ssh_host_ed25519_key`` (the login node's identity:
+    whoever holds it can impersonate the cluster to every client)."""
+    for name in ["airflow-init", *AIRFLOW_SERVICES]:
+        for spec in COMPOSE["services"][name]["volumes"]:
+            src, dst = volume_parts(spec)
+            assert "ssh_host" not in src and "ssh_host" not in dst, f"{name} mounts a host key: {spec}"
+            if "ssh" in (src + dst).lower():
+                assert Path(dst).name in {"id_ed25519", "known_hosts"}, (
+                    f"{name} mounts {spec}: only the client key and known_hosts, file by file")
+                assert src.startswith("${") and VAR_RE.fullmatch(src)["op"] == ":?", (
+                    f"{name} mounts {spec}: the key's path must be a required variable")
