@@ -273,8 +273,12 @@ class SlurmJobOperator(BaseOperator):
         allocation = self.load_spec().allocation
         contact = allocation.contact if allocation is not None else "the platform team"
         verdict = check_budget(hook, plan, contact)
+        if not verdict.enough and verdict.budget is None:
+            raise AirflowException(verdict.message)  # Slurm did not answer: a retry may get an answer
         if not verdict.enough:
-            raise AirflowException(verdict.message)
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(verdict.message)  # no retry: only more allocation helps
         self.log.info("Allocation: %s", verdict.message)
 
     def _accounting(self, hook: FactorySSHHook, job_id: str, plan: JobPlan) -> dict[str, Any] | None:
