@@ -80,11 +80,13 @@ def platform_steps() -> list[tuple[str, PlatformStep]]:
 def tenant_steps() -> list[tuple[str, Step]]:
     """The steps, in order (imported here so that each module stays the one place of its rule)."""
     from aifactory.platform.cluster_identity import onboard_identity
+    from aifactory.platform.objectstore import onboard_objectstore
     from aifactory.platform.slurm_accounts import onboard_slurm
 
     steps: list[tuple[str, Step]] = []
     steps.append(("cluster", onboard_identity))
     steps.append(("slurm", onboard_slurm))
+    steps.append(("objectstore", onboard_objectstore))
     return steps
 
 
