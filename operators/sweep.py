@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 class SlurmSweepOperator(BaseOperator):
     """Cancel the factory's jobs on one cluster whose Airflow task has ended.
 
-    One ``squeue --me`` over the cluster's SSH connection, one task-state query per DAG that owns
+    One ``squeue --accounts=<the cluster's tenant accounts>`` over the cluster's service connection
+    (a Slurm operator: tenants' jobs run as their own users), one task-state query per DAG that owns
     an active job, one ``scancel`` for all the jobs to cancel. Every decision is logged.
 
     :param cluster: cluster name (``include/clusters/<cluster>.yaml``).
@@ -31,22 +32,24 @@ class SlurmSweepOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowException
 
         from aifactory.hpc.slurm import scancel_command
-        from aifactory.hpc.sweep import judge, owner_of, parse_active_jobs, sweep_command
-        from aifactory.tenants import load_cluster
+        from aifactory.hpc.sweep import TenantIdentity, judge, owner_of, parse_active_jobs, sweep_command
+        from aifactory.tenants import good_tenants, load_cluster
         from aifactory.text import printable
         from operators.hooks import FactorySSHHook
 
         dry_run = bool(self.dry_run or (context.get("params") or {}).get("dry_run", False))
         spec = load_cluster(self.cluster)
+        tenants = {t.tenant: TenantIdentity(account=t.slurm_account, user=t.identity.unix_user)
+                   for t in good_tenants() if t.cluster == self.cluster and t.identity is not None}
         hook = FactorySSHHook(ssh_conn_id=spec.ssh_conn_id)
         try:
-            rc, out, err = hook.run(sweep_command(), timeout=60)
+            rc, out, err = hook.run(sweep_command(t.account for t in tenants.values()), timeout=60)
             if rc != 0:
                 raise AirflowException(f"squeue on cluster {self.cluster} failed (exit {rc}): {err.strip()[-300:]}")
             jobs = parse_active_jobs(out)
             runs_by_dag: dict[str, set[str]] = {}
             for job in jobs:
-                owner = owner_of(job)
+                owner = owner_of(job, tenants)
                 if owner is not None:
                     runs_by_dag.setdefault(owner.dag_id, set()).add(owner.run_id)
             ti = context["ti"]
@@ -54,7 +57,7 @@ class SlurmSweepOperator(BaseOperator):
                 dag_id: ti.get_task_states(dag_id=dag_id, run_ids=sorted(runs))
                 for dag_id, runs in runs_by_dag.items()
             }
-            verdicts = judge(jobs, states)
+            verdicts = judge(jobs, states, tenants)
             for v in verdicts:
                 who = f"{v.owner.dag_id}/{v.owner.run_id}/{v.owner.state_key}" if v.owner else "-"
                 action = ("would cancel" if dry_run else "cancelling") if v.cancel else "keeping"
