@@ -18,7 +18,7 @@ AIRFLOW_SERVICES = ["airflow-api-server", "airflow-scheduler", "airflow-dag-proc
 
 def test_services_cover_the_stack():
     services = COMPOSE["services"]
-    for name in ["postgres", "redis", "minio", "minio-buckets", "airflow-init", *AIRFLOW_SERVICES]:
+    for name in ["postgres", "redis", "minio", "minio-init", "airflow-init", *AIRFLOW_SERVICES]:
         assert name in services, f"{name} missing from docker-compose.yaml"
 
 
@@ -153,3 +153,48 @@ def test_no_airflow_service_mounts_the_login_nodes_host_key():
                     f"{name} mounts {spec}: only the client key and known_hosts, file by file")
                 assert src.startswith("${") and VAR_RE.fullmatch(src)["op"] == ":?", (
                     f"{name} mounts {spec}: the key's path must be a required variable")
+
+
+# -- one object-store credential per tenant (aifactory.platform.objectstore) ---------------------
+
+
+def test_minio_init_applies_the_generated_policy_of_every_tenant():
+    """minio-init loads include/stack/minio/: each tenant's policy document must be exactly what
+    onboarding applies through IAM on the local stack (objectstore.bucket_policy), for every spec."""
+    from aifactory.platform.objectstore import MINIO_DIR, minio_files
+    from aifactory.tenants import load_tenants
+
+    init = COMPOSE["services"]["minio-init"]
+    assert f"./{MINIO_DIR}:/aifactory-minio:ro" in init["volumes"]
+    assert init["entrypoint"] == ["/bin/sh", "/aifactory-minio/init.sh"] and (REPO / MINIO_DIR / "init.sh").is_file()
+    specs = load_tenants()
+    assert {s.tenant for s in specs} >= {"demo", "acme"}
+    for name, text in minio_files(specs).items():
+        path = REPO / MINIO_DIR / name
+        assert path.is_file() and path.read_text() == text, (
+            f"{path} is not what bucket_policy generates: python -m aifactory.platform.objectstore minio {MINIO_DIR}")
+    for airflow in AIRFLOW_SERVICES:
+        deps = COMPOSE["services"][airflow]["depends_on"]
+        assert deps["minio-init"]["condition"] == "service_completed_successfully", airflow
+
+
+def test_each_tenant_has_its_own_connection_and_required_secret():
+    """Tenant tasks use the tenant's connection (identity.s3_conn_id): its own MinIO user, its secret a
+    required variable shared by minio-init and Airflow; the platform's connection is MinIO's root."""
+    from aifactory.platform.objectstore import iam_user, minio_secret_variable
+    from aifactory.tenants import load_tenants
+
+    init_env = COMPOSE["services"]["minio-init"]["environment"]
+    assert init_env["MINIO_ROOT_PASSWORD"].startswith("${MINIO_ROOT_PASSWORD:?")
+    for spec in load_tenants():
+        var = minio_secret_variable(spec)
+        assert VAR_RE.fullmatch(init_env[var])["op"] == ":?", f"minio-init: {var} must be required"
+        for airflow in ["airflow-init", *AIRFLOW_SERVICES]:
+            env = COMPOSE["services"][airflow]["environment"]
+            raw = env[f"AIRFLOW_CONN_{spec.identity.s3_conn_id.upper()}"]
+            conn = json.loads(interpolate(raw, {var: "<secret>", "MINIO_ROOT_PASSWORD": "<root>"}))
+            assert conn["login"] == iam_user(spec) and conn["password"] == "<secret>", (airflow, spec.tenant)
+            platform = json.loads(interpolate(env["AIRFLOW_CONN_AIFACTORY_S3"], {"MINIO_ROOT_PASSWORD": "<root>"}))
+            assert conn["extra"] == platform["extra"], f"{spec.identity.s3_conn_id}: extras differ from the platform's"
+            with pytest.raises(Unset):
+                interpolate(raw, {})
