@@ -26,6 +26,7 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from aifactory.errors import FactoryError
+from aifactory.hpc.slurm.budget import GPU_TRES
 from aifactory.platform.onboard import Change, Context
 from aifactory.tenants.spec import ClusterSpec, TenantSpec
 
@@ -42,7 +43,6 @@ __all__ = [
 STEP = "slurm"
 #: the platform's own account: the service user's only association (it runs no tenant job)
 PLATFORM_ACCOUNT = "platform"
-GPU_TRES = "gres/gpu"
 
 Runner = Callable[[Sequence[str]], tuple[int, str, str]]
 
@@ -62,7 +62,10 @@ def service_user(ctx: Context) -> str:
 
 
 def parse_tres_mins(text: str) -> dict[str, int]:
-    """``cpu=30000,gres/gpu=0`` (sacctmgr's GrpTRESMins column) -> ``{"cpu": 30000, "gres/gpu": 0}``."""
+    """``cpu=30000,gres/gpu=0`` (sacctmgr's GrpTRESMins column) -> ``{"cpu": 30000, "gres/gpu": 0}``.
+
+    Not :func:`aifactory.hpc.slurm.parse_tres` (a job's AllocTRES: memory with units, floats): a
+    limit is whole TRES-minutes, written back as read."""
     out: dict[str, int] = {}
     for item in (text or "").strip().split(","):
         key, sep, value = item.partition("=")
