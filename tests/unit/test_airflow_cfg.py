@@ -8,6 +8,7 @@ include/stack/stack.sh) locally, required variables in docker-compose.yaml (docs
 from __future__ import annotations
 
 import configparser
+import json
 import re
 from pathlib import Path
 
@@ -16,18 +17,19 @@ CFG_PATH = REPO / "airflow.cfg"
 
 #: options Airflow reads a secret from (or a URL that carries one), by section
 SECRET_OPTIONS = {
-    "core": {"fernet_key", "simple_auth_manager_passwords_file"},
+    "core": {"fernet_key"},
     "api": {"secret_key"},
-    "api_auth": {"jwt_secret", "jwt_private_key_path"},
+    "api_auth": {"jwt_secret"},
     "webserver": {"secret_key"},
     "database": {"sql_alchemy_conn", "sql_alchemy_conn_async"},
     "celery": {"broker_url", "result_backend"},
-    "secrets": {"backend_kwargs"},
     "smtp": {"smtp_password", "smtp_user"},
 }
 SECRET_NAME_RE = re.compile(r"secret|password|passwd|fernet|token|credential|private_key|(^|_)key$", re.I)
 #: option names that match the pattern above yet hold no secret
-NOT_SECRET = {("core", "allowed_deserialization_classes_regexp")}
+NOT_SECRET = {("core", "allowed_deserialization_classes_regexp"),
+              # paths of files that hold secrets (the files are 0600 and outside the repository)
+              ("core", "simple_auth_manager_passwords_file"), ("api_auth", "jwt_private_key_path")}
 
 
 def load() -> configparser.ConfigParser:
@@ -51,6 +53,11 @@ def test_no_credential_in_any_value():
     for s in cfg.sections():
         for o, v in cfg.items(s, raw=True):
             assert not re.search(r"://[^/@\s:]+:[^@/\s]+@", v), f"[{s}] {o} carries a URL with a password"
+    if cfg.has_option("secrets", "backend_kwargs"):
+        # a secrets backend's token or password in its kwargs would be a secret in the file
+        kwargs = json.loads(cfg.get("secrets", "backend_kwargs"))
+        bad = [k for k in kwargs if SECRET_NAME_RE.search(k)]
+        assert not bad, f"[secrets] backend_kwargs carries secrets: {bad}"
     if cfg.has_option("core", "simple_auth_manager_users"):
         # 'user:role' pairs are names; a third field or a password-looking entry is not allowed
         for entry in cfg.get("core", "simple_auth_manager_users").split(","):
