@@ -25,6 +25,7 @@ import pytest
 
 from aifactory.hpc.remote import q
 from aifactory.hpc.slurm.budget import budget_command, parse_assoc_mgr
+from aifactory.layout import PLATFORM_LOGIN
 from aifactory.platform.onboard import Context
 from aifactory.platform.slurm_accounts import SlurmAdmin, onboard_slurm
 from aifactory.tenants import load_cluster, load_tenant
@@ -160,3 +161,28 @@ def test_slurm_holds_a_direct_submission_past_the_budget(exhausted_b, tenants):
         assert "JobState=PENDING" in out and "StartTime=Unknown" in out and "BatchHost=" not in out, out
     finally:
         _run(client, f"scancel {q(job_id)}")
+
+
+def test_usage_report_shows_slurms_figures_to_the_platform_and_a_tenant_only_its_own(stack_env, api_as):
+    import httpx
+
+    url = f"{stack_env['AIFP_AIRFLOW_URL']}/aifactory/usage"
+    assert httpx.get(url, timeout=60).status_code == 401
+
+    def usage(login: str) -> dict[str, dict]:
+        token = api_as(login).token()
+        response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
+        assert response.status_code == 200, response.text
+        return {report["tenant"]: report for report in response.json()}
+
+    mine = usage(A)
+    assert set(mine) == {A}
+    report = mine[A]
+    spec = load_tenant(A)
+    assert report["errors"] == [] and report["account"] == spec.slurm_account
+    # the budget Slurm enforces is the spec's allocation, in minutes
+    assert report["budget"]["cpu"]["limit_minutes"] == spec.allocation.cpu_hours * 60
+    assert report["budget"]["cpu"]["remaining_minutes"] <= spec.allocation.cpu_hours * 60
+    assert isinstance(report["runs"], list)
+    assert all({"job_id", "cpu_minutes", "gpu_minutes", "elapsed_s"} <= set(r) for r in report["runs"])
+    assert set(usage(PLATFORM_LOGIN)) >= {A, B}
