@@ -88,7 +88,7 @@ setup_hpc() {
   fi
   # '*' = no password but not locked (sshd without PAM refuses locked accounts even with keys)
   usermod -p '*' "$HPC_USER"
-  install -d -m 0755 -o "$HPC_USER" -g "$HPC_USER" "$HPC_ROOT"
+  install -d -m 0755 -o root -g root "$HPC_ROOT"  # tenant areas inside belong to the tenants' users
   local tv="$HPC_ROOT/venv" stamp want
   stamp="$tv/.aifp-requirements.sha256"
   want="$(sha256sum "$REPO/requirements-train.txt" | cut -d' ' -f1)"
@@ -167,6 +167,11 @@ up_sshd() {
   local home; home="$(getent passwd "$HPC_USER" | cut -d: -f6)"
   install -d -m 0700 -o "$HPC_USER" -g "$HPC_USER" "$home/.ssh"
   install -m 0600 -o "$HPC_USER" -g "$HPC_USER" "$SSHDIR/id_ed25519.pub" "$home/.ssh/authorized_keys"
+  local group before
+  group="$("$VENV/bin/python" -c 'from aifactory.platform.cluster_identity import LOGIN_GROUP; print(LOGIN_GROUP)')"
+  getent group "$group" >/dev/null || groupadd "$group"
+  id -nG "$HPC_USER" | tr ' ' '\n' | grep -qx "$group" || usermod -aG "$group" "$HPC_USER"
+  before="$(cat "$SSHDIR/sshd_config" 2>/dev/null || true)"
   cat >"$SSHDIR/sshd_config" <<EOF
 Port $SSH_PORT
 ListenAddress 127.0.0.1
@@ -177,7 +182,8 @@ PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin no
-AllowUsers $HPC_USER
+# the service user and every tenant user (onboarding adds each to the group; cluster_identity.py)
+AllowGroups $group
 UsePAM no
 X11Forwarding no
 AllowTcpForwarding no
@@ -187,7 +193,13 @@ MaxSessions 50
 Subsystem sftp internal-sftp
 LogLevel INFO
 EOF
-  if alive sshd; then return 0; fi
+  if alive sshd; then
+    if [ "$before" != "$(cat "$SSHDIR/sshd_config")" ]; then
+      /usr/sbin/sshd -t -f "$SSHDIR/sshd_config" || die "sshd config test failed ($SSHDIR/sshd_config)"
+      kill -HUP "$(pid_of sshd)" && say "sshd reloaded (SIGHUP): its configuration changed"
+    fi
+    return 0
+  fi
   mkdir -p /run/sshd && chmod 0755 /run/sshd
   /usr/sbin/sshd -t -f "$SSHDIR/sshd_config" || die "sshd config test failed ($SSHDIR/sshd_config)"
   /usr/sbin/sshd -f "$SSHDIR/sshd_config" -E "$LOG/sshd.log"
