@@ -357,6 +357,11 @@ up_slurm() {
   fi
   sacctmgr -i -Q add cluster "$CLUSTER_NAME" >/dev/null 2>&1 || true
   # accounts, associations and allocations: onboarding (aifactory.platform.slurm_accounts)
+  if [ "${SLURM_CONF_CHANGED:-0}" = 1 ] && alive slurmctld; then
+    # some settings (PriorityType, AccountingStorageTRES) take effect only on a restart; jobs survive it
+    say "restarting slurmctld: slurm.conf changed"
+    stop_pid slurmctld
+  fi
   if ! alive slurmctld; then
     start_bg slurmctld /usr/sbin/slurmctld -D -i
     wait_for "slurmctld" 30 scontrol ping
