@@ -73,7 +73,7 @@ def main() -> int:
     from aifactory.hpc.slurm import job_name
     from aifactory.layout import probe_dag_id
     from aifactory.local.airflow_api import AirflowClient
-    from aifactory.local.localstack import admin_password, state_dir
+    from aifactory.local.localstack import state_dir
     from aifactory.tenants import load_cluster, load_tenant
 
     spec = load_tenant(args.tenant)
@@ -84,7 +84,7 @@ def main() -> int:
     _, trig_off = new_lines(triggerer_log, 0)
     _, sshd_off = new_lines(sshd_log, 0)
 
-    api = AirflowClient(env["AIFP_AIRFLOW_URL"], "admin", admin_password(env))
+    api = AirflowClient.login(env=env)
     dag_id = probe_dag_id(spec.tenant)
     api.wait_for_dag(dag_id)
     api.unpause(dag_id)

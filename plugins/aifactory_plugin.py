@@ -1,36 +1,122 @@
-"""Airflow plugin: the factory's tenant catalogue for platform engineers.
+"""Airflow plugin: each tenant's catalogue entry and models, behind Airflow's own login.
 
 Mounts a small read-only API at ``/aifactory`` on the api-server:
 
-- ``GET /aifactory/tenants``: every tenant spec (bucket, cluster, Slurm account, partitions,
-  limits, recipes, schedule) as the DAG factory sees it, so an engineer can check an onboarding
-  without reading YAML on the server.
+- ``GET /aifactory/tenants``: the specs (bucket, cluster, Slurm account, partitions, limits,
+  recipes, allocation) of the tenants the caller may see.
+- ``GET /aifactory/tenants/{tenant}``: one of them (404 for a tenant the caller may not see: the
+  answer does not tell whether it exists).
+- ``GET /aifactory/tenants/{tenant}/models``: the tenant's published model versions
+  (``s3://<bucket>/<tenant>/models/<model>/<version>/``), listed with the platform's S3 connection.
+- ``GET /aifactory/usage``: per visible tenant, its allocation, what Slurm says is used and remains,
+  and one row per job of its account (CPU-/GPU-minutes from sacct).
 - ``GET /aifactory/recipes``: the recipe folders and their hyperparameter schemas.
 
-It reads only platform-owned files under ``include/``; nothing here reaches the cluster or S3.
+Every endpoint answers 401 without a login: the same Bearer token (``POST /auth/token``) or UI
+cookie as the REST API, checked by Airflow's own FastAPI dependency (``GetUserDep``). Which
+tenants a caller sees is not a second permission table: a tenant is visible when the auth manager
+authorizes the caller to read its pipeline DAG (``get_authorized_dag_ids``), so a tenant's users
+see their own tenant only and the platform role (every DAG) sees all of them.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
+from airflow.api_fastapi.core_api.security import GetUserDep
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, HTTPException, status
 
 app = FastAPI(title="AI Factory Pipelines", description=__doc__)
 
 
-@app.get("/tenants")
-def tenants() -> list[dict[str, Any]]:
-    from aifactory.layout import pipeline_dag_id
+def _specs() -> dict[str, Any]:
     from aifactory.tenants import load_tenants
 
-    return [{**asdict(t), "dag_id": pipeline_dag_id(t.tenant)} for t in load_tenants()]
+    return {t.tenant: t for t in load_tenants()}
+
+
+def authorized_dag_ids(user: GetUserDep) -> set[str]:
+    """The DAGs the auth manager lets ``user`` read (401 before this without a login)."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    return set(get_auth_manager().get_authorized_dag_ids(user=user, method="GET"))
+
+
+def visible_tenants(dag_ids: Annotated[set[str], Depends(authorized_dag_ids)]) -> dict[str, Any]:
+    """``{tenant: spec}`` of the tenants whose pipeline DAG the caller may read."""
+    from aifactory.layout import pipeline_dag_id
+
+    return {name: spec for name, spec in _specs().items() if pipeline_dag_id(name) in dag_ids}
+
+
+Visible = Annotated[dict[str, Any], Depends(visible_tenants)]
+
+
+def _one(tenants: dict[str, Any], tenant: str) -> Any:
+    if tenant not in tenants:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such tenant among those you may see")
+    return tenants[tenant]
+
+
+def _entry(spec: Any) -> dict[str, Any]:
+    from aifactory.layout import pipeline_dag_id
+
+    return {**asdict(spec), "dag_id": pipeline_dag_id(spec.tenant)}
+
+
+@app.get("/tenants")
+def tenants(visible: Visible) -> list[dict[str, Any]]:
+    return [_entry(spec) for spec in visible.values()]
+
+
+@app.get("/tenants/{tenant}")
+def tenant(tenant: str, visible: Visible) -> dict[str, Any]:
+    return _entry(_one(visible, tenant))
+
+
+def list_models(bucket: str, prefix: str) -> list[dict[str, str]]:
+    """``[{model, version, uri}]`` under ``prefix`` (one delimiter listing per model), with the
+    platform's S3 connection: the api-server reads, the tenant's own credential stays with its tasks."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    from aifactory import layout
+    from aifactory.tenants.spec import PLATFORM_S3_CONN_ID
+
+    s3 = S3Hook(aws_conn_id=PLATFORM_S3_CONN_ID).get_conn()
+    pages = s3.get_paginator("list_objects_v2")
+
+    def children(under: str) -> list[str]:
+        out: list[str] = []
+        for page in pages.paginate(Bucket=bucket, Prefix=under, Delimiter="/"):
+            out += [c["Prefix"][len(under):].rstrip("/") for c in page.get("CommonPrefixes", [])]
+        return out
+
+    return [{"model": m, "version": v, "uri": layout.s3_uri(bucket, f"{prefix}{m}/{v}/")}
+            for m in children(prefix) for v in children(f"{prefix}{m}/")]
+
+
+@app.get("/tenants/{tenant}/models")
+def models(tenant: str, visible: Visible) -> list[dict[str, str]]:
+    from aifactory import layout
+
+    spec = _one(visible, tenant)
+    return list_models(spec.bucket, layout.models_prefix(spec.tenant))
+
+
+@app.get("/usage")
+def usage(visible: Visible) -> list[dict[str, Any]]:
+    """Each visible tenant's allocation, Slurm's used / remaining budget and one row per job
+    (operators.usage, over the cluster's service identity)."""
+    from operators.usage import tenant_usage
+
+    return [tenant_usage(spec) for spec in visible.values()]
 
 
 @app.get("/recipes")
-def recipes() -> dict[str, Any]:
+def recipes(user: GetUserDep) -> dict[str, Any]:
+    """Platform-owned recipe folders (no tenant's data); a login is still required."""
     from aifactory.models.recipes import load_recipes
 
     return {

@@ -83,6 +83,17 @@ def tenant_role(tenant: str) -> str:
     return f"tenant_{tenant}"
 
 
+#: the Airflow role of the platform (FAB's built-in Admin: every DAG, the platform DAGs' owner)
+PLATFORM_ROLE = "Admin"
+#: the Airflow role of the factory's operators: clear and backfill every factory DAG, no secrets
+OPERATOR_ROLE = "factory_operator"
+#: the generated Airflow logins of the platform admin and of the operator
+PLATFORM_LOGIN = "platform"
+OPERATOR_LOGIN = "operator"
+#: ``{login: password}`` of every generated Airflow login, in the secrets directory (0600)
+AIRFLOW_USERS_FILE = "airflow-users.json"
+
+
 def pipeline_dag_id(tenant: str) -> str:
     """The DAG of one tenant's pipeline, generated from its spec (``factory_<tenant>``)."""
     return f"factory_{tenant}"
@@ -177,6 +188,11 @@ def models_prefix(tenant: str) -> str:
 def model_prefix(tenant: str, model: str, version: str) -> str:
     """One published model version."""
     return f"{tenant}/models/{model}/{version}/"
+
+
+def doctor_probe_key(tenant: str) -> str:
+    """The object ``make doctor`` writes, reads and deletes to check a tenant's S3 credential."""
+    return f"{tenant}/.aifp-doctor-probe"
 
 
 def s3_uri(bucket: str, key: str) -> str:

@@ -4,7 +4,9 @@ Every call goes through ``apache-airflow-client`` (the generated client that mat
 release); this module only composes its calls into what the demo, the end-to-end tests and the
 benches need: wait loops, an idempotent trigger, a refused trigger's status and detail. It builds no
 HTTP request itself. Results are the API's JSON objects as plain dicts, so callers index them as the
-API documents them (``run["state"]``, ``ti["task_id"]``).
+API documents them (``run["state"]``, ``ti["task_id"]``). ``AirflowClient.login(user)`` logs in as
+one of the logins onboarding generated (a tenant's user, ``platform``, ``operator``): every call
+then has exactly that user's rights (the FAB auth manager decides, ``operators/access.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +26,7 @@ from airflow_client import client as ac
 from airflow_client.client.exceptions import ApiException, UnauthorizedException
 
 from aifactory.errors import FactoryError
+from aifactory.layout import PLATFORM_LOGIN
 
 TERMINAL_RUN_STATES = {"success", "failed"}
 _PAGE = 100  # list endpoints page at most this many items per call
@@ -84,6 +87,16 @@ class AirflowClient:
     password: str
     timeout: float = 30.0
     _client: _ApiClient | None = field(default=None, repr=False)
+
+    @classmethod
+    def login(cls, user: str = PLATFORM_LOGIN, env: Mapping[str, str] | None = None, *,
+              timeout: float = 30.0) -> AirflowClient:
+        """A client of the local stack that logs in as ``user`` (default: the platform admin) with
+        the password onboarding generated for it (``<secrets>/airflow-users.json``)."""
+        from aifactory.local.localstack import airflow_password, read_env_file
+
+        env = read_env_file() if env is None else env
+        return cls(env["AIFP_AIRFLOW_URL"], user, airflow_password(env, user), timeout=timeout)
 
     # -- plumbing -------------------------------------------------------------------------------
     def _api(self) -> _ApiClient:
@@ -158,6 +171,27 @@ class AirflowClient:
                     raise
             time.sleep(2)
 
+    def dag_ids(self) -> list[str]:
+        """The DAGs this login may see (the auth manager filters the list), all pages."""
+        out: list[str] = []
+        while True:
+            offset = len(out)
+            page = self._call("GET dags", lambda a, o=offset: ac.DAGApi(a).get_dags(limit=_PAGE, offset=o))
+            out += [d.dag_id for d in page.dags]
+            if not page.dags or len(out) >= page.total_entries:
+                return out
+
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        """The DAG's runs (first page, newest first)."""
+        page = self._call(f"GET runs of {dag_id}", lambda a: ac.DagRunApi(a).get_dag_runs(
+            dag_id, limit=_PAGE, order_by=["-run_after"]))
+        return [_plain(r) for r in page.dag_runs]
+
+    def connection_ids(self) -> list[str]:
+        """The connection ids stored in Airflow's database (the platform role only)."""
+        page = self._call("GET connections", lambda a: ac.ConnectionApi(a).get_connections(limit=_PAGE))
+        return [c.connection_id for c in page.connections]
+
     def unpause(self, dag_id: str) -> None:
         self._call(f"unpause {dag_id}",
                    lambda a: ac.DAGApi(a).patch_dag(dag_id, ac.DAGPatchBody(is_paused=False)))
@@ -227,6 +261,13 @@ class AirflowClient:
         raise AirflowAPIError(f"trigger {dag_id} was accepted (run {run_id}, now marked failed) but should "
                               f"have been refused: conf {json.dumps(conf)[:300]}", status=200, detail=detail)
 
+    def set_run_state(self, dag_id: str, run_id: str, state: str) -> dict[str, Any]:
+        """Mark a run ``success`` or ``failed`` (as the UI does); the scheduler starts none of its
+        remaining tasks."""
+        body = ac.DAGRunPatchBody(state=ac.DagRunMutableStates(state))
+        return self._call(f"set run {run_id} to {state}",
+                          lambda a: _plain(ac.DagRunApi(a).patch_dag_run(dag_id, run_id, body)))
+
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self._call(f"GET run {run_id} of {dag_id}",
                           lambda a: _plain(ac.DagRunApi(a).get_dag_run(dag_id, run_id)))
@@ -279,11 +320,12 @@ class AirflowClient:
         return _plain(out)
 
     def clear_tasks(self, dag_id: str, run_id: str, task_ids: list[str], *,
-                    only_failed: bool = False) -> list[dict[str, Any]]:
+                    only_failed: bool = False, dry_run: bool = False) -> list[dict[str, Any]]:
         """Clear task instances of a run (as "Clear" in the UI) so the scheduler runs them again;
-        the cleared task instances."""
+        the cleared task instances (``dry_run``: those that would be, and nothing changes; the
+        same permission is checked)."""
         body = ac.ClearTaskInstancesBody(
-            dag_run_id=run_id, dry_run=False, only_failed=only_failed, reset_dag_runs=True,
+            dag_run_id=run_id, dry_run=dry_run, only_failed=only_failed, reset_dag_runs=True,
             task_ids=[ac.ClearTaskInstancesBodyTaskIdsInner(t) for t in task_ids])
         out = self._call(f"clear {task_ids} of {run_id}",
                          lambda a: ac.TaskInstanceApi(a).post_clear_task_instances(dag_id, body))

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from aifactory.data.s3 import make_client, parse_s3_uri
-from aifactory.layout import pipeline_dag_id
+from aifactory.layout import PLATFORM_LOGIN, pipeline_dag_id
 from aifactory.local.airflow_api import AirflowClient
-from aifactory.local.localstack import REPO, admin_password, read_env_file
+from aifactory.local.localstack import REPO, airflow_password, read_env_file
 from aifactory.tenants import load_tenant
 
 STAGES = ["validate", "ingest", "quality", "stage", "train", "export"]
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = load_tenant(args.tenant)
     conf = dict(spec.defaults)
     upload_sample(env, conf["dataset_uri"], args.sample)
-    client = AirflowClient(env["AIFP_AIRFLOW_URL"], "admin", admin_password(env))
+    client = AirflowClient.login(spec.airflow_users[0] if spec.airflow_users else PLATFORM_LOGIN, env)
     result = run_pipeline(client, args.tenant, conf, args.timeout)
 
     print()
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model URI   {e['model_uri']}")
         print(f"metrics     {json.dumps(e['metrics'], sort_keys=True)}")
     print(f"Airflow UI  {env['AIFP_AIRFLOW_URL']}/dags/{result['dag_id']}/runs/{result['run_id']}"
-          f"  (login: admin / {admin_password(env)})")
+          f"  (login: {client.username} / {airflow_password(env, client.username)})")
     if result["state"] != "success":
         failed = [s for s, st in result["stages"].items() if st not in ("success", "skipped")]
         print(f"\nthe run did not succeed; failed or unfinished stages: {failed}. "

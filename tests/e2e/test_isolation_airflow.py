@@ -1,0 +1,141 @@
+"""The Airflow rows of the cross-tenant matrix, through the real REST API and plugin of the stack.
+
+Tenant A is ``demo``, tenant B is ``acme``; each logs in with the login onboarding generated for
+it (``operators/access.py``). B runs its own DAG once (validate only: the run is stopped after it),
+so every refusal below is about a run, task instance, log and XCom that exist and that B itself
+may read: a 403 to A is the auth manager's decision, not a missing object.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from aifactory import layout
+from aifactory.local.airflow_api import AirflowAPIError, AirflowClient
+from aifactory.tenants import load_tenant
+
+A, B = "demo", "acme"
+DAG_A, DAG_B = layout.pipeline_dag_id(A), layout.pipeline_dag_id(B)
+TASK = "validate"
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def refused(call, *args: Any, **kwargs: Any) -> int:
+    """The HTTP status of a call that must be refused."""
+    with pytest.raises(AirflowAPIError) as caught:
+        call(*args, **kwargs)
+    return caught.value.status
+
+
+@pytest.fixture(scope="module")
+def clients(api_as) -> dict[str, AirflowClient]:
+    return {who: api_as(who) for who in (A, B, layout.OPERATOR_LOGIN, layout.PLATFORM_LOGIN)}
+
+
+@pytest.fixture(scope="module")
+def run_b(clients) -> str:
+    """One run of B's DAG, triggered by B's user, stopped once validate succeeded (no side effect
+    on the cluster or the object store)."""
+    platform, b = clients[layout.PLATFORM_LOGIN], clients[B]
+    platform.wait_for_dag(DAG_B)
+    b.unpause(DAG_B)
+    run_id = b.trigger(DAG_B, dict(load_tenant(B).defaults))["dag_run_id"]
+    try:
+        wait_for_task(b, run_id)
+    finally:
+        platform.pause(DAG_B)
+        try:
+            platform.set_run_state(DAG_B, run_id, "failed")
+        except AirflowAPIError:
+            pass
+    return run_id
+
+
+def wait_for_task(client: AirflowClient, run_id: str, timeout: float = 600) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = {t["task_id"]: t["state"] for t in client.task_instances(DAG_B, run_id)}
+        if states.get(TASK) in {"success", "failed", "upstream_failed"}:
+            assert states[TASK] == "success", f"{TASK} of {DAG_B} ended {states[TASK]}: {states}"
+            return
+        time.sleep(3)
+    raise AssertionError(f"{TASK} of {DAG_B} run {run_id} did not finish within {timeout:.0f}s")
+
+
+def test_a_sees_only_its_own_pipeline_dag(clients):
+    assert clients[A].dag_ids() == [DAG_A]
+    assert clients[B].dag_ids() == [DAG_B]
+    everything = set(clients[layout.PLATFORM_LOGIN].dag_ids())
+    assert {DAG_A, DAG_B, layout.probe_dag_id(A)} <= everything  # the platform sees the platform DAGs
+    assert set(clients[layout.OPERATOR_LOGIN].dag_ids()) == {DAG_A, DAG_B}
+
+
+def test_b_reads_its_own_run_log_and_xcom(clients, run_b):
+    b = clients[B]
+    assert b.run(DAG_B, run_b)["dag_run_id"] == run_b
+    assert b.task_log(DAG_B, run_b, TASK)
+    assert b.xcom(DAG_B, run_b, TASK) is not None
+    assert b.clear_tasks(DAG_B, run_b, [TASK], dry_run=True)
+
+
+def test_a_gets_403_on_every_part_of_bs_dag(clients, run_b):
+    a = clients[A]
+    assert refused(a.wait_for_dag, DAG_B, timeout=0) == 403
+    assert refused(a.runs, DAG_B) == 403
+    assert refused(a.run, DAG_B, run_b) == 403
+    assert refused(a.trigger, DAG_B, {}, attempts=1) == 403
+    assert refused(a.task_instances, DAG_B, run_b) == 403
+    assert refused(a.task_log, DAG_B, run_b, TASK) == 403
+    assert refused(a.xcom, DAG_B, run_b, TASK) == 403
+    assert refused(a.clear_tasks, DAG_B, run_b, [TASK], dry_run=True) == 403
+    assert refused(a.unpause, DAG_B) == 403
+    # and on the platform's DAGs
+    assert refused(a.wait_for_dag, layout.probe_dag_id(A), timeout=0) == 403
+
+
+def test_the_operator_clears_any_factory_dag_but_reads_no_connection(clients, run_b):
+    operator = clients[layout.OPERATOR_LOGIN]
+    assert operator.clear_tasks(DAG_B, run_b, [TASK], dry_run=True)
+    assert operator.task_log(DAG_B, run_b, TASK)
+    assert refused(operator.connection_ids) == 403
+    assert refused(clients[A].connection_ids) == 403
+    assert isinstance(clients[layout.PLATFORM_LOGIN].connection_ids(), list)
+
+
+# -- the plugin's endpoints ------------------------------------------------------------------------
+def plugin_get(stack_env: dict[str, str], path: str, token: str | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(f"{stack_env['AIFP_AIRFLOW_URL']}/aifactory{path}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+@pytest.mark.parametrize("path", ["/tenants", f"/tenants/{A}", f"/tenants/{A}/models", "/recipes"])
+def test_plugin_answers_401_without_a_login(stack_env, path):
+    assert plugin_get(stack_env, path)[0] == 401
+    assert plugin_get(stack_env, path, "forged.jwt.token")[0] in (401, 403)
+
+
+def test_plugin_shows_a_only_as_data(stack_env, clients):
+    token = clients[A].token()
+    status, tenants = plugin_get(stack_env, "/tenants", token)
+    assert status == 200 and [t["tenant"] for t in tenants] == [A]
+    assert plugin_get(stack_env, f"/tenants/{A}", token)[0] == 200
+    status, models = plugin_get(stack_env, f"/tenants/{A}/models", token)
+    assert status == 200 and all(m["uri"].startswith(f"s3://{load_tenant(A).bucket}/{A}/models/") for m in models)
+    for path in (f"/tenants/{B}", f"/tenants/{B}/models"):
+        assert plugin_get(stack_env, path, token)[0] == 404
+    status, everyone = plugin_get(stack_env, "/tenants", clients[layout.PLATFORM_LOGIN].token())
+    assert status == 200 and {A, B} <= {t["tenant"] for t in everyone}
