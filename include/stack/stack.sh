@@ -23,8 +23,6 @@ S3_PORT="${AIFP_S3_PORT:-5555}"
 AIRFLOW_PORT="${AIFP_AIRFLOW_PORT:-8080}"
 CLUSTER_NAME="${AIFP_CLUSTER_NAME:-aifactory}"
 PYTHON="${AIFP_PYTHON:-python3}"
-S3_ACCESS_KEY="aifactory-local"
-S3_SECRET_KEY="aifactory-local-secret"
 DB_PASSWORD="aifactory-slurmdbd"
 
 RUN="$STATE/run"
@@ -32,6 +30,8 @@ LOG="$STATE/log"
 SSHDIR="$STATE/ssh"
 AIRFLOW_HOME_DIR="$STATE/airflow"
 ENV_FILE="$STATE/stack.env"
+# every generated credential: the directory 0700, each file 0600 (docs/security.md)
+SECRETS_DIR="${AIFP_SECRETS_DIR:-$STATE/secrets}"
 
 say() { printf '[stack] %s\n' "$*"; }
 die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -88,7 +88,7 @@ setup_hpc() {
   fi
   # '*' = no password but not locked (sshd without PAM refuses locked accounts even with keys)
   usermod -p '*' "$HPC_USER"
-  install -d -m 0755 -o "$HPC_USER" -g "$HPC_USER" "$HPC_ROOT"
+  install -d -m 0755 -o root -g root "$HPC_ROOT"  # tenant areas inside belong to the tenants' users
   local tv="$HPC_ROOT/venv" stamp want
   stamp="$tv/.aifp-requirements.sha256"
   want="$(sha256sum "$REPO/requirements-train.txt" | cut -d' ' -f1)"
@@ -167,6 +167,11 @@ up_sshd() {
   local home; home="$(getent passwd "$HPC_USER" | cut -d: -f6)"
   install -d -m 0700 -o "$HPC_USER" -g "$HPC_USER" "$home/.ssh"
   install -m 0600 -o "$HPC_USER" -g "$HPC_USER" "$SSHDIR/id_ed25519.pub" "$home/.ssh/authorized_keys"
+  local group before
+  group="$("$VENV/bin/python" -c 'from aifactory.platform.cluster_identity import LOGIN_GROUP; print(LOGIN_GROUP)')"
+  getent group "$group" >/dev/null || groupadd "$group"
+  id -nG "$HPC_USER" | tr ' ' '\n' | grep -qx "$group" || usermod -aG "$group" "$HPC_USER"
+  before="$(cat "$SSHDIR/sshd_config" 2>/dev/null || true)"
   cat >"$SSHDIR/sshd_config" <<EOF
 Port $SSH_PORT
 ListenAddress 127.0.0.1
@@ -177,7 +182,8 @@ PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin no
-AllowUsers $HPC_USER
+# the service user and every tenant user (onboarding adds each to the group; cluster_identity.py)
+AllowGroups $group
 UsePAM no
 X11Forwarding no
 AllowTcpForwarding no
@@ -187,7 +193,13 @@ MaxSessions 50
 Subsystem sftp internal-sftp
 LogLevel INFO
 EOF
-  if alive sshd; then return 0; fi
+  if alive sshd; then
+    if [ "$before" != "$(cat "$SSHDIR/sshd_config")" ]; then
+      /usr/sbin/sshd -t -f "$SSHDIR/sshd_config" || die "sshd config test failed ($SSHDIR/sshd_config)"
+      kill -HUP "$(pid_of sshd)" && say "sshd reloaded (SIGHUP): its configuration changed"
+    fi
+    return 0
+  fi
   mkdir -p /run/sshd && chmod 0755 /run/sshd
   /usr/sbin/sshd -t -f "$SSHDIR/sshd_config" || die "sshd config test failed ($SSHDIR/sshd_config)"
   /usr/sbin/sshd -f "$SSHDIR/sshd_config" -E "$LOG/sshd.log"
@@ -345,6 +357,11 @@ up_slurm() {
   fi
   sacctmgr -i -Q add cluster "$CLUSTER_NAME" >/dev/null 2>&1 || true
   # accounts, associations and allocations: onboarding (aifactory.platform.slurm_accounts)
+  if [ "${SLURM_CONF_CHANGED:-0}" = 1 ] && alive slurmctld; then
+    # some settings (PriorityType, AccountingStorageTRES) take effect only on a restart; jobs survive it
+    say "restarting slurmctld: slurm.conf changed"
+    stop_pid slurmctld
+  fi
   if ! alive slurmctld; then
     start_bg slurmctld /usr/sbin/slurmctld -D -i
     wait_for "slurmctld" 30 scontrol ping
@@ -368,29 +385,29 @@ up_slurm() {
 # S3 endpoint (moto server mode)
 # ---------------------------------------------------------------------------------------------
 up_s3() {
+  local endpoint="http://127.0.0.1:$S3_PORT" objectstore=("$VENV/bin/python" -m aifactory.platform.objectstore)
+  install -d -m 0700 "$SECRETS_DIR"
   if ! alive moto; then
     # moto keeps each object in a spooled temp file that goes to disk past 8 MiB, which makes
     # every PUT write (and every GET read) the bytes to /tmp once more. The local endpoint holds
     # objects in memory instead, like the real stores' page cache; it only serves tests, benches
     # and the demo, which delete what they create (benches: a few GB at most).
+    # IAM policies are enforced from the first request (one credential per tenant, its own bucket
+    # only). moto_iam_server.py makes the platform's user with the key kept in s3/platform.json
+    # before it listens, and wraps moto's app: presigned URLs work (pull staging), no anonymous
+    # requests, no /moto-api (its docstring says what was measured).
     start_bg moto env MOTO_S3_DEFAULT_KEY_BUFFER_SIZE=$((8 * 1024 * 1024 * 1024)) \
-      "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
+      "$VENV/bin/python" "$REPO/include/stack/moto_iam_server.py" -H 127.0.0.1 -p "$S3_PORT" \
+      --platform-credential "$SECRETS_DIR/s3/platform.json"
     wait_for "S3 endpoint on 127.0.0.1:$S3_PORT" 30 port_open "$S3_PORT"
+    # moto keeps everything in memory: every tenant's bucket, user, key and connection is made
+    # again (onboarding's object-store step; the other steps are unaffected)
+    "${objectstore[@]}" onboard --endpoint "$endpoint" --secrets "$SECRETS_DIR" \
+      || die "onboarding's object-store step failed (above); fix it and run $0 up again"
+  elif ! "${objectstore[@]}" platform-ok --endpoint "$endpoint" --secrets "$SECRETS_DIR"; then
+    die "the S3 endpoint does not know the platform credential $SECRETS_DIR/s3/platform.json (restarted outside $0?); stop it (kill -TERM -- -$(pid_of moto)) and run $0 up again"
   fi
-  # buckets named in the tenant specs
-  AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY" \
-  "$VENV/bin/python" - "$REPO/include/tenants" "http://127.0.0.1:$S3_PORT" <<'EOF'
-import sys, pathlib, yaml
-import boto3
-s3 = boto3.client("s3", endpoint_url=sys.argv[2], region_name="us-east-1")
-have = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
-for p in sorted(pathlib.Path(sys.argv[1]).glob("*.yaml")):
-    bucket = yaml.safe_load(p.read_text())["bucket"]
-    if bucket not in have:
-        s3.create_bucket(Bucket=bucket)
-        have.add(bucket)
-EOF
-  say "S3 endpoint up on http://127.0.0.1:$S3_PORT"
+  say "S3 endpoint up on $endpoint (IAM enforced; platform credential $SECRETS_DIR/s3/platform.json)"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -401,17 +418,21 @@ write_env() {
   host_key="$(cut -d' ' -f1,2 "$SSHDIR/ssh_host_ed25519_key.pub")"
   conn_ssh="$("$VENV/bin/python" -c 'import json,sys; print(json.dumps({"conn_type":"ssh","host":"127.0.0.1","port":int(sys.argv[1]),"login":sys.argv[2],"extra":{"key_file":sys.argv[3],"host_key":sys.argv[4],"no_host_key_check":False,"allow_host_key_change":False,"look_for_keys":False}}))' \
     "$SSH_PORT" "$HPC_USER" "$SSHDIR/id_ed25519" "$host_key")"
-  conn_s3="$("$VENV/bin/python" -c 'import json,sys; print(json.dumps({"conn_type":"aws","login":sys.argv[1],"password":sys.argv[2],"extra":{"endpoint_url":sys.argv[3],"region_name":"us-east-1","config_kwargs":{"s3":{"addressing_style":"path"},"request_checksum_calculation":"when_required","response_checksum_validation":"when_required"}}}))' \
-    "$S3_ACCESS_KEY" "$S3_SECRET_KEY" "http://127.0.0.1:$S3_PORT")"
+  # the platform's S3 credential (made when the endpoint started): its connection and key
+  local s3_key s3_secret
+  { read -r s3_key; read -r s3_secret; read -r conn_s3; } < <("$VENV/bin/python" -m aifactory.platform.objectstore \
+    platform-env --endpoint "http://127.0.0.1:$S3_PORT" --secrets "$SECRETS_DIR") || die "no platform S3 credential"
   umask 077
   {
     echo "# Generated by include/stack/stack.sh; sourced by every stack component and by the tests."
     printf 'export AIFP_REPO=%q\n' "$REPO"
     printf 'export AIFP_STATE_DIR=%q\n' "$STATE"
+    printf 'export AIFP_SECRETS_DIR=%q\n' "$SECRETS_DIR"
     printf 'export AIFP_HPC_ROOT=%q\n' "$HPC_ROOT"
     printf 'export AIFP_S3_ENDPOINT=%q\n' "http://127.0.0.1:$S3_PORT"
-    printf 'export AWS_ACCESS_KEY_ID=%q\n' "$S3_ACCESS_KEY"
-    printf 'export AWS_SECRET_ACCESS_KEY=%q\n' "$S3_SECRET_KEY"
+    echo "# the platform's S3 credential (tests, the demo, platform tasks; never a tenant task)"
+    printf 'export AWS_ACCESS_KEY_ID=%q\n' "$s3_key"
+    printf 'export AWS_SECRET_ACCESS_KEY=%q\n' "$s3_secret"
     printf 'export AWS_DEFAULT_REGION=%q\n' "us-east-1"
     printf 'export AIFP_SSH_HOST=%q\n' "127.0.0.1"
     printf 'export AIFP_SSH_PORT=%q\n' "$SSH_PORT"
@@ -422,7 +443,7 @@ write_env() {
     echo "# Airflow connections (AIRFLOW_CONN_<ID> holding JSON):"
     echo "#   aifactory_hpc_local: the HPC login node over SSH, key auth, host key pinned"
     printf 'export AIRFLOW_CONN_AIFACTORY_HPC_LOCAL=%q\n' "$conn_ssh"
-    echo "#   aifactory_s3: the object store (moto server locally; MinIO or S3 elsewhere)"
+    echo "#   aifactory_s3: the object store, platform credential (moto locally; MinIO or S3 elsewhere)"
     printf 'export AIRFLOW_CONN_AIFACTORY_S3=%q\n' "$conn_s3"
     echo "# Airflow: config file in the repo, state under the stack dir"
     printf 'export AIRFLOW_CONFIG=%q\n' "$REPO/airflow.cfg"
@@ -435,17 +456,57 @@ write_env() {
     printf 'export AIRFLOW__API__BASE_URL=%q\n' "http://127.0.0.1:$AIRFLOW_PORT"
     printf 'export AIRFLOW__CORE__EXECUTION_API_SERVER_URL=%q\n' "http://127.0.0.1:$AIRFLOW_PORT/execution/"
     printf 'export AIRFLOW__LOGGING__BASE_LOG_FOLDER=%q\n' "$AIRFLOW_HOME_DIR/logs"
-    printf 'export AIRFLOW__API_AUTH__JWT_SECRET=%q\n' "$(cat "$STATE/jwt_secret")"
-    printf 'export AIRFLOW__API__SECRET_KEY=%q\n' "$(cat "$STATE/jwt_secret")"
+    printf 'export AIRFLOW__API_AUTH__JWT_SECRET=%q\n' "$(cat "$SECRETS_DIR/jwt_secret")"
+    printf 'export AIRFLOW__API__SECRET_KEY=%q\n' "$(cat "$SECRETS_DIR/api_secret_key")"
+    printf 'export AIRFLOW__CORE__FERNET_KEY=%q\n' "$(cat "$SECRETS_DIR/fernet_key")"
     printf 'export PATH=%q\n' "$VENV/bin:$PATH"
   } >"$ENV_FILE.tmp"
   umask 022
+  chmod 600 "$ENV_FILE.tmp"
   mv "$ENV_FILE.tmp" "$ENV_FILE"
+}
+
+# Airflow's own secrets, generated once and kept (a new Fernet key would make the encrypted
+# connections and variables in the metadata database unreadable; a new JWT secret invalidates the
+# tokens of every running component). docs/security.md lists them.
+gen_secret() { # gen_secret NAME PYTHON-CODE: <secrets>/NAME, 0600, from PYTHON-CODE's output
+  local f="$SECRETS_DIR/$1"
+  if [ ! -s "$f" ]; then
+    (umask 077; "$VENV/bin/python" -c "$2" >"$f.tmp") || { rm -f "$f.tmp"; die "could not generate $f (is $VENV set up?)"; }
+    mv "$f.tmp" "$f"
+    say "generated $f"
+  fi
+  chmod 600 "$f"
+}
+
+gen_airflow_secrets() {
+  install -d -m 0700 "$SECRETS_DIR"
+  # the JWT secret of an older stack lived in the state dir: keep its value, move the file
+  [ -s "$STATE/jwt_secret" ] && [ ! -s "$SECRETS_DIR/jwt_secret" ] && mv "$STATE/jwt_secret" "$SECRETS_DIR/jwt_secret"
+  gen_secret jwt_secret 'import secrets; print(secrets.token_hex(32))'
+  gen_secret api_secret_key 'import secrets; print(secrets.token_hex(32))'
+  gen_secret fernet_key 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'
+}
+
+# Airflow's components must share these secrets: the api-server encrypts a deferred task's trigger
+# arguments with the Fernet key and the triggerer decrypts them; tokens signed by one are checked by
+# the others. Components started with other values (an older stack.env) are stopped, all of them,
+# so that they start again together below.
+AIRFLOW_PARTS=(airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer)
+airflow_keys_sum() { cat "$SECRETS_DIR/fernet_key" "$SECRETS_DIR/jwt_secret" "$SECRETS_DIR/api_secret_key" | sha256sum | cut -d' ' -f1; }
+stop_airflow_on_new_keys() {
+  local c running=()
+  for c in "${AIRFLOW_PARTS[@]}"; do alive "$c" && running+=("$c"); done
+  [ "${#running[@]}" = 0 ] && return 0
+  [ "$(cat "$RUN/airflow-keys.sha256" 2>/dev/null)" = "$(airflow_keys_sum)" ] && return 0
+  say "Airflow's secrets changed (Fernet key, JWT secret): restarting ${running[*]} together"
+  for c in "${running[@]}"; do stop_pid "$c"; done
 }
 
 up_airflow() {
   mkdir -p "$AIRFLOW_HOME_DIR"
-  [ -s "$STATE/jwt_secret" ] || (umask 077; "$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(32))' >"$STATE/jwt_secret")
+  gen_airflow_secrets
+  stop_airflow_on_new_keys
   write_env
   # shellcheck disable=SC1090
   source "$ENV_FILE"
@@ -457,6 +518,7 @@ up_airflow() {
   start_bg airflow-scheduler airflow scheduler
   start_bg airflow-dag-processor airflow dag-processor
   start_bg airflow-triggerer airflow triggerer
+  airflow_keys_sum >"$RUN/airflow-keys.sha256"
   wait_for "Airflow api-server on 127.0.0.1:$AIRFLOW_PORT" 120 curl -fsS "http://127.0.0.1:$AIRFLOW_PORT/api/v2/monitor/health"
   say "Airflow up on http://127.0.0.1:$AIRFLOW_PORT (FAB logins: make status)"
 }
@@ -516,7 +578,7 @@ PY
   cat <<EOF
   Airflow UI       http://127.0.0.1:$AIRFLOW_PORT   logins (from ${SECRETS_DIR:-$STATE/secrets}/airflow-users.json; REST: POST /auth/token):
 $logins
-  S3 endpoint      http://127.0.0.1:$S3_PORT   access key: $S3_ACCESS_KEY   secret: $S3_SECRET_KEY
+  S3 endpoint      http://127.0.0.1:$S3_PORT   platform credential: $SECRETS_DIR/s3/platform.json (AWS_ACCESS_KEY_ID in stack.env), tenants': s3/<tenant>.json
   HPC login (sshd) 127.0.0.1:$SSH_PORT   user: $HPC_USER   key: $SSHDIR/id_ed25519   known_hosts: $SSHDIR/known_hosts
   Slurm            cluster $CLUSTER_NAME (slurmctld 6817, slurmd n1 17001 + n2 17002, slurmdbd 6819), HPC root $HPC_ROOT
   Environment      source $ENV_FILE
@@ -527,6 +589,9 @@ EOF
 
 main() {
   mkdir -p "$RUN" "$LOG" "$SSHDIR"
+  # the state dir holds keys, the Airflow database and every task's log: root only, because the
+  # tenants' Unix users live on this same machine (docs/security.md)
+  chmod 0700 "$STATE"
   case "${1:-}" in
     setup) cmd_setup ;;
     up) cmd_up ;;
