@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,21 +46,55 @@ def s3_client(stack_env: dict[str, str]):
     )
 
 
+#: the tenant whose own login the HPC-side tests use: tenant areas are 0700 and belong to the
+#: tenant's Unix user, so the platform's service login cannot enter them
+TEST_TENANT = "demo"
+
+
 @pytest.fixture(scope="session")
-def ssh_client(stack_env: dict[str, str]) -> Iterator[paramiko.SSHClient]:  # noqa: F821
+def test_tenant() -> str:
+    return TEST_TENANT
+
+
+def ssh_login(env: dict[str, str], username: str, key_file: str) -> paramiko.SSHClient:  # noqa: F821
     """A paramiko client logged in to the HPC side with the pinned host key (RejectPolicy)."""
     import paramiko
 
     client = paramiko.SSHClient()
-    client.load_host_keys(stack_env["AIFP_SSH_KNOWN_HOSTS"])
+    client.load_host_keys(env["AIFP_SSH_KNOWN_HOSTS"])
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect(
-        stack_env["AIFP_SSH_HOST"],
-        port=int(stack_env["AIFP_SSH_PORT"]),
-        username=stack_env["AIFP_SSH_USER"],
-        key_filename=stack_env["AIFP_SSH_KEY"],
-        look_for_keys=False,
-        allow_agent=False,
-    )
+    client.connect(env["AIFP_SSH_HOST"], port=int(env["AIFP_SSH_PORT"]), username=username,
+                   key_filename=key_file, look_for_keys=False, allow_agent=False)
+    return client
+
+
+@pytest.fixture(scope="session")
+def tenant_ssh(stack_env: dict[str, str]) -> Iterator[Callable[[str], paramiko.SSHClient]]:  # noqa: F821
+    """``tenant_ssh("acme")``: a client logged in as that tenant's own Unix user, with its key
+    (``<secrets>/ssh/<tenant>/id_ed25519``); one per tenant for the session."""
+    from aifactory.local.localstack import tenant_login
+
+    clients: dict[str, paramiko.SSHClient] = {}  # noqa: F821
+
+    def get(tenant: str) -> paramiko.SSHClient:  # noqa: F821
+        if tenant not in clients:
+            clients[tenant] = ssh_login(stack_env, *tenant_login(stack_env, tenant))
+        return clients[tenant]
+
+    yield get
+    for client in clients.values():
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def ssh_client(tenant_ssh) -> paramiko.SSHClient:  # noqa: F821
+    """The demo tenant's own login on the HPC side (its area, its Slurm account)."""
+    return tenant_ssh(TEST_TENANT)
+
+
+@pytest.fixture(scope="session")
+def service_ssh_client(stack_env: dict[str, str]) -> Iterator[paramiko.SSHClient]:  # noqa: F821
+    """The platform's service login (``aifactory``): accounts and sweeps, never a tenant's area."""
+    client = ssh_login(stack_env, stack_env["AIFP_SSH_USER"], stack_env["AIFP_SSH_KEY"])
     yield client
     client.close()

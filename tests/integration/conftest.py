@@ -7,15 +7,16 @@ from collections.abc import Iterator
 
 import pytest
 
+from aifactory import layout
 from aifactory.hpc.remote import ParamikoShell, q
 from aifactory.local.localstack import bulk_pipe
 
 
 @pytest.fixture()
-def shell(ssh_client, stack_env) -> Iterator[ParamikoShell]:
-    """The core's RemoteShell over the session's verified SSH connection, with the OpenSSH client
-    for bulk transfers as the Airflow hook gives it."""
-    with ParamikoShell(ssh_client, bulk=bulk_pipe(stack_env)) as sh:
+def shell(ssh_client, stack_env, test_tenant) -> Iterator[ParamikoShell]:
+    """The core's RemoteShell over the demo tenant's verified SSH login, with the OpenSSH client
+    (the same login) for bulk transfers as the Airflow hook gives it."""
+    with ParamikoShell(ssh_client, bulk=bulk_pipe(stack_env, test_tenant)) as sh:
         yield sh
 
 
@@ -27,8 +28,9 @@ def sftp_only_shell(ssh_client) -> Iterator[ParamikoShell]:
 
 
 @pytest.fixture()
-def tenant_dir(stack_env, shell) -> Iterator[str]:
-    """A private tenant area per test on the HPC side, removed afterwards."""
-    d = f"{stack_env['AIFP_HPC_ROOT']}/itest-{secrets.token_hex(3)}"
+def tenant_dir(stack_env, shell, test_tenant) -> Iterator[str]:
+    """A private area per test on the HPC side, removed afterwards: inside the demo tenant's own
+    directory (the HPC root belongs to root; only the tenant's login may write in its area)."""
+    d = f"{layout.tenant_dir(stack_env['AIFP_HPC_ROOT'], test_tenant)}/itest-{secrets.token_hex(3)}"
     yield d
     shell.run("rm -rf -- " + q(d))

@@ -35,12 +35,13 @@ RECIPE_DIR = REPO / "include/recipes/tabular_classifier"
 
 
 @pytest.fixture(scope="module")
-def trained(stack_env, ssh_client):
-    """A real tabular_classifier run (no Slurm: the recipe runs as a plain process) on the HPC side."""
+def trained(stack_env, ssh_client, test_tenant):
+    """A real tabular_classifier run (no Slurm: the recipe runs as a plain process) on the HPC side,
+    in the demo tenant's area, as its own login."""
     import pyarrow.csv as pc
     import pyarrow.parquet as pq
 
-    root = f"{stack_env['AIFP_HPC_ROOT']}/itest-export-{secrets.token_hex(3)}"
+    root = f"{layout.tenant_dir(stack_env['AIFP_HPC_ROOT'], test_tenant)}/itest-export-{secrets.token_hex(3)}"
     with ParamikoShell(ssh_client) as sh:
         sh.run("mkdir -p -m 0700 " + q(root + "/ds", root + "/run", f"{root}/run/{layout.RUNTIME_PACKAGE}"))
         local = Path(f"/tmp/aifp-{secrets.token_hex(3)}.parquet")
@@ -143,10 +144,13 @@ KILLABLE = textwrap.dedent('''
 
 
 def _run_export(stack_env, prefix: str, output_dir: str, card: CardContext, pause: float) -> subprocess.Popen:
+    from aifactory.local.localstack import tenant_login
+
+    user, key = tenant_login(stack_env, "demo")  # export runs as the tenant's own login
     args = {"endpoint": stack_env["AIFP_S3_ENDPOINT"], "key": stack_env["AWS_ACCESS_KEY_ID"],
             "secret": stack_env["AWS_SECRET_ACCESS_KEY"], "known_hosts": stack_env["AIFP_SSH_KNOWN_HOSTS"],
             "host": stack_env["AIFP_SSH_HOST"], "port": int(stack_env["AIFP_SSH_PORT"]),
-            "user": stack_env["AIFP_SSH_USER"], "ssh_key": stack_env["AIFP_SSH_KEY"], "bucket": BUCKET,
+            "user": user, "ssh_key": key, "bucket": BUCKET,
             "prefix": prefix, "output_dir": output_dir, "card": card.__dict__, "pause": pause}
     return subprocess.Popen([sys.executable, "-c", KILLABLE, json.dumps(args)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, **stack_env})

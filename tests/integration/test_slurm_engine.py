@@ -46,7 +46,8 @@ from aifactory.hpc.slurm import (
 
 pytestmark = pytest.mark.integration
 
-CONN_ID = "aifactory_hpc_local"
+#: the demo tenant's own connection: tenant jobs run as the tenant's Unix user, in its 0700 area
+CONN_ID = "aifactory_hpc_local_demo"
 HPC_ROOT = "/srv/aifactory"
 POLICY = TenantSlurmPolicy(account="demo", partitions=("debug",), max_cpus_per_task=2, max_mem_gb=4)
 
@@ -102,7 +103,7 @@ def _wait(hook, job_id: str, name: str, timeout: float = 120):
 
 def test_sync_and_async_ssh_use_the_same_pinned_key(hook):
     rc, out, _ = hook.run("echo sync-ok; whoami")
-    assert rc == 0 and out.split() == ["sync-ok", "aifactory"]
+    assert rc == 0 and out.split() == ["sync-ok", "aifp-demo"]
     rc, out, _ = asyncio.run(hook.run_async("echo async-ok"))
     assert rc == 0 and out.strip() == "async-ok"
 
@@ -228,6 +229,9 @@ def test_operator_trains_recipe_end_to_end_and_adopts_on_retry(hook, stack_env):
     assert result["accounting"]["account"] == "demo"
     rc, out, _ = hook.run(f"stat -c %a {op.run_dir}; grep -c '^epoch=' {result['log_path']}")
     assert out.split() == ["700", "5"]
+    # the job ran as the tenant's own Unix user, not the platform's service user
+    rc, out, _ = hook.run(f"sacct -n -X -P -j {result['job_id']} -o User,Account")
+    assert out.split() == ["aifp-demo|demo"]
 
     # A retry (worker died after the job finished): adopt, do not submit again.
     ti.try_number = 2

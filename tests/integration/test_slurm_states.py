@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 PROBES = REPO / "include" / "platform_recipes"
 HPC = "/srv/aifactory"
 DAG = "itest_states"
+#: the demo tenant's own SSH connection: its jobs are watched as its own login
+TENANT_CONN = "aifactory_hpc_local_demo"
 
 
 def sh(*args: str, check: bool = True) -> str:
@@ -206,7 +208,7 @@ def test_completion_is_found_through_sacct_once_squeue_forgot_the_job():
     assert outcome == "succeeded"
     wait_for(lambda: not squeue_by_name(name) and not sh("squeue", "-h", "-j", result["job_id"], check=False).strip(),
              180, "squeue to forget the job")
-    trigger = SlurmJobTrigger(ssh_conn_id="aifactory_hpc_local", job_id=result["job_id"], job_name=name,
+    trigger = SlurmJobTrigger(ssh_conn_id=TENANT_CONN, job_id=result["job_id"], job_name=name,
                               log_path=result["log_path"], poll_interval=2, batched=False)
 
     async def first() -> dict[str, Any]:

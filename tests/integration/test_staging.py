@@ -175,12 +175,13 @@ def test_receive_mode_keeps_only_verified_files(shell, tenant_dir):
     assert "evil" not in listing
 
 
-def test_push_refuses_a_host_key_other_than_the_pinned_one(s3_client, ssh_client, stack_env, tenant_dir, sharded):
+def test_push_refuses_a_host_key_other_than_the_pinned_one(s3_client, ssh_client, stack_env, tenant_dir, sharded,
+                                                           test_tenant):
     import dataclasses as dc
 
     from aifactory.local.localstack import bulk_pipe
 
-    pipe = bulk_pipe(stack_env)
+    pipe = bulk_pipe(stack_env, test_tenant)
     pattern = pipe.known_hosts_line.split()[0]
     # a valid ed25519 key that is not the server's
     other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -190,6 +191,30 @@ def test_push_refuses_a_host_key_other_than_the_pinned_one(s3_client, ssh_client
     manifest, _ = sharded
     _, out, _ = sh.run(f"ls -A {q(tenant_dir + '/datasets/' + manifest.name)}")
     assert out.split() == []
+
+
+@pytest.mark.parametrize("mode, link, target", [
+    ("push", "datasets", "elsewhere"),  # the tenant's own other folder
+    ("pull", "datasets/{name}", "elsewhere"),
+    ("push-sftp", "datasets/{name}/{version}", "elsewhere"),
+    ("push", "datasets", "acme"),  # another tenant's area: refused before any attempt
+])
+def test_a_real_symlink_in_the_destination_stops_the_stage_before_any_write(
+        s3_client, shell, stack_env, tenant_dir, sharded, mode, link, target):
+    from aifactory import layout
+    from aifactory.hpc.staging import SymlinkInPath
+
+    manifest, _ = sharded
+    link_path = f"{tenant_dir}/{link.format(name=manifest.name, version=manifest.version)}"
+    dest = (layout.tenant_dir(stack_env["AIFP_HPC_ROOT"], "acme") + "/datasets" if target == "acme"
+            else f"{tenant_dir}/elsewhere")
+    rc, _, err = shell.run(f"mkdir -p -m 0700 {q(tenant_dir + '/elsewhere')} {q(link_path.rsplit('/', 1)[0])} "
+                           f"&& ln -s {q(dest)} {q(link_path)} && test -L {q(link_path)}")
+    assert rc == 0, err
+    with pytest.raises(SymlinkInPath, match=f"{link_path}.* is a symlink"):
+        _stage(s3_client, shell, tenant_dir, sharded, mode, [])
+    _, out, _ = shell.run(f"ls -A {q(tenant_dir + '/elsewhere')}")
+    assert out.split() == []  # nothing was written through the link
 
 
 def test_staging_options_are_checked():
