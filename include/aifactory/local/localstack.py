@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aifactory.layout import REPO_DIR
+from aifactory.layout import AIRFLOW_USERS_FILE, PLATFORM_LOGIN, REPO_DIR
 
 if TYPE_CHECKING:
     from aifactory.hpc.remote import OpenSSHPipe
@@ -44,10 +44,18 @@ def read_env_file(path: Path | None = None) -> dict[str, str]:
     return env
 
 
-def admin_password(env: dict[str, str]) -> str:
-    """The generated password of Airflow's ``admin`` user (simple auth manager)."""
-    path = Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
-    return json.loads(path.read_text())["admin"]
+def airflow_password(env: Mapping[str, str], login: str = PLATFORM_LOGIN) -> str:
+    """The generated password of an Airflow login (default: the platform admin), from the users
+    file onboarding writes into the secrets directory (operators/access.py)."""
+    path = secrets_dir(env) / AIRFLOW_USERS_FILE
+    try:
+        passwords = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: onboard the tenants first (make onboard, or make up)") from None
+    if login not in passwords:
+        raise KeyError(f"no Airflow login {login!r} in {path} (logins: {sorted(passwords)}); is it in a "
+                       "tenant spec's airflow_users? then run make onboard")
+    return passwords[login]
 
 
 def tenant_login(env: Mapping[str, str], tenant: str) -> tuple[str, str]:
