@@ -71,9 +71,11 @@ PlatformStep = Callable[[Context, list[TenantSpec], list[ClusterSpec]], list[Cha
 def platform_steps() -> list[tuple[str, PlatformStep]]:
     """The platform's own steps (once, before the tenants'), in order."""
     from aifactory.platform.slurm_accounts import onboard_slurm_platform
+    from operators.access import onboard_airflow_platform  # Airflow-side (FAB)
 
     steps: list[tuple[str, PlatformStep]] = []
     steps.append(("slurm", onboard_slurm_platform))
+    steps.append(("airflow", onboard_airflow_platform))
     return steps
 
 
@@ -82,11 +84,13 @@ def tenant_steps() -> list[tuple[str, Step]]:
     from aifactory.platform.cluster_identity import onboard_identity
     from aifactory.platform.objectstore import onboard_objectstore
     from aifactory.platform.slurm_accounts import onboard_slurm
+    from operators.access import onboard_airflow  # Airflow-side (FAB)
 
     steps: list[tuple[str, Step]] = []
     steps.append(("cluster", onboard_identity))
     steps.append(("slurm", onboard_slurm))
     steps.append(("objectstore", onboard_objectstore))
+    steps.append(("airflow", onboard_airflow))
     return steps
 
 
