@@ -1,0 +1,66 @@
+"""The tenants' cluster identities on the real login node, as onboarding left them: a second
+onboarding changes nothing; each tenant's area, key and authorized_keys are private to its own
+user; its connection logs in as that user; the service login cannot enter a tenant's area."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+from pathlib import Path
+
+import pytest
+
+from aifactory import layout
+from aifactory.platform import cluster_identity as ci
+from aifactory.platform.onboard import Context
+from aifactory.tenants import load_cluster, load_tenant
+
+pytestmark = pytest.mark.integration
+
+TENANTS = ("demo", "acme")
+
+
+def _mode_owner(path: str | Path) -> tuple[str, str]:
+    st = os.lstat(path)
+    assert not stat.S_ISLNK(st.st_mode), path
+    return oct(st.st_mode & 0o777), pwd.getpwuid(st.st_uid).pw_name
+
+
+@pytest.mark.parametrize("tenant", TENANTS)
+def test_onboarding_again_changes_nothing(stack_env, tenant):
+    spec = load_tenant(tenant)
+    ctx = Context(secrets_dir=Path(stack_env.get("AIFP_SECRETS_DIR") or Path(stack_env["AIFP_STATE_DIR"]) / "secrets"),
+                  env=stack_env, dry_run=True)
+    assert ci.onboard_identity(ctx, spec, load_cluster(spec.cluster)) == []
+
+
+@pytest.mark.parametrize("tenant", TENANTS)
+def test_the_tenants_area_key_and_login_are_its_own(stack_env, tenant):
+    from aifactory.local.localstack import secrets_dir
+    from operators.hooks import FactorySSHHook
+
+    spec = load_tenant(tenant)
+    user = spec.identity.unix_user
+    root = stack_env["AIFP_HPC_ROOT"]
+    assert _mode_owner(root) == ("0o755", "root")
+    assert _mode_owner(layout.tenant_dir(root, tenant)) == ("0o700", user)
+    key = ci.tenant_key_file(secrets_dir(stack_env), tenant)
+    assert _mode_owner(key) == ("0o600", "root") and _mode_owner(key.parent) == ("0o700", "root")
+    home = Path(pwd.getpwnam(user).pw_dir)
+    assert _mode_owner(home / ".ssh") == ("0o700", user)
+    assert _mode_owner(home / ".ssh" / "authorized_keys") == ("0o600", user)
+    hook = FactorySSHHook(ssh_conn_id=spec.identity.ssh_conn_id, connect_attempts=2)
+    try:
+        rc, out, err = hook.run(f"whoami; id -nG; test -w {layout.tenant_dir(root, tenant)} && echo writable")
+    finally:
+        hook.close()
+    assert rc == 0, err
+    whoami, groups, writable = out.split("\n")[:3]
+    assert whoami == user and ci.LOGIN_GROUP in groups.split() and writable == "writable"
+
+
+def test_the_service_login_cannot_enter_a_tenants_area(stack_env, service_ssh_client):
+    for tenant in TENANTS:
+        _, out, err = service_ssh_client.exec_command(f"ls {layout.tenant_dir(stack_env['AIFP_HPC_ROOT'], tenant)}")
+        assert out.channel.recv_exit_status() != 0 and "Permission denied" in err.read().decode()
