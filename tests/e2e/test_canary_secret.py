@@ -1,0 +1,341 @@
+"""A canary secret in the tenant's S3 and SSH connections is found nowhere after a full pipeline run.
+
+One real run of the demo tenant's pipeline (scheduler, workers, triggerer, Slurm, S3), triggered
+through the REST API; then every place a secret must never reach is read back and searched:
+
+- task logs of every task and every try, as the REST API serves them and as files under the
+  Airflow log folder (plus whatever every stack component's log gained during the run);
+- every XCom value of the run (REST, raw and deserialized);
+- every task instance's rendered template fields (REST ``rendered_fields``);
+- the HPC side: every file under the tenant's directory (staged datasets, the run directory with
+  the job wrapper, params, outputs and the job's own logs);
+- the batch script as Slurm keeps it (``scontrol write batch_script``, read while the job record
+  exists) and ``scontrol show job``;
+- every field ``sacct`` records for the job and its steps (Slurm 22.05: SubmitLine, WorkDir,
+  Comment, AdminComment, SystemComment, ... all of ``sacct --helpformat``).
+
+What is searched for: the real secrets of the connections the run used, the S3 secret access key
+and the SSH private key material (the key file the connection names), and the Airflow platform's
+own secrets (Fernet key, JWT secret, API secret key). Each is found when the whole value or ANY
+16-character piece of it appears (a truncated or wrapped leak counts). For the private key the
+pieces are those of the PEM body that carry key material: pieces that every OpenSSH key shares
+(the format's header) or that encode the public key are left out, so a logged public key is no
+finding.
+
+The explicit canary: a random string put into the tenant SSH connection's ``password`` field for
+the duration of the run. The password is the field Airflow treats as secret in every connection
+(its secrets masker registers it whenever a task fetches the connection) and it cannot break the
+login: the factory authenticates with the key only (``SSHEndpoint`` ignores the password, asyncssh
+and the OpenSSH pipe never get it, paramiko does not need it for an unencrypted key, and the login
+node's sshd refuses password authentication). The S3 connection gets no invented value: its secret
+key IS the credential (a wrong one breaks the run under IAM); the real key is the canary there. The
+canary is placed only when the tenant connection lives in the connections file of the secrets
+directory (the onboarded setup); a connection from the environment cannot change under running
+components, and then only the real secrets are searched.
+
+The test reports where a secret was found and which one, never the secret itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+from urllib.request import Request, urlopen
+
+import pytest
+
+from aifactory import layout
+from aifactory.hpc.slurm import job_name
+from aifactory.local.airflow_api import AirflowClient
+from aifactory.local.localstack import secrets_dir
+from aifactory.platform.secrets import ConnectionStore
+from aifactory.tenants import load_cluster, load_tenant
+from aifactory.tenants.spec import PLATFORM_S3_CONN_ID
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC = load_tenant("demo")
+DAG_ID = layout.pipeline_dag_id(SPEC.tenant)
+CLUSTER = load_cluster(SPEC.cluster)
+PIECE = 16  # a leaked piece this long is a leak
+
+
+# -- the secrets ---------------------------------------------------------------------------------
+def pieces(secret: str) -> set[str]:
+    """The whole secret if short, else every PIECE-character substring of it."""
+    return {secret} if len(secret) <= PIECE else {secret[i:i + PIECE] for i in range(len(secret) - PIECE + 1)}
+
+
+def pem_body(text: str) -> str:
+    return "".join(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("-----"))
+
+
+def reference_key_pieces(comment: str) -> set[str]:
+    """Pieces of a fresh key's PEM body: what every OpenSSH key of this type and comment shares."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", f"{tmp}/k"], check=True)
+        return pieces(pem_body(Path(tmp, "k").read_text()))
+
+
+def public_pieces(pub_line: str) -> set[str]:
+    """Pieces of the public key blob in base64 at each of the 3 byte alignments it can take."""
+    import base64
+
+    blob = base64.b64decode(pub_line.split()[1])
+    out: set[str] = set()
+    for shift in range(3):
+        text = base64.b64encode(b"\0" * shift + blob).decode()
+        out |= pieces(text[4:-4])  # the ends mix in neighbouring bytes
+    return out
+
+
+def key_material_pieces(key_file: Path) -> set[str]:
+    pub = subprocess.run(["ssh-keygen", "-y", "-f", str(key_file)], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    comment = pub.split(maxsplit=2)[2] if len(pub.split()) > 2 else ""
+    found = pieces(pem_body(key_file.read_text())) - reference_key_pieces(comment) - public_pieces(pub)
+    assert len(found) > 20, f"too few secret pieces left of {key_file}: is it an OpenSSH private key?"
+    return found
+
+
+def connection(conn_id: str, store: ConnectionStore, env: dict[str, str]) -> tuple[dict[str, Any], str] | None:
+    """A connection as the backends hold it: the connections file first, then the environment
+    (Airflow's own lookup order). ``(entry, where)``."""
+    entry = store.get(conn_id)
+    if entry is not None:
+        return entry, "file"
+    raw = env.get(f"AIRFLOW_CONN_{conn_id.upper()}")
+    if raw:
+        data = json.loads(raw)
+        data.setdefault("extra_dejson", data.get("extra") or {})
+        return data, "env"
+    return None
+
+
+# -- where to look ------------------------------------------------------------------------------
+def strings(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield str(k)
+            yield from strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from strings(v)
+    elif node is not None:
+        yield str(node)
+
+
+class Corpus:
+    """Named texts to search; a JSON answer is kept raw and with its strings unescaped."""
+
+    def __init__(self) -> None:
+        self.texts: list[tuple[str, str]] = []
+
+    def add(self, where: str, text: str | bytes) -> None:
+        self.texts.append((where, text.decode("latin-1") if isinstance(text, bytes) else text))
+
+    def add_json(self, where: str, raw: str) -> None:
+        self.add(where, raw)
+        try:
+            self.add(f"{where} (decoded)", "\n".join(strings(json.loads(raw))))
+        except ValueError:
+            pass
+
+    def findings(self, secrets_: dict[str, set[str]]) -> list[str]:
+        out = []
+        for where, text in self.texts:
+            for name, parts in secrets_.items():
+                hits = [p for p in parts if p in text]
+                if hits:
+                    out.append(f"{name} in {where} ({len(hits)} of {len(parts)} pieces)")
+        return out
+
+
+class Rest:
+    """GETs as the platform admin, the raw JSON kept (what any reader of the API gets)."""
+
+    def __init__(self, api: AirflowClient) -> None:
+        self.base = api.base_url.rstrip("/") + "/api/v2"
+        self.token = api.token()
+
+    def get(self, path: str, **params: Any) -> str:
+        url = self.base + path + (f"?{urlencode(params)}" if params else "")
+        req = Request(url, headers={"Authorization": f"Bearer {self.token}", "Accept": "application/json"})
+        with urlopen(req, timeout=60) as resp:
+            return resp.read().decode()
+
+
+def files_under(root: Path) -> Iterator[Path]:
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = Path(dirpath, n)
+            if p.is_file() and not p.is_symlink():
+                yield p
+
+
+class LogDeltas:
+    """What each stack log file (component logs, Airflow's log folder) gains while the run lasts."""
+
+    def __init__(self, roots: Iterable[Path]) -> None:
+        self.roots = [r for r in roots if r.is_dir()]
+        self.start = {p: p.stat().st_size for r in self.roots for p in files_under(r)}
+
+    def read(self, corpus: Corpus) -> None:
+        for r in self.roots:
+            for p in files_under(r):
+                with p.open("rb") as fh:
+                    fh.seek(self.start.get(p, 0) if p.stat().st_size >= self.start.get(p, 0) else 0)
+                    corpus.add(f"log file {p}", fh.read())
+
+
+class SlurmWatch(threading.Thread):
+    """Reads the job's batch script and record from slurmctld while the job exists (they are gone
+    MinJobAge seconds after it ends); the job is found by its deterministic name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(daemon=True)
+        self.name_ = name
+        self.stop = threading.Event()
+        self.jobs: dict[str, dict[str, str]] = {}
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            ids = subprocess.run(["squeue", "-h", "-o", "%i", f"--name={self.name_}"], capture_output=True,
+                                 text=True).stdout.split()
+            for job in ids:
+                seen = self.jobs.setdefault(job, {})
+                for what, cmd in [("batch script", ["scontrol", "write", "batch_script", job, "-"]),
+                                  ("scontrol show job", ["scontrol", "show", "job", "-d", job])]:
+                    out = subprocess.run(cmd, capture_output=True, text=True)
+                    if out.returncode == 0 and out.stdout.strip():
+                        seen[what] = out.stdout
+            self.stop.wait(0.5)
+
+
+def sacct_all_fields(job: str) -> str:
+    fields = subprocess.run(["sacct", "--helpformat"], capture_output=True, text=True, check=True).stdout.split()
+    return subprocess.run(["sacct", "-j", job, "--parsable2", "-o", ",".join(fields)], capture_output=True,
+                          text=True, check=True).stdout
+
+
+# -- the test -----------------------------------------------------------------------------------
+@pytest.fixture()
+def canary_connections(stack_env):
+    """The run's SSH and S3 connections with the canary in the SSH password; restored afterwards."""
+    store = ConnectionStore(secrets_dir(stack_env))
+    ssh = connection(SPEC.identity.ssh_conn_id, store, stack_env) or connection(CLUSTER.ssh_conn_id, store, stack_env)
+    s3 = connection(SPEC.identity.s3_conn_id, store, stack_env) or connection(PLATFORM_S3_CONN_ID, store, stack_env)
+    assert ssh and s3, "the demo tenant's SSH or S3 connection is not defined anywhere: run make onboard"
+    canary = f"aifp-canary-{secrets.token_hex(16)}"
+    ssh_id = SPEC.identity.ssh_conn_id
+    original = store.get(ssh_id)
+    if original is not None:
+        store.put(ssh_id, {**original, "password": canary})
+    try:
+        yield {"ssh": ssh[0], "s3": s3[0], "canary": canary if original is not None else None}
+    finally:
+        # put back what was there, unless onboarding rewrote the connection meanwhile
+        if original is not None and store.get(ssh_id) == {**original, "password": canary}:
+            store.put(ssh_id, original)
+
+
+def test_canary_secret_is_nowhere(api, stack_env, s3_client, canary_connections):
+    conns = canary_connections
+    key_file = Path(conns["ssh"]["extra_dejson"]["key_file"])
+    searched: dict[str, set[str]] = {
+        "the S3 secret access key": pieces(str(conns["s3"]["password"])),
+        f"the SSH private key ({key_file.name})": key_material_pieces(key_file),
+    }
+    if conns["canary"]:
+        searched["the canary in the SSH connection's password"] = pieces(conns["canary"])
+    for name in ["fernet_key", "jwt_secret", "api_secret_key"]:
+        path = secrets_dir(stack_env) / name
+        if path.is_file():
+            searched[f"Airflow's {name}"] = pieces(path.read_text().strip())
+
+    log_folder = Path(stack_env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"])
+    deltas = LogDeltas([log_folder, Path(stack_env["AIFP_STATE_DIR"]) / "log"])
+    run_id = f"manual__canary-{secrets.token_hex(6)}"
+    watch = SlurmWatch(job_name(SPEC.tenant, DAG_ID, run_id, "train", -1))
+    watch.start()
+    body = (REPO / "include/sample_data/iris.csv").read_bytes()
+    key = f"{layout.raw_prefix(SPEC.tenant)}canary/{secrets.token_hex(4)}.csv"
+    s3_client.put_object(Bucket=SPEC.bucket, Key=key, Body=body)
+    try:
+        api.trigger(DAG_ID, {**SPEC.defaults, "dataset_uri": layout.s3_uri(SPEC.bucket, key)}, run_id=run_id)
+        run = api.wait_for_run(DAG_ID, run_id, timeout=900)
+    finally:
+        time.sleep(2)  # one more look at slurmctld after the end
+        watch.stop.set()
+        watch.join()
+    tis = api.task_instances(DAG_ID, run_id)
+    assert run["state"] == "success", {t["task_id"]: t["state"] for t in tis}
+
+    corpus = Corpus()
+    rest = Rest(api)
+    run_path = f"/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}"
+    # task instances with their rendered template fields
+    corpus.add_json("REST task instances (rendered_fields)", rest.get(f"{run_path}/taskInstances", limit=100))
+    for ti in tis:
+        tid, mi = ti["task_id"], ti.get("map_index", -1)
+        ti_path = f"{run_path}/taskInstances/{tid}" + ("" if mi == -1 else f"/{mi}")
+        corpus.add_json(f"REST task instance {tid}", rest.get(ti_path))
+        for try_number in range(1, (ti.get("try_number") or 1) + 1):
+            corpus.add_json(f"REST log of {tid} try {try_number}", rest.get(
+                f"{run_path}/taskInstances/{tid}/logs/{try_number}", full_content="true", map_index=mi))
+    # every XCom of the run
+    entries = json.loads(rest.get(f"{run_path}/taskInstances/~/xcomEntries", limit=100))["xcom_entries"]
+    assert entries, "the run left no XCom: nothing was searched there"
+    for e in entries:
+        path = f"{run_path}/taskInstances/{e['task_id']}/xcomEntries/{quote(e['key'], safe='')}"
+        corpus.add_json(f"REST XCom {e['task_id']}/{e['key']}", rest.get(path, map_index=e.get("map_index", -1)))
+        corpus.add_json(f"REST XCom {e['task_id']}/{e['key']} (deserialized)",
+                        rest.get(path, map_index=e.get("map_index", -1), deserialize="true"))
+    # log files: this run's whole folder, and what every other log gained meanwhile
+    run_logs = log_folder / f"dag_id={DAG_ID}" / f"run_id={run_id}"
+    assert any(files_under(run_logs)), f"no task log files under {run_logs}"
+    for p in files_under(run_logs):
+        corpus.add(f"log file {p}", p.read_bytes())
+    deltas.read(corpus)
+    # the HPC side: the tenant's whole directory (staged data, run dirs, job logs)
+    tenant_root = Path(layout.tenant_dir(CLUSTER.hpc_root, SPEC.tenant))
+    wrapper = Path(layout.run_dir(str(tenant_root), watch.name_)) / layout.JOB_WRAPPER
+    assert wrapper.is_file(), f"the job wrapper {wrapper} is missing: the run dir layout changed?"
+    for p in files_under(tenant_root):
+        corpus.add(f"HPC file {p}", p.read_bytes())
+    # Slurm: the job as slurmctld held it, and everything sacct recorded
+    assert watch.jobs, f"the train job {watch.name_} was never seen in squeue"
+    for job, seen in watch.jobs.items():
+        assert "batch script" in seen, f"the batch script of job {job} could not be read while it existed"
+        for what, text in seen.items():
+            corpus.add(f"Slurm {what} of job {job}", text)
+        record = sacct_all_fields(job)
+        corpus.add(f"sacct of job {job}", record)
+        # the job ran as the SSH connection's user: the searched key is the one the run used
+        assert f"|{conns['ssh']['login']}|" in record, f"job {job} did not run as {conns['ssh']['login']}"
+
+    findings = corpus.findings(searched)
+    assert not findings, "secrets leaked:\n" + "\n".join(findings)
+    assert len(corpus.texts) > 20, [w for w, _ in corpus.texts]
+
+
+def test_the_search_finds_a_planted_secret():
+    """The search itself: a piece of a secret embedded in a JSON answer, wrapped or escaped, is found."""
+    secret = secrets.token_urlsafe(40)
+    corpus = Corpus()
+    corpus.add_json("answer", json.dumps({"log": f"boto said: {secret[5:23]}\n"}))
+    corpus.add("clean", "nothing to see " * 100)
+    assert corpus.findings({"s": pieces(secret)}) == ["s in answer (3 of 39 pieces)",
+                                                      "s in answer (decoded) (3 of 39 pieces)"]
+    # and it never prints the secret
+    assert all(secret[5:21] not in f for f in corpus.findings({"s": pieces(secret)}))
