@@ -8,8 +8,12 @@ may read: a 403 to A is the auth manager's decision, not a missing object.
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
+import re
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -17,6 +21,7 @@ import pytest
 
 from aifactory import layout
 from aifactory.local.airflow_api import AirflowAPIError, AirflowClient
+from aifactory.local.localstack import airflow_password
 from aifactory.tenants import load_tenant
 
 A, B = "demo", "acme"
@@ -58,8 +63,6 @@ def run_b(clients) -> str:
 
 
 def wait_for_task(client: AirflowClient, run_id: str, timeout: float = 600) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         states = {t["task_id"]: t["state"] for t in client.task_instances(DAG_B, run_id)}
@@ -139,3 +142,17 @@ def test_plugin_shows_a_only_as_data(stack_env, clients):
         assert plugin_get(stack_env, path, token)[0] == 404
     status, everyone = plugin_get(stack_env, "/tenants", clients[layout.PLATFORM_LOGIN].token())
     assert status == 200 and {A, B} <= {t["tenant"] for t in everyone}
+
+
+def test_plugin_accepts_the_uis_login_cookie(stack_env):
+    """Logged in through FAB's login form (as a browser is), the plugin sees the UI's cookie."""
+    base = stack_env["AIFP_AIRFLOW_URL"]
+    jar = http.cookiejar.CookieJar()
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with browser.open(f"{base}/auth/login/", timeout=30) as page:
+        csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.read().decode()).group(1)
+    form = urllib.parse.urlencode({"csrf_token": csrf, "username": A, "password": airflow_password(stack_env, A)})
+    browser.open(f"{base}/auth/login/", data=form.encode(), timeout=30).close()
+    assert "_token" in {c.name for c in jar}, "FAB's login form set no _token cookie"
+    with browser.open(f"{base}/aifactory/tenants", timeout=30) as answer:
+        assert [t["tenant"] for t in json.loads(answer.read())] == [A]
