@@ -65,6 +65,7 @@ SECRET_SETTINGS = [
         "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__FERNET_KEY"]],
     ("postgres", "POSTGRES_PASSWORD"),
     ("redis", "REDIS_PASSWORD"),
+    ("airflow-init", "AIRFLOW_ADMIN_PASSWORD"),
 ]
 
 
@@ -198,3 +199,12 @@ def test_each_tenant_has_its_own_connection_and_required_secret():
             assert conn["extra"] == platform["extra"], f"{spec.identity.s3_conn_id}: extras differ from the platform's"
             with pytest.raises(Unset):
                 interpolate(raw, {})
+
+
+def test_airflow_uses_the_auth_manager_of_airflow_cfg():
+    """No service overrides the mounted airflow.cfg's FAB auth manager with the simple one (whose
+    users list and generated passwords file are outside FAB's roles)."""
+    for name in ["airflow-init", *AIRFLOW_SERVICES]:
+        env = COMPOSE["services"][name]["environment"]
+        assert not any(k.startswith("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER") for k in env), name
+        assert "SimpleAuthManager" not in env.get("AIRFLOW__CORE__AUTH_MANAGER", ""), name
