@@ -21,11 +21,13 @@ what to do, and the command exits 1. The runner works with whatever steps are re
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from aifactory.errors import FactoryError
@@ -206,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
     parser.add_argument("--check", action="store_true", help="report what would change, change nothing")
+    parser.add_argument("--json", action="store_true", help="one JSON object per step instead of the table")
     parser.add_argument("--tenants-dir", type=Path, default=TENANTS_DIR, help="the tenant specs (default: %(default)s)")
     args = parser.parse_args(argv)
     env = dict(os.environ)
@@ -219,8 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         broken = [e for e in broken if e.path.stem in args.tenant]
     clusters = {name: load_cluster(name) for name in sorted({t.cluster for t in tenants})}
     ctx = Context(secrets_dir=secrets_dir(env), env=env, dry_run=args.check)
-    outcomes = onboard(ctx, tenants, clusters, broken=broken)
-    print(report(outcomes, dry_run=args.check))
+    with contextlib.redirect_stdout(sys.stderr):  # the steps' log lines (Airflow, boto) stay out of the report
+        outcomes = onboard(ctx, tenants, clusters, broken=broken)
+    if args.json:
+        print(json.dumps([asdict(o) for o in outcomes], indent=1))
+    else:
+        print(report(outcomes, dry_run=args.check))
     return 1 if any(o.failed for o in outcomes) else 0
 
 

@@ -1,0 +1,46 @@
+"""Onboarding against the real stack (as root on the login node, as ``make onboard`` runs it):
+every registered step succeeds for every tenant, and a second run changes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aifactory.platform.onboard import PLATFORM, platform_steps, tenant_steps
+from aifactory.tenants import load_tenants
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="onboarding runs as root on the login node")
+
+
+def _onboard(env: dict[str, str], *args: str) -> list[dict]:
+    proc = subprocess.run([sys.executable, "-m", "aifactory.platform.onboard", "--json", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    outcomes = json.loads(proc.stdout)
+    failed = [o for o in outcomes if o["error"] or o["skipped"]]
+    assert proc.returncode == 0 and not failed, json.dumps(failed, indent=1) + proc.stderr[-3000:]
+    return outcomes
+
+
+def test_onboarding_twice_changes_nothing_the_second_time(stack_env):
+    """Generic over whatever steps are registered: each one runs for each tenant (platform steps
+    once), and on the second run (and a dry run after it) every one reports no change."""
+    env = {**os.environ, **stack_env}
+    expected = {(PLATFORM, name) for name, _ in platform_steps()} | {
+        (spec.tenant, name) for spec in load_tenants() for name, _ in tenant_steps()}
+    assert expected, "no onboarding step is registered"
+
+    first = _onboard(env)
+    assert {(o["tenant"], o["step"]) for o in first} == expected
+    second = _onboard(env)
+    assert {(o["tenant"], o["step"]) for o in second} == expected
+    changed = {f"{o['tenant']}/{o['step']}": o["changes"] for o in second if o["changes"]}
+    assert changed == {}, f"the second onboarding changed things again: {json.dumps(changed, indent=1)}"
+    dry = _onboard(env, "--check")
+    assert [o for o in dry if o["changes"]] == []
