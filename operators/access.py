@@ -224,7 +224,7 @@ def drop_stale_members(sm: Any, owner: str, role_name: str, keep: set[str], dry_
 # --------------------------------------------------------------------------------------------
 # Onboarding steps
 # --------------------------------------------------------------------------------------------
-def onboard_airflow(ctx: Context, spec: TenantSpec, cluster: ClusterSpec) -> list[Change]:
+def onboard_airflow(ctx: Context, spec: TenantSpec, cluster: ClusterSpec | None) -> list[Change]:
     """The tenant's role, its DAG permissions, and its users (passwords in the users file)."""
     role = layout.tenant_role(spec.tenant)
     passwords = ensure_passwords(ctx, spec.airflow_users)
@@ -247,3 +247,30 @@ def onboard_airflow_platform(ctx: Context, tenants: list[TenantSpec], clusters: 
         for login, role in logins.items():
             changes += sync_user(sm, PLATFORM, login, passwords[login], role, ctx.dry_run)
     return changes
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m operators.access [--check]``: the Airflow steps alone, for every good tenant spec
+    (docker-compose's airflow-init; the local stack runs them inside ``make onboard``)."""
+    import argparse
+    import os
+
+    from aifactory.platform.onboard import secrets_dir
+    from aifactory.tenants import good_tenants
+
+    parser = argparse.ArgumentParser(prog="python -m operators.access", description=main.__doc__)
+    parser.add_argument("--check", action="store_true", help="report what would change, change nothing")
+    args = parser.parse_args(argv)
+    ctx = Context(secrets_dir=secrets_dir(os.environ), env=dict(os.environ), dry_run=args.check)
+    tenants = list(good_tenants())
+    changes = onboard_airflow_platform(ctx, tenants, [])
+    for spec in tenants:
+        changes += onboard_airflow(ctx, spec, None)  # the cluster is not used
+    for change in changes:
+        print(f"{change.tenant:<10} {change.action}")
+    print(f"{'would change' if args.check else 'changed'} {len(changes)} thing(s); logins in {users_file(ctx.secrets_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
