@@ -457,7 +457,6 @@ write_env() {
     printf 'export AIRFLOW__CORE__DAGS_FOLDER=%q\n' "$REPO/dags"
     printf 'export AIRFLOW__CORE__PLUGINS_FOLDER=%q\n' "$REPO/plugins"
     printf 'export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=%q\n' "sqlite:///$AIRFLOW_HOME_DIR/airflow.db"
-    printf 'export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=%q\n' "$AIRFLOW_HOME_DIR/simple_auth_manager_passwords.json"
     printf 'export AIRFLOW__API__PORT=%q\n' "$AIRFLOW_PORT"
     printf 'export AIRFLOW__API__BASE_URL=%q\n' "http://127.0.0.1:$AIRFLOW_PORT"
     printf 'export AIRFLOW__CORE__EXECUTION_API_SERVER_URL=%q\n' "http://127.0.0.1:$AIRFLOW_PORT/execution/"
