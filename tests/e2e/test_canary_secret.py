@@ -22,16 +22,20 @@ pieces are those of the PEM body that carry key material: pieces that every Open
 (the format's header) or that encode the public key are left out, so a logged public key is no
 finding.
 
-The explicit canary: a random string put into the tenant SSH connection's ``password`` field for
-the duration of the run. The password is the field Airflow treats as secret in every connection
-(its secrets masker registers it whenever a task fetches the connection) and it cannot break the
-login: the factory authenticates with the key only (``SSHEndpoint`` ignores the password, asyncssh
-and the OpenSSH pipe never get it, paramiko does not need it for an unencrypted key, and the login
-node's sshd refuses password authentication). The S3 connection gets no invented value: its secret
-key IS the credential (a wrong one breaks the run under IAM); the real key is the canary there. The
-canary is placed only when the tenant connection lives in the connections file of the secrets
-directory (the onboarded setup); a connection from the environment cannot change under running
-components, and then only the real secrets are searched.
+The explicit canaries, random strings planted for the duration of the run in fields Airflow
+treats as secret and the factory never uses, so that they cannot break the login:
+
+- the SSH connection's ``password``: Airflow's secrets masker registers every connection's password
+  when a task fetches it; the factory authenticates with the key only (``SSHEndpoint`` ignores the
+  password, asyncssh and the OpenSSH pipe never get it, paramiko does not need it for an
+  unencrypted key, and the login node's sshd refuses password authentication);
+- the S3 connection's extra ``aifp_canary_secret``: the masker hides extra values whose key names
+  a secret; the AWS hook ignores extra keys it does not know. The secret key itself gets no
+  invented value: it IS the credential (a wrong one breaks the run under IAM), so the real key is
+  the canary there.
+
+Both connections are the tenant's, in the connections file of the secrets directory (onboarding's;
+Airflow's file backend re-reads it at every lookup, so running components see the canaries).
 
 The test reports where a secret was found and which one, never the secret itself.
 """
@@ -45,7 +49,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -59,7 +64,6 @@ from aifactory.local.airflow_api import AirflowClient
 from aifactory.local.localstack import secrets_dir
 from aifactory.platform.secrets import ConnectionStore
 from aifactory.tenants import load_cluster, load_tenant
-from aifactory.tenants.spec import PLATFORM_S3_CONN_ID
 
 pytestmark = pytest.mark.e2e
 
@@ -68,6 +72,8 @@ SPEC = load_tenant("demo")
 DAG_ID = layout.pipeline_dag_id(SPEC.tenant)
 CLUSTER = load_cluster(SPEC.cluster)
 PIECE = 16  # a leaked piece this long is a leak
+#: the S3 connection's extra that carries the canary: a name Airflow's secrets masker hides ("secret")
+CANARY_EXTRA_KEY = "aifp_canary_secret"
 
 
 # -- the secrets ---------------------------------------------------------------------------------
@@ -106,20 +112,6 @@ def key_material_pieces(key_file: Path) -> set[str]:
     found = pieces(pem_body(key_file.read_text())) - reference_key_pieces(comment) - public_pieces(pub)
     assert len(found) > 20, f"too few secret pieces left of {key_file}: is it an OpenSSH private key?"
     return found
-
-
-def connection(conn_id: str, store: ConnectionStore, env: dict[str, str]) -> tuple[dict[str, Any], str] | None:
-    """A connection as the backends hold it: the connections file first, then the environment
-    (Airflow's own lookup order). ``(entry, where)``."""
-    entry = store.get(conn_id)
-    if entry is not None:
-        return entry, "file"
-    raw = env.get(f"AIRFLOW_CONN_{conn_id.upper()}")
-    if raw:
-        data = json.loads(raw)
-        data.setdefault("extra_dejson", data.get("extra") or {})
-        return data, "env"
-    return None
 
 
 # -- where to look ------------------------------------------------------------------------------
@@ -229,24 +221,37 @@ def sacct_all_fields(job: str) -> str:
 
 
 # -- the test -----------------------------------------------------------------------------------
+@contextmanager
+def planted(store: ConnectionStore, conn_id: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The connection with a canary in it while the block runs; then what was there, unless
+    onboarding rewrote the connection meanwhile."""
+    original = store.get(conn_id)
+    assert original is not None, f"connection {conn_id!r} is not in {store.path}: run make onboard"
+    with_canary = change(json.loads(json.dumps(original)))
+    store.put(conn_id, with_canary)
+    try:
+        yield original
+    finally:
+        if store.get(conn_id) == with_canary:
+            store.put(conn_id, original)
+
+
 @pytest.fixture()
 def canary_connections(stack_env):
-    """The run's SSH and S3 connections with the canary in the SSH password; restored afterwards."""
+    """The demo tenant's SSH and S3 connections (from the connections file: the backend re-reads it
+    at every lookup) with a canary each; both restored afterwards."""
     store = ConnectionStore(secrets_dir(stack_env))
-    ssh = connection(SPEC.identity.ssh_conn_id, store, stack_env) or connection(CLUSTER.ssh_conn_id, store, stack_env)
-    s3 = connection(SPEC.identity.s3_conn_id, store, stack_env) or connection(PLATFORM_S3_CONN_ID, store, stack_env)
-    assert ssh and s3, "the demo tenant's SSH or S3 connection is not defined anywhere: run make onboard"
-    canary = f"aifp-canary-{secrets.token_hex(16)}"
-    ssh_id = SPEC.identity.ssh_conn_id
-    original = store.get(ssh_id)
-    if original is not None:
-        store.put(ssh_id, {**original, "password": canary})
-    try:
-        yield {"ssh": ssh[0], "s3": s3[0], "canary": canary if original is not None else None}
-    finally:
-        # put back what was there, unless onboarding rewrote the connection meanwhile
-        if original is not None and store.get(ssh_id) == {**original, "password": canary}:
-            store.put(ssh_id, original)
+    ssh_canary, s3_canary = (f"aifp-canary-{secrets.token_hex(16)}" for _ in range(2))
+
+    def in_password(c: dict[str, Any]) -> dict[str, Any]:
+        return {**c, "password": ssh_canary}
+
+    def in_extra(c: dict[str, Any]) -> dict[str, Any]:
+        return {**c, "extra_dejson": {**(c.get("extra_dejson") or {}), CANARY_EXTRA_KEY: s3_canary}}
+
+    with planted(store, SPEC.identity.ssh_conn_id, in_password) as ssh, \
+            planted(store, SPEC.identity.s3_conn_id, in_extra) as s3:
+        yield {"ssh": ssh, "s3": s3, "ssh_canary": ssh_canary, "s3_canary": s3_canary}
 
 
 def test_canary_secret_is_nowhere(api, stack_env, s3_client, canary_connections):
@@ -256,8 +261,8 @@ def test_canary_secret_is_nowhere(api, stack_env, s3_client, canary_connections)
         "the S3 secret access key": pieces(str(conns["s3"]["password"])),
         f"the SSH private key ({key_file.name})": key_material_pieces(key_file),
     }
-    if conns["canary"]:
-        searched["the canary in the SSH connection's password"] = pieces(conns["canary"])
+    searched["the canary in the SSH connection's password"] = pieces(conns["ssh_canary"])
+    searched[f"the canary in the S3 connection's extra {CANARY_EXTRA_KEY}"] = pieces(conns["s3_canary"])
     for name in ["fernet_key", "jwt_secret", "api_secret_key"]:
         path = secrets_dir(stack_env) / name
         if path.is_file():
