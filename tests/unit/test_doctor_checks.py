@@ -125,9 +125,18 @@ def test_s3_verdicts():
 
 def test_report_and_exit_status(monkeypatch, capsys):
     rows = [Finding("reachable", "x", True, "answers"), Finding("host key", "x", False, "host key mismatch: ...")]
-    monkeypatch.setattr(doctor, "diagnose", lambda tenants, conns: rows)
+    monkeypatch.setattr(doctor, "diagnose", lambda tenants, conns, **kw: rows)
     assert doctor.main([]) == 1
     out = capsys.readouterr().out
     assert "host key   x       FAIL    host key mismatch" in out and out.rstrip().endswith("2 check(s), 1 FAILED")
-    monkeypatch.setattr(doctor, "diagnose", lambda tenants, conns: rows[:1])
+    monkeypatch.setattr(doctor, "diagnose", lambda tenants, conns, **kw: rows[:1])
     assert doctor.main([]) == 0
+
+
+def test_a_broken_spec_is_a_failed_row_naming_file_and_key(tmp_path, monkeypatch):
+    (tmp_path / "zeta.yaml").write_text("tenant: zeta\n")
+    monkeypatch.setattr(doctor, "check_cluster", lambda cluster, tenants, findings: None)  # no cluster here
+    findings = doctor.diagnose(tenants_dir=tmp_path)
+    spec = [f for f in findings if f.check == "spec"]
+    assert len(spec) == 1 and not spec[0].ok and spec[0].target.endswith("zeta.yaml")
+    assert "zeta.yaml: required key" in spec[0].detail

@@ -30,6 +30,7 @@ import socket
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from aifactory import layout
@@ -190,20 +191,23 @@ def check_tenant_s3(spec: TenantSpec, others: Sequence[TenantSpec], findings: li
         findings.append(foreign_bucket_finding(spec.tenant, conn_id, other.bucket, other.tenant, written, "writing"))
 
 
-def diagnose(tenant_names: Sequence[str] | None = None, ssh_conns: Sequence[str] = ()) -> list[Finding]:
-    """Every check, in table order."""
+def diagnose(tenant_names: Sequence[str] | None = None, ssh_conns: Sequence[str] = (), *,
+             tenants_dir: Path = layout.TENANTS_DIR) -> list[Finding]:
+    """Every check, in table order: every cluster spec (only the named tenants' with
+    ``tenant_names``), each with its tenants."""
     findings: list[Finding] = []
     if ssh_conns:
         for conn_id in ssh_conns:
             with ssh_session(conn_id, findings, fix="define the connection"):
                 pass
         return findings
-    loaded = load_tenant_specs()
+    loaded = load_tenant_specs(tenants_dir)
     tenants = [t for t in loaded.specs if not tenant_names or t.tenant in tenant_names]
     findings.extend(Finding("spec", str(e.path), False, e.message) for e in loaded.errors
                     if not tenant_names or e.path.stem in tenant_names)
     findings.extend(Finding("spec", f"{t.tenant}", True, "loads") for t in tenants)
-    for name in sorted({t.cluster for t in tenants}):
+    every = set() if tenant_names else {p.stem for p in layout.CLUSTERS_DIR.glob("*.yaml")}
+    for name in sorted(every | {t.cluster for t in tenants}):
         cluster = load_cluster(name)
         mine = [t for t in tenants if t.cluster == name]
         check_cluster(cluster, mine, findings)
@@ -228,10 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ssh-conn", action="append", default=[], metavar="CONN_ID",
                         help="only check these SSH connections: reachability, host key, login (repeatable)")
     parser.add_argument("--json", action="store_true", help="one JSON object per check instead of the table")
+    parser.add_argument("--tenants-dir", type=Path, default=layout.TENANTS_DIR,
+                        help="the tenant specs (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.getLogger("paramiko").setLevel(logging.WARNING)  # one line per login is noise in a report
     with contextlib.redirect_stdout(sys.stderr):  # Airflow's and boto's log lines stay out of the report
-        findings = diagnose(args.tenant, args.ssh_conn)
+        findings = diagnose(args.tenant, args.ssh_conn, tenants_dir=args.tenants_dir)
     if args.json:
         print(json.dumps([{**asdict(f), "verdict": f.verdict} for f in findings], indent=1))
     else:
