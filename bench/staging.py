@@ -37,7 +37,8 @@ def main() -> None:
     from aifactory.data.s3 import download_to
     from aifactory.hpc.remote import ParamikoShell, q
     from aifactory.hpc.staging import StagingOptions, stage_dataset
-    from aifactory.local.localstack import bulk_pipe
+    from aifactory.layout import tenant_dir
+    from aifactory.local.localstack import bulk_pipe, tenant_login
 
     m = c.ingested_dataset(s3, args.rows)
     total = m.total_bytes
@@ -50,18 +51,20 @@ def main() -> None:
         if not (local / f.path).exists():
             download_to(s3, c.BUCKET, m.prefix + f.path, local / f.path)
 
+    # the demo tenant's own login, into its own area (0700; the HPC root belongs to root)
+    user, key = tenant_login(env, "demo")
     client = paramiko.SSHClient()
     client.load_host_keys(env["AIFP_SSH_KNOWN_HOSTS"])
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect(env["AIFP_SSH_HOST"], port=int(env["AIFP_SSH_PORT"]), username=env["AIFP_SSH_USER"],
-                   key_filename=env["AIFP_SSH_KEY"], look_for_keys=False, allow_agent=False)
-    root = env["AIFP_HPC_ROOT"]
+    client.connect(env["AIFP_SSH_HOST"], port=int(env["AIFP_SSH_PORT"]), username=user,
+                   key_filename=key, look_for_keys=False, allow_agent=False)
+    root = tenant_dir(env["AIFP_HPC_ROOT"], "demo")
     runs: dict[str, list[float]] = {}
-    scp_base = ["scp", "-q", "-P", env["AIFP_SSH_PORT"], "-i", env["AIFP_SSH_KEY"], "-o", "BatchMode=yes",
+    scp_base = ["scp", "-q", "-P", env["AIFP_SSH_PORT"], "-i", key, "-o", "BatchMode=yes",
                 "-o", f"UserKnownHostsFile={env['AIFP_SSH_KNOWN_HOSTS']}", "-o", "StrictHostKeyChecking=yes"]
-    target = f"{env['AIFP_SSH_USER']}@{env['AIFP_SSH_HOST']}"
+    target = f"{user}@{env['AIFP_SSH_HOST']}"
 
-    with ParamikoShell(client, bulk=bulk_pipe(env)) as shell:
+    with ParamikoShell(client, bulk=bulk_pipe(env, "demo")) as shell:
 
         def fresh(tag: str) -> str:
             d = f"{root}/bench-{tag}-{secrets.token_hex(3)}"
