@@ -10,7 +10,8 @@ through the REST API; then every place a secret must never reach is read back an
 - the HPC side: every file under the tenant's directory (staged datasets, the run directory with
   the job wrapper, params, outputs and the job's own logs);
 - the batch script as Slurm keeps it (``scontrol write batch_script``, read while the job record
-  exists) and ``scontrol show job``;
+  exists), the environment sbatch handed to slurmctld (its state save directory) and
+  ``scontrol show job``;
 - every field ``sacct`` records for the job and its steps (Slurm 22.05: SubmitLine, WorkDir,
   Comment, AdminComment, SystemComment, ... all of ``sacct --helpformat``).
 
@@ -201,6 +202,9 @@ class SlurmWatch(threading.Thread):
         self.jobs: dict[str, dict[str, str]] = {}
 
     def run(self) -> None:
+        state_dir = next((line.split("=", 1)[1].strip() for line in subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True).stdout.splitlines()
+            if line.startswith("StateSaveLocation")), "/var/spool/slurmctld")
         while not self.stop.is_set():
             ids = subprocess.run(["squeue", "-h", "-o", "%i", f"--name={self.name_}"], capture_output=True,
                                  text=True).stdout.split()
@@ -211,6 +215,13 @@ class SlurmWatch(threading.Thread):
                     out = subprocess.run(cmd, capture_output=True, text=True)
                     if out.returncode == 0 and out.stdout.strip():
                         seen[what] = out.stdout
+                # the environment sbatch handed to slurmctld, kept with the script while the job lives
+                saved = Path(state_dir, f"hash.{int(job) % 10}", f"job.{job}")
+                for name in ("environment", "script"):
+                    try:
+                        seen[f"saved {name}"] = (saved / name).read_bytes().decode("latin-1")
+                    except OSError:
+                        pass
             self.stop.wait(0.5)
 
 
@@ -321,7 +332,8 @@ def test_canary_secret_is_nowhere(api, stack_env, s3_client, canary_connections)
     # Slurm: the job as slurmctld held it, and everything sacct recorded
     assert watch.jobs, f"the train job {watch.name_} was never seen in squeue"
     for job, seen in watch.jobs.items():
-        assert "batch script" in seen, f"the batch script of job {job} could not be read while it existed"
+        assert "batch script" in seen and "saved environment" in seen, (
+            f"the batch script or environment of job {job} could not be read while it existed")
         for what, text in seen.items():
             corpus.add(f"Slurm {what} of job {job}", text)
         record = sacct_all_fields(job)
