@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
+import json
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -12,7 +13,14 @@ from urllib.parse import urlsplit
 import pytest
 
 from aifactory.errors import InputError
-from aifactory.platform.objectstore import bucket_policy, tenant_s3_conn_id
+from aifactory.platform.objectstore import (
+    TENANT_POLICY,
+    bucket_policy,
+    credential_file,
+    onboard_objectstore,
+    read_credential,
+    tenant_s3_conn_id,
+)
 from aifactory.tenants import load_tenant
 from aifactory.tenants.spec import PLATFORM_S3_CONN_ID
 
@@ -81,3 +89,61 @@ def test_a_tampered_expired_or_unknown_presigned_url_is_refused(presign, monkeyp
     assert mod.presigned_to_header_signed(_environ(good), now=later) == ("AccessDenied", "Request has expired")
     monkeypatch.setattr(mod, "_secret_of", lambda _: None)
     assert mod.presigned_to_header_signed(_environ(good))[0] == "InvalidAccessKeyId"
+
+
+# -- the onboarding step, against moto's in-process fake of S3 and IAM -------------------------
+
+
+@pytest.fixture
+def ctx(tmp_path, monkeypatch):
+    from moto import mock_aws
+
+    from aifactory.platform.onboard import Context
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    with mock_aws():
+        yield Context(secrets_dir=tmp_path, env={"AWS_ACCESS_KEY_ID": "platform", "AWS_SECRET_ACCESS_KEY": "x"})
+
+
+def _iam():
+    import boto3
+
+    return boto3.client("iam", region_name="us-east-1", aws_access_key_id="platform", aws_secret_access_key="x")
+
+
+def test_onboarding_makes_everything_once_and_then_changes_nothing(ctx):
+    spec = load_tenant("acme")
+    cluster = None  # the step does not use the cluster
+    assert {c.action.split(" ")[0] for c in onboard_objectstore(replace(ctx, dry_run=True), spec, cluster)} == {
+        "create", "set"}
+    assert ctx.connections.get(spec.identity.s3_conn_id) is None and not credential_file(ctx.secrets_dir, "acme").exists()
+    made = [c.action for c in onboard_objectstore(ctx, spec, cluster)]
+    assert len(made) == 5 and made[0] == "create bucket aifactory-acme"
+    cred = read_credential(credential_file(ctx.secrets_dir, "acme"))
+    assert oct(credential_file(ctx.secrets_dir, "acme").stat().st_mode & 0o777) == "0o600"
+    conn = ctx.connections.get(spec.identity.s3_conn_id)
+    assert (conn["login"], conn["password"]) == (cred.access_key_id, cred.secret_access_key)
+    doc = _iam().get_user_policy(UserName="aifp-acme", PolicyName=TENANT_POLICY)["PolicyDocument"]
+    assert (json.loads(doc) if isinstance(doc, str) else doc) == bucket_policy("aifactory-acme")
+    assert onboard_objectstore(ctx, spec, cluster) == []
+    assert onboard_objectstore(replace(ctx, dry_run=True), spec, cluster) == []
+
+
+def test_a_lost_key_is_made_again_and_extra_rights_are_taken_away(ctx):
+    spec = load_tenant("acme")
+    onboard_objectstore(ctx, spec, None)
+    old = read_credential(credential_file(ctx.secrets_dir, "acme"))
+    iam = _iam()
+    iam.delete_access_key(UserName="aifp-acme", AccessKeyId=old.access_key_id)  # what a moto restart does
+    iam.put_user_policy(UserName="aifp-acme", PolicyName="everything",
+                        PolicyDocument='{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", '
+                                       '"Action": "*", "Resource": "*"}]}')
+    actions = [c.action for c in onboard_objectstore(ctx, spec, None)]
+    assert "remove inline policy everything of aifp-acme" in actions
+    assert any(a.startswith("create access key") for a in actions) and "set connection aifactory_s3_acme" in actions
+    new = read_credential(credential_file(ctx.secrets_dir, "acme"))
+    assert new.access_key_id != old.access_key_id
+    assert ctx.connections.get(spec.identity.s3_conn_id)["login"] == new.access_key_id
+    assert iam.list_user_policies(UserName="aifp-acme")["PolicyNames"] == [TENANT_POLICY]
+    assert onboard_objectstore(ctx, spec, None) == []

@@ -256,7 +256,8 @@ def onboard_objectstore(ctx: Context, spec: TenantSpec, cluster: ClusterSpec) ->
         kept = read_credential(path)
         keys = iam.list_access_keys(UserName=user)["AccessKeyMetadata"] if have_user else []
         known = {k["AccessKeyId"]: k.get("Status") for k in keys}
-        if kept is None or kept.user != user or known.get(kept.access_key_id) != "Active":
+        new_key = kept is None or kept.user != user or known.get(kept.access_key_id) != "Active"
+        if new_key:
             change(f"create access key of {user} ({path})")
             if not ctx.dry_run:
                 new = iam.create_access_key(UserName=user)["AccessKey"]
@@ -272,15 +273,15 @@ def onboard_objectstore(ctx: Context, spec: TenantSpec, cluster: ClusterSpec) ->
         raise ObjectStoreError(f"tenant {spec.tenant!r}: the object store refused onboarding ({_code(exc)}: {exc}); "
                                f"check the platform credential ({credential_file(ctx.secrets_dir, 'platform')}) "
                                "and that the endpoint is up (include/stack/stack.sh up)") from exc
-    # the tenant's connection
-    if kept is not None:
+    # the tenant's connection (with --check and a key still to make: it would change too)
+    if ctx.dry_run and new_key:
+        change(f"set connection {spec.identity.s3_conn_id}")
+    elif kept is not None:
         conn = connection(kept, endpoint)
         if ctx.connections.get(spec.identity.s3_conn_id) != conn:
             change(f"set connection {spec.identity.s3_conn_id}")
             if not ctx.dry_run:
                 ctx.connections.put(spec.identity.s3_conn_id, conn)
-    elif ctx.dry_run:
-        change(f"set connection {spec.identity.s3_conn_id}")
     return changes
 
 
