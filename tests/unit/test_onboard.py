@@ -130,8 +130,11 @@ def test_main_exit_status_and_tenant_filter(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ob, "tenant_steps", world.steps)
     monkeypatch.setattr(ob, "platform_steps", lambda: [])
     monkeypatch.setenv("AIFP_SECRETS_DIR", str(tmp_path / "secrets"))
+    monkeypatch.setattr(ob, "platform_steps", lambda: [("p", world.platform)])
     assert ob.main(["--tenants-dir", str(tmp_path), "--tenant", "demo"]) == 0
-    assert {t for t, _ in world.calls} == {"demo"}
+    # the tenant steps of demo only; the platform steps still see every tenant (roles span them all)
+    assert world.calls[0] == ("platform", "acme,demo@local")
+    assert {t for t, _ in world.calls[1:]} == {"demo"}
     (tmp_path / "acme.yaml").write_text("tenant: acme\n")
     assert ob.main(["--tenants-dir", str(tmp_path)]) == 1  # acme's spec is broken; demo still runs
     out = capsys.readouterr().out

@@ -140,9 +140,14 @@ def _run_step(name: str, who: str, call: Callable[..., list[Change]], *args: obj
 
 def onboard(ctx: Context, tenants: Sequence[TenantSpec], clusters: Mapping[str, ClusterSpec], *,
             broken: Sequence[SpecError] = (), steps: Sequence[tuple[str, Step]] | None = None,
-            platform: Sequence[tuple[str, PlatformStep]] | None = None) -> list[Outcome]:
+            platform: Sequence[tuple[str, PlatformStep]] | None = None,
+            every_tenant: Sequence[TenantSpec] | None = None) -> list[Outcome]:
     """Run the platform steps once, then every tenant's steps in order; one outcome per step.
 
+    :param tenants: the tenants to onboard (``--tenant`` may pick a few).
+    :param every_tenant: every good spec (default ``tenants``): the platform steps always get all
+        of them, since what they set up spans every tenant (the operator role over every tenant's
+        DAG); onboarding one tenant must not take the others out of it.
     :param clusters: every cluster a tenant names, by name.
     :param broken: spec files that could not be loaded: each is one failed ``spec`` outcome.
     :param steps: the tenant steps (default :func:`tenant_steps`); ``platform`` likewise.
@@ -151,9 +156,10 @@ def onboard(ctx: Context, tenants: Sequence[TenantSpec], clusters: Mapping[str, 
     platform = platform_steps() if platform is None else platform
     outcomes = [Outcome(e.path.stem, "spec", error=f"{e.message} (fix the file and run make onboard again; "
                                                    "the other tenants are onboarded)") for e in broken]
-    used = [clusters[name] for name in sorted({t.cluster for t in tenants})]
+    everyone = list(tenants if every_tenant is None else every_tenant)
+    used = [clusters[name] for name in sorted({t.cluster for t in everyone})]
     for name, pstep in platform:
-        outcomes.append(_run_step(name, PLATFORM, pstep, ctx, list(tenants), used))
+        outcomes.append(_run_step(name, PLATFORM, pstep, ctx, everyone, used))
     for spec in tenants:
         failed = False
         for name, step in steps:
@@ -220,10 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"unknown tenant(s) {shown_list(unknown)}: no spec in {args.tenants_dir}")
         tenants = [t for t in tenants if t.tenant in args.tenant]
         broken = [e for e in broken if e.path.stem in args.tenant]
-    clusters = {name: load_cluster(name) for name in sorted({t.cluster for t in tenants})}
+    clusters = {name: load_cluster(name) for name in sorted({t.cluster for t in loaded.specs})}
     ctx = Context(secrets_dir=secrets_dir(env), env=env, dry_run=args.check)
     with contextlib.redirect_stdout(sys.stderr):  # the steps' log lines (Airflow, boto) stay out of the report
-        outcomes = onboard(ctx, tenants, clusters, broken=broken)
+        outcomes = onboard(ctx, tenants, clusters, broken=broken, every_tenant=loaded.specs)
     if args.json:
         print(json.dumps([asdict(o) for o in outcomes], indent=1))
     else:
