@@ -1,10 +1,10 @@
 """Onboarding: apply every tenant spec, idempotently.
 
-``python -m aifactory.platform.onboard [--tenant NAME] [--check]`` (``make onboard``) runs, for
-the platform's own steps (:func:`platform_steps`) once, then, for each tenant spec, every step of
-:func:`tenant_steps` in order. A step looks at what exists, changes
-only what differs from the spec, and returns the :class:`Change` list it made (with ``--check``:
-would make). Onboarding twice therefore changes nothing the second time, and prints so.
+``python -m aifactory.platform.onboard [--tenant NAME] [--check] [--json]`` (``make onboard``, as
+root on the login node) runs the platform's own steps (:func:`platform_steps`) once, then, for each
+tenant spec, every step of :func:`tenant_steps` in order. A step looks at what exists, changes only
+what differs from the spec, and returns the :class:`Change` list it made (with ``--check``: would
+make). Onboarding twice therefore changes nothing the second time, and prints so.
 
 Steps (each in its own module, each the one place its rule lives):
 
