@@ -29,21 +29,29 @@ DENIED = {"AccessDenied", "403"}
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def a_conn(stack_env) -> dict[str, Any]:
-    """A's S3 connection as its tasks get it: from the connections file onboarding wrote."""
-    conn = ConnectionStore(Path(stack_env["AIFP_SECRETS_DIR"])).get(A.identity.s3_conn_id)
-    assert conn, (f"no connection {A.identity.s3_conn_id} in {stack_env['AIFP_SECRETS_DIR']}/connections.json: "
+def connection_of(stack_env: dict[str, str], spec: Any) -> dict[str, Any]:
+    """The tenant's S3 connection as its tasks get it: from the connections file onboarding wrote."""
+    conn = ConnectionStore(Path(stack_env["AIFP_SECRETS_DIR"])).get(spec.identity.s3_conn_id)
+    assert conn, (f"no connection {spec.identity.s3_conn_id} in {stack_env['AIFP_SECRETS_DIR']}/connections.json: "
                   "run make onboard (or include/stack/stack.sh up)")
     assert conn["login"] != stack_env["AWS_ACCESS_KEY_ID"], "the tenant's connection holds the platform's key"
     return conn
 
 
+def client_of(conn: dict[str, Any]) -> Any:
+    extra = conn["extra_dejson"]
+    return make_client(endpoint_url=extra["endpoint_url"], access_key=conn["login"], secret_key=conn["password"],
+                       region=extra["region_name"])
+
+
+@pytest.fixture(scope="module")
+def a_conn(stack_env) -> dict[str, Any]:
+    return connection_of(stack_env, A)
+
+
 @pytest.fixture(scope="module")
 def a(a_conn):
-    extra = a_conn["extra_dejson"]
-    return make_client(endpoint_url=extra["endpoint_url"], access_key=a_conn["login"],
-                       secret_key=a_conn["password"], region=extra["region_name"])
+    return client_of(a_conn)
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +205,40 @@ def test_copy_into_the_other_tenants_bucket_is_refused(a, platform, keys):
     refused(lambda: a.copy_object(Bucket=B.bucket, Key=keys["b"] + ".c", CopySource={"Bucket": A.bucket,
                                                                                      "Key": keys["a"]}))
     assert "Contents" not in platform.list_objects_v2(Bucket=B.bucket, Prefix=keys["b"] + ".c")
+
+
+def test_pull_staging_with_the_tenants_credential(stack_env, a, platform, ssh_client, tmp_path):
+    """Pull staging end to end as tenant A's tasks run it: A ingests with its own credential, the
+    stage hands the HPC side (A's login) URLs signed by A's key, the fixed fetch script gets every
+    shard and the sha256s match. B's credential gets nothing of A's dataset."""
+    from aifactory import layout
+    from aifactory.data.ingest import ingest_dataset
+    from aifactory.errors import FactoryError
+    from aifactory.hpc.remote import ParamikoShell, q
+    from aifactory.hpc.staging import StagingOptions, stage_dataset
+
+    run = uuid.uuid4().hex[:8]
+    raw = f"{layout.raw_prefix(A.tenant)}isolation{run}.csv"
+    platform.put_object(Bucket=A.bucket, Key=raw, Body=(Path(__file__).parents[2] / "include/sample_data/iris.csv")
+                        .read_bytes())
+    manifest = ingest_dataset(a, source_uri=f"s3://{A.bucket}/{raw}", bucket=A.bucket, tenant=A.tenant,
+                              workdir=tmp_path, log=lambda m: None, row_group_rows=16, shard_rows=64)
+    prefix = A.dataset_prefix(manifest.name, manifest.version)
+    dest = f"{layout.tenant_dir(stack_env['AIFP_HPC_ROOT'], A.tenant)}/itest-s3-{run}"
+    options = StagingOptions(mode="pull", parallel=2, python="/srv/aifactory/venv/bin/python")
+    with ParamikoShell(ssh_client) as shell:
+        try:
+            logs: list[str] = []
+            result = stage_dataset(a, shell, bucket=A.bucket, dataset_prefix=prefix, manifest=manifest,
+                                   tenant_dir=dest, log=logs.append, options=options)
+            assert result.mode == "pull" and result.files == result.sent_files == len(manifest.files) >= 2, logs
+            assert any("fetched by the HPC side" in line for line in logs), logs
+            b = client_of(connection_of(stack_env, B))
+            with pytest.raises((ClientError, FactoryError)):
+                stage_dataset(b, shell, bucket=A.bucket, dataset_prefix=prefix, manifest=manifest,
+                              tenant_dir=dest + "-b", log=lambda m: None, options=options)
+        finally:
+            shell.run(f"rm -rf -- {q(dest)} {q(dest + '-b')}")
+            for key in [raw, *(o["Key"] for o in platform.list_objects_v2(Bucket=A.bucket, Prefix=prefix)
+                               .get("Contents", []))]:
+                platform.delete_object(Bucket=A.bucket, Key=key)
