@@ -23,7 +23,7 @@ S3_PORT="${AIFP_S3_PORT:-5555}"
 AIRFLOW_PORT="${AIFP_AIRFLOW_PORT:-8080}"
 CLUSTER_NAME="${AIFP_CLUSTER_NAME:-aifactory}"
 PYTHON="${AIFP_PYTHON:-python3}"
-DB_PASSWORD="aifactory-slurmdbd"
+DB_PASSWORD=""  # slurmdbd's MariaDB password: slurmdbd_password
 
 RUN="$STATE/run"
 LOG="$STATE/log"
@@ -221,7 +221,22 @@ up_munge() {
   say "munged up"
 }
 
+# slurmdbd's MariaDB password, generated once into the secrets dir (0600). A stack from before
+# keeps the value its slurmdbd.conf holds: a running slurmdbd knows no other.
+slurmdbd_password() {
+  [ -n "$DB_PASSWORD" ] && return 0
+  local f="$SECRETS_DIR/slurmdbd_db_password" old
+  install -d -m 0700 "$SECRETS_DIR"
+  if [ ! -s "$f" ] && [ -f /etc/slurm/slurmdbd.conf ]; then
+    old="$(sed -n 's/^StoragePass=//p' /etc/slurm/slurmdbd.conf)"
+    if [ -n "$old" ]; then (umask 077; printf '%s\n' "$old" >"$f"); fi
+  fi
+  gen_secret slurmdbd_db_password 'import secrets; print(secrets.token_hex(24))'
+  DB_PASSWORD="$(cat "$f")"
+}
+
 up_mariadb() {
+  slurmdbd_password
   if ! alive mariadb; then
     install -d -m 0755 -o mysql -g mysql /run/mysqld
     if [ ! -d /var/lib/mysql/mysql ]; then
@@ -235,6 +250,7 @@ up_mariadb() {
   mariadb -uroot <<EOF
 CREATE DATABASE IF NOT EXISTS slurm_acct_db;
 CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$DB_PASSWORD';
+ALTER USER 'slurm'@'localhost' IDENTIFIED BY '$DB_PASSWORD';
 GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
 FLUSH PRIVILEGES;
 EOF
@@ -248,6 +264,7 @@ SLURM_NODE_PORTS=(17001 17002)
 
 write_slurm_conf() {
   local host node_line mem nodes="" i
+  slurmdbd_password
   host="$(hostname -s)"
   node_line="$(slurmd -C | head -1)"
   # keep some memory back for Airflow itself; the nodes share the rest

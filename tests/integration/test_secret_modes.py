@@ -87,3 +87,12 @@ def test_a_tenant_user_reads_no_secret(stack_env, tenant):
         out = subprocess.run(["runuser", "-u", user, "--", "cat" if target.is_file() else "ls", str(target)],
                              capture_output=True, text=True)
         assert out.returncode != 0 and "Permission denied" in out.stderr, f"{user} can read {target}"
+
+
+def test_slurmdbd_uses_the_generated_database_password(stack_env):
+    generated = secrets_dir(stack_env) / "slurmdbd_db_password"
+    assert generated.is_file(), f"{generated} missing: run include/stack/stack.sh up"
+    conf = Path("/etc/slurm/slurmdbd.conf")
+    assert conf.stat().st_uid == 0 and mode(conf) == 0o600, f"{conf} is {oct(mode(conf))}"
+    stored = [line.split("=", 1)[1] for line in conf.read_text().splitlines() if line.startswith("StoragePass=")]
+    assert stored == [generated.read_text().strip()], f"{conf}'s StoragePass is not {generated}'s value"
