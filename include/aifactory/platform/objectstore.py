@@ -344,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         print(cred.access_key_id, cred.secret_access_key, connection_env(cred, args.endpoint), sep="\n")
         return 0
     from aifactory.tenants import load_cluster, load_tenants
+    from aifactory.tenants.spec import load_tenant_specs
 
     if args.cmd == "minio":
         args.dir.mkdir(parents=True, exist_ok=True)
@@ -351,8 +352,11 @@ def main(argv: list[str] | None = None) -> int:
             (args.dir / name).write_text(text)
         return 0
     ctx = Context(secrets_dir=args.secrets, env={"AIFP_S3_ENDPOINT": args.endpoint})
-    failed = 0
-    for spec in load_tenants():
+    loaded = load_tenant_specs()
+    for broken in loaded.errors:  # one broken spec fails its tenant alone
+        print(f"{broken.path.stem}: {STEP}: FAILED: {broken.message}", file=sys.stderr)
+    failed = len(loaded.errors)
+    for spec in loaded.specs:
         try:
             for c in onboard_objectstore(ctx, spec, load_cluster(spec.cluster)):
                 print(f"{c.tenant}: {c.step}: {c.action}")
