@@ -208,3 +208,8 @@ def test_airflow_uses_the_auth_manager_of_airflow_cfg():
         env = COMPOSE["services"][name]["environment"]
         assert not any(k.startswith("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER") for k in env), name
         assert "SimpleAuthManager" not in env.get("AIRFLOW__CORE__AUTH_MANAGER", ""), name
+
+
+def test_the_env_file_with_the_secrets_is_never_committed():
+    ignored = {line.strip() for line in (REPO / ".gitignore").read_text().splitlines()}
+    assert ".env" in ignored, "docker compose reads the secrets from .env: .gitignore must list it"
