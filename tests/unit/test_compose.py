@@ -213,3 +213,20 @@ def test_airflow_uses_the_auth_manager_of_airflow_cfg():
 def test_the_env_file_with_the_secrets_is_never_committed():
     ignored = {line.strip() for line in (REPO / ".gitignore").read_text().splitlines()}
     assert ".env" in ignored, "docker compose reads the secrets from .env: .gitignore must list it"
+
+
+def test_each_tenant_reaches_the_cluster_with_its_own_login_and_key():
+    """Tenant tasks SSH as the tenant's own Unix user (identity.ssh_conn_id), never the platform's
+    service login: every tenant spec has its connection, a required variable, and its key mounted
+    file by file at its own path in every Airflow service."""
+    from aifactory.tenants import load_tenants
+
+    for spec in load_tenants():
+        conn_var = f"AIRFLOW_CONN_{spec.identity.ssh_conn_id.upper()}"
+        key_var = f"AIFP_SSH_KEY_{spec.tenant.upper().replace('-', '_')}"
+        for airflow in ["airflow-init", *AIRFLOW_SERVICES]:
+            svc = COMPOSE["services"][airflow]
+            assert VAR_RE.fullmatch(svc["environment"][conn_var])["op"] == ":?", f"{airflow}: {conn_var} must be required"
+            mounts = dict(volume_parts(v) for v in svc["volumes"])
+            src = next((src for src, dst in mounts.items() if dst == f"/opt/aifactory/ssh/{spec.tenant}/id_ed25519"), None)
+            assert src is not None and VAR_RE.fullmatch(src)["name"] == key_var, f"{airflow}: {spec.tenant}'s key"
