@@ -21,6 +21,7 @@ to its Slurm job instead of submitting a second one, and export publishes nothin
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, AssetAlias, Param
@@ -45,10 +46,13 @@ def _bounded(name: str, default: int, low: int, high: int, title: str, note: str
                         description=f"At most {high} (the tenant's limit; checked by the validate task).{note}")}
 
 
-def trigger_form(spec: TenantSpec) -> dict[str, Param]:
-    """The typed Params of the trigger form, bounded by the tenant spec."""
+def trigger_form(spec: TenantSpec, recipe_names: Iterable[str] | None = None) -> dict[str, Param]:
+    """The typed Params of the trigger form, bounded by the tenant spec.
+
+    :param recipe_names: the recipe folders (default: :func:`load_recipes`, read once per parse).
+    """
     lim, d = spec.limits, spec.defaults
-    recipes = sorted(r for r in load_recipes() if spec.allows_recipe(r))
+    recipes = sorted(r for r in (load_recipes() if recipe_names is None else recipe_names) if spec.allows_recipe(r))
     raw = spec.raw_uri_prefix
     return {
         "dataset_uri": Param(
@@ -78,7 +82,7 @@ def trigger_form(spec: TenantSpec) -> dict[str, Param]:
     }
 
 
-def build_pipeline(spec: TenantSpec) -> DAG:
+def build_pipeline(spec: TenantSpec, recipe_names: Iterable[str] | None = None) -> DAG:
     cluster = load_cluster(spec.cluster)
     common = {"tenant": spec.tenant}
     with DAG(
@@ -89,7 +93,7 @@ def build_pipeline(spec: TenantSpec) -> DAG:
         start_date=datetime(2026, 1, 1),
         catchup=False,
         max_active_runs=2,
-        params=trigger_form(spec),
+        params=trigger_form(spec, recipe_names),
         tags=["ai-factory", f"tenant:{spec.tenant}"],
         default_args={"owner": spec.owner, "retries": 1, "retry_delay": timedelta(seconds=20)},
     ) as dag:
@@ -124,5 +128,6 @@ def build_pipeline(spec: TenantSpec) -> DAG:
 
 
 # good specs only: a broken tenant spec fails that tenant alone (see aifactory.tenants.spec.good_tenants)
+_recipe_names = tuple(load_recipes())  # once per parse, for every tenant's form
 for _spec in good_tenants():
-    globals()[pipeline_dag_id(_spec.tenant)] = build_pipeline(_spec)
+    globals()[pipeline_dag_id(_spec.tenant)] = build_pipeline(_spec, _recipe_names)

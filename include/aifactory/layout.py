@@ -29,6 +29,7 @@ Pure functions only: no I/O, no Airflow.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from pathlib import Path
@@ -48,6 +49,17 @@ EXPECTATIONS_DIR = INCLUDE_DIR / "expectations"
 HPC_SCRIPTS_DIR = INCLUDE_DIR / "stack" / "hpc"
 #: the platform job runtime (``aifp_runtime/``) and the fixed batch wrapper every recipe runs through
 RUNTIME_DIR = INCLUDE_DIR / "runtime"
+#: names another folder of tenant specs than :data:`TENANTS_DIR` (a bench, a test, a staging
+#: dag-processor); read only by :func:`tenants_dir`
+TENANTS_DIR_ENV = "AIFP_TENANTS_DIR"
+
+
+def tenants_dir() -> Path:
+    """The folder the tenant specs are loaded from: ``$AIFP_TENANTS_DIR`` when set, else
+    :data:`TENANTS_DIR`. Read at each load (not at import), so one process can point it elsewhere."""
+    override = os.environ.get(TENANTS_DIR_ENV)
+    return Path(override) if override else TENANTS_DIR
+
 
 # --------------------------------------------------------------------------------------------
 # Name rules

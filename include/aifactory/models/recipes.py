@@ -40,11 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
 from aifactory.errors import InputError
 from aifactory.layout import NAME_RE, RECIPES_DIR, SAFE_FILE_RE
 from aifactory.text import shown, shown_list
+from aifactory.yamlfiles import cached, parse_yaml
 
 __all__ = [
     "Recipe",
@@ -141,15 +141,23 @@ class Recipe:
 def load_recipe(folder: Path) -> Recipe:
     """Load and check one recipe folder.
 
+    Parsed and checked once per version of the folder (:func:`aifactory.yamlfiles.cached`: a DAG
+    file's trigger forms read every recipe once per tenant); each caller gets its own copy.
+
     :raises InputError: if ``recipe.yaml`` is missing or malformed, its schema is not a valid JSON
         schema, or a named file is missing. (A broken recipe is the platform's bug; it is reported
         with the same clarity as a user's.)
     """
     folder = Path(folder)
+    # the folder's stamp changes when a file in it (the entry point) is added, removed or renamed
+    return copy.deepcopy(cached("recipe", [folder / "recipe.yaml", folder], lambda: _load_recipe(folder)))
+
+
+def _load_recipe(folder: Path) -> Recipe:
     spec_path = folder / "recipe.yaml"
     if not spec_path.is_file():
         raise InputError(f"recipe {folder.name!r}: {spec_path} is missing")
-    spec = yaml.safe_load(spec_path.read_text()) or {}
+    spec = parse_yaml(spec_path.read_text()) or {}
     if not isinstance(spec, dict):
         raise InputError(f"recipe {folder.name!r}: recipe.yaml must be a mapping")
     name = spec.get("name", folder.name)

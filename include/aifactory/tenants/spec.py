@@ -25,8 +25,9 @@ from aifactory.errors import InputError
 from aifactory.hpc.slurm import TenantSlurmPolicy
 from aifactory.hpc.slurm.checks import SLURM_NAME_RE
 from aifactory.hpc.staging.options import STAGING_MODES, StagingOptions
-from aifactory.layout import CLUSTERS_DIR, TENANT_RE, TENANTS_DIR
+from aifactory.layout import CLUSTERS_DIR, TENANT_RE
 from aifactory.text import shown
+from aifactory.yamlfiles import cached, parse_yaml
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +319,7 @@ class TenantSpecs:
 
 def _load_file(path: Path) -> TenantSpec:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise InputError(f"{path}: cannot be read as YAML ({exc}); fix the file") from exc
     if not isinstance(data, Mapping):
@@ -335,9 +336,14 @@ def _load_file(path: Path) -> TenantSpec:
     return spec
 
 
-def load_tenant_specs(directory: Path = TENANTS_DIR) -> TenantSpecs:
+def load_tenant_specs(directory: Path | None = None) -> TenantSpecs:
     """Every tenant spec in ``directory``, each file on its own: a broken file (bad YAML, a missing
-    or invalid key, a tenant name another file also claims) is reported, the others are loaded."""
+    or invalid key, a tenant name another file also claims) is reported, the others are loaded.
+
+    :param directory: default :func:`aifactory.layout.tenants_dir` (``$AIFP_TENANTS_DIR`` or
+        ``include/tenants``).
+    """
+    directory = directory or layout.tenants_dir()
     loaded: list[tuple[Path, TenantSpec]] = []
     errors: list[SpecError] = []
     for path in sorted(directory.glob("*.yaml")):
@@ -360,7 +366,7 @@ def load_tenant_specs(directory: Path = TENANTS_DIR) -> TenantSpecs:
                        errors=tuple(sorted(errors, key=lambda e: e.path)))
 
 
-def good_tenants(directory: Path = TENANTS_DIR) -> tuple[TenantSpec, ...]:
+def good_tenants(directory: Path | None = None) -> tuple[TenantSpec, ...]:
     """The specs the DAG files build DAGs from: the good ones. Each broken file is logged as an error
     (the dag-processor's log of the DAG file) and is the import error of
     ``dags/platform_tenant_specs.py``, so one broken YAML removes its own tenant's DAGs only."""
@@ -370,7 +376,7 @@ def good_tenants(directory: Path = TENANTS_DIR) -> tuple[TenantSpec, ...]:
     return loaded.specs
 
 
-def load_tenants(directory: Path = TENANTS_DIR) -> list[TenantSpec]:
+def load_tenants(directory: Path | None = None) -> list[TenantSpec]:
     """Every tenant spec in ``directory``, sorted by name; any broken file raises with its path
     (callers that must survive one broken tenant use :func:`load_tenant_specs`)."""
     loaded = load_tenant_specs(directory)
@@ -379,7 +385,7 @@ def load_tenants(directory: Path = TENANTS_DIR) -> list[TenantSpec]:
     return list(loaded.specs)
 
 
-def load_tenant(tenant: str, directory: Path = TENANTS_DIR) -> TenantSpec:
+def load_tenant(tenant: str, directory: Path | None = None) -> TenantSpec:
     """One tenant's spec; another tenant's broken file does not stop it."""
     loaded = load_tenant_specs(directory)
     for spec in loaded.specs:
@@ -388,7 +394,7 @@ def load_tenant(tenant: str, directory: Path = TENANTS_DIR) -> TenantSpec:
     broken = [e.message for e in loaded.errors if e.path.stem == tenant]
     if broken:
         raise InputError(broken[0])
-    raise InputError(f"unknown tenant {shown(tenant)}: no valid spec in {directory}"
+    raise InputError(f"unknown tenant {shown(tenant)}: no valid spec in {directory or layout.tenants_dir()}"
                      + (f" ({len(loaded.errors)} broken spec file(s): "
                         f"{', '.join(e.path.name for e in loaded.errors)})" if loaded.errors else ""))
 
@@ -419,7 +425,12 @@ def load_cluster(name: str, directory: Path = CLUSTERS_DIR) -> ClusterSpec:
     path = directory / f"{name}.yaml"
     if not path.is_file():
         raise InputError(f"unknown cluster {shown(name)}: no {path}")
-    cluster = parse_cluster(yaml.safe_load(path.read_text()) or {}, where=str(path))
+    # once per version of the file: every tenant of the cluster reads it, at every parse
+    return cached("cluster", [path], lambda: _read_cluster(path, name))
+
+
+def _read_cluster(path: Path, name: str) -> ClusterSpec:
+    cluster = parse_cluster(parse_yaml(path.read_text()) or {}, where=str(path))
     if cluster.name != name:
         raise InputError(f"{path}: names cluster {shown(cluster.name)}; the file name must match")
     return cluster

@@ -1,0 +1,151 @@
+"""How long does the dag-processor take to parse the DAG files with many tenants?
+
+Generates ``--tenants`` tenant specs (copies of ``include/tenants/demo.yaml``, each with its own
+name, identity, bucket, Slurm account and Airflow login) in a temporary folder, points the spec
+loader at it (``$AIFP_TENANTS_DIR``, :func:`aifactory.layout.tenants_dir`), and times the parse of
+the DAG files that read the tenant specs, beyond Airflow's own imports: Airflow, its SDK and our
+operators are imported first, as a dag-processor has them loaded already, then each DAG file is
+loaded by Airflow's ``DagBag`` (as the dag-processor does; the time Airflow's DAG import timeout
+``core.dagbag_import_timeout`` bounds, 30 s by default).
+
+Each file is parsed in a process of its own, forked after the imports, as the dag-processor does
+(so a cache filled by one file's parse cannot flatter the next one's).
+
+Figures (last line, JSON): ``tenants``, ``parse_s`` (the sum of the files' times),
+``per_tenant_ms``, ``dags`` (DAGs the files declared), ``import_errors``, ``files`` (seconds per
+file), ``imports_s`` (the imports done before timing, for comparison). Target: ``parse_s`` under
+5 s for 1000 tenants.
+
+    .venv/bin/python bench/parse.py --tenants 1000
+    .venv/bin/python bench/parse.py --tenants 200 --profile /tmp/parse.prof   # /tmp/parse.<file>.prof
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+#: the DAG files whose parse grows with the number of tenants (and the sweep, one DAG per cluster)
+DAG_FILES = ("factory_pipelines.py", "platform_slurm_probe.py", "platform_tenant_specs.py", "platform_slurm_sweep.py")
+
+
+def write_specs(folder: Path, count: int) -> list[str]:
+    """``count`` valid tenant specs in ``folder``, each a copy of the demo tenant's under its own names."""
+    import yaml
+
+    from aifactory import layout
+
+    demo = yaml.safe_load((layout.TENANTS_DIR / "demo.yaml").read_text())
+    names = []
+    for i in range(count):
+        tenant = f"t{i:04d}"
+        spec: dict[str, Any] = json.loads(json.dumps(demo))
+        spec.update(tenant=tenant, display_name=f"Bench tenant {i}", bucket=f"aifp-bench-{tenant}",
+                    airflow_users=[f"user-{tenant}"])
+        spec["identity"] = {"unix_user": f"aifp-{tenant}", "ssh_conn_id": f"aifactory_hpc_local_{tenant}",
+                            "s3_conn_id": f"aifactory_s3_{tenant}"}
+        spec["slurm"]["account"] = tenant
+        spec["defaults"]["dataset_uri"] = layout.s3_uri(spec["bucket"], layout.raw_prefix(tenant)) + "iris.csv"
+        (folder / f"{tenant}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        names.append(tenant)
+    return names
+
+
+def preload() -> float:
+    """Import what a dag-processor has loaded before it parses a file; return the seconds it took."""
+    start = time.perf_counter()
+    import airflow  # noqa: F401
+    import airflow.sdk  # noqa: F401
+    from airflow.dag_processing.dagbag import DagBag  # noqa: F401
+
+    sys.path[:0] = [str(REPO), str(REPO / "include")]
+    import operators.slurm  # noqa: F401
+    import operators.stages  # noqa: F401
+    import operators.sweep  # noqa: F401
+    import operators.training  # noqa: F401
+    return time.perf_counter() - start
+
+
+def _parse_one(path: Path, profile: Path | None) -> dict[str, Any]:
+    from airflow.dag_processing.dagbag import DagBag
+
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    start = time.perf_counter()
+    bag = DagBag(dag_folder=str(path), safe_mode=False)
+    seconds = time.perf_counter() - start
+    if profile:
+        profiler.disable()
+        profiler.dump_stats(str(profile))
+    return {"seconds": seconds, "dags": len(bag.dags),
+            "errors": {Path(k).name: v.splitlines()[0] for k, v in bag.import_errors.items()}}
+
+
+def parse(files: tuple[str, ...], profile: Path | None = None) -> dict[str, Any]:
+    """Load each DAG file with a DagBag of its own in a forked child, as the dag-processor does (a
+    fresh process per file, forked from one that has Airflow imported): no cache of one file's
+    parse can make the next file's cheaper here if it could not there."""
+    per_file: dict[str, float] = {}
+    dags = 0
+    errors: dict[str, str] = {}
+    for name in files:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: parse, report, and end as a task process ends (no teardown)
+            os.close(read_end)
+            out = _parse_one(REPO / "dags" / name, profile and profile.with_suffix(f".{Path(name).stem}.prof"))
+            os.write(write_end, json.dumps(out).encode())
+            os.close(write_end)
+            os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            raw = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        if status != 0 or not raw:
+            raise SystemExit(f"parsing {name} failed in its child process (wait status {status}); see above")
+        out = json.loads(raw)
+        per_file[name] = round(out["seconds"], 3)
+        dags += out["dags"]
+        errors.update(out["errors"])
+    return {"files": per_file, "dags": dags, "import_errors": errors, "parse_s": sum(per_file.values())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--tenants", type=int, default=1000)
+    parser.add_argument("--profile", type=Path, help="write a cProfile of each file's parse next to this path (<stem>.<file>.prof)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    imports_s = preload()
+    with tempfile.TemporaryDirectory(prefix="aifp-parse-") as tmp:
+        write_specs(Path(tmp), args.tenants)
+        from aifactory import layout
+
+        os.environ[layout.TENANTS_DIR_ENV] = tmp
+        result = parse(DAG_FILES, args.profile)
+    for name, secs in result["files"].items():
+        print(f"{name:32s} {secs:8.3f} s", file=sys.stderr)
+    print(json.dumps({
+        "tenants": args.tenants,
+        "parse_s": round(result["parse_s"], 3),
+        "per_tenant_ms": round(1000 * result["parse_s"] / max(args.tenants, 1), 2),
+        "dags": result["dags"],
+        "import_errors": result["import_errors"],
+        "files": result["files"],
+        "imports_s": round(imports_s, 3),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
