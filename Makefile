@@ -2,7 +2,9 @@
 #   make demo    set up, start the local stack and run the demo pipeline end to end
 #   make test    set up and run the whole suite (lint, unit, integration, end to end)
 #   make lint    ruff check of the whole tree (configuration: [tool.ruff] in pyproject.toml)
-#   make up | down | status    the local stack
+#   make up | down | status    the local stack (Airflow on Postgres, LocalExecutor)
+#   make up EXECUTOR=celery    the same with the CeleryExecutor: Redis and two Celery workers
+#                              (make up, or EXECUTOR=local, goes back; make down stops either)
 #   make onboard [CHECK=1]     apply every tenant spec (as root on the login node); CHECK=1: dry run
 #   make doctor                check every cluster and tenant: host key, login, Slurm, S3; what to fix
 SHELL := /bin/bash
@@ -10,6 +12,9 @@ STACK := bash include/stack/stack.sh
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RUFF := $(VENV)/bin/ruff
+# the executor of make up / demo / test: local (LocalExecutor) or celery (CeleryExecutor + Redis)
+EXECUTOR ?= local
+STACK_UP := AIFP_EXECUTOR=$(EXECUTOR) $(STACK) up
 
 .PHONY: setup up down status onboard doctor demo test unit integration e2e lint bench-slurm clean
 
@@ -17,7 +22,7 @@ setup:
 	$(STACK) setup
 
 up:
-	$(STACK) up
+	$(STACK_UP)
 
 down:
 	$(STACK) down
@@ -41,7 +46,7 @@ demo: up
 test: setup
 	$(RUFF) check .
 	$(PY) -m pytest -q tests/unit tests/dags
-	$(STACK) up
+	$(STACK_UP)
 	$(PY) -m pytest -q -x tests/integration tests/e2e
 
 unit: setup

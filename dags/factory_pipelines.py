@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, AssetAlias, Param
 
-from aifactory.layout import pipeline_dag_id
+from aifactory.layout import pipeline_dag_id, ssh_pool
 from aifactory.models.recipes import load_recipes
 from aifactory.tenants import TenantSpec, good_tenants, load_cluster
 from aifactory.tenants.params import dataset_uri_pattern
@@ -85,6 +85,9 @@ def trigger_form(spec: TenantSpec, recipe_names: Iterable[str] | None = None) ->
 def build_pipeline(spec: TenantSpec, recipe_names: Iterable[str] | None = None) -> DAG:
     cluster = load_cluster(spec.cluster)
     common = {"tenant": spec.tenant}
+    # the tasks that hold an SSH session to the cluster's login node share its pool (its slots bound
+    # the sessions under fan-out; a deferred train task holds none)
+    ssh = {"pool": ssh_pool(cluster.name)}
     with DAG(
         dag_id=pipeline_dag_id(spec.tenant),
         description=f"AI factory pipeline of {spec.display_name}",
@@ -104,7 +107,7 @@ def build_pipeline(spec: TenantSpec, recipe_names: Iterable[str] | None = None) 
         quality = QualityGateOperator(task_id="quality", dataset=ingest.output, validated=validated, retries=0,
                                       **common)
         stage = StageDatasetOperator(task_id="stage", dataset=ingest.output, execution_timeout=timedelta(hours=6),
-                                     **common)
+                                     **ssh, **common)
         # The train task takes the *validated* params (validate's typed XCom), never the raw form.
         # The recipe's data checks (one-class label, non-numeric feature) run before anything is submitted.
         train = RecipeTrainOperator(
@@ -116,13 +119,14 @@ def build_pipeline(spec: TenantSpec, recipe_names: Iterable[str] | None = None) 
             staged=stage.output,
             poll_interval=cluster.effective_poll_interval_s,
             retries=2,
+            **ssh,
         )
         # The model's Asset event (s3://<bucket>/<tenant>/models/<model>, extra: version, URI, metrics)
         # goes through a per-tenant alias, because the model's name is known only at run time.
         models = AssetAlias(f"{pipeline_dag_id(spec.tenant)}_models")
         export = ExportModelOperator(task_id="export", dataset=ingest.output, quality=quality.output,
                                      training=train.output, validated=validated, model_asset_alias=models.name,
-                                     outlets=[models], **common)
+                                     outlets=[models], **ssh, **common)
         validate >> ingest >> quality >> stage >> train >> export
     return dag
 

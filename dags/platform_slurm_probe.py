@@ -21,7 +21,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Param, task
 
-from aifactory.layout import probe_dag_id
+from aifactory.layout import probe_dag_id, ssh_pool
 from aifactory.tenants import TenantSpec, good_tenants
 from operators.slurm import SlurmJobOperator
 
@@ -55,6 +55,7 @@ def build_probe(spec: TenantSpec) -> DAG:
             tenant=spec.tenant,
             recipe="probe",
             recipes_root=PLATFORM_RECIPES,
+            pool=ssh_pool(spec.cluster),  # each probe job's submit holds an SSH session to the cluster
             slurm_resources={"nodes": 1, "cpus_per_task": 1, "mem_gb": 1, "time_limit_minutes": 15},
         ).expand(hyperparameters=probe_jobs())
     return dag

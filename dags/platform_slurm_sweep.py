@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
-from aifactory.layout import CLUSTERS_DIR, sweep_dag_id
+from aifactory.layout import CLUSTERS_DIR, ssh_pool, sweep_dag_id
 from aifactory.tenants import ClusterSpec, load_cluster
 from operators.sweep import SlurmSweepOperator
 
@@ -35,7 +35,8 @@ def build_sweep(spec: ClusterSpec) -> DAG:
         params={"dry_run": Param(False, type="boolean", title="Only log what would be cancelled")},
         default_args={"owner": "platform-team", "retries": 1, "retry_delay": timedelta(minutes=1)},
     ) as dag:
-        SlurmSweepOperator(task_id="sweep", cluster=spec.name)  # dry_run from the run's params
+        # dry_run from the run's params; one SSH session to the cluster: its pool
+        SlurmSweepOperator(task_id="sweep", cluster=spec.name, pool=ssh_pool(spec.name))
     return dag
 
 

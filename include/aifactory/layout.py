@@ -116,6 +116,12 @@ def probe_dag_id(tenant: str) -> str:
     return f"platform_slurm_probe_{tenant}"
 
 
+def ssh_pool(cluster: str) -> str:
+    """The Airflow pool bounding the tasks that hold an SSH session to one cluster (``ssh_<cluster>``;
+    the stack and compose make one per cluster spec: include/stack/pools.py)."""
+    return f"ssh_{cluster}"
+
+
 def sweep_dag_id(cluster: str) -> str:
     """The platform's orphan-sweep DAG of one cluster (``platform_slurm_sweep_<cluster>``)."""
     return f"platform_slurm_sweep_{cluster}"

@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from aifactory.layout import CLUSTERS_DIR
+from aifactory.layout import CLUSTERS_DIR, ssh_pool
 from aifactory.tenants.spec import load_cluster
 
 #: tasks of one cluster holding an SSH session at once (well under the stack sshd's MaxStartups)
@@ -27,8 +27,8 @@ SLOTS_ENV = "AIFP_SSH_POOL_SLOTS"
 
 
 def pool_name(cluster: str) -> str:
-    """The pool of a cluster's SSH sessions."""
-    return f"ssh_{cluster}"
+    """The pool of a cluster's SSH sessions (the rule: :func:`aifactory.layout.ssh_pool`, which the DAGs use)."""
+    return ssh_pool(cluster)
 
 
 def pools(clusters_dir: Path = CLUSTERS_DIR, slots: int | None = None) -> dict[str, dict[str, object]]:

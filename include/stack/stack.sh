@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The local AI Factory stack on one machine: sshd (the HPC login node), munge + MariaDB + slurmdbd +
 # slurmctld + two slurmd (a two-node Slurm cluster with accounting; both nodes on this machine),
-# moto's S3 server, and Airflow 3.3 (scheduler, dag-processor, triggerer, api-server) on SQLite.
+# moto's S3 server, and Airflow 3.3 (scheduler, dag-processor, triggerer, api-server) on Postgres;
+# with EXECUTOR=celery also Redis and two Celery workers (include/stack/metadata_db.sh).
 #
 #   stack.sh setup    install what is missing (system packages as root via apt-get, the Airflow venv,
 #                     the cluster's training venv); idempotent
-#   stack.sh up       setup, then start every component that is not running; idempotent
+#   stack.sh up       setup, then start every component that is not running; idempotent.
+#                     AIFP_EXECUTOR=local|celery (make up EXECUTOR=...) picks the executor; without
+#                     it, the one the stack runs (default local)
 #   stack.sh down     stop every component this script started (by PID file), nothing else
 #   stack.sh status   what runs, and the endpoints and logins
 #
@@ -35,13 +38,16 @@ SECRETS_DIR="${AIFP_SECRETS_DIR:-$STATE/secrets}"
 
 say() { printf '[stack] %s\n' "$*"; }
 die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
+# Postgres (Airflow's metadata database), Redis and the Celery workers (make up EXECUTOR=celery)
+# shellcheck source=include/stack/metadata_db.sh
+source "$REPO/include/stack/metadata_db.sh"
 
 # ---------------------------------------------------------------------------------------------
 # setup: system packages, venvs
 # ---------------------------------------------------------------------------------------------
 SYSTEM_CMDS=(curl:curl sshd:openssh-server munged:munge mariadbd:mariadb-server slurmctld:slurmctld
              slurmd:slurmd slurmdbd:slurmdbd sbatch:slurm-client sacctmgr:slurm-client ssh-keygen:openssh-client
-             chromium:chromium)  # chromium: the browser test drives /usr/bin/chromium (Playwright)
+             chromium:chromium pg_ctlcluster:postgresql redis-server:redis-server redis-cli:redis-tools)  # chromium: the browser test drives /usr/bin/chromium (Playwright)
 
 missing_packages() {
   local pair cmd pkg out=()
@@ -473,7 +479,8 @@ write_env() {
     printf 'export AIRFLOW_HOME=%q\n' "$AIRFLOW_HOME_DIR"
     printf 'export AIRFLOW__CORE__DAGS_FOLDER=%q\n' "$REPO/dags"
     printf 'export AIRFLOW__CORE__PLUGINS_FOLDER=%q\n' "$REPO/plugins"
-    printf 'export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=%q\n' "sqlite:///$AIRFLOW_HOME_DIR/airflow.db"
+    echo "# the metadata database (Postgres) and the executor (stack.sh up, AIFP_EXECUTOR)"
+    metadata_env_lines
     printf 'export AIRFLOW__API__PORT=%q\n' "$AIRFLOW_PORT"
     printf 'export AIRFLOW__API__BASE_URL=%q\n' "http://127.0.0.1:$AIRFLOW_PORT"
     printf 'export AIRFLOW__CORE__EXECUTION_API_SERVER_URL=%q\n' "http://127.0.0.1:$AIRFLOW_PORT/execution/"
@@ -514,8 +521,12 @@ gen_airflow_secrets() {
 # arguments with the Fernet key and the triggerer decrypts them; tokens signed by one are checked by
 # the others. Components started with other values (an older stack.env) are stopped, all of them,
 # so that they start again together below.
-AIRFLOW_PARTS=(airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer)
-airflow_keys_sum() { cat "$SECRETS_DIR/fernet_key" "$SECRETS_DIR/jwt_secret" "$SECRETS_DIR/api_secret_key" | sha256sum | cut -d' ' -f1; }
+# The same holds for the metadata database and the executor: both are in the sum.
+AIRFLOW_PARTS=(airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer "${CELERY_WORKERS[@]}")
+airflow_keys_sum() {
+  { cat "$SECRETS_DIR/fernet_key" "$SECRETS_DIR/jwt_secret" "$SECRETS_DIR/api_secret_key"
+    echo "postgres 127.0.0.1:$PG_PORT executor $(stack_executor)"; } | sha256sum | cut -d' ' -f1
+}
 stop_airflow_on_new_keys() {
   local c running=()
   for c in "${AIRFLOW_PARTS[@]}"; do alive "$c" && running+=("$c"); done
@@ -548,18 +559,20 @@ up_airflow() {
     say "migrating the Airflow database"
     airflow db migrate >>"$LOG/airflow-db.log" 2>&1 || { tail -20 "$LOG/airflow-db.log" >&2; die "airflow db migrate failed"; }
   fi
+  up_pools
   up_onboarding
   start_bg airflow-api-server airflow api-server --port "$AIRFLOW_PORT" --host 127.0.0.1
   start_bg airflow-scheduler airflow scheduler
   start_bg airflow-dag-processor airflow dag-processor
   start_bg airflow-triggerer airflow triggerer
+  if [ "$(stack_executor)" = celery ]; then up_celery_workers; fi
   airflow_keys_sum >"$RUN/airflow-keys.sha256"
   wait_for "Airflow api-server on 127.0.0.1:$AIRFLOW_PORT" 120 curl -fsS "http://127.0.0.1:$AIRFLOW_PORT/api/v2/monitor/health"
   say "Airflow up on http://127.0.0.1:$AIRFLOW_PORT (FAB logins: make status)"
 }
 
 # ---------------------------------------------------------------------------------------------
-COMPONENTS=(airflow-triggerer airflow-dag-processor airflow-scheduler airflow-api-server moto slurmd-n1 slurmd-n2 slurmd slurmctld slurmdbd mariadb munged sshd)
+COMPONENTS=("${CELERY_WORKERS[@]}" airflow-triggerer airflow-dag-processor airflow-scheduler airflow-api-server redis postgres moto slurmd-n1 slurmd-n2 slurmd slurmctld slurmdbd mariadb munged sshd)
 
 cmd_up() {
   cmd_setup
@@ -568,18 +581,24 @@ cmd_up() {
   up_mariadb
   up_slurm
   up_s3
+  local executor; executor="$(stack_executor)"
+  echo "$executor" >"$EXECUTOR_FILE"
+  up_postgres
+  if [ "$executor" = celery ]; then up_redis; else stop_celery; fi
   up_airflow
   cmd_status
 }
 
 cmd_down() {
   local c
-  for c in "${COMPONENTS[@]}"; do stop_pid "$c"; done
+  for c in "${COMPONENTS[@]}"; do
+    if [ "$c" = postgres ]; then stop_postgres; else stop_pid "$c"; fi
+  done
   # LocalExecutor workers and task supervisors are children of the scheduler's process group;
   # anything of ours still holding the stack's dirs is reported, not guessed at.
   local left i
   for ((i = 0; i < 20; i++)); do
-    left="$(pgrep -af "$STATE/|$VENV/bin/|slurmstepd" || true
+    left="$(pgrep -af "$STATE/|$VENV/bin/|slurmstepd|-D $PG_DATA|redis-server 127.0.0.1:$REDIS_PORT" || true
             for n in slurmctld slurmd slurmdbd munged mariadbd moto_server; do pgrep -ax "$n" || true; done)"
     [ -z "$left" ] && break
     sleep 0.5
@@ -593,7 +612,10 @@ cmd_down() {
 
 cmd_status() {
   local c state rc=0
-  for c in sshd munged mariadb slurmdbd slurmctld slurmd-n1 slurmd-n2 moto airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer; do
+  local executor parts=(sshd munged mariadb slurmdbd slurmctld slurmd-n1 slurmd-n2 moto postgres airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer)
+  executor="$(stack_executor)"
+  if [ "$executor" = celery ]; then parts+=(redis "${CELERY_WORKERS[@]}"); fi
+  for c in "${parts[@]}"; do
     if alive "$c"; then state="running (pid $(pid_of "$c"))"; else state="stopped"; rc=1; fi
     printf '  %-22s %s\n' "$c" "$state"
   done
@@ -616,6 +638,8 @@ $logins
   S3 endpoint      http://127.0.0.1:$S3_PORT   platform credential: $SECRETS_DIR/s3/platform.json (AWS_ACCESS_KEY_ID in stack.env), tenants': s3/<tenant>.json
   HPC login (sshd) 127.0.0.1:$SSH_PORT   user: $HPC_USER   key: $SSHDIR/id_ed25519   known_hosts: $SSHDIR/known_hosts
   Slurm            cluster $CLUSTER_NAME (slurmctld 6817, slurmd n1 17001 + n2 17002, slurmdbd 6819), HPC root $HPC_ROOT
+  Metadata DB      postgresql://airflow@127.0.0.1:$PG_PORT/airflow   password: $SECRETS_DIR/postgres_airflow_password
+  Executor         $executor$([ "$executor" = celery ] && echo "   broker: redis://127.0.0.1:$REDIS_PORT (password: $SECRETS_DIR/redis_password), workers: ${CELERY_WORKERS[*]}")   (make up EXECUTOR=local|celery)
   Environment      source $ENV_FILE
   Logs             $LOG
 EOF
