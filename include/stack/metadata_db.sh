@@ -68,6 +68,7 @@ host airflow airflow 127.0.0.1/32 scram-sha-256"
     if alive postgres; then kill -HUP "$(pid_of postgres)"; fi
   fi
   if ! alive postgres; then
+    port_open "$PG_PORT" && die "127.0.0.1:$PG_PORT is taken by a server this stack did not start (Debian's own cluster? see pg_lsclusters; pg_ctlcluster <version> main stop)"
     # a postmaster.pid left by a killed server: postgres itself refuses a live one
     # synchronous_commit=off: a crash of the machine may lose the last commits, never consistency
     start_bg postgres setpriv --reuid=postgres --regid=postgres --init-groups -- "$bin/postgres" -D "$PG_DATA" \
@@ -119,6 +120,7 @@ EOF
   chown root:redis "$REDIS_CONF.tmp"; chmod 640 "$REDIS_CONF.tmp"; mv "$REDIS_CONF.tmp" "$REDIS_CONF"
   install -d -m 0750 -o redis -g redis /var/lib/redis
   if ! alive redis; then
+    port_open "$REDIS_PORT" && die "127.0.0.1:$REDIS_PORT is taken by a server this stack did not start (Debian's redis-server service? stop it)"
     start_bg redis setpriv --reuid=redis --regid=redis --init-groups -- /usr/bin/redis-server "$REDIS_CONF"
     wait_for "Redis on 127.0.0.1:$REDIS_PORT" 30 \
       env REDISCLI_AUTH="$(redis_password)" redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping
