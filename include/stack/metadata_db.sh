@@ -12,8 +12,9 @@
 # is /var/lib/mysql): the state dir is root's alone (0700, docs/security.md), which no server
 # running as another user could enter. It listens on 127.0.0.1 only; its Unix socket lies in its
 # data dir (postgres and root only). The role `airflow` logs in with the password kept in
-# $SECRETS_DIR/postgres_airflow_password; a fresh state dir (new password, new Fernet key) gets a
-# fresh database, as it got a fresh SQLite file before.
+# $SECRETS_DIR/postgres_airflow_password. A fresh state dir (new password, new Fernet key), or
+# another one than last time (a clean clone's CI run on this machine), gets a fresh database, as
+# it got a fresh SQLite file before: the cluster remembers its state dir in $PG_DATA/aifactory-state.
 
 PG_PORT="${AIFP_PG_PORT:-5432}"
 PG_DATA="${AIFP_PG_DATA:-/var/lib/postgresql/aifactory}"
@@ -78,9 +79,11 @@ host airflow airflow 127.0.0.1/32 scram-sha-256"
     say "Postgres up on 127.0.0.1:$PG_PORT (data: $PG_DATA)"
   fi
   local pw; pw="$(pg_password)"
-  if [ "$fresh" = 1 ]; then
-    # a new state dir: the database of an earlier one (its Fernet key is gone) is not this stack's
+  if [ "$fresh" = 1 ] || [ "$(cat "$PG_DATA/aifactory-state" 2>/dev/null)" != "$STATE" ]; then
+    # the database of another (or an earlier) state dir: its Fernet key and logins are not this stack's
+    say "a fresh Airflow database for $STATE"
     pg_psql -d postgres -c 'DROP DATABASE IF EXISTS airflow WITH (FORCE)'
+    printf '%s\n' "$STATE" >"$PG_DATA/aifactory-state"
   fi
   pg_psql -d postgres <<EOF
 SELECT 'CREATE ROLE airflow LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'airflow') \gexec
