@@ -614,10 +614,11 @@ def test_airflow_init_makes_a_pool_per_cluster_bounding_its_ssh_sessions():
     spec = importlib.util.spec_from_file_location("aifactory_pools", REPO / "include" / "stack" / "pools.py")
     pools_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pools_module)
-    from aifactory.layout import CLUSTERS_DIR
+    from aifactory.layout import CLUSTERS_DIR, ssh_pool
 
     made = pools_module.pools(CLUSTERS_DIR)
     clusters = sorted(p.stem for p in CLUSTERS_DIR.glob("*.yaml"))
-    assert clusters and sorted(made) == sorted(pools_module.pool_name(c) for c in clusters), (made, clusters)
+    # the pools the DAGs' SSH tasks name (layout.ssh_pool), one per cluster spec
+    assert clusters and sorted(made) == sorted(ssh_pool(c) for c in clusters), (made, clusters)
     for name, pool in made.items():
         assert pool["slots"] >= 1 and pool["include_deferred"] is False and pool["description"], (name, pool)
