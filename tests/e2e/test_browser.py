@@ -100,14 +100,22 @@ def _fill_trigger_form(page: Any, dataset_uri: str, hyperparameters: dict[str, A
 
 
 def _ui_run_state(page: Any, base: str, run_id: str) -> str:
-    """The run's state as the UI shows it: the badge next to the run id in the run page's heading (the
-    task table below has one per task), the page reloaded until the state is final."""
+    """The run's state as the UI shows it: the badge in the run page's heading, next to the run id (the
+    heading's block holds the run id's h2 and the badge; the task table below has one badge per
+    task), the page reloaded until the state is final."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     deadline = time.monotonic() + RUN_TIMEOUT_S
     state = ""
+    # run ids here are browser_<hex>: safe inside the XPath literal
+    heading_badge = f"xpath=//h2[normalize-space()='{run_id}']/..//*[@data-testid='state-badge']"
     while time.monotonic() < deadline:
         page.goto(f"{base}/dags/{DAG_ID}/runs/{run_id}")
-        badge = page.locator("h2", has_text=run_id).locator("[data-testid='state-badge']")
-        badge.wait_for()
+        badge = page.locator(heading_badge).first
+        try:
+            badge.wait_for()
+        except PlaywrightTimeout:  # a slow render of a loaded machine: load the page again
+            continue
         state = badge.inner_text().strip().lower()
         if state in ("success", "failed"):
             return state
