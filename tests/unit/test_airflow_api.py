@@ -41,6 +41,9 @@ class _FakeAirflow(BaseHTTPRequestHandler):
     # the connection closes without an answer)
     script: list[str] = []
     tokens: list[str] = []  # tokens handed out; only the last one is accepted
+    # per PATCH or DELETE: "ok", or the HTTP status to answer with (nothing changes)
+    change_script: list[str] = []
+    changes: list[str] = []  # "PATCH <run>" / "DELETE <run>", as received
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -80,11 +83,36 @@ class _FakeAirflow(BaseHTTPRequestHandler):
             return None
         return self._send(200, self.runs[run_id])
 
+    def _scripted_failure(self, verb: str, run_id: str) -> bool:
+        self.changes.append(f"{verb} {run_id}")
+        action = self.change_script.pop(0) if self.change_script else "ok"
+        if action != "ok":
+            self._send(int(action), {"detail": "deadlock detected" if action == "500" else "Forbidden"})
+            return True
+        return False
+
     def do_PATCH(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        run = self.runs[unquote(self.path.rsplit("/", 1)[-1])]
+        run_id = unquote(self.path.rsplit("/", 1)[-1])
+        if self._scripted_failure("PATCH", run_id):
+            return None
+        run = self.runs[run_id]
         run["state"] = body["state"]
         return self._send(200, run)
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        run_id = unquote(self.path.rsplit("/", 1)[-1])
+        if self._scripted_failure("DELETE", run_id):
+            return None
+        if run_id not in self.runs:
+            return self._send(404, {"detail": "not found"})
+        if self.runs[run_id]["state"] in ("queued", "running"):
+            return self._send(409, {"detail": "the run is still running"})
+        del self.runs[run_id]
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return None
 
     def do_GET(self) -> None:  # noqa: N802
         path, _, query = self.path.partition("?")
@@ -101,6 +129,7 @@ class _FakeAirflow(BaseHTTPRequestHandler):
 def api(monkeypatch):
     monkeypatch.setattr(airflow_api.time, "sleep", lambda s: None)
     _FakeAirflow.runs, _FakeAirflow.posts, _FakeAirflow.script, _FakeAirflow.tokens = {}, [], [], []
+    _FakeAirflow.change_script, _FakeAirflow.changes = [], []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeAirflow)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield AirflowClient(base_url=f"http://127.0.0.1:{server.server_address[1]}", username="u", password="p")
@@ -158,3 +187,24 @@ def test_a_trigger_outcome_sends_nan_as_the_literal_and_reports_either_answer(ap
     assert status == 400 and json.loads(detail)[0]["msg"] == "not a finite number" and not _FakeAirflow.runs
     status, detail = api.trigger_outcome("factory_demo", {"lr": 0.1}, run_id="r1")
     assert status == 200 and json.loads(detail)["dag_run_id"] == "r1" and list(_FakeAirflow.runs) == ["r1"]
+
+
+def test_a_state_change_is_tried_again_after_a_server_error_but_not_after_a_refusal(api):
+    """Postgres: changing a run while the scheduler works on it can deadlock, answered HTTP 500."""
+    api.trigger("factory_demo", {}, "r1")
+    _FakeAirflow.change_script = ["500", "500"]
+    assert api.set_run_state("factory_demo", "r1", "failed")["state"] == "failed"
+    assert _FakeAirflow.changes == ["PATCH r1"] * 3
+    _FakeAirflow.change_script, _FakeAirflow.changes = ["403"], []
+    with pytest.raises(AirflowAPIError) as refused:
+        api.set_run_state("factory_demo", "r1", "success")
+    assert refused.value.status == 403 and _FakeAirflow.changes == ["PATCH r1"]
+
+
+def test_delete_run_fails_a_running_run_first_and_a_gone_run_is_no_error(api):
+    api.trigger("factory_demo", {}, "r2")  # queued: DELETE answers 409
+    _FakeAirflow.change_script = ["ok", "500"]  # the first DELETE meets 409, the PATCH a deadlock once
+    api.delete_run("factory_demo", "r2")
+    assert "r2" not in _FakeAirflow.runs
+    assert _FakeAirflow.changes == ["DELETE r2", "PATCH r2", "PATCH r2", "DELETE r2"]
+    api.delete_run("factory_demo", "r2")  # already gone: 404 is fine

@@ -146,6 +146,20 @@ class AirflowClient:
                 api.configuration.access_token = None
         raise AssertionError("unreachable")
 
+    def _call_retrying(self, what: str, fn: Callable[[ac.ApiClient], Any], attempts: int = 5) -> Any:
+        """An idempotent change (a state set, a clear, a pause, a delete), tried again after a server
+        error or no answer: on Postgres, changing a run while the scheduler works on it can meet a
+        deadlock, which Airflow's API answers with HTTP 500 without retrying (``deadlock detected``
+        in the server's log)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._call(what, fn)
+            except AirflowAPIError as exc:
+                if attempt == attempts or not _transient(exc):
+                    raise
+                time.sleep(0.5 * attempt)
+        raise AssertionError("unreachable")
+
     def token(self) -> str:
         """A JWT from the auth manager's ``POST /auth/token`` (not part of the generated API, so it
         is sent through the client's own request layer)."""
@@ -193,11 +207,11 @@ class AirflowClient:
         return [c.connection_id for c in page.connections]
 
     def unpause(self, dag_id: str) -> None:
-        self._call(f"unpause {dag_id}",
+        self._call_retrying(f"unpause {dag_id}",
                    lambda a: ac.DAGApi(a).patch_dag(dag_id, ac.DAGPatchBody(is_paused=False)))
 
     def pause(self, dag_id: str) -> None:
-        self._call(f"pause {dag_id}",
+        self._call_retrying(f"pause {dag_id}",
                    lambda a: ac.DAGApi(a).patch_dag(dag_id, ac.DAGPatchBody(is_paused=True)))
 
     def import_errors(self) -> list[dict[str, Any]]:
@@ -265,8 +279,32 @@ class AirflowClient:
         """Mark a run ``success`` or ``failed`` (as the UI does); the scheduler starts none of its
         remaining tasks."""
         body = ac.DAGRunPatchBody(state=ac.DagRunMutableStates(state))
-        return self._call(f"set run {run_id} to {state}",
+        return self._call_retrying(f"set run {run_id} to {state}",
                           lambda a: _plain(ac.DagRunApi(a).patch_dag_run(dag_id, run_id, body)))
+
+    def delete_run(self, dag_id: str, run_id: str) -> None:
+        """Delete a run and its task instances; a run still going (HTTP 409) is marked failed first,
+        which stops its tasks. A run already gone is not an error."""
+        def delete() -> None:
+            self._call_retrying(f"delete run {run_id}", lambda a: ac.DagRunApi(a).delete_dag_run(dag_id, run_id))
+
+        try:
+            try:
+                delete()
+            except AirflowAPIError as exc:
+                if exc.status != 409:
+                    raise
+                self.set_run_state(dag_id, run_id, "failed")
+                delete()
+        except AirflowAPIError as exc:
+            if exc.status != 404:
+                raise
+
+    def count_runs(self, dag_id: str, run_id_pattern: str) -> int:
+        """How many runs of the DAG have an id matching ``run_id_pattern`` (SQL LIKE, as the API)."""
+        page = self._call(f"GET runs {run_id_pattern} of {dag_id}", lambda a: ac.DagRunApi(a).get_dag_runs(
+            dag_id, limit=1, run_id_pattern=run_id_pattern))
+        return int(page.total_entries)
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self._call(f"GET run {run_id} of {dag_id}",
@@ -315,7 +353,7 @@ class AirflowClient:
     def set_task_state(self, dag_id: str, run_id: str, task_id: str, new_state: str) -> Any:
         """Mark a task instance (as a user does in the UI: "Mark as failed / success")."""
         body = ac.PatchTaskInstanceBody(new_state=ac.TaskInstanceState(new_state))
-        out = self._call(f"set {task_id} of {run_id} to {new_state}",
+        out = self._call_retrying(f"set {task_id} of {run_id} to {new_state}",
                          lambda a: ac.TaskInstanceApi(a).patch_task_instance(dag_id, run_id, task_id, body))
         return _plain(out)
 
@@ -327,7 +365,7 @@ class AirflowClient:
         body = ac.ClearTaskInstancesBody(
             dag_run_id=run_id, dry_run=dry_run, only_failed=only_failed, reset_dag_runs=True,
             task_ids=[ac.ClearTaskInstancesBodyTaskIdsInner(t) for t in task_ids])
-        out = self._call(f"clear {task_ids} of {run_id}",
+        out = self._call_retrying(f"clear {task_ids} of {run_id}",
                          lambda a: ac.TaskInstanceApi(a).post_clear_task_instances(dag_id, body))
         return [_plain(t) for t in out.task_instances]
 
@@ -367,7 +405,7 @@ class AirflowClient:
     def patch_xcom(self, dag_id: str, run_id: str, task_id: str, value: Any, key: str = "return_value") -> Any:
         """Overwrite an XCom value (what anyone with edit rights on the run can do through the API)."""
         body = ac.XComUpdateBody(value=value, map_index=-1)
-        out = self._call(f"PATCH XCom {key} of {task_id}", lambda a: ac.XComApi(a).update_xcom_entry(
+        out = self._call_retrying(f"PATCH XCom {key} of {task_id}", lambda a: ac.XComApi(a).update_xcom_entry(
             dag_id, task_id, run_id, key, body))
         return out.value
 
