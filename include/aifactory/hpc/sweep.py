@@ -30,7 +30,7 @@ from typing import Any
 
 from aifactory.errors import InputError
 from aifactory.hpc.slurm import job_name
-from aifactory.hpc.slurm.checks import SLURM_NAME_RE
+from aifactory.hpc.slurm.checks import check_accounts
 from aifactory.layout import JOB_COMMENT_PREFIX, JOB_NAME_RE
 
 #: Task states after which nobody will come back for the job (``success`` included: a task a user
@@ -91,9 +91,7 @@ def sweep_command(accounts: Iterable[str]) -> str:
     names = sorted(set(accounts))
     if not names:
         raise InputError("the sweep needs at least one tenant account on the cluster; onboard a tenant first")
-    for name in names:
-        if not SLURM_NAME_RE.match(name):
-            raise InputError(f"Slurm account {name!r} must match {SLURM_NAME_RE.pattern}")
+    names = check_accounts(names)
     args = ["squeue", f"--accounts={','.join(names)}", "--noheader", f"--format={SWEEP_FORMAT}"]
     return " ".join(shlex.quote(a) for a in args)
 

@@ -192,7 +192,7 @@ def check_tenant_s3(spec: TenantSpec, others: Sequence[TenantSpec], findings: li
 
 
 def diagnose(tenant_names: Sequence[str] | None = None, ssh_conns: Sequence[str] = (), *,
-             tenants_dir: Path = layout.TENANTS_DIR) -> list[Finding]:
+             tenants_dir: Path | None = None) -> list[Finding]:
     """Every check, in table order: every cluster spec (only the named tenants' with
     ``tenant_names``), each with its tenants."""
     findings: list[Finding] = []
@@ -232,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ssh-conn", action="append", default=[], metavar="CONN_ID",
                         help="only check these SSH connections: reachability, host key, login (repeatable)")
     parser.add_argument("--json", action="store_true", help="one JSON object per check instead of the table")
-    parser.add_argument("--tenants-dir", type=Path, default=layout.TENANTS_DIR,
-                        help="the tenant specs (default: %(default)s)")
+    parser.add_argument("--tenants-dir", type=Path, default=layout.tenants_dir(),
+                        help="the tenant specs (default: $AIFP_TENANTS_DIR, else %(default)s)")
     args = parser.parse_args(argv)
     logging.getLogger("paramiko").setLevel(logging.WARNING)  # one line per login is noise in a report
     with contextlib.redirect_stdout(sys.stderr):  # Airflow's and boto's log lines stay out of the report

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from aifactory.errors import FactoryError
-from aifactory.layout import REPO_DIR, TENANTS_DIR
+from aifactory.layout import REPO_DIR, tenants_dir
 from aifactory.platform.secrets import ConnectionStore
 from aifactory.tenants.spec import ClusterSpec, SpecError, TenantSpec, load_cluster, load_tenant_specs
 from aifactory.text import printable, shown_list
@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
     parser.add_argument("--check", action="store_true", help="report what would change, change nothing")
     parser.add_argument("--json", action="store_true", help="one JSON object per step instead of the table")
-    parser.add_argument("--tenants-dir", type=Path, default=TENANTS_DIR, help="the tenant specs (default: %(default)s)")
+    parser.add_argument("--tenants-dir", type=Path, default=tenants_dir(),
+                        help="the tenant specs (default: $AIFP_TENANTS_DIR, else %(default)s)")
     args = parser.parse_args(argv)
     env = dict(os.environ)
     loaded = load_tenant_specs(args.tenants_dir)

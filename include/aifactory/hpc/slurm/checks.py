@@ -21,9 +21,11 @@ __all__ = [
     "SINCE_RE",
     "SLURM_NAME_RE",
     "SlurmError",
+    "check_accounts",
     "check_job_ids",
     "check_job_names",
     "check_remote_path",
+    "check_since",
 ]
 
 
@@ -83,3 +85,14 @@ def check_job_ids(job_ids: Iterable[str]) -> list[str]:
 
 def check_job_names(names: Iterable[str]) -> list[str]:
     return _check_each(names, JOB_NAME_RE, "job name", "was not made by aifactory.hpc.slurm.job_name()")
+
+
+def check_accounts(accounts: Iterable[str]) -> list[str]:
+    return _check_each(accounts, SLURM_NAME_RE, "Slurm account", f"must match {SLURM_NAME_RE.pattern}")
+
+
+def check_since(since: str) -> str:
+    """A ``sacct --starttime`` value (:data:`SINCE_RE`)."""
+    if not isinstance(since, str) or not SINCE_RE.fullmatch(since):
+        raise InputError(f"sacct start time {since!r:.40} must be 'now-<n><unit>' or an ISO date")
+    return since

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from aifactory.errors import InputError
 
-from .checks import SINCE_RE, check_job_ids, check_job_names, check_remote_path
+from .checks import check_job_ids, check_job_names, check_remote_path, check_since
 from .states import ACTIVE_STATES
 
 __all__ = [
@@ -105,8 +105,7 @@ def sacct_by_name_command(names: Iterable[str], since: str) -> str:
     :param since: ``now-<n>days`` or ``YYYY-MM-DD[THH:MM[:SS]]`` (controller local time).
     """
     joined = ",".join(check_job_names(names))
-    if not SINCE_RE.fullmatch(since):
-        raise InputError(f"sacct start time {since!r:.40} must be 'now-<n><unit>' or an ISO date")
+    check_since(since)
     return " ".join(
         shlex.quote(a)
         for a in [

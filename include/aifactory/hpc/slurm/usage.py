@@ -13,11 +13,9 @@ import shlex
 from collections.abc import Sequence
 from typing import Any
 
-from aifactory.errors import InputError
-
 from .accounting import accounting
 from .budget import GPU_TRES, Budget
-from .checks import SINCE_RE, SLURM_NAME_RE
+from .checks import check_accounts, check_since
 from .commands import SACCT_FIELDS
 from .parsing import SacctRecord
 
@@ -26,10 +24,8 @@ __all__ = ["sacct_account_command", "usage_report"]
 
 def sacct_account_command(account: str, since: str) -> str:
     """``sacct`` for every job of one account submitted since ``since`` (allocations only, ``-X``)."""
-    if not SLURM_NAME_RE.fullmatch(account):
-        raise InputError(f"Slurm account {account!r:.40} must match {SLURM_NAME_RE.pattern}")
-    if not SINCE_RE.fullmatch(since):
-        raise InputError(f"sacct start time {since!r:.40} must be 'now-<n><unit>' or an ISO date")
+    [account] = check_accounts([account])
+    check_since(since)
     return " ".join(shlex.quote(a) for a in [
         "sacct", "--parsable2", "-X", "--noheader", "--allusers", f"--accounts={account}",
         f"--starttime={since}", f"--format={','.join(SACCT_FIELDS)}",
