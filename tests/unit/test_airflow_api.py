@@ -201,10 +201,12 @@ def test_a_state_change_is_tried_again_after_a_server_error_but_not_after_a_refu
     assert refused.value.status == 403 and _FakeAirflow.changes == ["PATCH r1"]
 
 
-def test_delete_run_fails_a_running_run_first_and_a_gone_run_is_no_error(api):
-    api.trigger("factory_demo", {}, "r2")  # queued: DELETE answers 409
-    _FakeAirflow.change_script = ["ok", "500"]  # the first DELETE meets 409, the PATCH a deadlock once
-    api.delete_run("factory_demo", "r2")
-    assert "r2" not in _FakeAirflow.runs
-    assert _FakeAirflow.changes == ["DELETE r2", "PATCH r2", "PATCH r2", "DELETE r2"]
-    api.delete_run("factory_demo", "r2")  # already gone: 404 is fine
+def test_fail_runs_fails_what_is_still_going_never_deletes_and_names_what_it_could_not(api):
+    api.trigger("factory_demo", {}, "r2")
+    api.trigger("factory_demo", {}, "r3")
+    _FakeAirflow.runs["r3"]["state"] = "success"
+    _FakeAirflow.change_script = ["500"]  # a deadlock with the scheduler once: tried again
+    left = api.fail_runs("factory_demo", ["r2", "r3", "gone"])
+    assert _FakeAirflow.runs["r2"]["state"] == "failed" and _FakeAirflow.runs["r3"]["state"] == "success"
+    assert _FakeAirflow.changes == ["PATCH r2", "PATCH r2"]  # no DELETE, nothing done to the finished run
+    assert len(left) == 1 and left[0].startswith("gone: ")
