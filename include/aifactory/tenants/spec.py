@@ -26,6 +26,7 @@ from aifactory.hpc.slurm import TenantSlurmPolicy
 from aifactory.hpc.slurm.checks import SLURM_NAME_RE
 from aifactory.hpc.staging.options import STAGING_MODES, StagingOptions
 from aifactory.layout import CLUSTERS_DIR, TENANT_RE
+from aifactory.tenants.notifications import NotificationTarget, parse_notifications
 from aifactory.text import shown
 from aifactory.yamlfiles import cached, parse_yaml
 
@@ -132,6 +133,8 @@ class TenantSpec:
     allocation: Allocation | None = None
     #: the tenant's Airflow logins (role :func:`aifactory.layout.tenant_role`); passwords are generated
     airflow_users: tuple[str, ...] = ()
+    #: where the pipeline's failures are announced (``notifications: {on_failure: [...]}``)
+    notifications: tuple[NotificationTarget, ...] = ()
 
     def suite_for(self, dataset_name: str) -> str:
         """The quality suite of one dataset: its own entry in ``quality_suites``, else ``quality_suite``."""
@@ -218,6 +221,7 @@ def parse_tenant(data: Mapping[str, Any], where: str = "tenant spec") -> TenantS
         identity=_identity(_require(data, "identity", where), where),
         allocation=_allocation(_require(data, "allocation", where), where),
         airflow_users=_airflow_users(data.get("airflow_users") or (), where),
+        notifications=parse_notifications(data.get("notifications"), where),
     )
 
 
