@@ -12,6 +12,8 @@ Steps (each in its own module, each the one place its rule lives):
 2. ``slurm``: the tenant's Slurm account, the association of its user only, and its allocation
 3. ``objectstore``: the tenant's bucket, its own S3 credential limited to it, and its connection
 4. ``airflow``: the tenant's Airflow role, DAG permissions and users
+5. ``notifications``: the connection of each failure-notification target (written for the local
+   stack's receivers when missing; a site's own connection is kept)
 
 A broken spec or a failing step fails that tenant alone (its later steps are skipped, they may
 need what the failed one makes): the others are still onboarded, the table names each failure and
@@ -86,6 +88,7 @@ def tenant_steps() -> list[tuple[str, Step]]:
     from aifactory.platform.cluster_identity import onboard_identity
     from aifactory.platform.objectstore import onboard_objectstore
     from aifactory.platform.slurm_accounts import onboard_slurm
+    from aifactory.tenants.notifications import onboard_notifications
     from operators.access import onboard_airflow  # Airflow-side (FAB)
 
     steps: list[tuple[str, Step]] = []
@@ -93,6 +96,7 @@ def tenant_steps() -> list[tuple[str, Step]]:
     steps.append(("slurm", onboard_slurm))
     steps.append(("objectstore", onboard_objectstore))
     steps.append(("airflow", onboard_airflow))
+    steps.append(("notifications", onboard_notifications))  # the targets' connections (local receivers)
     return steps
 
 
