@@ -158,16 +158,18 @@ up_pools() {
 
 # Celery workers (executor celery only): two, with distinct hostnames, each its own PID file; the
 # first serves the task logs (one log server per machine: they share the log folder)
+start_celery_worker() { # start_celery_worker airflow-celery-worker-<n> (also the supervisor's restart)
+  local name="$1" n="${1##*-}"
+  if [ "$n" = 1 ]; then
+    start_bg "$name" airflow celery worker --celery-hostname "worker$n@%h" --concurrency "$CELERY_CONCURRENCY"
+  else
+    start_bg "$name" airflow celery worker --celery-hostname "worker$n@%h" --concurrency "$CELERY_CONCURRENCY" --skip-serve-logs
+  fi
+}
+
 up_celery_workers() {
-  local i name
-  for ((i = 0; i < ${#CELERY_WORKERS[@]}; i++)); do
-    name="${CELERY_WORKERS[$i]}"
-    if [ "$i" = 0 ]; then
-      start_bg "$name" airflow celery worker --celery-hostname "worker$((i + 1))@%h" --concurrency "$CELERY_CONCURRENCY"
-    else
-      start_bg "$name" airflow celery worker --celery-hostname "worker$((i + 1))@%h" --concurrency "$CELERY_CONCURRENCY" --skip-serve-logs
-    fi
-  done
+  local name
+  for name in "${CELERY_WORKERS[@]}"; do start_celery_worker "$name"; done
   say "Celery workers up: ${CELERY_WORKERS[*]} (broker redis 127.0.0.1:$REDIS_PORT)"
 }
 

@@ -9,8 +9,15 @@
 #   stack.sh up       setup, then start every component that is not running; idempotent.
 #                     AIFP_EXECUTOR=local|celery (make up EXECUTOR=...) picks the executor; without
 #                     it, the one the stack runs (default local)
-#   stack.sh down     stop every component this script started (by PID file), nothing else
-#   stack.sh status   what runs, and the endpoints and logins
+#   stack.sh down     stop every component this script started, and all they started, nothing else
+#   stack.sh status   what runs (an Airflow component alive without a heartbeat shows as hung),
+#                     and the endpoints and logins
+#   stack.sh restart NAME   stop (TERM, then KILL, with everything it left) and start one Airflow
+#                     component; what the supervisor runs (docs/operations.md)
+#
+# Every process a component starts stays findable (its cgroup and session, include/stack/procs.sh):
+# up ends what a dead component left before starting it again; down stops the supervisor first,
+# then TERMs and KILLs everything left, and fails naming whatever survives.
 #
 # Every PID file, log and generated key lives under $AIFP_STATE_DIR (default <repo>/.stack).
 # The Slurm configuration is the machine's (/etc/slurm), as on a real cluster.
@@ -41,6 +48,9 @@ die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
 # Postgres (Airflow's metadata database), Redis and the Celery workers (make up EXECUTOR=celery)
 # shellcheck source=include/stack/metadata_db.sh
 source "$REPO/include/stack/metadata_db.sh"
+# finding every process a component started, however renamed or reparented (cgroup + session)
+# shellcheck source=include/stack/procs.sh
+source "$REPO/include/stack/procs.sh"
 
 # ---------------------------------------------------------------------------------------------
 # setup: system packages, venvs
@@ -124,17 +134,6 @@ cmd_setup() {
 # ---------------------------------------------------------------------------------------------
 # process helpers
 # ---------------------------------------------------------------------------------------------
-pid_of() { local f="$RUN/$1.pid"; [ -s "$f" ] && cat "$f"; }
-alive() { local p; p="$(pid_of "$1" || true)"; [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
-
-# start NAME CMD...: run CMD detached in its own session, logging to $LOG/NAME.log
-start_bg() {
-  local name="$1"; shift
-  if alive "$name"; then return 0; fi
-  setsid "$@" >>"$LOG/$name.log" 2>&1 < /dev/null &
-  echo $! >"$RUN/$name.pid"
-}
-
 wait_for() { # wait_for DESCRIPTION SECONDS CMD...
   local what="$1" secs="$2"; shift 2
   local i
@@ -143,20 +142,6 @@ wait_for() { # wait_for DESCRIPTION SECONDS CMD...
     sleep 0.25
   done
   die "$what did not come up within ${secs}s (logs: $LOG)"
-}
-
-stop_pid() { # stop NAME: TERM, wait, KILL; the whole process group (setsid made it a leader)
-  local name="$1" p i
-  p="$(pid_of "$name" || true)"
-  [ -z "$p" ] && { rm -f "$RUN/$name.pid"; return 0; }
-  if kill -0 "$p" 2>/dev/null; then
-    kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true
-    for ((i = 0; i < 60; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.25; done
-    kill -KILL -- "-$p" 2>/dev/null || true
-    kill -KILL "$p" 2>/dev/null || true
-    say "stopped $name (pid $p)"
-  fi
-  rm -f "$RUN/$name.pid"
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -208,7 +193,7 @@ EOF
   fi
   mkdir -p /run/sshd && chmod 0755 /run/sshd
   /usr/sbin/sshd -t -f "$SSHDIR/sshd_config" || die "sshd config test failed ($SSHDIR/sshd_config)"
-  /usr/sbin/sshd -f "$SSHDIR/sshd_config" -E "$LOG/sshd.log"
+  ( cg_join sshd; exec /usr/sbin/sshd -f "$SSHDIR/sshd_config" -E "$LOG/sshd.log" )
   wait_for "sshd on 127.0.0.1:$SSH_PORT" 10 port_open "$SSH_PORT"
   say "sshd up on 127.0.0.1:$SSH_PORT"
 }
@@ -220,7 +205,7 @@ up_munge() {
   if alive munged; then return 0; fi
   install -d -m 0755 -o munge -g munge /run/munge
   [ -f /etc/munge/munge.key ] || { mungekey --create >/dev/null 2>&1 || /usr/sbin/mungekey -c; chown munge:munge /etc/munge/munge.key; }
-  runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid --force
+  ( cg_join munged; exec runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid --force )
   wait_for munged 10 test -s /run/munge/munged.pid
   cp /run/munge/munged.pid "$RUN/munged.pid"
   wait_for "munge round trip" 10 bash -c 'munge -n | unmunge'
@@ -548,8 +533,28 @@ up_onboarding() {
   fi
 }
 
+# One Airflow component by name: what up starts and what the supervisor restarts (cmd_restart)
+start_airflow_part() {
+  case "$1" in
+    airflow-api-server) start_bg "$1" airflow api-server --port "$AIRFLOW_PORT" --host 127.0.0.1 ;;
+    airflow-scheduler) start_bg "$1" airflow scheduler ;;
+    airflow-dag-processor) start_bg "$1" airflow dag-processor ;;
+    airflow-triggerer) start_bg "$1" airflow triggerer ;;
+    airflow-celery-worker-*) start_celery_worker "$1" ;;
+    *) die "not an Airflow component: '$1' (${AIRFLOW_PARTS[*]})" ;;
+  esac
+}
+
+# The supervisor (aifactory.local.supervisor; docs/operations.md): restarts an Airflow component
+# that died or stopped heartbeating, never anything else. up stops it while it (re)starts Airflow.
+start_supervisor() {
+  start_bg supervisor "$VENV/bin/python" -m aifactory.local.supervisor run --state "$STATE" \
+    --url "http://127.0.0.1:$AIRFLOW_PORT" --stack "$REPO/include/stack/stack.sh"
+}
+
 up_airflow() {
   mkdir -p "$AIRFLOW_HOME_DIR"
+  stop_pid supervisor
   gen_airflow_secrets
   stop_airflow_on_new_keys
   write_env
@@ -561,18 +566,17 @@ up_airflow() {
   fi
   up_pools
   up_onboarding
-  start_bg airflow-api-server airflow api-server --port "$AIRFLOW_PORT" --host 127.0.0.1
-  start_bg airflow-scheduler airflow scheduler
-  start_bg airflow-dag-processor airflow dag-processor
-  start_bg airflow-triggerer airflow triggerer
+  local c
+  for c in airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer; do start_airflow_part "$c"; done
   if [ "$(stack_executor)" = celery ]; then up_celery_workers; fi
   airflow_keys_sum >"$RUN/airflow-keys.sha256"
   wait_for "Airflow api-server on 127.0.0.1:$AIRFLOW_PORT" 120 curl -fsS "http://127.0.0.1:$AIRFLOW_PORT/api/v2/monitor/health"
+  start_supervisor
   say "Airflow up on http://127.0.0.1:$AIRFLOW_PORT (FAB logins: make status)"
 }
 
 # ---------------------------------------------------------------------------------------------
-COMPONENTS=("${CELERY_WORKERS[@]}" airflow-triggerer airflow-dag-processor airflow-scheduler airflow-api-server redis postgres moto slurmd-n1 slurmd-n2 slurmd slurmctld slurmdbd mariadb munged sshd)
+COMPONENTS=(supervisor "${CELERY_WORKERS[@]}" airflow-triggerer airflow-dag-processor airflow-scheduler airflow-api-server redis postgres moto slurmd-n1 slurmd-n2 slurmd slurmctld slurmdbd mariadb munged sshd)
 
 cmd_up() {
   cmd_setup
@@ -591,20 +595,27 @@ cmd_up() {
 
 cmd_down() {
   local c
-  for c in "${COMPONENTS[@]}"; do
-    if [ "$c" = postgres ]; then stop_postgres; else stop_pid "$c"; fi
+  for c in "${COMPONENTS[@]}"; do  # the supervisor first: it would start again what down stops
+    if [ "$c" = postgres ]; then stop_postgres || true; else stop_pid "$c" || true; fi
   done
-  # LocalExecutor workers and task supervisors are children of the scheduler's process group;
-  # anything of ours still holding the stack's dirs is reported, not guessed at.
-  local left i
+  # every member of every component (procs.sh: its cgroup and session, however renamed), then
+  # anything else of ours still holding the stack's dirs or binaries: reported, not guessed at
+  local mine left i
+  mine="$(survivors "${COMPONENTS[@]}")"
   for ((i = 0; i < 20; i++)); do
     left="$(pgrep -af "$STATE/|$VENV/bin/|slurmstepd|-D $PG_DATA|redis-server 127.0.0.1:$REDIS_PORT" || true
             for n in slurmctld slurmd slurmdbd munged mariadbd moto_server; do pgrep -ax "$n" || true; done)"
     [ -z "$left" ] && break
     sleep 0.5
   done
+  if [ -n "$mine" ]; then
+    say "ERROR: still running after down (TERM, then KILL), by component:"; echo "$mine"
+  fi
   if [ -n "$left" ]; then
-    say "still running after down:"; echo "$left"
+    say "ERROR: still running after down (using the stack's dirs, binaries or daemons):"; echo "$left"
+  fi
+  if [ -n "$mine$left" ]; then
+    say "the stack is NOT down: end them by hand (kill -KILL <pid>) or find what keeps them alive"
     return 1
   fi
   say "stack down"
@@ -612,13 +623,16 @@ cmd_down() {
 
 cmd_status() {
   local c state rc=0
-  local executor parts=(sshd munged mariadb slurmdbd slurmctld slurmd-n1 slurmd-n2 moto postgres airflow-api-server airflow-scheduler airflow-dag-processor airflow-triggerer)
+  local executor parts=(sshd munged mariadb slurmdbd slurmctld slurmd-n1 slurmd-n2 moto postgres supervisor)
   executor="$(stack_executor)"
-  if [ "$executor" = celery ]; then parts+=(redis "${CELERY_WORKERS[@]}"); fi
+  if [ "$executor" = celery ]; then parts+=(redis); fi
   for c in "${parts[@]}"; do
     if alive "$c"; then state="running (pid $(pid_of "$c"))"; else state="stopped"; rc=1; fi
     printf '  %-22s %s\n' "$c" "$state"
   done
+  # Airflow's components as the supervisor judges them: running, starting, dead, or hung (alive
+  # without a heartbeat in the health endpoint, or an api-server that stopped answering)
+  "$VENV/bin/python" -m aifactory.local.supervisor check --state "$STATE" --url "http://127.0.0.1:$AIRFLOW_PORT" || rc=1
   # the logins onboarding generated (operators/access.py): the demo tenant's and the platform admin's
   local logins
   logins="$("$VENV/bin/python" - "${SECRETS_DIR:-$STATE/secrets}" <<'PY' 2>/dev/null || echo "  (no Airflow logins yet: run make onboard)"
@@ -646,8 +660,22 @@ EOF
   return $rc
 }
 
+# restart NAME: one Airflow component, stopped first (a hung one too: TERM, then KILL) with all it
+# left behind, then started again. The supervisor's only action; refuses every other component.
+cmd_restart() {
+  local name="${1:-}"
+  printf '%s\n' "${AIRFLOW_PARTS[@]}" | grep -qx -- "$name" \
+    || die "restart: '$name' is not an Airflow component (${AIRFLOW_PARTS[*]}); nothing else is restarted this way (make up)"
+  # shellcheck disable=SC1090
+  source "$ENV_FILE"
+  stop_pid "$name" 5
+  start_airflow_part "$name"
+  say "restarted $name (pid $(pid_of "$name"))"
+}
+
 main() {
   mkdir -p "$RUN" "$LOG" "$SSHDIR"
+  procs_init
   # the state dir holds keys, the Airflow database and every task's log: root only, because the
   # tenants' Unix users live on this same machine (docs/security.md)
   chmod 0700 "$STATE"
@@ -656,7 +684,8 @@ main() {
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
-    *) echo "usage: $0 {setup|up|down|status}" >&2; exit 2 ;;
+    restart) cmd_restart "${2:-}" ;;
+    *) echo "usage: $0 {setup|up|down|status|restart <airflow component>}" >&2; exit 2 ;;
   esac
 }
 main "$@"

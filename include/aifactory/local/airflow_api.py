@@ -29,6 +29,10 @@ from aifactory.errors import FactoryError
 from aifactory.layout import PLATFORM_LOGIN
 
 TERMINAL_RUN_STATES = {"success", "failed"}
+#: wait_for_run gives up when the scheduler has not heartbeated for this long: nothing will be
+#: scheduled. Above the supervisor's restart of a hung one (60 s without a heartbeat, then a
+#: restart of ~20 s: aifactory.local.supervisor), so that a restart it makes is waited through.
+SCHEDULER_STALE_S = 120.0
 _PAGE = 100  # list endpoints page at most this many items per call
 
 
@@ -309,13 +313,46 @@ class AirflowClient:
         return self._call(f"GET run {run_id} of {dag_id}",
                           lambda a: _plain(ac.DagRunApi(a).get_dag_run(dag_id, run_id)))
 
+    def health(self) -> dict[str, Any]:
+        """``GET /api/v2/monitor/health``: the metadata database and each component's latest heartbeat."""
+        return self._call("GET health", lambda a: _plain(ac.MonitorApi(a).get_health()))
+
+    def check_scheduler(self, stale_after: float = SCHEDULER_STALE_S) -> None:
+        """Raise when the scheduler has not heartbeated for ``stale_after`` seconds (dead or hung:
+        no run moves), naming what to run. No answer or a database away says nothing: passes."""
+        from aifactory.local.supervisor import heartbeat_age
+
+        try:
+            health = self.health()
+        except AirflowAPIError:
+            return
+        if (health.get("metadatabase") or {}).get("status") != "healthy":
+            return
+        age = heartbeat_age(health, "airflow-scheduler", datetime.now(UTC))
+        if age is None or age >= stale_after:
+            last = (health.get("scheduler") or {}).get("latest_scheduler_heartbeat") or "never"
+            silent = "has never heartbeated" if age is None else f"has not heartbeated for {age:.0f}s"
+            raise AirflowAPIError(
+                f"the scheduler of {self.base_url} {silent} (last: {last}): it is dead or hung and no run "
+                "moves. See `bash include/stack/stack.sh status` and .stack/log/supervisor.log (the "
+                "supervisor restarts a hung scheduler after 60 s); `make up` starts one that is gone")
+
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 900,
-                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                     progress: Callable[[str], None] | None = None, *,
+                     scheduler_stale_after: float = SCHEDULER_STALE_S) -> dict[str, Any]:
         """Poll the run until it is finished; a transient API error (server error, no answer) is
-        polled through until the deadline, since the run goes on without us."""
+        polled through until the deadline, since the run goes on without us. Fails early when the
+        scheduler has not heartbeated for ``scheduler_stale_after`` seconds (checked every 30 s)."""
         deadline = time.monotonic() + timeout
         last = ""
+        checked = time.monotonic()
         while True:
+            if time.monotonic() - checked >= 30:
+                checked = time.monotonic()
+                try:
+                    self.check_scheduler(scheduler_stale_after)
+                except AirflowAPIError as exc:
+                    raise AirflowAPIError(f"run {run_id} of {dag_id} cannot finish: {exc}") from exc
             try:
                 run = self.run(dag_id, run_id)
                 states = {t["task_id"]: t["state"] for t in self.task_instances(dag_id, run_id)}
@@ -413,3 +450,39 @@ class AirflowClient:
         out = self._call(f"GET asset events of {source_run_id}", lambda a: ac.AssetApi(a).get_asset_events(
             source_dag_id=source_dag_id, source_run_id=source_run_id, limit=_PAGE))
         return [_plain(e) for e in out.asset_events]
+
+    # -- backfills (Airflow 3's own: POST /api/v2/backfills, as the UI and `airflow backfill create`) --
+    def backfill(self, dag_id: str, from_date: datetime, to_date: datetime, *, reprocess_behavior: str = "none",
+                 max_active_runs: int = 10) -> dict[str, Any]:
+        """Create a backfill of ``dag_id`` over the logical dates ``from_date``..``to_date``; the
+        backfill as JSON (``id``, ``completed_at``...). ``reprocess_behavior``: ``none`` (dates with
+        a run are left alone), ``failed`` or ``completed`` (their runs are run again). Not retried:
+        a lost answer may have created it (see :meth:`backfills`)."""
+        body = ac.BackfillPostBody(dag_id=dag_id, from_date=from_date, to_date=to_date,
+                                   reprocess_behavior=ac.ReprocessBehavior(reprocess_behavior),
+                                   max_active_runs=max_active_runs)
+        return self._call(f"backfill {dag_id} {from_date:%Y-%m-%d}..{to_date:%Y-%m-%d}",
+                          lambda a: _plain(ac.BackfillApi(a).create_backfill(body)))
+
+    def backfills(self, dag_id: str) -> list[dict[str, Any]]:
+        """The DAG's backfills (first page)."""
+        out = self._call(f"GET backfills of {dag_id}",
+                         lambda a: ac.BackfillApi(a).list_backfills(dag_id, limit=_PAGE))
+        return [_plain(b) for b in out.backfills]
+
+    def wait_for_backfill(self, backfill_id: int, timeout: float = 900) -> dict[str, Any]:
+        """Poll the backfill until the scheduler marks it completed (every run of it finished)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                out = self._call(f"GET backfill {backfill_id}",
+                                 lambda a: _plain(ac.BackfillApi(a).get_backfill(backfill_id)))
+            except AirflowAPIError as exc:
+                if not _transient(exc) or time.monotonic() > deadline:
+                    raise
+                out = {}
+            if out.get("completed_at"):
+                return out
+            if time.monotonic() > deadline:
+                raise AirflowAPIError(f"backfill {backfill_id} not completed after {timeout:.0f}s")
+            time.sleep(3)
