@@ -165,3 +165,27 @@ stop_pid() {
   rm -f "$RUN/$name.pid" "$RUN/$name.sid"
 }
 
+
+# descendants PID: PID and every process below it
+descendants() {
+  ps -e -o pid=,ppid= | awk -v root="$1" '{ parent[$1] = $2 }
+    END { for (p in parent) { q = p; while (q != "" && q > 1) { if (q == root) { print p; break }; q = parent[q] } } }'
+}
+
+# orphans NAME...: what the check after a fault prints: members of each component that are not
+# below its live leader (a dead predecessor's leftovers, or all of a component that is not running)
+orphans() {
+  local name leader pids desc p left
+  for name in "$@"; do
+    pids="$(members "$name")"
+    [ -z "$pids" ] && continue
+    desc=""
+    leader="$(pid_of "$name" || true)"
+    if [ -n "$leader" ] && kill -0 "$leader" 2>/dev/null; then desc=" $(descendants "$leader" | tr '\n' ' ') "; fi
+    left=()
+    for p in $pids; do [[ "$desc" == *" $p "* ]] || left+=("$p"); done
+    [ "${#left[@]}" = 0 ] && continue
+    echo "  $name (leader ${leader:-none}):"
+    describe "${left[@]}"
+  done
+}

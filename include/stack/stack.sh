@@ -12,6 +12,7 @@
 #   stack.sh down     stop every component this script started, and all they started, nothing else
 #   stack.sh status   what runs (an Airflow component alive without a heartbeat shows as hung),
 #                     and the endpoints and logins
+#   stack.sh orphans  list what a dead component left behind (exit 1 if anything); a read-only check
 #   stack.sh restart NAME   stop (TERM, then KILL, with everything it left) and start one Airflow
 #                     component; what the supervisor runs (docs/operations.md)
 #
@@ -673,6 +674,19 @@ cmd_restart() {
   say "restarted $name (pid $(pid_of "$name"))"
 }
 
+# orphans: processes of a component left by a dead predecessor (or of a component not running),
+# which nothing will end before down; exit 1 naming them. The check after every fault scenario.
+# Not sshd (sessions opened before a restart live on, as they should), munged, nor a compute
+# node's jobs (they outlive slurmd, as on a real cluster): down ends those.
+cmd_orphans() {
+  local c parts=() left
+  for c in "${COMPONENTS[@]}"; do case "$c" in sshd | munged | slurmd*) ;; *) parts+=("$c") ;; esac; done
+  left="$(orphans "${parts[@]}")"
+  [ -z "$left" ] && { say "no orphans"; return 0; }
+  say "orphans (a dead component's leftovers; stack.sh up ends them before restarting it):"; echo "$left"
+  return 1
+}
+
 main() {
   mkdir -p "$RUN" "$LOG" "$SSHDIR"
   procs_init
@@ -685,7 +699,8 @@ main() {
     down) cmd_down ;;
     status) cmd_status ;;
     restart) cmd_restart "${2:-}" ;;
-    *) echo "usage: $0 {setup|up|down|status|restart <airflow component>}" >&2; exit 2 ;;
+    orphans) cmd_orphans ;;
+    *) echo "usage: $0 {setup|up|down|status|orphans|restart <airflow component>}" >&2; exit 2 ;;
   esac
 }
 main "$@"

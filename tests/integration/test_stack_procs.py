@@ -1,6 +1,7 @@
 """The stack's process tracking (include/stack/procs.sh) on real processes, in a state dir of its
 own (no stack component is touched): a component that forks a child which renames itself as
-Airflow's LocalExecutor workers do (setproctitle), ignores SIGTERM and is reparented to init.
+Airflow's LocalExecutor workers do (setproctitle) and ignores SIGTERM; the leader is SIGKILLed
+(its child is reparented to init), as the scheduler was.
 
 - up's ``reap_leftovers``: after the leader is SIGKILLed, the orphan is found and ended;
 - down's check (``survivors``): names every live member with its renamed command line, and
@@ -27,11 +28,9 @@ COMPONENT = textwrap.dedent(f"""
     import os, signal, sys, time
     import setproctitle
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if os.fork() == 0:          # the worker: renamed, deaf to SIGTERM, reparented to init
-        if os.fork() == 0:
-            setproctitle.setproctitle({TITLE!r})
-            time.sleep(300)
-        os._exit(0)
+    if os.fork() == 0:          # the worker: renamed, deaf to SIGTERM (reparented once its leader dies)
+        setproctitle.setproctitle({TITLE!r})
+        time.sleep(300)
     time.sleep(300)
 """)
 
@@ -111,3 +110,10 @@ def test_a_reused_session_number_is_not_the_component(procs):
         assert str(worker) not in members, members
     else:  # the cgroup still holds it: the number does not matter there
         assert str(worker) in members, members
+
+
+def test_the_orphan_check_sees_a_dead_leaders_leftovers_only(procs):
+    worker = worker_pid(procs)
+    assert procs("orphans fake").stdout == ""  # the worker is below its live leader
+    out = procs('kill -KILL "$(pid_of fake)"; sleep 0.3; orphans fake').stdout
+    assert "fake (leader" in out and f"{worker}  {TITLE}" in out, out
