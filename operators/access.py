@@ -5,8 +5,8 @@ They follow FAB's ``FabAuthManager.is_authorized_dag``: a request on a DAG's sub
 instances, logs, XCom) needs the global resource of that entity (``DAG Runs``, ``Task
 Instances``, ``Task Logs``, ``XComs``) AND the DAG itself (``DAG:<dag_id>``: read for GET, edit
 for anything else). So the global entity permissions below open nothing by themselves: every
-request is also checked against the DAG, and a tenant role holds ``DAG:<id>`` of its own pipeline
-DAG only. Creating a run accepts either the global ``DAG Runs`` can_create or the DAG-level
+request is also checked against the DAG, and a tenant role holds ``DAG:<id>`` of its own DAGs
+only (``TenantSpec.dag_ids``: its pipeline, and its feeds' feed and training DAGs). Creating a run accepts either the global ``DAG Runs`` can_create or the DAG-level
 ``DAG Run:<dag_id>`` can_create; the roles get the DAG-level one, so a run can only be created on
 their own DAGs. Listing DAGs returns only the DAGs a role may read (``get_authorized_dag_ids``).
 
@@ -91,15 +91,20 @@ def dag_permissions(dag_id: str) -> frozenset[Perm]:
     })
 
 
-def tenant_permissions(tenant: str) -> frozenset[Perm]:
-    """The tenant role: see, trigger, read logs and XCom of, and clear its own pipeline DAG only."""
-    return _UI | _DAG_ENTITIES | dag_permissions(layout.pipeline_dag_id(tenant))
+def _dags(specs: Iterable[TenantSpec]) -> frozenset[Perm]:
+    """Read, trigger and clear every DAG generated for the tenants (``TenantSpec.dag_ids``: the
+    pipeline and each feed's feed and training DAGs)."""
+    return frozenset().union(*(dag_permissions(dag_id) for spec in specs for dag_id in spec.dag_ids))
 
 
-def operator_permissions(tenants: Iterable[str]) -> frozenset[Perm]:
-    """The operator role: clear, re-run and backfill every tenant's pipeline DAG; no secrets."""
-    dags: frozenset[Perm] = frozenset().union(*(dag_permissions(layout.pipeline_dag_id(t)) for t in tenants))
-    return _UI | _DAG_ENTITIES | _OPERATOR_EXTRA | dags
+def tenant_permissions(spec: TenantSpec) -> frozenset[Perm]:
+    """The tenant role: see, trigger, read logs and XCom of, and clear its own DAGs only."""
+    return _UI | _DAG_ENTITIES | _dags([spec])
+
+
+def operator_permissions(tenants: Iterable[TenantSpec]) -> frozenset[Perm]:
+    """The operator role: clear, re-run and backfill every tenant's DAGs; no secrets."""
+    return _UI | _DAG_ENTITIES | _OPERATOR_EXTRA | _dags(tenants)
 
 
 def role_diff(have: set[Perm], want: frozenset[Perm]) -> tuple[list[Perm], list[Perm]]:
@@ -229,7 +234,7 @@ def onboard_airflow(ctx: Context, spec: TenantSpec, cluster: ClusterSpec | None)
     role = layout.tenant_role(spec.tenant)
     passwords = ensure_passwords(ctx, spec.airflow_users)
     with security_manager() as sm:
-        changes = sync_role(sm, spec.tenant, role, tenant_permissions(spec.tenant), ctx.dry_run)
+        changes = sync_role(sm, spec.tenant, role, tenant_permissions(spec), ctx.dry_run)
         for login in spec.airflow_users:
             changes += sync_user(sm, spec.tenant, login, passwords[login], role, ctx.dry_run)
         changes += drop_stale_members(sm, spec.tenant, role, set(spec.airflow_users), ctx.dry_run)
@@ -243,7 +248,7 @@ def onboard_airflow_platform(ctx: Context, tenants: list[TenantSpec], clusters: 
     passwords = ensure_passwords(ctx, logins)
     with security_manager() as sm:
         changes = sync_role(sm, PLATFORM, layout.OPERATOR_ROLE,
-                            operator_permissions(t.tenant for t in tenants), ctx.dry_run)
+                            operator_permissions(tenants), ctx.dry_run)
         for login, role in logins.items():
             changes += sync_user(sm, PLATFORM, login, passwords[login], role, ctx.dry_run)
     return changes

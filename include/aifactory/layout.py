@@ -298,3 +298,42 @@ def path_inside(path: str, parent: str) -> bool:
         return False
     parent = parent.rstrip("/")
     return path.rstrip("/") != parent and path.startswith(parent + "/")
+
+
+# --------------------------------------------------------------------------------------------
+# Data feeds (``feeds:`` in a tenant spec; aifactory.feeds)
+# --------------------------------------------------------------------------------------------
+
+#: the date format of a feed partition (``dt=YYYY-MM-DD``): the data interval's start, in UTC
+FEED_PARTITION_FORMAT = "%Y-%m-%d"
+FEED_PARTITION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def feed_dag_id(tenant: str, feed: str) -> str:
+    """The DAG that ingests one partition of a feed per data interval (``feed_<tenant>_<feed>``)."""
+    return f"feed_{tenant}_{feed}"
+
+
+def feed_training_dag_id(tenant: str, feed: str) -> str:
+    """The DAG that trains over a window of a feed's partitions (``train_<tenant>_<feed>``)."""
+    return f"train_{tenant}_{feed}"
+
+
+def feed_raw_prefix(tenant: str, feed: str) -> str:
+    """Every partition of one feed: ``<tenant>/raw/feeds/<feed>/``."""
+    return f"{raw_prefix(tenant)}feeds/{feed}/"
+
+
+def feed_partition_prefix(tenant: str, feed: str, partition: str) -> str:
+    """One partition's uploads: ``<tenant>/raw/feeds/<feed>/dt=YYYY-MM-DD/``."""
+    return f"{feed_raw_prefix(tenant, feed)}dt={partition}/"
+
+
+def feed_asset_key(tenant: str, feed: str) -> str:
+    """The key of a feed's Asset (``<tenant>/datasets/<feed>``: the dataset its partitions are versions of)."""
+    return f"{datasets_prefix(tenant)}{feed}"
+
+
+def feed_window_dataset(feed: str, days: int) -> str:
+    """The dataset name of a feed's training windows (``<feed>-w<days>d``): one version per window."""
+    return f"{feed}-w{int(days)}d"

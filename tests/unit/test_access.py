@@ -11,10 +11,14 @@ from airflow.providers.fab.auth_manager.fab_auth_manager import FabAuthManager
 from airflow.providers.fab.www.security import permissions as p
 
 from aifactory import layout
+from aifactory.tenants import load_tenant
 from aifactory.tenants.spec import TenantSpec
 from operators import access
 
 DEMO, ACME = layout.pipeline_dag_id("demo"), layout.pipeline_dag_id("acme")
+SPEC_DEMO, SPEC_ACME = load_tenant("demo"), load_tenant("acme")
+#: the demo tenant's feed DAGs (include/tenants/demo.yaml declares the feed iris_daily)
+DEMO_FEED, DEMO_TRAIN = layout.feed_dag_id("demo", "iris_daily"), layout.feed_training_dag_id("demo", "iris_daily")
 PLATFORM_DAGS = [layout.probe_dag_id("demo"), layout.sweep_dag_id("local")]
 
 
@@ -40,14 +44,15 @@ ACTIONS = {
 @pytest.mark.parametrize("action", sorted(ACTIONS))
 def test_a_tenant_role_may_do_everything_on_its_own_dag_and_nothing_on_another(action):
     method, entity = ACTIONS[action]
-    perms = access.tenant_permissions("demo")
-    assert allowed(perms, method, DEMO, entity)
-    for other in [ACME, *PLATFORM_DAGS]:
+    perms = access.tenant_permissions(SPEC_DEMO)
+    for own in (DEMO, DEMO_FEED, DEMO_TRAIN):
+        assert allowed(perms, method, own, entity), f"{action} on {own}"
+    for other in [ACME, *PLATFORM_DAGS, layout.feed_dag_id("acme", "iris_daily")]:
         assert not allowed(perms, method, other, entity), f"{action} on {other}"
 
 
 def test_a_tenant_may_not_delete_runs_or_write_xcom():
-    perms = access.tenant_permissions("demo")
+    perms = access.tenant_permissions(SPEC_DEMO)
     assert not allowed(perms, "DELETE", DEMO, DagAccessEntity.RUN)
     assert not allowed(perms, "PUT", DEMO, DagAccessEntity.XCOM)
     assert not allowed(perms, "DELETE", DEMO)
@@ -56,26 +61,26 @@ def test_a_tenant_may_not_delete_runs_or_write_xcom():
 @pytest.mark.parametrize("action", sorted(ACTIONS))
 def test_the_operator_role_may_act_on_every_factory_dag_but_no_platform_dag(action):
     method, entity = ACTIONS[action]
-    perms = access.operator_permissions(["demo", "acme"])
-    assert allowed(perms, method, DEMO, entity) and allowed(perms, method, ACME, entity)
+    perms = access.operator_permissions([SPEC_DEMO, SPEC_ACME])
+    assert all(allowed(perms, method, d, entity) for d in (DEMO, ACME, DEMO_FEED, DEMO_TRAIN))
     assert not any(allowed(perms, method, d, entity) for d in PLATFORM_DAGS)
 
 
 def test_no_tenant_or_operator_role_touches_secrets_people_or_all_dags_at_once():
-    for perms in (access.tenant_permissions("demo"), access.operator_permissions(["demo", "acme"])):
+    for perms in (access.tenant_permissions(SPEC_DEMO), access.operator_permissions([SPEC_DEMO, SPEC_ACME])):
         assert not {r for _, r in perms} & access.FORBIDDEN_RESOURCES
         assert {a for a, r in perms if r == p.RESOURCE_DAG} == {p.ACTION_CAN_ACCESS_MENU}  # no global DAG rights
         assert (p.ACTION_CAN_CREATE, p.RESOURCE_DAG_RUN) not in perms  # runs only on the role's own DAGs
 
 
 def test_the_operator_role_may_backfill():
-    perms = access.operator_permissions(["demo"])
+    perms = access.operator_permissions([SPEC_DEMO])
     assert (p.ACTION_CAN_CREATE, p.RESOURCE_BACKFILL) in perms
-    assert (p.ACTION_CAN_CREATE, p.RESOURCE_BACKFILL) not in access.tenant_permissions("demo")
+    assert (p.ACTION_CAN_CREATE, p.RESOURCE_BACKFILL) not in access.tenant_permissions(SPEC_DEMO)
 
 
 def test_role_diff_grants_what_is_missing_and_revokes_what_is_extra():
-    want = access.tenant_permissions("demo")
+    want = access.tenant_permissions(SPEC_DEMO)
     extra = (p.ACTION_CAN_READ, p.RESOURCE_CONNECTION)
     missing = (p.ACTION_CAN_READ, p.RESOURCE_XCOM)
     grant, revoke = access.role_diff(set(want - {missing}) | {extra}, want)

@@ -22,6 +22,7 @@ import yaml
 
 from aifactory import layout
 from aifactory.errors import InputError
+from aifactory.feeds.spec import FeedSpec, parse_feeds
 from aifactory.hpc.slurm import TenantSlurmPolicy
 from aifactory.hpc.slurm.checks import SLURM_NAME_RE
 from aifactory.hpc.staging.options import STAGING_MODES, StagingOptions
@@ -135,6 +136,8 @@ class TenantSpec:
     airflow_users: tuple[str, ...] = ()
     #: where the pipeline's failures are announced (``notifications: {on_failure: [...]}``)
     notifications: tuple[NotificationTarget, ...] = ()
+    #: scheduled date-partitioned uploads and their training windows (``feeds:``, aifactory.feeds)
+    feeds: tuple[FeedSpec, ...] = ()
 
     def suite_for(self, dataset_name: str) -> str:
         """The quality suite of one dataset: its own entry in ``quality_suites``, else ``quality_suite``."""
@@ -159,6 +162,16 @@ class TenantSpec:
 
     def model_prefix(self, model: str, version: str) -> str:
         return layout.model_prefix(self.tenant, model, version)
+
+    @property
+    def dag_ids(self) -> tuple[str, ...]:
+        """Every DAG generated for this tenant: its pipeline, and each feed's feed and training DAGs."""
+        ids = [layout.pipeline_dag_id(self.tenant)]
+        for feed in self.feeds:
+            ids.append(layout.feed_dag_id(self.tenant, feed.name))
+            if feed.training is not None:
+                ids.append(layout.feed_training_dag_id(self.tenant, feed.name))
+        return tuple(ids)
 
     def allows_recipe(self, recipe: str) -> bool:
         """``recipes: ["*"]`` allows every recipe folder; otherwise an explicit allowlist."""
@@ -202,6 +215,8 @@ def parse_tenant(data: Mapping[str, Any], where: str = "tenant spec") -> TenantS
     if not SLURM_NAME_RE.match(account):
         raise InputError(f"{where}: Slurm account {shown(account)} must match {SLURM_NAME_RE.pattern}")
     lim = _limits(limits, where)
+    recipes = tuple(str(r) for r in _require(data, "recipes", where))
+    feeds = parse_feeds(data.get("feeds"), where, recipes)
     return TenantSpec(
         tenant=tenant,
         display_name=str(data.get("display_name", tenant)),
@@ -213,15 +228,16 @@ def parse_tenant(data: Mapping[str, Any], where: str = "tenant spec") -> TenantS
         qos=slurm.get("qos"),
         limits=lim,
         quality_suite=str(_require(data, "quality_suite", where)),
-        recipes=tuple(str(r) for r in _require(data, "recipes", where)),
+        recipes=recipes,
         schedule=data.get("schedule"),
         defaults=dict(data.get("defaults") or {}),
-        quality_suites=_quality_suites(data.get("quality_suites"), where),
+        quality_suites=_feed_suites(_quality_suites(data.get("quality_suites"), where), feeds, where),
         staging_mode=_staging_mode((data.get("staging") or {}).get("mode"), where),
         identity=_identity(_require(data, "identity", where), where),
         allocation=_allocation(_require(data, "allocation", where), where),
         airflow_users=_airflow_users(data.get("airflow_users") or (), where),
         notifications=parse_notifications(data.get("notifications"), where),
+        feeds=feeds,
     )
 
 
@@ -292,6 +308,19 @@ def _quality_suites(raw: Any, where: str) -> dict[str, str]:
     if not isinstance(raw, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
         raise InputError(f"{where}: quality_suites must map dataset names to suite names, e.g. {{iris: iris_strict}}")
     return dict(raw)
+
+
+def _feed_suites(suites: dict[str, str], feeds: tuple[FeedSpec, ...], where: str) -> dict[str, str]:
+    """A feed's ``quality_suite`` gates its partitions and its training windows (both dataset names)."""
+    out = dict(suites)
+    for feed in feeds:
+        if feed.quality_suite is None:
+            continue
+        for name in (feed.name, feed.window_dataset):
+            if name is not None and out.setdefault(name, feed.quality_suite) != feed.quality_suite:
+                raise InputError(f"{where}: quality_suites names {out[name]!r} for dataset {name!r} but feed "
+                                 f"{feed.name!r} names {feed.quality_suite!r}; keep one of them")
+    return out
 
 
 def _staging_mode(raw: Any, where: str) -> str | None:
