@@ -669,8 +669,8 @@ cmd_restart() {
     || die "restart: '$name' is not an Airflow component (${AIRFLOW_PARTS[*]}); nothing else is restarted this way (make up)"
   # shellcheck disable=SC1090
   source "$ENV_FILE"
-  stop_pid "$name" 5
-  start_airflow_part "$name"
+  if alive "$name"; then stop_pid "$name" 5; fi  # hung: TERM, then KILL, with what it started
+  start_airflow_part "$name"  # a dead one's leftovers are ended first (start_bg)
   say "restarted $name (pid $(pid_of "$name"))"
 }
 
