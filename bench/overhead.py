@@ -248,8 +248,8 @@ def median_of(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 # -- idle CPU of the stack -------------------------------------------------------------------------
-def _proc_table() -> dict[int, tuple[int, float]]:
-    """pid -> (parent pid, CPU seconds of it and its reaped children) of every process."""
+def _proc_table() -> dict[int, tuple[int, float, int]]:
+    """pid -> (parent pid, CPU seconds of it and its reaped children, start time) of every process."""
     tick = os.sysconf("SC_CLK_TCK")
     table = {}
     for entry in Path("/proc").iterdir():
@@ -260,23 +260,32 @@ def _proc_table() -> dict[int, tuple[int, float]]:
         except OSError:
             continue
         fields = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) "
-        ppid = int(fields[1])
         utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-        table[int(entry.name)] = (ppid, (utime + stime + cutime + cstime) / tick)
+        table[int(entry.name)] = (int(fields[1]), (utime + stime + cutime + cstime) / tick, int(fields[19]))
     return table
 
 
-def tree_cpu(root: int, table: Mapping[int, tuple[int, float]]) -> float:
-    """CPU seconds of a process and its descendants (children that ended count in their parent)."""
+def _tree(root: int, table: Mapping[int, tuple[int, float, int]]) -> list[int]:
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    total, todo = 0.0, [root]
+    for pid, row in table.items():
+        children.setdefault(row[0], []).append(pid)
+    out, todo = [], [root]
     while todo:
         pid = todo.pop()
         if pid in table:
-            total += table[pid][1]
+            out.append(pid)
             todo += children.get(pid, [])
+    return out
+
+
+def tree_cpu(root: int, before: Mapping[int, tuple[int, float, int]], after: Mapping[int, tuple[int, float, int]]) -> float:
+    """CPU seconds a process and its descendants used between two samples: each process's own
+    growth (a process born meanwhile from zero; children that ended count in the parent that reaped them)."""
+    total = 0.0
+    for pid in _tree(root, after):
+        _, cpu, started = after[pid]
+        old = before.get(pid)
+        total += cpu - (old[1] if old is not None and old[2] == started else 0.0)
     return total
 
 
@@ -291,7 +300,7 @@ def idle_cpu(seconds: float, run_dir: Path) -> dict[str, float]:
     before, t0 = _proc_table(), time.monotonic()
     time.sleep(seconds)
     after, elapsed = _proc_table(), time.monotonic() - t0
-    out = {name.removeprefix("airflow-"): round(100 * (tree_cpu(pid, after) - tree_cpu(pid, before)) / elapsed, 1)
+    out = {name.removeprefix("airflow-"): round(100 * tree_cpu(pid, before, after) / elapsed, 1)
            for name, pid in pids.items()}
     out["total"] = round(sum(out.values()), 1)
     return out

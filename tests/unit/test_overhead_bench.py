@@ -134,10 +134,14 @@ def test_medians_over_runs(bench, marks):
     assert med["per_stage"]["ingest"]["queue_s"] == one["per_stage"]["ingest"]["queue_s"]
 
 
-def test_a_process_tree_counts_its_children(bench):
-    table = {1: (0, 1.0), 10: (1, 2.0), 11: (10, 0.5), 20: (0, 7.0)}
-    assert bench.tree_cpu(1, table) == pytest.approx(3.5)
-    assert bench.tree_cpu(99, table) == 0
+def test_a_process_tree_counts_what_its_processes_used_meanwhile(bench):
+    before = {1: (0, 1.0, 5), 10: (1, 2.0, 6), 12: (10, 4.0, 6), 20: (0, 7.0, 1)}
+    # 10 used 1 s more (0.5 of it a child it reaped), 11 was born and used 0.5 s, 12 ended,
+    # pid 13 was reused by a process of another start time; 20 is another tree
+    after = {1: (0, 1.0, 5), 10: (1, 3.0, 6), 11: (10, 0.5, 9), 13: (10, 0.25, 9), 20: (0, 9.0, 1)}
+    before[13] = (10, 100.0, 2)
+    assert bench.tree_cpu(1, before, after) == pytest.approx(1.75)
+    assert bench.tree_cpu(99, before, after) == 0
 
 
 def test_settings_follow_the_environment_over_the_file(bench, tmp_path):
