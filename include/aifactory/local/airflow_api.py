@@ -33,6 +33,9 @@ TERMINAL_RUN_STATES = {"success", "failed"}
 #: scheduled. Above the supervisor's restart of a hung one (60 s without a heartbeat, then a
 #: restart of ~20 s: aifactory.local.supervisor), so that a restart it makes is waited through.
 SCHEDULER_STALE_S = 120.0
+#: wait_for_run's period: one GET of the run a second (the scheduler queues the next stage within
+#: ~0.3 s of the last one's end, so 3 s made every wait up to 3 s longer than the run)
+RUN_POLL_S = 1.0
 _PAGE = 100  # list endpoints page at most this many items per call
 
 
@@ -339,13 +342,19 @@ class AirflowClient:
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 900,
                      progress: Callable[[str], None] | None = None, *,
-                     scheduler_stale_after: float = SCHEDULER_STALE_S) -> dict[str, Any]:
+                     scheduler_stale_after: float = SCHEDULER_STALE_S, poll_s: float = RUN_POLL_S) -> dict[str, Any]:
         """Poll the run until it is finished; a transient API error (server error, no answer) is
         polled through until the deadline, since the run goes on without us. Fails early when the
-        scheduler has not heartbeated for ``scheduler_stale_after`` seconds (checked every 30 s)."""
+        scheduler has not heartbeated for ``scheduler_stale_after`` seconds (checked every 30 s).
+        The task instances are read only for ``progress`` and for the timeout's message."""
         deadline = time.monotonic() + timeout
         last = ""
         checked = time.monotonic()
+
+        def line(run: dict[str, Any]) -> str:
+            states = {t["task_id"]: t["state"] for t in self.task_instances(dag_id, run_id)}
+            return f"run {run['state']}: " + ", ".join(f"{k}={v}" for k, v in states.items())
+
         while True:
             if time.monotonic() - checked >= 30:
                 checked = time.monotonic()
@@ -355,21 +364,20 @@ class AirflowClient:
                     raise AirflowAPIError(f"run {run_id} of {dag_id} cannot finish: {exc}") from exc
             try:
                 run = self.run(dag_id, run_id)
-                states = {t["task_id"]: t["state"] for t in self.task_instances(dag_id, run_id)}
+                now = line(run) if progress else ""
             except AirflowAPIError as exc:
                 if not _transient(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(3)
                 continue
-            line = f"run {run['state']}: " + ", ".join(f"{k}={v}" for k, v in states.items())
-            if progress and line != last:
-                progress(line)
-                last = line
+            if progress and now != last:
+                progress(now)
+                last = now
             if run["state"] in TERMINAL_RUN_STATES:
                 return run
             if time.monotonic() > deadline:
-                raise AirflowAPIError(f"run {run_id} of {dag_id} not finished after {timeout:.0f}s ({line})")
-            time.sleep(3)
+                raise AirflowAPIError(f"run {run_id} of {dag_id} not finished after {timeout:.0f}s ({now or line(run)})")
+            time.sleep(poll_s)
 
     # -- task instances -------------------------------------------------------------------------
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
