@@ -13,6 +13,7 @@ Flow of :meth:`SlurmJobOperator.execute`:
 3. **Check the allocation** (:func:`operators.slurm_facts.check_budget`): the tenant's remaining
    GrpTRESMins must hold the job's nodes x CPUs x time limit, else fail with the figures and whom
    to ask, before any side effect (Slurm not answering is a refusal too). Then
+   :meth:`~SlurmJobOperator.before_submit` (a subclass's check of the job's inputs), then
    **submit**: create the run dir (0700) over SFTP, upload ``params.json`` (JSON, never shell) and
    the job's files, run ``sbatch`` with quoted ``--opt=value`` options under the tenant's account,
    and save the job id with the plan at once.
@@ -253,6 +254,7 @@ class SlurmJobOperator(BaseOperator):
                                                "adopted": True})
             else:
                 self._check_budget(hook, plan)
+                self.before_submit(hook, plan, context)
                 if decision.move_outputs_aside:
                     self.log.warning("Moved the earlier job's outputs aside to %s", move_outputs_aside(hook, plan))
                 job_id = self._submit(hook, plan, context)
@@ -266,6 +268,11 @@ class SlurmJobOperator(BaseOperator):
             self.defer(trigger=trigger, method_name="execute_complete", timeout=self.deferral_timeout,
                        kwargs={"plan": plan.to_json()})
         return self._watch_inline(context, plan, trigger)
+
+    def before_submit(self, hook: FactorySSHHook, plan: JobPlan, context: Context) -> None:
+        """Called once the decision is to submit, after the allocation check and before anything is
+        written for the job; never when re-attaching to or adopting an earlier try's job. A
+        subclass checks what the job will read here (RecipeTrainOperator: the staged dataset)."""
 
     def _check_budget(self, hook: FactorySSHHook, plan: JobPlan) -> None:
         """Before any submission: the tenant's allocation must hold this job (Slurm would otherwise

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from aifactory.data.manifest import DatasetManifest
+    from aifactory.hpc.staging import StagingOptions
     from aifactory.tenants import ClusterSpec, RunParams, TenantSpec
 
 def _fail(exc: FactoryError) -> NoReturn:
@@ -59,6 +60,39 @@ def check_output_dir(output_dir: Any, tenant_dir: str) -> str:
                          f"tenant's runs directory {runs}; refused, nothing was published. Clear the train task "
                          "to produce it again"))
     return output_dir
+
+
+def staging_options(spec: TenantSpec, cluster: ClusterSpec) -> StagingOptions:
+    """How the tenant's datasets reach its cluster: the tenant's mode, else the cluster's; the
+    cluster's parallelism, URL lifetime and Python. The stage task and the train task's check of
+    the staged copy before sbatch (operators/training.py) stage alike."""
+    from aifactory.hpc.staging import StagingOptions
+
+    return StagingOptions(mode=spec.staging_mode or cluster.staging_mode, parallel=cluster.staging_parallel,
+                          url_ttl_s=cluster.staging_url_ttl_s, python=cluster.python)
+
+
+def lost_connection(exc: BaseException) -> str | None:
+    """Which service a lost or refused connection was to (the object store, the cluster's sshd),
+    or None when ``exc`` is something else."""
+    from botocore.exceptions import ConnectionError as S3ConnectionError
+    from botocore.exceptions import HTTPClientError
+    from paramiko import SSHException
+
+    if isinstance(exc, (S3ConnectionError, HTTPClientError)):
+        return "the object store"
+    if isinstance(exc, (SSHException, EOFError, ConnectionError, TimeoutError)):
+        return "the cluster's sshd"
+    return None
+
+
+def task_token(context: Context) -> str:
+    """12 hex digits naming this task instance, the same for each of its tries (staging's owner)."""
+    import hashlib
+
+    ti = context["ti"]
+    key = f"{ti.dag_id}\0{ti.run_id}\0{ti.task_id}\0{getattr(ti, 'map_index', -1)}"
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 class FactoryOperator(BaseOperator):
@@ -123,11 +157,23 @@ class FactoryOperator(BaseOperator):
         return FactorySSHHook(ssh_conn_id=self.call(tenant_ssh_conn_id, self.tenant_spec(), self.cluster_spec()))
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run one core function; factory errors become readable task failures."""
+        """Run one core function; factory errors become readable task failures, and a connection
+        lost to the object store or the cluster one that says which (retried: it may come back)."""
         try:
             return fn(*args, **kwargs)
         except FactoryError as exc:
             _fail(exc)
+        except Exception as exc:
+            lost = lost_connection(exc)
+            if lost is None:
+                raise
+            from airflow.sdk.exceptions import AirflowException
+
+            raise AirflowException(
+                f"{self.task_id}: {lost} did not answer or dropped the connection ({type(exc).__name__}: {exc}). "
+                "Nothing half-done is used: a staged dataset is renamed into place and a model's manifest.json "
+                "written only when everything before it is verified. The task is retried; once the service "
+                "answers again, clear the task if its retries are spent") from exc
 
 
 class ValidateRunOperator(FactoryOperator):
@@ -244,17 +290,11 @@ class StageDatasetOperator(DatasetOperator):
     URLs by a fixed script on the HPC side, per the cluster/tenant spec); verify by sha256 there."""
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from aifactory.hpc.staging import StagingOptions, stage_dataset
+        from aifactory.hpc.staging import stage_dataset
 
         spec = self.tenant_spec()
         cluster = self.cluster_spec()
-        options = self.call(
-            StagingOptions,
-            mode=spec.staging_mode or cluster.staging_mode,
-            parallel=cluster.staging_parallel,
-            url_ttl_s=cluster.staging_url_ttl_s,
-            python=cluster.python,
-        )
+        options = self.call(staging_options, spec, cluster)
         s3 = self.s3()
         manifest = self.manifest(s3, spec)
         with self.remote().shell() as shell:
@@ -268,6 +308,7 @@ class StageDatasetOperator(DatasetOperator):
                 tenant_dir=spec.hpc_dir(cluster),
                 log=self.log.info,
                 options=options,
+                owner=task_token(context),
             )
         return result.to_dict()
 

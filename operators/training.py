@@ -5,7 +5,16 @@ read back with ``RunParams.from_xcom``: typed, never re-parsed from rendered tex
 ``data_checks`` (``recipe.yaml``; see :func:`aifactory.models.recipes.check_dataset`) run against
 the dataset version in object storage **before anything is submitted**: a feature column that is
 not numeric (from the version's manifest schema), a label column with one class. The task then
-fails at once, without retries, naming the hyperparameter and the column. Everything else is
+fails at once, without retries, naming the hyperparameter and the column.
+
+Just before ``sbatch`` (:meth:`RecipeTrainOperator.before_submit`, only when a job is to be
+submitted) the staged copy on the cluster is checked against the version's manifest once more and
+repaired: the stage task verified it, but a file can change between then and now (a tenant's job
+writing into its own area, a damaged disk, a scratch purge). The check is the stage's own
+(:func:`aifactory.hpc.staging.stage_dataset`): files the staging marker still vouches for (same
+size, inode and ctime) cost one ``stat``, any other file is hashed on the cluster, and only
+missing or differing files are sent again before the job may read them
+(``docs/fault-suite.md``, "one byte flipped"). Everything else is
 :class:`~operators.slurm.SlurmJobOperator`.
 """
 
@@ -42,6 +51,7 @@ class RecipeTrainOperator(SlurmJobOperator):
         self.dataset = dataset
         self.run_params = run_params
         self.staged = staged
+        self._manifest: Any = None  # the dataset version's manifest, read by check_data
 
     def apply_run_params(self) -> None:
         """Take recipe, hyperparameters and resources from the validate task's typed result, and the
@@ -84,7 +94,7 @@ class RecipeTrainOperator(SlurmJobOperator):
                 raise InputError(f"dataset prefix {shown(prefix)} is not one dataset version inside the tenant's "
                                  f"datasets area {layout.datasets_prefix(spec.tenant)}; clear the ingest task")
             s3 = S3Hook(aws_conn_id=tenant_s3_conn_id(spec)).get_conn()  # the tenant's own credential
-            manifest = require_manifest(s3, spec.bucket, prefix)
+            manifest = self._manifest = require_manifest(s3, spec.bucket, prefix)
             checked = check_dataset(
                 self.load_recipe(),
                 plan.hyperparameters,
@@ -96,6 +106,51 @@ class RecipeTrainOperator(SlurmJobOperator):
             raise AirflowFailException(f"InputError: {exc}. Nothing was submitted to Slurm") from exc
         self.log.info("recipe %s: data checks passed (%s)", plan.recipe, ", ".join(checked) or "none declared")
         return checked
+
+    def before_submit(self, hook: Any, plan: Any, context: Context) -> None:
+        """The staged copy must still be the dataset version the job is planned on: checked against
+        the manifest on the cluster, and what differs is sent again (see the module docstring)."""
+        if self.staged is None or self._manifest is None:
+            return  # no stage task upstream (a DAG author's own dataset_dir): nothing to compare with
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+        from aifactory.errors import InputError
+        from aifactory.hpc.staging import stage_dataset
+        from aifactory.platform.objectstore import tenant_s3_conn_id
+        from aifactory.tenants import load_cluster, load_tenant
+        from operators.stages import lost_connection, staging_options, task_token
+
+        spec = load_tenant(self.tenant)
+        cluster = load_cluster(spec.cluster)
+        try:
+            options = staging_options(spec, cluster)
+            with hook.shell() as shell:
+                result = stage_dataset(
+                    S3Hook(aws_conn_id=tenant_s3_conn_id(spec)).get_conn(), shell, bucket=spec.bucket,
+                    dataset_prefix=self.dataset["prefix"], manifest=self._manifest,
+                    tenant_dir=spec.hpc_dir(cluster), log=self.log.info, options=options,
+                    owner=task_token(context),
+                )
+        except InputError as exc:  # a symlink planted in the dataset's path: refused, as by the stage task
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}. Nothing was submitted to Slurm") from exc
+        except Exception as exc:
+            lost = lost_connection(exc)
+            if lost is None:
+                raise
+            raise AirflowException(f"checking the staged copy before sbatch: {lost} did not answer or dropped the "
+                                   f"connection ({type(exc).__name__}: {exc}); nothing was submitted. The task "
+                                   "is retried") from exc
+        if result.remote_dir != plan.dataset_dir:
+            raise AirflowFailException(
+                f"the stage task's result names {plan.dataset_dir}, but the dataset version is staged at "
+                f"{result.remote_dir}; nothing was submitted. Clear the stage task")
+        if result.skipped:
+            self.log.info("staged copy %s checked against the manifest before sbatch: intact", result.remote_dir)
+        else:
+            self.log.warning(
+                "staged copy %s no longer matched the dataset's manifest: %d file(s) re-staged and verified by "
+                "sha256 before sbatch (%d kept)", result.remote_dir, result.sent_files, result.reused_files)
 
     def execute(self, context: Context) -> dict[str, Any] | None:
         self.check_data(context)

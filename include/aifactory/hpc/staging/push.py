@@ -148,7 +148,8 @@ def _push_stream(
         for line in out.splitlines():
             report.on_line(line)
         if rc == 255:
-            raise RemoteError(f"ssh could not connect or log in (exit 255): {err.strip()[-500:]}; retry the stage")
+            raise RemoteError(f"ssh could not connect, log in or keep its connection (exit 255): {err.strip()[-500:]}; "
+                              "nothing was moved into place. Retry the stage; if it repeats, check the cluster's sshd")
         report.check(rc, err, sent_files, what="receive")
 
     with ThreadPoolExecutor(max_workers=n_streams, thread_name_prefix="stage-push") as pool:

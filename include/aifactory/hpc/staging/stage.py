@@ -4,11 +4,13 @@ verify, and rename it into place; then write the marker."""
 from __future__ import annotations
 
 import posixpath
+import re
 import secrets
 import time
 from typing import Any
 
 from aifactory.data.manifest import DatasetManifest
+from aifactory.errors import InputError
 from aifactory.hpc.remote import RemoteShell, check, join, mkdir_private, q
 from aifactory.hpc.staging.existing import _inspect, _write_marker
 from aifactory.hpc.staging.options import Log, StageResult, StagingOptions
@@ -26,13 +28,20 @@ TMP_PREFIX = ".staging-"
 OLD_PREFIX = ".old-"
 
 
-def _remove_abandoned(shell: RemoteShell, parent: str, *, keep: str, log: Log) -> None:
-    """Remove temporary directories of stages that died (worker killed mid-transfer): those not
-    modified for :data:`ABANDONED_AFTER_MIN` minutes. A stage still running keeps writing its own."""
+#: ``owner``: a token of the task that stages, the same for each of its tries
+OWNER_RE = re.compile(r"^[0-9a-f]{8,32}$")
+
+
+def _remove_abandoned(shell: RemoteShell, parent: str, *, keep: str, own: str | None, log: Log) -> None:
+    """Remove temporary directories of stages that died (worker killed, connection lost
+    mid-transfer): those not modified for :data:`ABANDONED_AFTER_MIN` minutes, and at once those
+    named ``own*`` (this task's earlier tries: Airflow runs one try of a task at a time). A stage
+    still running keeps writing its own."""
+    mine = f"-o -name {q(own + '*')} " if own else ""
     rc, out, _ = shell.run(
-        f"find {q(parent)} -mindepth 1 -maxdepth 1 -type d "
-        f"\\( -name {q(TMP_PREFIX + '*')} -o -name {q(OLD_PREFIX + '*')} \\) "
-        f"-mmin +{ABANDONED_AFTER_MIN} ! -path {q(keep)} -print -exec rm -rf -- {{}} + 2>/dev/null || true",
+        f"find {q(parent)} -mindepth 1 -maxdepth 1 -type d ! -path {q(keep)} "
+        f"\\( \\( \\( -name {q(TMP_PREFIX + '*')} -o -name {q(OLD_PREFIX + '*')} \\) -mmin +{ABANDONED_AFTER_MIN} \\) "
+        f"{mine}\\) -print -exec rm -rf -- {{}} + 2>/dev/null || true",
         timeout=600,
     )
     gone = [line for line in out.splitlines() if line.strip()]
@@ -50,6 +59,7 @@ def stage_dataset(
     tenant_dir: str,
     log: Log = print,
     options: StagingOptions | None = None,
+    owner: str | None = None,
 ) -> StageResult:
     """Put exactly the manifest's files under the tenant's dataset dir; verify; rename into place.
 
@@ -62,7 +72,12 @@ def stage_dataset(
         anywhere from it down to the destination stops the stage (:mod:`.paths`).
     :param log: progress sink.
     :param options: mode and parallelism (default: push, 4 in flight).
+    :param owner: a token of the task that stages, the same for each of its tries
+        (:data:`OWNER_RE`); its temporary directory carries it, so that a retry removes what an
+        earlier try left when its connection was lost (it could not clean up over it).
     """
+    if owner is not None and not OWNER_RE.match(owner):
+        raise InputError(f"staging owner {shown(owner)} must be 8-32 lowercase hex digits")
     opts = options or StagingOptions()
     started = time.monotonic()
     prefix = dataset_prefix if dataset_prefix.endswith("/") else dataset_prefix + "/"
@@ -85,10 +100,11 @@ def stage_dataset(
         )
 
     parent = posixpath.dirname(final)  # the dataset's folder, beside its other versions
-    tmp = join(parent, f"{TMP_PREFIX}{manifest.version}-{secrets.token_hex(4)}")
+    own = f"{TMP_PREFIX}{manifest.version}-{owner}-" if owner else None
+    tmp = join(parent, f"{own or TMP_PREFIX + manifest.version + '-'}{secrets.token_hex(4)}")
     mkdir_private(shell, tenant_dir, hpc_datasets_dir(tenant_dir), parent, tmp)
     refuse_symlinks(shell, tenant_dir, tmp)
-    _remove_abandoned(shell, parent, keep=tmp, log=log)
+    _remove_abandoned(shell, parent, keep=tmp, own=own, log=log)
     good = set(present.good)
     to_send = [f for f in manifest.files if f.path not in good]
     send_bytes = sum(f.bytes for f in to_send)
@@ -124,7 +140,11 @@ def stage_dataset(
             what=f"moving the staged dataset into {shown(final)}",
         )
     except BaseException:
-        shell.run("rm -rf -- " + q(tmp), timeout=120)
+        try:
+            shell.run("rm -rf -- " + q(tmp), timeout=120)
+        except Exception as cleanup:  # the connection is gone: report the failure itself, not this
+            log(f"stage: could not remove {shown(tmp)} ({type(cleanup).__name__}: {cleanup}); the next try of "
+                f"this task removes it (or any stage of this dataset after {ABANDONED_AFTER_MIN} min)")
         raise
     _write_marker(shell, final, manifest)
     seconds = time.monotonic() - started
