@@ -1,6 +1,6 @@
 # AI Factory Pipelines: the README's commands.
 #   make demo    set up, start the local stack and run the demo pipeline end to end
-#   make test    set up and run the whole suite (lint, unit, integration, end to end)
+#   make test    set up and run the whole suite (lint, unit, integration, end to end, the Celery phase)
 #   make lint    ruff check of the whole tree (configuration: [tool.ruff] in pyproject.toml)
 #   make up | down | status    the local stack (Airflow on Postgres, LocalExecutor)
 #   make up EXECUTOR=celery    the same with the CeleryExecutor: Redis and two Celery workers
@@ -16,7 +16,7 @@ RUFF := $(VENV)/bin/ruff
 EXECUTOR ?= local
 STACK_UP := AIFP_EXECUTOR=$(EXECUTOR) $(STACK) up
 
-.PHONY: setup up down status onboard doctor demo test unit integration e2e lint bench-slurm clean
+.PHONY: setup up down status onboard doctor demo test test-celery unit integration e2e lint bench-slurm clean
 
 setup:
 	$(STACK) setup
@@ -42,12 +42,20 @@ doctor:
 demo: up
 	$(PY) -m aifactory.local.demo
 
-# The whole suite: lint and unit tests first (no services), then the tests against the real stack.
+# The whole suite: lint and unit tests first (no services), then the tests against the real stack,
+# then its Celery phase (test-celery).
 test: setup
 	$(RUFF) check .
 	$(PY) -m pytest -q tests/unit tests/dags
 	$(STACK_UP)
 	$(PY) -m pytest -q -x tests/integration tests/e2e
+	$(MAKE) --no-print-directory test-celery
+
+# The Celery phase: the same stack switched to the CeleryExecutor (Redis, two workers), the tests
+# that need that topology (tests/celery), then back to $(EXECUTOR), even when they fail.
+test-celery:
+	AIFP_EXECUTOR=celery $(STACK) up
+	$(PY) -m pytest -q -x tests/celery; rc=$$?; AIFP_EXECUTOR=$(EXECUTOR) $(STACK) up >/dev/null || rc=1; exit $$rc
 
 unit: setup
 	$(PY) -m pytest -q tests/unit tests/dags
