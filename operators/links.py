@@ -105,10 +105,13 @@ def _sacct(hook: Any, command: str) -> list[Any]:
 
 def train_job_id(spec: Any, *, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
     """The Slurm job of a train task instance: Slurm's latest job of the task's deterministic name
-    (submitted by any try) under the tenant's account."""
+    (submitted by any try) under the tenant's account. A train task that keys its job on a
+    ``run_key`` (a feed's window training) is found by the key it rendered."""
     from aifactory.hpc.slurm import sacct_by_name_command, select_record
 
-    name = views.train_job_name(spec, dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index)
+    run_key = rendered_field("run_key", dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index)
+    name = views.train_job_name(spec, dag_id=dag_id, run_id=run_key if isinstance(run_key, str) and run_key
+                                else run_id, task_id=task_id, map_index=map_index)
     hook, _ = _tenant_shell(spec)
     try:
         records = [r for r in _sacct(hook, sacct_by_name_command([name], "2000-01-01")) if views.owns_job(r, spec)]
@@ -184,3 +187,15 @@ def export_result(*, dag_id: str, run_id: str, task_id: str, map_index: int = -1
         row = session.scalars(XComModel.get_many(run_id=run_id, key="return_value", dag_ids=dag_id,
                                                  task_ids=task_id, map_indexes=map_index)).first()
         return XComModel.deserialize_value(row) if row is not None else None
+
+
+def rendered_field(field: str, *, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
+    """One rendered template field of a task instance (None before it ran, or without that field)."""
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields as Rtif
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        fields = session.scalar(select(Rtif.rendered_fields).where(
+            Rtif.dag_id == dag_id, Rtif.run_id == run_id, Rtif.task_id == task_id, Rtif.map_index == map_index))
+    return fields.get(field) if isinstance(fields, dict) else None

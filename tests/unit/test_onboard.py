@@ -157,6 +157,6 @@ def test_secrets_dir_default():
 def test_steps_return_changes_of_their_own_tenant():
     """Registered steps are plain (name, callable) lists, in the agreed order."""
     names = [n for n, _ in ob.tenant_steps()]
-    order = ["cluster", "slurm", "objectstore", "airflow"]
+    order = ["cluster", "slurm", "objectstore", "airflow", "notifications"]
     assert names == [n for n in order if n in names]
     assert replace(Change("a", "b", "c"), action="d").action == "d"

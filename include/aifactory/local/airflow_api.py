@@ -446,6 +446,12 @@ class AirflowClient:
                 return value
         return value
 
+    def extra_links(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, str | None]:
+        """``{link name: URL or None}`` of one task instance (``GET .../taskInstances/{task}/links``)."""
+        out = self._call(f"GET links of {task_id}", lambda a: ac.TaskInstanceApi(a).get_extra_links(
+            dag_id, run_id, task_id, map_index=map_index))
+        return dict(out.extra_links)
+
     def patch_xcom(self, dag_id: str, run_id: str, task_id: str, value: Any, key: str = "return_value") -> Any:
         """Overwrite an XCom value (what anyone with edit rights on the run can do through the API)."""
         body = ac.XComUpdateBody(value=value, map_index=-1)
