@@ -121,9 +121,13 @@ class SlurmJobOperator(BaseOperator):
     :param sacct_lookback: how far back ``sacct --name`` looks for an earlier try's job.
     :param deferral_timeout: give up watching after this long (the job is NOT cancelled).
     :param cancel_on_kill: cancel the Slurm job when a user kills the task.
+    :param run_key: what the job's name and comment are keyed on instead of the run id (templated;
+        a feed's window training passes its window's content key, so that a second training over
+        the same window re-attaches to or adopts the first one's job instead of submitting).
     """
 
-    template_fields: Sequence[str] = ("recipe", "run_dir", "dataset_dir", "hyperparameters", "slurm_resources")
+    template_fields: Sequence[str] = ("recipe", "run_dir", "dataset_dir", "hyperparameters", "slurm_resources",
+                                      "run_key")
     template_fields_renderers = {"hyperparameters": "json", "slurm_resources": "json"}
     ui_color = "#d6e4f0"
 
@@ -144,9 +148,11 @@ class SlurmJobOperator(BaseOperator):
         sacct_lookback: str = "now-7days",
         deferral_timeout: timedelta | None = None,
         cancel_on_kill: bool = True,
+        run_key: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.run_key = run_key
         self.tenant = tenant
         self.recipe = recipe
         self.run_dir = run_dir
@@ -195,7 +201,7 @@ class SlurmJobOperator(BaseOperator):
                              f"allowed: {list(spec.recipes)}")
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)
-        task = TaskIds(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id,
+        task = TaskIds(dag_id=ti.dag_id, run_id=self.run_key or ti.run_id, task_id=ti.task_id,
                        map_index=-1 if map_index is None else int(map_index),
                        try_number=getattr(ti, "try_number", None))
         return plan_job(

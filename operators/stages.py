@@ -191,7 +191,17 @@ class ValidateRunOperator(FactoryOperator):
 
 
 class IngestOperator(FactoryOperator):
-    """Raw objects in the tenant's S3 area -> a versioned Parquet dataset with a manifest."""
+    """Raw objects in the tenant's S3 area -> a versioned Parquet dataset with a manifest.
+
+    :param dataset_name: the dataset's name (``layout.NAME_RE``); None derives it from the source
+        object's name. A feed's partitions are versions of the dataset named after the feed.
+    """
+
+    template_fields: Sequence[str] = ("validated", "dataset_name")
+
+    def __init__(self, *, dataset_name: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dataset_name = dataset_name
 
     def execute(self, context: Context) -> dict[str, Any]:
         from aifactory import layout
@@ -208,6 +218,7 @@ class IngestOperator(FactoryOperator):
                 tenant=spec.tenant,
                 workdir=Path(tmp),
                 log=self.log.info,
+                dataset_name=self.dataset_name,
             )
         prefix = spec.dataset_prefix(manifest.name, manifest.version)
         check_dataset_prefix(prefix, spec)
@@ -326,17 +337,21 @@ class ExportModelOperator(FactoryOperator):
     :param training: the train task's XCom (templated).
     :param model_asset_alias: name of the AssetAlias in ``outlets`` that receives the model's event;
         None emits nothing.
+    :param run_key: what the model version is keyed on instead of the run id (templated; a feed's
+        window training passes its window's content key: the same window, the same version,
+        published once).
     """
 
-    template_fields: Sequence[str] = ("dataset", "quality", "training", "validated")
+    template_fields: Sequence[str] = ("dataset", "quality", "training", "validated", "run_key")
 
     def __init__(self, *, dataset: Any, quality: Any, training: Any, model_asset_alias: str | None = None,
-                 **kwargs: Any) -> None:
+                 run_key: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.dataset = dataset
         self.quality = quality
         self.training = training
         self.model_asset_alias = model_asset_alias
+        self.run_key = run_key
 
     def execute(self, context: Context) -> dict[str, Any]:
         from aifactory import layout
@@ -352,7 +367,8 @@ class ExportModelOperator(FactoryOperator):
         # the dataset's name as the checked prefix spells it (layout.NAME_RE), not XCom's "name" field
         dataset_name, _ = layout.dataset_in_prefix(prefix, spec.tenant) or ("", "")
         model = f"{dataset_name}-{params.recipe}".replace("_", "-")
-        version = self.call(model_version, dag_run.run_id, dag_run.dag_id, self.training.get("params_sha256"))
+        version = self.call(model_version, self.run_key or dag_run.run_id, dag_run.dag_id,
+                            self.training.get("params_sha256"))
         card = CardContext(
             tenant=spec.tenant,
             model=model,
