@@ -24,7 +24,8 @@ Per stage (the pipeline is a chain, so each stage waits for the one before):
 For the run: ``run_start_s`` (triggered -> running) and ``tail_s`` (the last task's end -> the run
 marked finished). ``overhead_s = wall_s - work_s`` with ``wall_s`` from the trigger (the run
 queued) to the run's end; ``overhead_s_per_stage`` divides it by the stages. Target: at most 2 s
-per stage. Slurm's accounting has whole seconds, so train's parts are good to about a second.
+per stage. ``running_overhead_s_per_stage`` is the same from the run's start (without waiting for
+a run slot: of use for runs of a busy suite, ``--run-id``). Slurm's accounting has whole seconds, so train's parts are good to about a second.
 
 ``--idle-seconds`` first samples the CPU time the idle Airflow components burn (each one's process
 tree, from ``/proc``), before any run is triggered: what every test on a 2-core machine competes with.
@@ -214,6 +215,8 @@ def breakdown(run: Mapping[str, Any], tis: Iterable[Mapping[str, Any]], accounti
         "work_s": work_total,
         "overhead_s": wall - work_total,
         "overhead_s_per_stage": (wall - work_total) / len(stages),
+        # the same from the run's start: without the wait for a run slot (max_active_runs, other runs)
+        "running_overhead_s_per_stage": (ended - started - work_total) / len(stages),
         "run_start_s": _gap(started, queued),
         "tail_s": ended - previous_end,
         "per_stage": per_stage,
@@ -237,7 +240,8 @@ def median_of(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         vals = [v for v in values if v is not None]
         return round(statistics.median(vals), 3) if vals else None
 
-    keys = ("wall_s", "work_s", "overhead_s", "overhead_s_per_stage", "run_start_s", "tail_s")
+    keys = ("wall_s", "work_s", "overhead_s", "overhead_s_per_stage", "running_overhead_s_per_stage", "run_start_s",
+            "tail_s")
     out: dict[str, Any] = {k: med(r[k] for r in runs) for k in keys}
     stages = list(runs[0]["per_stage"])
     fields = list(runs[0]["per_stage"][stages[0]])
@@ -381,12 +385,20 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for run_id in run_ids:
         run, tis = api.run(dag_id, run_id), api.task_instances(dag_id, run_id)
-        train = api.xcom(dag_id, run_id, "train") if any(t["task_id"] == "train" for t in tis) else {}
-        one = breakdown(run, tis, (train or {}).get("accounting"), read_marks(log_root, dag_id, run_id, tis))
+        train = api.xcom(dag_id, run_id, "train") if any(t["task_id"] == "train" and t["state"] == "success"
+                                                          for t in tis) else {}
+        try:
+            one = breakdown(run, tis, (train or {}).get("accounting"), read_marks(log_root, dag_id, run_id, tis))
+        except ValueError as exc:  # a given run that did not run every stage (--run-id)
+            print(f"skipped: {exc}", flush=True)
+            continue
         print(f"{run_id}: wall {one['wall_s']:.1f} s, work {one['work_s']:.1f} s, overhead {one['overhead_s']:.1f} s "
               f"({one['overhead_s_per_stage']:.2f} s per stage)", flush=True)
         results.append(one)
 
+    if not results:
+        raise SystemExit("no run to measure: none of the runs ran every stage")
+    run_ids = [r["run_id"] for r in results]
     _table(results)
     med = median_of(results)
     print("breakdown " + json.dumps({s: {k: f[k] for k in ("queue_s", "start_s", "work_s")}
@@ -395,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         "stages": len(STAGES),
         "overhead_s_per_stage": med["overhead_s_per_stage"],
         "overhead_s": med["overhead_s"],
+        "running_overhead_s_per_stage": med["running_overhead_s_per_stage"],
         "wall_s": med["wall_s"],
         "work_s": med["work_s"],
         "run_start_s": med["run_start_s"],
