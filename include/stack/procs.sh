@@ -131,15 +131,21 @@ survivors() {
 pid_of() { local f="$RUN/$1.pid"; [ -s "$f" ] && cat "$f"; }
 alive() { local p; p="$(pid_of "$1" || true)"; [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
 
+# adopt NAME: a live component started before sessions were recorded gets its .sid file (the
+# session it leads, as start_bg made it); one that leads no session is left as it is
+adopt() {
+  local p
+  [ -s "$RUN/$1.sid" ] && return 0
+  p="$(pid_of "$1" || true)"
+  [ -n "$p" ] && kill -0 "$p" 2>/dev/null && [ "$(ps -o sid= -p "$p" | tr -d ' ')" = "$p" ] && record_session "$1" "$p"
+  return 0
+}
+
 # start NAME CMD...: run CMD detached in its own session and cgroup (procs.sh), logging to
 # $LOG/NAME.log; what a dead NAME left behind is ended first
 start_bg() {
   local name="$1" p; shift
-  if alive "$name"; then
-    p="$(pid_of "$name")"  # started before sessions were recorded: its session is its own
-    if [ ! -s "$RUN/$name.sid" ] && [ "$(ps -o sid= -p "$p" | tr -d ' ')" = "$p" ]; then record_session "$name" "$p"; fi
-    return 0
-  fi
+  if alive "$name"; then adopt "$name"; return 0; fi
   # a compute node's jobs (slurmstepd) outlive its slurmd, as on a real cluster: down ends them
   case "$name" in slurmd-*) ;; *) reap_leftovers "$name" ;; esac
   ( cg_join "$name"; exec setsid "$@" ) >>"$LOG/$name.log" 2>&1 < /dev/null &

@@ -580,6 +580,7 @@ up_airflow() {
 COMPONENTS=(supervisor "${CELERY_WORKERS[@]}" airflow-triggerer airflow-dag-processor airflow-scheduler airflow-api-server redis postgres moto slurmd-n1 slurmd-n2 slurmd slurmctld slurmdbd mariadb munged sshd)
 
 cmd_up() {
+  local c
   cmd_setup
   up_sshd
   up_munge
@@ -591,6 +592,7 @@ cmd_up() {
   up_postgres
   if [ "$executor" = celery ]; then up_redis; else stop_celery; fi
   up_airflow
+  for c in "${COMPONENTS[@]}"; do adopt "$c"; done  # components started by an older stack.sh
   cmd_status
 }
 
