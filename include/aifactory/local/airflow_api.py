@@ -500,3 +500,10 @@ class AirflowClient:
             if time.monotonic() > deadline:
                 raise AirflowAPIError(f"backfill {backfill_id} not completed after {timeout:.0f}s")
             time.sleep(3)
+
+    def queued_asset_events(self, dag_id: str) -> int:
+        """How many asset events wait in Airflow's queue to start the next run of an asset-scheduled DAG
+        (one per asset: events that land before the run starts are collapsed into it)."""
+        out = self._call(f"GET queued asset events of {dag_id}",
+                         lambda a: ac.AssetApi(a).get_dag_asset_queued_events(dag_id))
+        return int(out.total_entries)
