@@ -119,3 +119,60 @@ def test_onboarding_writes_missing_connections_once_and_keeps_a_sites_own(tmp_pa
     assert onboard_notifications(ctx, spec, None) == []
     dry = Context(secrets_dir=tmp_path / "dry", dry_run=True)
     assert len(onboard_notifications(dry, spec, None)) == 2 and dry.connections.all() == {}
+
+
+def test_the_providers_notifiers_deliver_the_summary_to_real_receivers(monkeypatch):
+    """SmtpNotifier to a real SMTP server (aiosmtpd) and HttpNotifier to a real HTTP server, both on
+    ephemeral local ports, through Airflow connections from the environment."""
+    import json
+    import socket
+    import threading
+    from email import message_from_bytes, policy
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from aiosmtpd.controller import Controller
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        smtp_port = probe.getsockname()[1]
+    mails, posts = [], []
+
+    class Mailbox:
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802
+            mails.append((envelope.rcpt_tos, message_from_bytes(envelope.content, policy=policy.default)))
+            return "250 OK"
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            posts.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    smtp = Controller(Mailbox(), hostname="127.0.0.1", port=smtp_port)
+    smtp.start()
+    web = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("AIRFLOW_CONN_AIFP_UNIT_SMTP", json.dumps(
+            {"conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port,
+             "extra": {"from_email": "aifactory@localhost", "disable_tls": True, "disable_ssl": True}}))
+        monkeypatch.setenv("AIRFLOW_CONN_AIFP_UNIT_HOOK", json.dumps(
+            {"conn_type": "http", "host": f"http://127.0.0.1:{web.server_port}/hooks/demo"}))
+        ti = SimpleNamespace(dag_id="factory_demo", run_id="manual__x", task_id="quality", try_number=1,
+                             log_url="http://log")
+        context = {"ti": ti, "exception": ValueError("quality gate failed {{ var.value.x }}")}
+        FailureNotification("demo", replace(MAIL, conn_id="aifp_unit_smtp"))(context)
+        FailureNotification("demo", replace(HOOK, conn_id="aifp_unit_hook"))(context)
+    finally:
+        smtp.stop()
+        web.shutdown()
+        web.server_close()
+    ((rcpt, mail),) = mails
+    assert rcpt == ["ops@demo.example"] and "factory_demo" in mail["Subject"] and "quality" in mail["Subject"]
+    body = mail.get_body(("html",)).get_content()
+    assert "manual__x" in body and "quality gate failed {{ var.value.x }}" in body  # sent as text, not rendered
+    ((path, payload),) = posts
+    assert path == "/hooks/demo" and payload["task_id"] == "quality" and payload["error"].startswith("ValueError")
