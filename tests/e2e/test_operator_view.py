@@ -23,7 +23,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from faults import wait_for
 
 from aifactory.local.airflow_api import AirflowClient
 from aifactory.platform.secrets import ConnectionStore
@@ -43,18 +44,6 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO, ACME = load_tenant("demo"), load_tenant("acme")
 IRIS = (REPO / "include/sample_data/iris.csv").read_bytes()
 TOKEN = secrets.token_hex(4)
-
-
-def _wait(what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
-    """``check()``'s first truthy answer, polled every half second until ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -217,8 +206,8 @@ def test_lineage_names_the_raw_object_the_dataset_version_and_the_model_version(
     raw = ("s3://aifactory", f"demo/raw/operator-view-{TOKEN}.csv")
     version = ("s3://aifactory", ingest["prefix"].rstrip("/"))
     model = ("s3://aifactory", f"demo/models/{export['model']}/{export['version']}")
-    events = _wait("the export task's COMPLETE event", lambda: _task_events(lineage_events, run_id, "export")
-                   .get("COMPLETE") and lineage_events, timeout=60)
+    events = wait_for(lambda: _task_events(lineage_events, run_id, "export").get("COMPLETE") and lineage_events,
+                      60, "the export task's COMPLETE event")
     ingest_events = _task_events(events, run_id, "ingest")
     export_events = _task_events(events, run_id, "export")
     assert {"START", "COMPLETE"} <= set(ingest_events) and {"START", "COMPLETE"} <= set(export_events)
@@ -243,7 +232,7 @@ def _about(messages: list[email.message.EmailMessage], run_id: str) -> list[emai
 
 def test_a_failed_run_mails_its_own_tenant_once_with_no_secret(runs, mails, stack_env):
     demo_run, acme_run = runs["demo_failed"]["dag_run_id"], runs["acme_failed"]["dag_run_id"]
-    _wait("the mails of both failed runs", lambda: _about(mails, demo_run) and _about(mails, acme_run), timeout=90)
+    wait_for(lambda: _about(mails, demo_run) and _about(mails, acme_run), 90, "the mails of both failed runs")
     time.sleep(2)  # a second mail for the same failure would arrive right behind the first
     (mail,) = _about(mails, demo_run)
     assert mail["X-Envelope-To"] == "ops@demo.example"
