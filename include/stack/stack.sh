@@ -553,9 +553,19 @@ start_supervisor() {
     --url "http://127.0.0.1:$AIRFLOW_PORT" --stack "$REPO/include/stack/stack.sh"
 }
 
+# the supervisor holds $RUN/supervisor.lock while it restarts a component: a restart in progress
+# ends before the supervisor is stopped (never a half-started component)
+stop_supervisor() {
+  local fd
+  exec {fd}>"$RUN/supervisor.lock"
+  flock -w 330 "$fd" || say "WARNING: the supervisor's restart did not end within 330 s; stopping it anyway"
+  stop_pid supervisor || true
+  exec {fd}>&-
+}
+
 up_airflow() {
   mkdir -p "$AIRFLOW_HOME_DIR"
-  stop_pid supervisor
+  stop_supervisor
   gen_airflow_secrets
   stop_airflow_on_new_keys
   write_env
@@ -599,7 +609,11 @@ cmd_up() {
 cmd_down() {
   local c
   for c in "${COMPONENTS[@]}"; do  # the supervisor first: it would start again what down stops
-    if [ "$c" = postgres ]; then stop_postgres || true; else stop_pid "$c" || true; fi
+    case "$c" in
+      postgres) stop_postgres || true ;;
+      supervisor) stop_supervisor ;;
+      *) stop_pid "$c" || true ;;
+    esac
   done
   # every member of every component (procs.sh: its cgroup and session, however renamed), then
   # anything else of ours still holding the stack's dirs or binaries: reported, not guessed at

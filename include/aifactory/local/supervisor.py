@@ -23,6 +23,7 @@ Celery workers have no heartbeat in that endpoint: they are judged by their proc
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import subprocess
@@ -207,9 +208,13 @@ class Supervisor:
             b.started(time.time())
 
     def restart(self, v: Verdict) -> None:
+        """``stack.sh restart``, holding ``run/supervisor.lock``: ``stack.sh up`` and ``down`` wait
+        for it before they stop the supervisor, so no restart is cut off half way."""
         self.say(f"restarting {v.component}: {v.state} ({v.reason})")
-        done = subprocess.run(["bash", str(self.stack), "restart", v.component], capture_output=True,
-                              text=True, timeout=300)
+        with (self.state / "run" / "supervisor.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            done = subprocess.run(["bash", str(self.stack), "restart", v.component], capture_output=True,
+                                  text=True, timeout=300)
         for line in (done.stdout + done.stderr).splitlines():
             self.say(f"  {line}")
         if done.returncode:
