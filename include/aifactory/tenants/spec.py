@@ -215,19 +215,21 @@ def parse_tenant(data: Mapping[str, Any], where: str = "tenant spec") -> TenantS
     if not SLURM_NAME_RE.match(account):
         raise InputError(f"{where}: Slurm account {shown(account)} must match {SLURM_NAME_RE.pattern}")
     lim = _limits(limits, where)
+    bucket, cluster = str(_require(data, "bucket", where)), str(_require(data, "cluster", where))
+    quality_suite = str(_require(data, "quality_suite", where))
     recipes = tuple(str(r) for r in _require(data, "recipes", where))
     feeds = parse_feeds(data.get("feeds"), where, recipes)
     return TenantSpec(
         tenant=tenant,
         display_name=str(data.get("display_name", tenant)),
         owner=str(data.get("owner", "platform")),
-        bucket=str(_require(data, "bucket", where)),
-        cluster=str(_require(data, "cluster", where)),
+        bucket=bucket,
+        cluster=cluster,
         slurm_account=account,
         partitions=partitions,
         qos=slurm.get("qos"),
         limits=lim,
-        quality_suite=str(_require(data, "quality_suite", where)),
+        quality_suite=quality_suite,
         recipes=recipes,
         schedule=data.get("schedule"),
         defaults=dict(data.get("defaults") or {}),
