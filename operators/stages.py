@@ -86,6 +86,19 @@ def lost_connection(exc: BaseException) -> str | None:
     return None
 
 
+def store_refusal(exc: BaseException) -> str | None:
+    """The S3 operation the object store refused (AccessDenied, 403), or None for anything else."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return None
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if error.get("Code") not in ("AccessDenied", "403", "Forbidden") and status != 403:
+        return None
+    return str(exc.operation_name or "a request")
+
+
 def task_token(context: Context) -> str:
     """12 hex digits naming this task instance, the same for each of its tries (staging's owner)."""
     import hashlib
@@ -164,11 +177,23 @@ class FactoryOperator(BaseOperator):
         except FactoryError as exc:
             _fail(exc)
         except Exception as exc:
-            lost = lost_connection(exc)
-            if lost is None:
-                raise
-            from airflow.sdk.exceptions import AirflowException
+            self.explain(exc)
+            raise
 
+    def explain(self, exc: Exception) -> None:
+        """Raise a task failure that says what happened when ``exc`` is the object store refusing
+        the tenant's credential (not retried: only a policy change helps) or a connection lost to
+        the object store or the cluster (retried: it may come back); return otherwise."""
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+        refused = store_refusal(exc)
+        if refused is not None:
+            raise AirflowFailException(
+                f"{self.task_id}: the object store refused {refused} with tenant {self.tenant!r}'s own credential "
+                f"({exc}). Its IAM policy does not allow it: `make doctor` checks each tenant's credential and "
+                "`make onboard` sets the policy again; then clear this task. Nothing half-done is used") from exc
+        lost = lost_connection(exc)
+        if lost is not None:
             raise AirflowException(
                 f"{self.task_id}: {lost} did not answer or dropped the connection ({type(exc).__name__}: {exc}). "
                 "Nothing half-done is used: a staged dataset is renamed into place and a model's manifest.json "
@@ -285,13 +310,17 @@ class QualityGateOperator(DatasetOperator):
             except QualityGateFailed as exc:
                 # the full (value-free) result is stored beside the dataset version either way, per
                 # suite and suite parameters; the version's manifest.json is never rewritten
-                verdict = write_quality_result(s3, bucket=spec.bucket, dataset_prefix=self.dataset["prefix"],
-                                               summary=exc.summary)
+                verdict = self.call(write_quality_result, s3, bucket=spec.bucket,
+                                    dataset_prefix=self.dataset["prefix"], summary=exc.summary)
                 self.log.info("quality verdict failed stored at %s", shown(verdict["report_key"]))
                 raise AirflowFailException(f"quality gate failed for {self.dataset['uri']}\n{exc}") from exc
             except FactoryError as exc:
                 _fail(exc)
-        verdict = write_quality_result(s3, bucket=spec.bucket, dataset_prefix=self.dataset["prefix"], summary=summary)
+            except Exception as exc:
+                self.explain(exc)
+                raise
+        verdict = self.call(write_quality_result, s3, bucket=spec.bucket, dataset_prefix=self.dataset["prefix"],
+                            summary=summary)
         self.log.info("quality verdict %s stored at %s", verdict["verdict"], shown(verdict["report_key"]))
         return verdict
 

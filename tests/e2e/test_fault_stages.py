@@ -13,6 +13,9 @@ Every fault is real and outside the code under test, and each is undone before i
   against the manifest before sbatch and sends that file again ("one byte flipped");
 * export: the object store refuses the model's ``manifest.json`` (every other file is written: a
   half-written version that nothing treats as published), removed before the clear.
+
+A refusal of the object store fails its task at once (no retry: only a policy change helps), naming
+the operation and what to run.
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ def test_each_stage_fails_in_turn_then_clears_to_one_job_dataset_and_model(api, 
         clear_from(operator, run_id, "ingest")
 
         log = wait_failed(api, run_id, "quality")
-        assert "AccessDenied" in log, log[-2000:]
+        assert "the object store refused PutObject" in log and "make onboard" in log, log[-2000:]
         allow_again(iam_client, "fault-quality")
         clear_from(operator, run_id, "quality")
 
@@ -126,7 +129,7 @@ def test_each_stage_fails_in_turn_then_clears_to_one_job_dataset_and_model(api, 
         clear_from(operator, run_id, "train")
 
         log = wait_failed(api, run_id, "export", timeout=420)
-        assert "AccessDenied" in log, log[-2000:]
+        assert "the object store refused PutObject" in log and "AccessDenied" in log, log[-2000:]
         half = versions(s3_client, f"{layout.models_prefix(SPEC.tenant)}{model}/")
         assert len(half) == 1 and layout.MANIFEST_NAME not in next(iter(half.values())), half  # not published
         allow_again(iam_client, "fault-export")

@@ -4,7 +4,8 @@ the HPC side (bash and files on this machine):
 * a connection lost mid-staging: the failure itself is reported (not the clean-up's, which cannot
   run over the lost connection), and the task's next try removes what the lost try left;
 * the owner token is checked; temporary directories of other stages younger than a day are kept;
-* a lost connection names the service it was to (the task failure says so).
+* a lost connection names the service it was to, and a refusal of the object store is told apart
+  (the task failure says which, and what to do).
 """
 
 from __future__ import annotations
@@ -79,3 +80,19 @@ def test_a_lost_connection_names_the_service():
     assert lost_connection(SSHException("SSH session not active")) == "the cluster's sshd"
     assert lost_connection(EOFError()) == "the cluster's sshd"
     assert lost_connection(ValueError("bad")) is None
+
+
+def test_an_object_store_refusal_is_told_apart():
+    from botocore.exceptions import ClientError
+
+    from operators.stages import store_refusal
+
+    def error(code: str, status: int) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                           "PutObject")
+
+    assert store_refusal(error("AccessDenied", 403)) == "PutObject"
+    assert store_refusal(error("Forbidden", 403)) == "PutObject"
+    assert store_refusal(error("NoSuchKey", 404)) is None
+    assert store_refusal(error("PreconditionFailed", 412)) is None
+    assert store_refusal(ValueError("x")) is None
