@@ -81,7 +81,8 @@ def lost_connection(exc: BaseException) -> str | None:
 
     if isinstance(exc, (S3ConnectionError, HTTPClientError)):
         return "the object store"
-    if isinstance(exc, (SSHException, EOFError, ConnectionError, TimeoutError)):
+    if isinstance(exc, (SSHException, EOFError, ConnectionError, TimeoutError)) or (
+            isinstance(exc, OSError) and "Socket is closed" in str(exc)):  # paramiko's, on a dead transport
         return "the cluster's sshd"
     return None
 

@@ -79,6 +79,8 @@ def test_a_lost_connection_names_the_service():
     assert lost_connection(EndpointConnectionError(endpoint_url="http://127.0.0.1:1")) == "the object store"
     assert lost_connection(SSHException("SSH session not active")) == "the cluster's sshd"
     assert lost_connection(EOFError()) == "the cluster's sshd"
+    assert lost_connection(OSError("Socket is closed")) == "the cluster's sshd"
+    assert lost_connection(OSError("No such file")) is None
     assert lost_connection(ValueError("bad")) is None
 
 
