@@ -447,10 +447,16 @@ class AirflowClient:
         return value
 
     def extra_links(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, str | None]:
-        """``{link name: URL or None}`` of one task instance (``GET .../taskInstances/{task}/links``)."""
-        out = self._call(f"GET links of {task_id}", lambda a: ac.TaskInstanceApi(a).get_extra_links(
-            dag_id, run_id, task_id, map_index=map_index))
-        return dict(out.extra_links)
+        """``{link name: URL or None}`` of one task instance (``GET .../taskInstances/{task}/links``).
+
+        Read from the answer's JSON: the generated model (3.3.2) refuses the null URL of a link
+        that has none for this task."""
+        out = self._call(f"GET links of {task_id}", lambda a: ac.TaskInstanceApi(
+            a).get_extra_links_without_preload_content(dag_id, run_id, task_id, map_index=map_index))
+        if out.status != 200:
+            raise AirflowAPIError(f"GET links of {task_id}: HTTP {out.status}", status=out.status,
+                                  detail=out.data.decode(errors="replace")[:500])
+        return dict(json.loads(out.data)["extra_links"])
 
     def patch_xcom(self, dag_id: str, run_id: str, task_id: str, value: Any, key: str = "return_value") -> Any:
         """Overwrite an XCom value (what anyone with edit rights on the run can do through the API)."""
