@@ -287,6 +287,10 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
+# a two-node local cluster: scanning the queue costs nothing, so the main scheduler and the
+# backfill run every 5 s (defaults 60 s and 30 s), and a released or requeued job starts within
+# seconds rather than up to a minute later (the resilience tests' waits)
+SchedulerParameters=sched_interval=5,bf_interval=5
 ReturnToService=2
 MpiDefault=none
 # accounting: sacct is the source of truth once a job leaves squeue
