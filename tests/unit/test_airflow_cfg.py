@@ -68,3 +68,40 @@ def test_config_is_not_exposed():
     """The API's config endpoint would show the environment's secrets to every user."""
     cfg = load()
     assert cfg.get("api", "expose_config", fallback="False").strip().lower() in {"false", "non-sensitive-only"}
+
+
+#: the settings that decide a run's overhead and the idle stack's CPU (docs/performance.md; the
+#: reasons are in airflow.cfg's comments), and Airflow's defaults they must not fall back to
+def _float(cfg: configparser.ConfigParser, section: str, option: str) -> float:
+    assert cfg.has_option(section, option), f"airflow.cfg must set [{section}] {option} (docs/performance.md)"
+    return cfg.getfloat(section, option)
+
+
+def test_the_scheduler_queues_the_next_stage_soon_without_spinning():
+    cfg = load()
+    # Airflow's 1 s idle sleep is the wait between one stage's end and the next one's queueing
+    assert 0.1 <= _float(cfg, "scheduler", "scheduler_idle_sleep_time") <= 0.5
+    # the job heartbeat must stay well inside the health check's 30 s (the supervisor restarts on it)
+    assert _float(cfg, "scheduler", "scheduler_heartbeat_sec") <= 5
+    # zombie detection: a killed worker's task is retried within minutes, but a healthy task (its
+    # supervisor heartbeats every [workers] min_heartbeat_interval, 5 s) is never failed for a pause
+    timeout = _float(cfg, "scheduler", "task_instance_heartbeat_timeout")
+    beat = cfg.getfloat("workers", "min_heartbeat_interval", fallback=5)
+    assert 12 * beat <= timeout <= 300, "keep at least 12 heartbeats of room (docs/performance.md)"
+
+
+def test_the_dag_processor_does_not_reparse_every_few_seconds():
+    cfg = load()
+    # every parse builds and serializes every tenant's DAGs: every 10 s was ~7-10% of a core idle
+    assert _float(cfg, "dag_processor", "min_file_process_interval") >= 30
+    assert _float(cfg, "dag_processor", "refresh_interval") >= 30
+    # 1000 tenants serialize in tens of seconds (bench/parse.py): Airflow's 50 s would kill the parse
+    assert _float(cfg, "dag_processor", "dag_file_processor_timeout") >= 120
+
+
+def test_the_local_cluster_is_polled_at_its_floor():
+    """The train task's trigger sees its job's end within one poll (bench/overhead.py poll_latency_s)."""
+    from aifactory.tenants import load_cluster
+
+    cluster = load_cluster("local")
+    assert cluster.effective_poll_interval_s == cluster.poll_interval_floor_s <= 2
