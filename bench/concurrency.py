@@ -79,7 +79,7 @@ def main() -> int:
     def wait(item: tuple) -> str:
         _, dag_id, run_id = item
         client = AirflowClient.login(env=env)  # one client per thread
-        return client.wait_for_run(dag_id, run_id, timeout=args.timeout)["state"]
+        return client.wait_for_run(dag_id, run_id, timeout=args.timeout, poll_s=5)["state"]  # 20 waiters: light on the api-server
 
     with ThreadPoolExecutor(max_workers=len(runs)) as pool:
         states = list(pool.map(wait, runs))
