@@ -106,6 +106,13 @@ def stack_up() -> None:
     assert proc.returncode == 0, f"stack.sh up failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
 
 
+def assert_no_orphans() -> None:
+    """``stack.sh orphans``: no component left processes behind that ``stack.sh down`` would not see
+    (the check after every scenario that stopped something)."""
+    proc = subprocess.run([*STACK, "orphans"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
 def stop(component: str, sig: int = signal.SIGTERM) -> int:
     """Stop one component by its pid file and wait until that process is gone; its pid."""
     pid = pid_of(component)
@@ -132,6 +139,7 @@ def component_down(component: str, sig: int = signal.SIGTERM) -> Iterator[int]:
         yield pid
     finally:
         stack_up()
+    assert_no_orphans()
 
 
 def ssh_sessions(spare_pid: int) -> list[int]:
@@ -161,6 +169,7 @@ def sshd_down() -> Iterator[list[int]]:
         yield sessions
     finally:
         stack_up()
+    assert_no_orphans()
 
 
 # -- the run and what it leaves ---------------------------------------------------------------
