@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -26,6 +27,8 @@ from aifactory.tenants import load_tenant
 
 A, B = "demo", "acme"
 DAG_A, DAG_B = layout.pipeline_dag_id(A), layout.pipeline_dag_id(B)
+#: every DAG of each tenant (A's feed iris_daily adds a feed and a training DAG; B declares no feed)
+DAGS_A, DAGS_B = load_tenant(A).dag_ids, load_tenant(B).dag_ids
 TASK = "validate"
 
 pytestmark = pytest.mark.timeout(900)
@@ -77,12 +80,25 @@ def wait_for_task(client: AirflowClient, run_id: str, timeout: float = 600) -> N
     raise AssertionError(f"{TASK} of {DAG_B} run {run_id} did not finish within {timeout:.0f}s")
 
 
-def test_a_sees_only_its_own_pipeline_dag(clients):
-    assert clients[A].dag_ids() == [DAG_A]
+def test_a_sees_only_its_own_dags(clients):
+    assert len(DAGS_A) == 3 and DAG_A in DAGS_A
+    assert sorted(clients[A].dag_ids()) == sorted(DAGS_A)
     assert clients[B].dag_ids() == [DAG_B]
     everything = set(clients[layout.PLATFORM_LOGIN].dag_ids())
-    assert {DAG_A, DAG_B, layout.probe_dag_id(A)} <= everything  # the platform sees the platform DAGs
-    assert set(clients[layout.OPERATOR_LOGIN].dag_ids()) == {DAG_A, DAG_B}
+    assert {*DAGS_A, *DAGS_B, layout.probe_dag_id(A)} <= everything  # the platform sees the platform DAGs
+    assert set(clients[layout.OPERATOR_LOGIN].dag_ids()) == {*DAGS_A, *DAGS_B}
+
+
+@pytest.mark.parametrize("dag_id", [d for d in DAGS_A if d != DAG_A])
+def test_b_gets_403_on_as_feed_dags(clients, dag_id):
+    b = clients[B]
+    assert refused(b.wait_for_dag, dag_id, timeout=0) == 403
+    assert refused(b.runs, dag_id) == 403
+    assert refused(b.trigger, dag_id, {}, attempts=1) == 403
+    assert refused(b.unpause, dag_id) == 403
+    # Airflow's backfill asks for "create a run" on the DAG: B may not backfill A's feed either
+    assert refused(b.backfill, dag_id, datetime(2026, 1, 5, tzinfo=UTC), datetime(2026, 1, 6, tzinfo=UTC)) == 403
+    assert isinstance(clients[A].runs(dag_id), list)  # and A may
 
 
 def test_b_reads_its_own_run_log_and_xcom(clients, run_b):
