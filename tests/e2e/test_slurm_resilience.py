@@ -8,17 +8,18 @@ breaks something: the triggerer, the Slurm controller, or a user marks the task 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import faults
 import pytest
 
 from aifactory import layout
 from aifactory.hpc.slurm import job_name
 from aifactory.local.airflow_api import AirflowClient
-from aifactory.local.localstack import state_dir
 from aifactory.tenants import load_tenant
 
 pytestmark = pytest.mark.e2e
@@ -30,23 +31,6 @@ STACK = ["bash", str(REPO / "include" / "stack" / "stack.sh")]
 
 
 
-def sacct(name: str) -> list[tuple[str, str]]:
-    out = subprocess.run(["sacct", "-n", "-X", "--parsable2", "-S", "now-1days", f"--name={name}", "-o",
-                          "JobID,State"], capture_output=True, text=True, check=True).stdout
-    return [tuple(line.split("|")) for line in out.splitlines() if line.strip()]  # type: ignore[misc]
-
-
-def slow_steps(name: str, seconds: float) -> None:
-    """The platform's test-only switch: the job of ``name`` pauses ``seconds`` after each step."""
-    runs = Path(os.environ["AIFP_HPC_ROOT"]) / SPEC.tenant / "runs"
-    switch = Path(layout.slow_steps_switch_path(str(runs / name)))
-    switch.parent.mkdir(mode=0o700, exist_ok=True)
-    switch.write_text(f"{seconds}\n")
-    owner = runs.stat()
-    for path in (switch.parent, switch):  # the job runs as the service account, which owns the area
-        os.chown(path, owner.st_uid, owner.st_gid)
-
-
 def start_long_run(api: AirflowClient, s3) -> tuple[str, str]:
     """Trigger a run whose job trains for about a minute; return (run id, job name) once it runs."""
     key = f"demo/raw/e2e/resilience-{time.time_ns()}.csv"
@@ -56,7 +40,7 @@ def start_long_run(api: AirflowClient, s3) -> tuple[str, str]:
             "time_limit_minutes": 15}
     run_id = api.trigger(DAG_ID, conf)["dag_run_id"]
     name = job_name(SPEC.tenant, DAG_ID, run_id, "train", -1)
-    slow_steps(name, 1.0)  # before the job starts: validate, ingest, quality and stage come first
+    faults.slow_steps(name, 1.0)  # before the job starts: validate, ingest, quality and stage come first
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         states = {t["task_id"]: t["state"] for t in api.task_instances(DAG_ID, run_id)}
@@ -69,51 +53,77 @@ def start_long_run(api: AirflowClient, s3) -> tuple[str, str]:
     raise AssertionError(f"run {run_id} never reached a deferred train task with a running job")
 
 
-def pid_of(component: str) -> int:
-    return int((state_dir() / "run" / f"{component}.pid").read_text())
-
-
 def test_triggerer_killed_mid_job_and_restarted(api, s3_client):
     run_id, name = start_long_run(api, s3_client)
-    os.killpg(pid_of("airflow-triggerer"), signal.SIGKILL)  # a crash: no cleanup runs at all
+    os.killpg(faults.pid_of("airflow-triggerer"), signal.SIGKILL)  # a crash: no cleanup runs at all
     time.sleep(3)
     subprocess.run([*STACK, "up"], check=True, capture_output=True)  # a new triggerer process
     run = api.wait_for_run(DAG_ID, run_id, timeout=600)
     assert run["state"] == "success"
-    jobs = sacct(name)
+    jobs = faults.slurm_jobs(name)
     assert len(jobs) == 1 and jobs[0][1] == "COMPLETED"  # same job, never cancelled, never resubmitted
 
 
-def wait_training_started(name: str) -> None:
-    """Wait until the job's training step runs (its first rank line is in the job log).
-
-    The batch script starts the step with ``srun``, which needs the controller: stopped before
-    that, the step cannot start at all (a job-start outage, not the mid-job one tested here)."""
-    job = subprocess.run(["squeue", "-h", f"--name={name}", "-o", "%i"], capture_output=True, text=True).stdout.strip()
-    log = Path(os.environ["AIFP_HPC_ROOT"]) / SPEC.tenant / "runs" / name / f"slurm-{job}.out"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if log.is_file() and "rank=0/" in log.read_text(errors="replace"):
-            return
-        time.sleep(1)
-    raise AssertionError(f"job {job} never started training ({log})")
+def _steps_after(log: str, line: str) -> list[int]:
+    """The step numbers the job logged after ``line`` (``step=<n>/<total>`` lines)."""
+    return [int(m.group(1)) for m in re.finditer(r"^step=(\d+)/", log.split(line, 1)[1], re.M)]
 
 
-def test_slurm_controller_down_for_a_minute_mid_job(api, s3_client):
-    run_id, name = start_long_run(api, s3_client)
-    wait_training_started(name)
-    os.kill(pid_of("slurmctld"), signal.SIGTERM)
+def test_node_down_then_controller_down_for_a_minute_mid_job(api, s3_client):
+    """One job lives through both (``docs/fault-suite.md``): its compute node is set DOWN after a
+    checkpoint (Slurm requeues it, JobRequeue=1; it restarts on the other node and resumes from that
+    checkpoint, not from step 0), then slurmctld is stopped for 60 s while it trains on. The run
+    succeeds with one job id, one dataset version and one model version."""
+    # iris: 120 training rows, 8 steps an epoch at batch 16; 25 epochs = 200 steps, paused 0.5 s each
+    hp = {**SPEC.defaults["hyperparameters"], "epochs": 25, "batch_size": 16, "log_every_steps": 1,
+          "checkpoint_every_steps": 10}
+    run_id, key = faults.trigger(api, s3_client, "slurm", hyperparameters=hp, time_limit_minutes=15)
+    name = faults.train_job_name(run_id)
+    faults.slow_steps(name, 0.5)  # before the job starts: validate, ingest, quality and stage come first
+    job_id, node = faults.wait_for(lambda: next((tuple(line.split("|")) for line in subprocess.run(
+        ["squeue", "-h", f"--name={name}", "-t", "RUNNING", "-o", "%i|%N"], capture_output=True,
+        text=True).stdout.split()), None), 300, f"job {name} to run")
+    faults.wait_for(lambda: "checkpoint: step=10 reason=periodic" in faults.job_log(name, job_id), 120,
+                    "the job's first checkpoint")
+
+    # -- the node fails: Slurm kills the job there and requeues it. The node stays drained until the
+    # killed instance is gone, as a failed node would, so the job restarts on the other node.
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=fault-suite"], check=True)
     try:
-        time.sleep(60)
-        assert subprocess.run(["scontrol", "ping"], capture_output=True, text=True).stdout.count("DOWN") >= 1
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=drain", "reason=fault-suite"],
+                       capture_output=True)
+        faults.wait_for(lambda: "PENDING" in subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"],
+                                                            capture_output=True, text=True).stdout,
+                        60, "the requeued job")
+        faults.wait_for(lambda: f"[{job_id}." not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
+                                                                      text=True).stdout,
+                        60, "the killed instance to exit")
+        # Slurm holds a requeued job back (BeginTime) for two minutes; an admin lifts that
+        subprocess.run(["scontrol", "update", f"jobid={job_id}", "starttime=now"], check=True)
     finally:
-        subprocess.run([*STACK, "up"], check=True, capture_output=True)
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
+    resumed = faults.wait_for(lambda: re.search(r"^resume: from checkpoint step=(\d+)", faults.job_log(name, job_id),
+                                                re.M), 180, "the job to resume from its checkpoint")
+
+    # -- the controller is away for a minute while the resumed job trains
+    with faults.component_down("slurmctld"):
+        time.sleep(60)  # the issue's figure; nothing to poll: the outage itself is the test
+        assert subprocess.run(["scontrol", "ping"], capture_output=True, text=True).stdout.count("DOWN") >= 1
     run = api.wait_for_run(DAG_ID, run_id, timeout=600)
-    assert run["state"] == "success"
-    jobs = sacct(name)
-    assert len(jobs) == 1 and jobs[0][1] == "COMPLETED"
-    log = api.task_log(DAG_ID, run_id, "train")
-    assert "Slurm job" in log
+    assert run["state"] == "success", run
+    export = faults.assert_one_of_each(api, s3_client, run_id, key)
+
+    records = [state for _, state in faults.slurm_jobs(name, records=True)]
+    assert records == ["NODE_FAIL", "COMPLETED"], records  # one job id, requeued once
+    log = faults.job_log(name, job_id)
+    checkpoint = int(resumed.group(1))
+    # the checkpoint it resumed from: the last periodic one, or the one Slurm's SIGTERM let it write
+    assert checkpoint >= 10 and f"checkpoint: step={checkpoint} reason=" in log, log[-3000:]
+    after = _steps_after(log, resumed.group(0))
+    total = int(re.search(r"^step=\d+/(\d+)", log, re.M).group(1))
+    assert after[0] == checkpoint + 1 and after[-1] == total, log[-3000:]  # resumed, not from step 0
+    assert "Slurm job" in api.task_log(DAG_ID, run_id, "train")
+    assert export["published"] is True
 
 
 def wait_watched(api: AirflowClient, run_id: str, name: str) -> None:
@@ -137,7 +147,7 @@ def test_marking_the_deferred_task_failed_cancels_the_job(api, s3_client):
     api.set_task_state(DAG_ID, run_id, "train", "failed")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        jobs = sacct(name)
+        jobs = faults.slurm_jobs(name)
         if jobs and jobs[0][1].startswith("CANCELLED"):
             break
         time.sleep(2)
