@@ -5,7 +5,7 @@ so the operators carry no lineage code. The provider's listener calls it in the 
 task of the stage classes: at START with the task's rendered arguments, at COMPLETE with its
 return value too (the stage's XCom, pulled once), at FAIL with what START knew. What each stage
 reads and writes is :func:`aifactory.lineage.stage_lineage`; this module only turns those into
-OpenLineage datasets (with a ``version`` facet for dataset and model versions).
+OpenLineage datasets.
 
 The events go where ``[openlineage] transport`` says (HTTP to a lineage receiver; see
 docs/observability.md). An unreachable receiver costs a task one refused connection and a
@@ -27,12 +27,11 @@ START_ARGUMENTS = ("validated", "dataset", "staged", "training")
 
 
 def ol_dataset(dataset: LineageDataset) -> Any:
-    """One OpenLineage dataset, with the dataset-version facet when the dataset has a version."""
-    from openlineage.client.event_v2 import Dataset
-    from openlineage.client.generated.dataset_version_dataset import DatasetVersionDatasetFacet
+    """One OpenLineage dataset (the provider's compat class). A version is part of the name: the
+    factory's versions are paths of their own (``.../datasets/<name>/<version>``)."""
+    from airflow.providers.common.compat.openlineage.facet import Dataset
 
-    facets = {"version": DatasetVersionDatasetFacet(datasetVersion=dataset.version)} if dataset.version else {}
-    return Dataset(namespace=dataset.namespace, name=dataset.name, facets=facets)
+    return Dataset(namespace=dataset.namespace, name=dataset.name)
 
 
 class FactoryStageExtractor(BaseExtractor):

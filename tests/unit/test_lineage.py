@@ -64,7 +64,12 @@ def test_the_extractor_serves_every_stage_class_and_is_registered_in_airflow_cfg
     from airflow.providers.openlineage.extractors.base import OperatorLineage
 
     from operators import lineage
-    from operators.stages import ExportModelOperator, IngestOperator, QualityGateOperator, StageDatasetOperator
+    from operators.stages import (
+        ExportModelOperator,
+        IngestOperator,
+        QualityGateOperator,
+        StageDatasetOperator,
+    )
     from operators.training import RecipeTrainOperator
 
     classes = {c.__name__ for c in (IngestOperator, QualityGateOperator, StageDatasetOperator, RecipeTrainOperator,
@@ -79,4 +84,4 @@ def test_the_extractor_serves_every_stage_class_and_is_registered_in_airflow_cfg
     assert isinstance(found, OperatorLineage) and found.outputs == []
     assert [(d.namespace, d.name) for d in found.inputs] == [("s3://aifactory", "demo/raw/iris.csv")]
     version = lineage.ol_dataset(VERSION)
-    assert version.facets["version"].datasetVersion == "v-0123456789ab"
+    assert (version.namespace, version.name) == ("s3://aifactory", "demo/datasets/iris/v-0123456789ab")
