@@ -25,7 +25,8 @@ from aifactory.hpc.slurm import job_name
 from aifactory.local.airflow_api import TERMINAL_RUN_STATES, AirflowClient
 from aifactory.tenants import load_tenant
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+# unproven: its one run on the stack failed in the fixture (the feed DAG was left paused); fixed, not yet rerun
+pytestmark = [pytest.mark.e2e, pytest.mark.unproven, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = load_tenant("demo")
