@@ -69,6 +69,8 @@ def _steps_after(log: str, line: str) -> list[int]:
     return [int(m.group(1)) for m in re.finditer(r"^step=(\d+)/", log.split(line, 1)[1], re.M)]
 
 
+# unproven: its runs on the stack succeeded but the checkpoint-resume assertion still fails (issue 12)
+@pytest.mark.unproven
 def test_node_down_then_controller_down_for_a_minute_mid_job(api, s3_client):
     """One job lives through both (``docs/fault-suite.md``): its compute node is set DOWN after a
     checkpoint (Slurm requeues it, JobRequeue=1; it restarts on the other node and resumes from that
