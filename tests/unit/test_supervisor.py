@@ -4,6 +4,7 @@ without a heartbeat. Pure functions, a fake ``stack.sh`` and a local fake health
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -106,6 +107,36 @@ def test_step_restarts_the_dead_airflow_component_only_and_logs_why(stack, tmp_p
     text = (tmp_path / "supervisor.log").read_text()
     assert "restarting airflow-scheduler: dead (process 4194305 is gone)" in text
     assert "[stack] restarted airflow-scheduler" in text
+
+
+class LockProbe:
+    """A log that notes, for each line written, whether ``run/supervisor.lock`` was held then."""
+
+    def __init__(self, lock: Path) -> None:
+        self.lock, self.lines = lock, []
+
+    def write(self, text: str) -> None:
+        with self.lock.open("a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = False
+                fcntl.flock(f, fcntl.LOCK_UN)
+            except BlockingIOError:
+                held = True
+        self.lines += [(held, line) for line in text.splitlines() if line]
+
+    def flush(self) -> None:
+        pass
+
+
+def test_what_a_restart_said_is_logged_before_the_lock_is_released(stack):
+    """stack.sh up/down stop the supervisor the moment they hold the lock (a CI run lost the
+    'died and left' lines that way): the restart's output is written while the lock is held."""
+    state, script, _ = stack
+    probe = LockProbe(state / "run" / "supervisor.lock")
+    sv.Supervisor(state, "http://127.0.0.1:9", script, log=probe).step(NOW)
+    said = [held for held, line in probe.lines if "[stack] restarted airflow-scheduler" in line]
+    assert said == [True]
 
 
 def test_a_component_that_keeps_dying_is_backed_off(stack, tmp_path):

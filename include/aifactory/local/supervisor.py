@@ -215,10 +215,12 @@ class Supervisor:
             fcntl.flock(lock, fcntl.LOCK_EX)
             done = subprocess.run(["bash", str(self.stack), "restart", v.component], capture_output=True,
                                   text=True, timeout=300)
-        for line in (done.stdout + done.stderr).splitlines():
-            self.say(f"  {line}")
-        if done.returncode:
-            self.say(f"restart of {v.component} failed (exit {done.returncode}); tried again next round")
+            # logged before the lock is released: stack.sh up/down stop the supervisor as soon as
+            # they hold it, and what the restart said (the leftovers it ended) must not be lost
+            for line in (done.stdout + done.stderr).splitlines():
+                self.say(f"  {line}")
+            if done.returncode:
+                self.say(f"restart of {v.component} failed (exit {done.returncode}); tried again next round")
 
     def run(self, interval: float = INTERVAL_S) -> None:
         self.say(f"supervising {', '.join(parts(self.state))} (hung: no heartbeat for {HUNG_AFTER_S:.0f}s "
