@@ -352,7 +352,7 @@ class TenantSpecs:
     errors: tuple[SpecError, ...]
 
 
-def _load_file(path: Path) -> TenantSpec:
+def _read_tenant_file(path: Path) -> TenantSpec:
     try:
         data = parse_yaml(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -364,6 +364,13 @@ def _load_file(path: Path) -> TenantSpec:
     except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a key of the wrong shape
         raise InputError(f"{path}: a key has the wrong shape ({type(exc).__name__}: {exc}); compare the "
                          "file with include/tenants/demo.yaml") from exc
+    return spec
+
+
+def _load_file(path: Path) -> TenantSpec:
+    # once per version of the file: a task process parses its DAG file (every spec), then reads its
+    # own tenant's again at each tenant_spec() (aifactory.yamlfiles: a broken file is never cached)
+    spec = cached("tenant", [path], lambda: _read_tenant_file(path))
     try:
         load_cluster(spec.cluster)
     except InputError as exc:
