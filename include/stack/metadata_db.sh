@@ -94,10 +94,10 @@ EOF
 
 stop_postgres() { # fast shutdown (SIGINT): open sessions are ended, nothing is lost
   local p i; p="$(pid_of postgres || true)"
-  if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+  if running "$p"; then
     kill -INT "$p" 2>/dev/null || true
-    for ((i = 0; i < 120; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.25; done
-    kill -0 "$p" 2>/dev/null || say "stopped postgres (pid $p)"
+    for ((i = 0; i < 120; i++)); do running "$p" || break; sleep 0.25; done
+    running "$p" || say "stopped postgres (pid $p)"
   fi
   stop_pid postgres
 }

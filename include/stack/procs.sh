@@ -101,10 +101,10 @@ reap_leftovers() {
   local name="$1" pids
   pids="$(members "$name")"
   [ -z "$pids" ] && { rm -f "$RUN/$name.sid"; return 0; }
-  say "$name died and left $(wc -w <<<"$pids") process(es) behind; ending them before it starts again:"
+  say "$name died and left $(wc -w <<<"$pids") process(es) behind; ending them:"
   # shellcheck disable=SC2086
   describe $pids
-  reap "$name" 5 || die "leftovers of $name survive SIGKILL (above); end them by hand before $0 up"
+  reap "$name" 5 || { say "ERROR: leftovers of $name survive SIGKILL (above); end them by hand, then $0 up"; return 1; }
   rm -f "$RUN/$name.sid"
 }
 
@@ -129,7 +129,10 @@ survivors() {
 # the components: a pid file per component in $RUN, its log in $LOG
 # ---------------------------------------------------------------------------------------------
 pid_of() { local f="$RUN/$1.pid"; [ -s "$f" ] && cat "$f"; }
-alive() { local p; p="$(pid_of "$1" || true)"; [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+# running PID: PID is a live process. A zombie is not, though kill -0 succeeds on it: where PID 1
+# reaps no orphans (here, and in CI's container: measured), a SIGKILLed component stays a zombie
+running() { [ -n "$1" ] && [ -r "/proc/$1/stat" ] && [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+alive() { local p; p="$(pid_of "$1" || true)"; [ -n "$p" ] && running "$p"; }
 
 # adopt NAME: a live component started before sessions were recorded gets its .sid file (the
 # session it leads, as start_bg made it); one that leads no session is left as it is
@@ -137,7 +140,7 @@ adopt() {
   local p
   [ -s "$RUN/$1.sid" ] && return 0
   p="$(pid_of "$1" || true)"
-  [ -n "$p" ] && kill -0 "$p" 2>/dev/null && [ "$(ps -o sid= -p "$p" | tr -d ' ')" = "$p" ] && record_session "$1" "$p"
+  [ -n "$p" ] && running "$p" && [ "$(ps -o sid= -p "$p" | tr -d ' ')" = "$p" ] && record_session "$1" "$p"
   return 0
 }
 
@@ -147,7 +150,7 @@ start_bg() {
   local name="$1" p; shift
   if alive "$name"; then adopt "$name"; return 0; fi
   # a compute node's jobs (slurmstepd) outlive its slurmd, as on a real cluster: down ends them
-  case "$name" in slurmd-*) ;; *) reap_leftovers "$name" ;; esac
+  case "$name" in slurmd-*) ;; *) reap_leftovers "$name" || die "cannot start $name: its leftovers live on (above)" ;; esac
   ( cg_join "$name"; exec setsid "$@" ) >>"$LOG/$name.log" 2>&1 < /dev/null &
   p=$!
   echo "$p" >"$RUN/$name.pid"
@@ -160,13 +163,16 @@ start_bg() {
 stop_pid() {
   local name="$1" grace="${2:-15}" p i
   p="$(pid_of "$name" || true)"
-  if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
-    kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true
-    for ((i = 0; i < grace * 4; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.25; done
-    kill -KILL -- "-$p" 2>/dev/null || true
-    kill -KILL "$p" 2>/dev/null || true
-    say "stopped $name (pid $p)"
+  if ! running "$p"; then  # the leader died (a zombie or gone): name what it left behind, then end it
+    reap_leftovers "$name" || return 1
+    rm -f "$RUN/$name.pid"
+    return 0
   fi
+  kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true
+  for ((i = 0; i < grace * 4; i++)); do running "$p" || break; sleep 0.25; done
+  kill -KILL -- "-$p" 2>/dev/null || true
+  kill -KILL "$p" 2>/dev/null || true
+  say "stopped $name (pid $p)"
   reap "$name" 5 || return 1
   rm -f "$RUN/$name.pid" "$RUN/$name.sid"
 }
@@ -187,7 +193,7 @@ orphans() {
     [ -z "$pids" ] && continue
     desc=""
     leader="$(pid_of "$name" || true)"
-    if [ -n "$leader" ] && kill -0 "$leader" 2>/dev/null; then desc=" $(descendants "$leader" | tr '\n' ' ') "; fi
+    if running "$leader"; then desc=" $(descendants "$leader" | tr '\n' ' ') "; fi
     left=()
     for p in $pids; do [[ "$desc" == *" $p "* ]] || left+=("$p"); done
     [ "${#left[@]}" = 0 ] && continue

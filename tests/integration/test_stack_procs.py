@@ -117,3 +117,17 @@ def test_the_orphan_check_sees_a_dead_leaders_leftovers_only(procs):
     assert procs("orphans fake").stdout == ""  # the worker is below its live leader
     out = procs('kill -KILL "$(pid_of fake)"; sleep 0.3; orphans fake').stdout
     assert "fake (leader" in out and f"{worker}  {TITLE}" in out, out
+
+
+def test_a_dead_leader_is_not_alive_and_stopping_it_names_what_it_left(procs):
+    """The supervisor's restart (stack.sh restart: stop_pid, then start_bg) of a SIGKILLed leader.
+    Where PID 1 reaps no orphans (this machine and CI's container: measured) the leader stays a
+    zombie, which ``kill -0`` takes for alive: up then kept the dead scheduler, and stop_pid ended
+    its workers without saying so (CI lost 'airflow-scheduler died and left')."""
+    worker = worker_pid(procs)
+    out = procs('kill -KILL "$(pid_of fake)"; sleep 0.3; if alive fake; then echo ALIVE; fi; '
+                'running "$(pid_of fake)" || echo NOT-RUNNING; stop_pid fake 2').stdout
+    assert "ALIVE" not in out and "NOT-RUNNING" in out, out
+    assert "fake died and left 1 process(es) behind" in out and f"{worker}  {TITLE}" in out, out
+    assert "stopped fake" not in out, out  # nothing was running to stop
+    assert gone(worker) and procs("members fake").stdout.strip() == ""
