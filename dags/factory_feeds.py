@@ -30,7 +30,13 @@ from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetabl
 from aifactory.feeds.spec import FeedSpec
 from aifactory.layout import feed_dag_id, feed_training_dag_id, ssh_pool
 from aifactory.tenants import TenantSpec, good_tenants, load_cluster
-from operators.feeds import FeedPartitionOperator, FeedPublishOperator, FeedWindowOperator, feed_asset
+from operators.feeds import (
+    FeedPartitionOperator,
+    FeedPublishOperator,
+    FeedWindowOperator,
+    feed_asset,
+    on_asset,
+)
 from operators.stages import ExportModelOperator, IngestOperator, QualityGateOperator, StageDatasetOperator
 from operators.training import RecipeTrainOperator
 
@@ -77,7 +83,7 @@ def build_training(spec: TenantSpec, feed: FeedSpec) -> DAG:
         dag_id=dag_id,
         description=f"Training of {spec.display_name} over the last {training.window_days} day(s) of {feed.name}",
         doc_md=__doc__,
-        schedule=[asset] if training.on_asset else CronDataIntervalTimetable(training.schedule, timezone="UTC"),
+        schedule=on_asset(asset) if training.on_asset else CronDataIntervalTimetable(training.schedule, timezone="UTC"),
         start_date=feed.start_date,
         catchup=False,
         # one at a time: events that land meanwhile wait in Airflow's queue and start ONE next run

@@ -24,12 +24,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, AssetAlias, Param, get_parsing_context
+from airflow.sdk import DAG, AssetAlias, get_parsing_context
 
 from aifactory.layout import pipeline_dag_id, ssh_pool
 from aifactory.models.recipes import load_recipes
 from aifactory.tenants import TenantSpec, good_tenants, load_cluster
-from aifactory.tenants.params import FORM_SCHEMA_DIALECT, dataset_uri_pattern
+from aifactory.tenants.params import dataset_uri_pattern
+from operators.form import FormParam
 from operators.notify import failure_notifiers
 from operators.stages import (
     ExportModelOperator,
@@ -41,13 +42,13 @@ from operators.stages import (
 from operators.training import RecipeTrainOperator
 
 
-def _bounded(name: str, default: int, low: int, high: int, title: str, note: str = "") -> dict[str, Param]:
+def _bounded(name: str, default: int, low: int, high: int, title: str, note: str = "") -> dict[str, FormParam]:
     """A resource field: an integer from ``low``; the tenant's upper bound is in its description."""
-    return {name: Param(default, type="integer", minimum=low, title=title, **FORM_SCHEMA_DIALECT,
-                        description=f"At most {high} (the tenant's limit; checked by the validate task).{note}")}
+    return {name: FormParam(default, type="integer", minimum=low, title=title,
+                            description=f"At most {high} (the tenant's limit; checked by the validate task).{note}")}
 
 
-def trigger_form(spec: TenantSpec, recipe_names: Iterable[str] | None = None) -> dict[str, Param]:
+def trigger_form(spec: TenantSpec, recipe_names: Iterable[str] | None = None) -> dict[str, FormParam]:
     """The typed Params of the trigger form, bounded by the tenant spec.
 
     :param recipe_names: the recipe folders (default: :func:`load_recipes`, read once per parse).
@@ -56,22 +57,20 @@ def trigger_form(spec: TenantSpec, recipe_names: Iterable[str] | None = None) ->
     recipes = sorted(r for r in (load_recipes() if recipe_names is None else recipe_names) if spec.allows_recipe(r))
     raw = spec.raw_uri_prefix
     return {
-        "dataset_uri": Param(
+        "dataset_uri": FormParam(
             d.get("dataset_uri", raw),
             type="string",
             title="Dataset URI",
             description=f"A file or folder (ending in /) under {raw}: CSV, JSON Lines or Parquet.",
             pattern=dataset_uri_pattern(raw),  # the same rule validate applies
             maxLength=1024,
-            **FORM_SCHEMA_DIALECT,
         ),
-        "recipe": Param(d.get("recipe", recipes[0] if recipes else ""), type="string", enum=recipes,
-                        title="Training recipe", description="A folder under include/recipes/.", **FORM_SCHEMA_DIALECT),
-        "hyperparameters": Param(d.get("hyperparameters", {}), type="object", title="Hyperparameters",
-                                 description="Checked against the recipe's JSON schema before anything runs.",
-                                 **FORM_SCHEMA_DIALECT),
-        "partition": Param(d.get("partition", spec.partitions[0]), type="string", enum=list(spec.partitions),
-                           title="Slurm partition", **FORM_SCHEMA_DIALECT),
+        "recipe": FormParam(d.get("recipe", recipes[0] if recipes else ""), type="string", enum=recipes,
+                            title="Training recipe", description="A folder under include/recipes/."),
+        "hyperparameters": FormParam(d.get("hyperparameters", {}), type="object", title="Hyperparameters",
+                                     description="Checked against the recipe's JSON schema before anything runs."),
+        "partition": FormParam(d.get("partition", spec.partitions[0]), type="string", enum=list(spec.partitions),
+                               title="Slurm partition"),
         # The tenant's limits are stated, not enforced, here: Airflow validates a run's conf against
         # the DAG's params again at every task start, so a limit lowered while a run is under way would
         # fail its next task. The validate task enforces them, before any side effect.

@@ -19,10 +19,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, task
 
 from aifactory.layout import probe_dag_id, ssh_pool
 from aifactory.tenants import TenantSpec, good_tenants
+from operators.form import FormParam
 from operators.slurm import SlurmJobOperator
 
 PLATFORM_RECIPES = Path(__file__).resolve().parent.parent / "include" / "platform_recipes"
@@ -45,8 +46,8 @@ def build_probe(spec: TenantSpec) -> DAG:
         max_active_runs=1,
         tags=["ai-factory", "platform", f"tenant:{spec.tenant}"],
         params={
-            "jobs": Param(1, type="integer", minimum=1, maximum=200, title="Probe jobs"),
-            "seconds": Param(5, type="integer", minimum=0, maximum=600, title="Seconds each job runs"),
+            "jobs": FormParam(1, type="integer", minimum=1, maximum=200, title="Probe jobs"),
+            "seconds": FormParam(5, type="integer", minimum=0, maximum=600, title="Seconds each job runs"),
         },
         default_args={"owner": "platform-team", "retries": 1, "retry_delay": timedelta(seconds=20)},
     ) as dag:

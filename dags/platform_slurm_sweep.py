@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG
 
 from aifactory.layout import CLUSTERS_DIR, ssh_pool, sweep_dag_id
 from aifactory.tenants import ClusterSpec, load_cluster
+from operators.form import FormParam
 from operators.sweep import SlurmSweepOperator
 
 
@@ -32,7 +33,7 @@ def build_sweep(spec: ClusterSpec) -> DAG:
         catchup=False,
         max_active_runs=1,
         tags=["ai-factory", "platform", f"cluster:{spec.name}"],
-        params={"dry_run": Param(False, type="boolean", title="Only log what would be cancelled")},
+        params={"dry_run": FormParam(False, type="boolean", title="Only log what would be cancelled")},
         default_args={"owner": "platform-team", "retries": 1, "retry_delay": timedelta(minutes=1)},
     ) as dag:
         # dry_run from the run's params; one SSH session to the cluster: its pool

@@ -5,6 +5,7 @@ the pipeline's own stages to the window."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -104,3 +105,28 @@ def test_feed_dag_file_imports_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", code, str(FEEDS_DAG_FILE)],
                          capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_training_schedule_serializes_as_airflow_builds_it_from_a_list_of_the_asset(dags):
+    """operators.feeds.on_asset: the same timetable as ``schedule=[asset]``, for what the scheduler reads."""
+    from airflow.sdk import DAG
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    asset = dags[FEED].get_task("publish").outlets[0]
+    ours = DagSerialization.to_dict(dags[TRAIN])["dag"]["timetable"]
+    airflows = DagSerialization.to_dict(DAG(dag_id="as_a_list", schedule=[asset]))["dag"]["timetable"]
+    assert ours == airflows and ours["__type"].endswith("AssetTriggeredTimetable")
+
+
+@pytest.mark.parametrize(("dag_file", "wanted"), [("factory_feeds.py", FEED), ("factory_feeds.py", TRAIN),
+                                                  ("factory_pipelines.py", layout.pipeline_dag_id("demo"))])
+def test_a_task_process_builds_only_its_own_dag(dag_file: str, wanted: str):
+    """The task runner parses the DAG file with Airflow's parsing context naming its DAG."""
+    from airflow.sdk.definitions.context import _AIRFLOW_PARSING_CONTEXT_DAG_ID
+
+    code = ("import json, sys\nfrom airflow.dag_processing.dagbag import DagBag\n"
+            "bag = DagBag(dag_folder=sys.argv[1])\nprint(json.dumps([sorted(bag.dags), len(bag.import_errors)]))")
+    env = {**os.environ, _AIRFLOW_PARSING_CONTEXT_DAG_ID: wanted}
+    out = subprocess.run([sys.executable, "-c", code, str(REPO / "dags" / dag_file)], env=env,
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [[wanted], 0]

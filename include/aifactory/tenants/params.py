@@ -102,11 +102,13 @@ class RunParams:
         )
 
 
-#: JSON Schema dialect of the trigger form's Params. Airflow checks each Param's schema against its
-#: dialect's metaschema every time it resolves the Param, and serializing one pipeline DAG resolves
-#: about a hundred of them: draft-07's metaschema is checked in half the time of the default,
-#: 2020-12 (bench/parse.py serialize_s). The keywords the forms use mean the same in both.
+#: JSON Schema dialect of the trigger forms' Params (``operators.form.FormParam`` declares it). Airflow
+#: checks each Param's schema against its dialect's metaschema every time it resolves the Param, and
+#: serializing one pipeline DAG resolves about a hundred of them: draft-07's metaschema is checked in
+#: half the time of the default, 2020-12 (bench/parse.py serialize_s). The keywords the forms use
+#: mean the same in both.
 FORM_SCHEMA_DIALECT = {"$schema": "http://json-schema.org/draft-07/schema#"}
+
 
 def _expect(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> None:
     value = data.get(name)
