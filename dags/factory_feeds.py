@@ -24,12 +24,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG, AssetAlias, get_parsing_context
+from airflow.sdk import DAG, AssetAlias
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
 from aifactory.feeds.spec import FeedSpec
 from aifactory.layout import feed_dag_id, feed_training_dag_id, ssh_pool
 from aifactory.tenants import TenantSpec, good_tenants, load_cluster
+from operators.dagfile import builds
 from operators.feeds import (
     FeedPartitionOperator,
     FeedPublishOperator,
@@ -109,11 +110,9 @@ def build_training(spec: TenantSpec, feed: FeedSpec) -> DAG:
 
 
 # good specs only: a broken tenant spec fails that tenant alone (see aifactory.tenants.spec.good_tenants)
-# a task process needs only its own DAG (Airflow's parsing context names it; None in the dag-processor)
-_wanted = get_parsing_context().dag_id
 for _spec in good_tenants():
-    for _feed in _spec.feeds:
-        if _wanted in (None, feed_dag_id(_spec.tenant, _feed.name)):
+    for _feed in _spec.feeds:  # a task process builds its own DAG only (operators.dagfile)
+        if builds(feed_dag_id(_spec.tenant, _feed.name)):
             globals()[feed_dag_id(_spec.tenant, _feed.name)] = build_feed(_spec, _feed)
-        if _feed.training is not None and _wanted in (None, feed_training_dag_id(_spec.tenant, _feed.name)):
+        if _feed.training is not None and builds(feed_training_dag_id(_spec.tenant, _feed.name)):
             globals()[feed_training_dag_id(_spec.tenant, _feed.name)] = build_training(_spec, _feed)

@@ -24,13 +24,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, AssetAlias, get_parsing_context
+from airflow.sdk import DAG, AssetAlias, Param
 
 from aifactory.layout import pipeline_dag_id, ssh_pool
 from aifactory.models.recipes import load_recipes
 from aifactory.tenants import TenantSpec, good_tenants, load_cluster
 from aifactory.tenants.params import dataset_uri_pattern
-from operators.form import FormParam
+from operators.dagfile import builds
+from operators.form import form_param
 from operators.notify import failure_notifiers
 from operators.stages import (
     ExportModelOperator,
@@ -42,13 +43,13 @@ from operators.stages import (
 from operators.training import RecipeTrainOperator
 
 
-def _bounded(name: str, default: int, low: int, high: int, title: str, note: str = "") -> dict[str, FormParam]:
+def _bounded(name: str, default: int, low: int, high: int, title: str, note: str = "") -> dict[str, Param]:
     """A resource field: an integer from ``low``; the tenant's upper bound is in its description."""
-    return {name: FormParam(default, type="integer", minimum=low, title=title,
+    return {name: form_param(default, type="integer", minimum=low, title=title,
                             description=f"At most {high} (the tenant's limit; checked by the validate task).{note}")}
 
 
-def trigger_form(spec: TenantSpec, recipe_names: Iterable[str] | None = None) -> dict[str, FormParam]:
+def trigger_form(spec: TenantSpec, recipe_names: Iterable[str] | None = None) -> dict[str, Param]:
     """The typed Params of the trigger form, bounded by the tenant spec.
 
     :param recipe_names: the recipe folders (default: :func:`load_recipes`, read once per parse).
@@ -57,7 +58,7 @@ def trigger_form(spec: TenantSpec, recipe_names: Iterable[str] | None = None) ->
     recipes = sorted(r for r in (load_recipes() if recipe_names is None else recipe_names) if spec.allows_recipe(r))
     raw = spec.raw_uri_prefix
     return {
-        "dataset_uri": FormParam(
+        "dataset_uri": form_param(
             d.get("dataset_uri", raw),
             type="string",
             title="Dataset URI",
@@ -65,11 +66,11 @@ def trigger_form(spec: TenantSpec, recipe_names: Iterable[str] | None = None) ->
             pattern=dataset_uri_pattern(raw),  # the same rule validate applies
             maxLength=1024,
         ),
-        "recipe": FormParam(d.get("recipe", recipes[0] if recipes else ""), type="string", enum=recipes,
+        "recipe": form_param(d.get("recipe", recipes[0] if recipes else ""), type="string", enum=recipes,
                             title="Training recipe", description="A folder under include/recipes/."),
-        "hyperparameters": FormParam(d.get("hyperparameters", {}), type="object", title="Hyperparameters",
+        "hyperparameters": form_param(d.get("hyperparameters", {}), type="object", title="Hyperparameters",
                                      description="Checked against the recipe's JSON schema before anything runs."),
-        "partition": FormParam(d.get("partition", spec.partitions[0]), type="string", enum=list(spec.partitions),
+        "partition": form_param(d.get("partition", spec.partitions[0]), type="string", enum=list(spec.partitions),
                                title="Slurm partition"),
         # The tenant's limits are stated, not enforced, here: Airflow validates a run's conf against
         # the DAG's params again at every task start, so a limit lowered while a run is under way would
@@ -136,9 +137,6 @@ def build_pipeline(spec: TenantSpec, recipe_names: Iterable[str] | None = None) 
 
 # good specs only: a broken tenant spec fails that tenant alone (see aifactory.tenants.spec.good_tenants)
 _recipe_names = tuple(load_recipes())  # once per parse, for every tenant's form
-# a task process needs only its own DAG (Airflow's parsing context names it; None in the
-# dag-processor, which builds them all): at 1000 tenants a task's start parse 4.3 s -> ~0.5 s
-_wanted = get_parsing_context().dag_id
 for _spec in good_tenants():
-    if _wanted is None or _wanted == pipeline_dag_id(_spec.tenant):
+    if builds(pipeline_dag_id(_spec.tenant)):  # a task process builds its own DAG only
         globals()[pipeline_dag_id(_spec.tenant)] = build_pipeline(_spec, _recipe_names)

@@ -23,7 +23,8 @@ from airflow.sdk import DAG, task
 
 from aifactory.layout import probe_dag_id, ssh_pool
 from aifactory.tenants import TenantSpec, good_tenants
-from operators.form import FormParam
+from operators.dagfile import builds
+from operators.form import form_param
 from operators.slurm import SlurmJobOperator
 
 PLATFORM_RECIPES = Path(__file__).resolve().parent.parent / "include" / "platform_recipes"
@@ -46,8 +47,8 @@ def build_probe(spec: TenantSpec) -> DAG:
         max_active_runs=1,
         tags=["ai-factory", "platform", f"tenant:{spec.tenant}"],
         params={
-            "jobs": FormParam(1, type="integer", minimum=1, maximum=200, title="Probe jobs"),
-            "seconds": FormParam(5, type="integer", minimum=0, maximum=600, title="Seconds each job runs"),
+            "jobs": form_param(1, type="integer", minimum=1, maximum=200, title="Probe jobs"),
+            "seconds": form_param(5, type="integer", minimum=0, maximum=600, title="Seconds each job runs"),
         },
         default_args={"owner": "platform-team", "retries": 1, "retry_delay": timedelta(seconds=20)},
     ) as dag:
@@ -64,4 +65,5 @@ def build_probe(spec: TenantSpec) -> DAG:
 
 # good specs only: a broken tenant spec fails that tenant alone (see aifactory.tenants.spec.good_tenants)
 for _spec in good_tenants():
-    globals()[probe_dag_id(_spec.tenant)] = build_probe(_spec)
+    if builds(probe_dag_id(_spec.tenant)):  # a task process builds its own DAG only (operators.dagfile)
+        globals()[probe_dag_id(_spec.tenant)] = build_probe(_spec)

@@ -19,7 +19,7 @@ from airflow.sdk import DAG
 
 from aifactory.layout import CLUSTERS_DIR, ssh_pool, sweep_dag_id
 from aifactory.tenants import ClusterSpec, load_cluster
-from operators.form import FormParam
+from operators.form import form_param
 from operators.sweep import SlurmSweepOperator
 
 
@@ -33,7 +33,7 @@ def build_sweep(spec: ClusterSpec) -> DAG:
         catchup=False,
         max_active_runs=1,
         tags=["ai-factory", "platform", f"cluster:{spec.name}"],
-        params={"dry_run": FormParam(False, type="boolean", title="Only log what would be cancelled")},
+        params={"dry_run": form_param(False, type="boolean", title="Only log what would be cancelled")},
         default_args={"owner": "platform-team", "retries": 1, "retry_delay": timedelta(minutes=1)},
     ) as dag:
         # dry_run from the run's params; one SSH session to the cluster: its pool

@@ -118,3 +118,15 @@ def test_a_broken_tenant_spec_fails_that_tenant_alone(tmp_path: Path):
     assert "zeta.yaml: cannot be read as YAML" in error
     # the dag-processor's log of the DAG file names it too
     assert "tenant spec skipped" in out.stderr + out.stdout and "acme.yaml" in out.stderr + out.stdout
+
+
+def test_every_dag_serializes_as_the_dag_processor_stores_it(dagbag):
+    """What the dag-processor does after the parse; a DAG that cannot be serialized never runs."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    for dag_id, dag in dagbag.dags.items():
+        back = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+        assert back.dag_id == dag_id and set(back.task_dict) == set(dag.task_dict)
+        assert set(back.params.keys()) == set(dag.params.keys()), dag_id
+        for name in dag.params.keys():  # the form's rules survive (not boxed into a bare Param)
+            assert back.params.get_param(name).schema == dag.params.get_param(name).schema, (dag_id, name)

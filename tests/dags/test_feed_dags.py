@@ -119,7 +119,8 @@ def test_the_training_schedule_serializes_as_airflow_builds_it_from_a_list_of_th
 
 
 @pytest.mark.parametrize(("dag_file", "wanted"), [("factory_feeds.py", FEED), ("factory_feeds.py", TRAIN),
-                                                  ("factory_pipelines.py", layout.pipeline_dag_id("demo"))])
+                                                  ("factory_pipelines.py", layout.pipeline_dag_id("demo")),
+                                                  ("platform_slurm_probe.py", layout.probe_dag_id("demo"))])
 def test_a_task_process_builds_only_its_own_dag(dag_file: str, wanted: str):
     """The task runner parses the DAG file with Airflow's parsing context naming its DAG."""
     from airflow.sdk.definitions.context import _AIRFLOW_PARSING_CONTEXT_DAG_ID

@@ -102,7 +102,7 @@ class RunParams:
         )
 
 
-#: JSON Schema dialect of the trigger forms' Params (``operators.form.FormParam`` declares it). Airflow
+#: JSON Schema dialect of the trigger forms' Params (``operators.form.form_param`` declares it). Airflow
 #: checks each Param's schema against its dialect's metaschema every time it resolves the Param, and
 #: serializing one pipeline DAG resolves about a hundred of them: draft-07's metaschema is checked in
 #: half the time of the default, 2020-12 (bench/parse.py serialize_s). The keywords the forms use
