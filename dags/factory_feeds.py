@@ -30,7 +30,7 @@ from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetabl
 from aifactory.feeds.spec import FeedSpec
 from aifactory.layout import feed_dag_id, feed_training_dag_id, ssh_pool
 from aifactory.tenants import TenantSpec, good_tenants, load_cluster
-from operators.dagfile import builds
+from operators.dagfile import builds, tenant_dag_args
 from operators.feeds import (
     FeedPartitionOperator,
     FeedPublishOperator,
@@ -42,10 +42,6 @@ from operators.stages import ExportModelOperator, IngestOperator, QualityGateOpe
 from operators.training import RecipeTrainOperator
 
 
-def _default_args(spec: TenantSpec) -> dict:
-    return {"owner": spec.owner, "retries": 1, "retry_delay": timedelta(seconds=20)}
-
-
 def build_feed(spec: TenantSpec, feed: FeedSpec) -> DAG:
     """The DAG that ingests one partition of ``feed`` per data interval."""
     common = {"tenant": spec.tenant, "feed": feed.name}
@@ -55,10 +51,8 @@ def build_feed(spec: TenantSpec, feed: FeedSpec) -> DAG:
         doc_md=__doc__,
         schedule=CronDataIntervalTimetable(feed.schedule, timezone="UTC"),
         start_date=feed.start_date,
-        catchup=False,
         max_active_runs=4,
-        tags=["ai-factory", "feed", f"tenant:{spec.tenant}"],
-        default_args=_default_args(spec),
+        **tenant_dag_args(spec, "feed"),
     ) as dag:
         partition = FeedPartitionOperator(task_id="partition", retries=0, **common)
         validated = partition.output
@@ -86,11 +80,9 @@ def build_training(spec: TenantSpec, feed: FeedSpec) -> DAG:
         doc_md=__doc__,
         schedule=on_asset(asset) if training.on_asset else CronDataIntervalTimetable(training.schedule, timezone="UTC"),
         start_date=feed.start_date,
-        catchup=False,
         # one at a time: events that land meanwhile wait in Airflow's queue and start ONE next run
         max_active_runs=1,
-        tags=["ai-factory", "feed", f"tenant:{spec.tenant}"],
-        default_args=_default_args(spec),
+        **tenant_dag_args(spec, "feed"),
     ) as dag:
         window = FeedWindowOperator(task_id="window", tenant=spec.tenant, feed=feed.name, inlets=[asset], retries=0)
         dataset, validated, run_key = window.output["dataset"], window.output["validated"], window.output["run_key"]

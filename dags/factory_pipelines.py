@@ -30,9 +30,8 @@ from aifactory.layout import pipeline_dag_id, ssh_pool
 from aifactory.models.recipes import load_recipes
 from aifactory.tenants import TenantSpec, good_tenants, load_cluster
 from aifactory.tenants.params import dataset_uri_pattern
-from operators.dagfile import builds
+from operators.dagfile import builds, tenant_dag_args
 from operators.form import form_param
-from operators.notify import failure_notifiers
 from operators.stages import (
     ExportModelOperator,
     IngestOperator,
@@ -97,12 +96,9 @@ def build_pipeline(spec: TenantSpec, recipe_names: Iterable[str] | None = None) 
         doc_md=__doc__,
         schedule=spec.schedule,
         start_date=datetime(2026, 1, 1),
-        catchup=False,
         max_active_runs=2,
         params=trigger_form(spec, recipe_names),
-        tags=["ai-factory", f"tenant:{spec.tenant}"],
-        default_args={"owner": spec.owner, "retries": 1, "retry_delay": timedelta(seconds=20),
-                      "on_failure_callback": failure_notifiers(spec)},  # the tenant's notifications: targets
+        **tenant_dag_args(spec),  # tags, default args (owner, retry, the tenant's failure notifications)
     ) as dag:
         validate = ValidateRunOperator(task_id="validate", **common)
         # Later stages read the validate task's typed result (a native XCom value), never the raw form.

@@ -61,18 +61,10 @@ def card_page_path(tenant: str, model: str, version: str) -> str:
     return f"{PLUGIN_PREFIX}/tenants/{quote(tenant, safe='')}/models/{quote(model, safe='')}/{quote(version, safe='')}/card"
 
 
-def dag_ids_of(spec: TenantSpec) -> set[str]:
-    """The DAGs that run a tenant's train and export tasks: its pipeline, and one training DAG per
-    feed (``feeds:``, when the spec declares any)."""
-    ids = {layout.pipeline_dag_id(spec.tenant)}
-    for feed in getattr(spec, "feeds", None) or ():  # feeds arrive with issue 12's feed DAGs
-        ids.add(layout.feed_training_dag_id(spec.tenant, feed.name))
-    return ids
-
-
 def tenant_of_dag(dag_id: str, specs: Iterable[TenantSpec]) -> TenantSpec | None:
-    """The tenant among ``specs`` one of whose DAGs is ``dag_id`` (None: not a tenant DAG)."""
-    return next((s for s in specs if dag_id in dag_ids_of(s)), None)
+    """The tenant among ``specs`` one of whose DAGs (``TenantSpec.dag_ids``) is ``dag_id`` (None: not a
+    tenant DAG)."""
+    return next((s for s in specs if dag_id in s.dag_ids), None)
 
 
 def train_job_name(spec: TenantSpec, *, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:

@@ -130,3 +130,19 @@ def test_every_dag_serializes_as_the_dag_processor_stores_it(dagbag):
         assert set(back.params.keys()) == set(dag.params.keys()), dag_id
         for name in dag.params.keys():  # the form's rules survive (not boxed into a bare Param)
             assert back.params.get_param(name).schema == dag.params.get_param(name).schema, (dag_id, name)
+
+
+def test_every_tenant_dag_notifies_the_tenant_of_a_failure(dagbag):
+    """The pipeline, feed and training DAGs' tasks carry the tenant's notifiers (operators.dagfile)."""
+    from aifactory.tenants import load_tenants
+    from operators.notify import FailureNotification
+
+    for spec in load_tenants():
+        want = [t.kind for t in spec.notifications]
+        assert want, f"{spec.tenant} declares no notification target: nothing to check"
+        for dag_id in spec.dag_ids:
+            for task in dagbag.dags[dag_id].tasks:
+                callbacks = task.on_failure_callback or []
+                assert all(isinstance(c, FailureNotification) for c in callbacks), (dag_id, task.task_id)
+                assert [c.target.kind for c in callbacks] == want, (dag_id, task.task_id)
+                assert f"tenant:{spec.tenant}" in dagbag.dags[dag_id].tags

@@ -12,7 +12,7 @@ import pytest
 from airflow.api_fastapi.core_api.security import get_user
 from fastapi.testclient import TestClient
 
-from aifactory import views
+from aifactory import layout, views
 from aifactory.hpc.slurm import job_name, parse_sacct
 from aifactory.tenants import load_tenant
 from operators import links
@@ -102,6 +102,9 @@ def test_a_dag_belongs_to_the_tenant_that_runs_it():
     acme = replace(DEMO, tenant="acme")
     assert views.tenant_of_dag("factory_acme", [DEMO, acme]) is acme
     assert views.tenant_of_dag("platform_slurm_sweep_local", [DEMO, acme]) is None
+    feed = DEMO.feeds[0].name  # a feed's training DAG trains and exports too; the feed DAG is the tenant's
+    for dag_id in (layout.feed_training_dag_id("demo", feed), layout.feed_dag_id("demo", feed)):
+        assert views.tenant_of_dag(dag_id, [acme, DEMO]) is DEMO
 
 
 @pytest.mark.parametrize("path", ["/tenants/demo/jobs/1", "/tenants/demo/jobs/1/log",
