@@ -69,8 +69,6 @@ def _steps_after(log: str, line: str) -> list[int]:
     return [int(m.group(1)) for m in re.finditer(r"^step=(\d+)/", log.split(line, 1)[1], re.M)]
 
 
-# unproven: its runs on the stack succeeded but the checkpoint-resume assertion still fails (issue 12)
-@pytest.mark.unproven
 def test_node_down_then_controller_down_for_a_minute_mid_job(api, s3_client):
     """One job lives through both (``docs/fault-suite.md``): its compute node is set DOWN after a
     checkpoint (Slurm requeues it, JobRequeue=1; it restarts on the other node and resumes from that
@@ -119,11 +117,16 @@ def test_node_down_then_controller_down_for_a_minute_mid_job(api, s3_client):
     assert records == ["NODE_FAIL", "COMPLETED"], records  # one job id, requeued once
     log = faults.job_log(name, job_id)
     checkpoint = int(resumed.group(1))
-    # the checkpoint it resumed from: the last periodic one, or the one Slurm's SIGTERM let it write
-    assert checkpoint >= 10 and f"checkpoint: step={checkpoint} reason=" in log, log[-3000:]
-    after = _steps_after(log, resumed.group(0))
+    before = log.split(resumed.group(0), 1)[0]
+    trained_before = [int(n) for n in re.findall(r"^step=(\d+)/", before, re.M)]
+    # The checkpoint it resumed from: the last periodic one, or the one Slurm's SIGTERM let it
+    # write at the next step. That one's log line may be lost: srun's output path ends with the
+    # node ("srun: error: Node failure on n1" comes first; measured).
+    assert "Node failure" in before and 10 <= checkpoint <= max(trained_before), log[-3000:]
+    assert f"checkpoint: step={checkpoint} reason=" in before or checkpoint == max(trained_before), log[-3000:]
     total = int(re.search(r"^step=\d+/(\d+)", log, re.M).group(1))
-    assert after[0] == checkpoint + 1 and after[-1] == total, log[-3000:]  # resumed, not from step 0
+    # every step after the checkpoint once, none before it again: resumed, not from step 0
+    assert _steps_after(log, resumed.group(0)) == list(range(checkpoint + 1, total + 1)), log[-3000:]
     assert "Slurm job" in api.task_log(DAG_ID, run_id, "train")
     assert export["published"] is True
 
