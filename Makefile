@@ -48,7 +48,7 @@ test: setup
 	$(RUFF) check .
 	$(PY) -m pytest -q tests/unit tests/dags
 	$(STACK_UP)
-	$(PY) -m pytest -q -x -m 'not unproven' tests/integration tests/e2e
+	$(PY) -m pytest -q -x tests/integration tests/e2e
 	$(MAKE) --no-print-directory test-celery
 
 # The Celery phase: the same stack switched to the CeleryExecutor (Redis, two workers), the tests
