@@ -28,9 +28,10 @@ echo "aifp: host=$(hostname) dir=$PWD start=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"
 export PYTHONUNBUFFERED=1
 
-# One rank per task of the allocation (sbatch gives --ntasks-per-node=1, so one per node): the
-# runtime (aifp_runtime.distributed) reads SLURM_PROCID/SLURM_NTASKS and starts torch.distributed
-# when there are several.
+# One rank per task of the allocation: sbatch gives --ntasks-per-node, one per GPU, else one per node
+# (aifactory.hpc.slurm.resources.tasks_per_node). The runtime (aifp_runtime.distributed) reads
+# SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, binds each rank to the GPU of its local id (NCCL), or
+# stays on CPU (gloo), and starts torch.distributed when there are several.
 # --export=ALL hands this script's (already clean) environment to the step; without it the
 # step would inherit SLURM_EXPORT_ENV=NONE from the batch step and lose OMP_NUM_THREADS.
 # Signals: SIGTERM (requeue, preemption, scancel) and SIGUSR1 (sbatch --signal=USR1@<s>, sent to

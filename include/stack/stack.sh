@@ -253,10 +253,31 @@ EOF
 # here as on a real cluster. Each node offers the machine's CPUs and half of its spare memory.
 SLURM_NODES=(n1 n2)
 SLURM_NODE_PORTS=(17001 17002)
+SLURM_PARTITION=debug
+GPU_DIR=/var/lib/aifactory/gpus
+
+# The GPUs of the local cluster's partition, from its spec (include/clusters/local.yaml, partitions:):
+# prints "<gpu type> <gpus per node>", nothing when it has none. Slurm schedules and accounts them
+# as gres/gpu like real ones; each is an empty file here (gres.conf File=, which is what makes
+# Slurm hand a job's steps CUDA_VISIBLE_DEVICES), so the ranks train on CPU.
+local_cluster_gpus() {
+  "$VENV/bin/python" - "$SLURM_PARTITION" <<'EOF'
+import sys
+from aifactory.tenants import load_cluster
+offers = load_cluster("local").gpus
+wrong = [o.partition for o in offers if o.partition != sys.argv[1]]
+if wrong:
+    sys.exit(f"include/clusters/local.yaml: the local cluster has one partition, {sys.argv[1]}; not {wrong}")
+for o in offers:
+    print(o.gpu_type, o.gpus_per_node)
+EOF
+}
 
 write_slurm_conf() {
-  local host node_line mem nodes="" i
+  local host node_line mem nodes="" i g gpus gpu_type="" gpu_count=0 gres_conf=""
   slurmdbd_password
+  gpus="$(local_cluster_gpus)" || die "cannot read the local cluster's GPUs"
+  [ -z "$gpus" ] || read -r gpu_type gpu_count <<<"$gpus"
   host="$(hostname -s)"
   node_line="$(slurmd -C | head -1)"
   # keep some memory back for Airflow itself; the nodes share the rest
@@ -267,8 +288,17 @@ write_slurm_conf() {
   install -d -m 0755 /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
   for ((i = 0; i < ${#SLURM_NODES[@]}; i++)); do
     install -d -m 0755 "/var/spool/slurmd/${SLURM_NODES[$i]}"
-    nodes+="NodeName=${SLURM_NODES[$i]} NodeHostname=$host NodeAddr=127.0.0.1 Port=${SLURM_NODE_PORTS[$i]} $node_line State=UNKNOWN"$'\n'
+    if [ "$gpu_count" -gt 0 ]; then
+      install -d -m 0755 "$GPU_DIR/${SLURM_NODES[$i]}"
+      for ((g = 0; g < gpu_count; g++)); do : >"$GPU_DIR/${SLURM_NODES[$i]}/gpu$g"; done
+      gres_conf+="NodeName=${SLURM_NODES[$i]} Name=gpu Type=$gpu_type File=$GPU_DIR/${SLURM_NODES[$i]}/gpu[0-$((gpu_count - 1))]"$'\n'
+      nodes+="NodeName=${SLURM_NODES[$i]} NodeHostname=$host NodeAddr=127.0.0.1 Port=${SLURM_NODE_PORTS[$i]} $node_line Gres=gpu:$gpu_type:$gpu_count State=UNKNOWN"$'\n'
+    else
+      nodes+="NodeName=${SLURM_NODES[$i]} NodeHostname=$host NodeAddr=127.0.0.1 Port=${SLURM_NODE_PORTS[$i]} $node_line State=UNKNOWN"$'\n'
+    fi
   done
+  printf '# Written by include/stack/stack.sh from include/clusters/local.yaml (partitions:)\n%s' "$gres_conf" \
+    >/etc/slurm/gres.conf.aifp
   cat >/etc/slurm/slurm.conf.aifp <<EOF
 # Written by AI Factory Pipelines' include/stack/stack.sh: a two-node local cluster on one machine.
 ClusterName=$CLUSTER_NAME
@@ -282,6 +312,7 @@ SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd-%n.pid
 SlurmctldLogFile=$LOG/slurmctld.log
 SlurmdLogFile=$LOG/slurmd-%n.log
+GresTypes=gpu
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -321,7 +352,7 @@ InactiveLimit=0
 SlurmctldTimeout=120
 SlurmdTimeout=300
 DefMemPerCPU=512
-${nodes}PartitionName=debug Nodes=$(IFS=,; echo "${SLURM_NODES[*]}") Default=YES MaxTime=INFINITE State=UP
+${nodes}PartitionName=$SLURM_PARTITION Nodes=$(IFS=,; echo "${SLURM_NODES[*]}") Default=YES MaxTime=INFINITE State=UP
 EOF
   cat >/etc/slurm/slurmdbd.conf.aifp <<EOF
 AuthType=auth/munge
@@ -339,7 +370,11 @@ StorageLoc=slurm_acct_db
 EOF
   # a running slurmctld must be told about a changed configuration (up_slurm reconfigures)
   cmp -s /etc/slurm/slurm.conf.aifp /etc/slurm/slurm.conf || SLURM_CONF_CHANGED=1
+  # a node's GRES are read by its slurmd at start only (up_slurm restarts them on a change)
+  cmp -s /etc/slurm/gres.conf.aifp /etc/slurm/gres.conf || SLURM_GRES_CHANGED=1
   mv /etc/slurm/slurm.conf.aifp /etc/slurm/slurm.conf
+  mv /etc/slurm/gres.conf.aifp /etc/slurm/gres.conf
+  chmod 644 /etc/slurm/gres.conf
   mv /etc/slurm/slurmdbd.conf.aifp /etc/slurm/slurmdbd.conf
   chown root:root /etc/slurm/slurmdbd.conf
   chmod 600 /etc/slurm/slurmdbd.conf
@@ -364,6 +399,13 @@ up_slurm() {
     stop_pid slurmd
     stop_pid slurmctld
   fi
+  local node
+  if [ "${SLURM_GRES_CHANGED:-0}" = 1 ]; then
+    for node in "${SLURM_NODES[@]}"; do
+      if alive "slurmd-$node"; then say "restarting slurmd-$node: its GPUs (gres.conf) changed"; stop_pid "slurmd-$node"; fi
+    done
+    SLURM_CONF_CHANGED=1
+  fi
   if ! alive slurmdbd; then
     start_bg slurmdbd /usr/sbin/slurmdbd -D
     wait_for "slurmdbd" 30 sacctmgr -n list cluster
@@ -379,7 +421,6 @@ up_slurm() {
     start_bg slurmctld /usr/sbin/slurmctld -D -i
     wait_for "slurmctld" 30 scontrol ping
   fi
-  local node
   for node in "${SLURM_NODES[@]}"; do
     alive "slurmd-$node" || start_bg "slurmd-$node" /usr/sbin/slurmd -D -N "$node"
   done

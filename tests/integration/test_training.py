@@ -8,6 +8,8 @@ account, and watches it with ``sacct``:
 * a requeue mid-run (``scontrol requeue``): the job resumes from its checkpoint, every step number
   appears once in the log, and the run succeeds;
 * ``nodes=2``: one rank per node through ``srun``, both in the log, and the same outputs as one node;
+* ``nodes=2`` with two GPUs per node (the local cluster's typed GRES, ``gpu:a100:2``): Slurm schedules
+  ``gres/gpu=4`` and starts four ranks, two per node with local ids 0 and 1 (they train on CPU here);
 * the controller down when the batch script starts the step: the wrapper starts it again once the
   controller is back, and the job completes with one training run.
 """
@@ -36,6 +38,7 @@ from aifactory.hpc.slurm import (
 from aifactory.models import bundle
 from aifactory.models.contract import parse_marker
 from aifactory.models.recipes import load_recipes
+from aifactory.tenants import load_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +68,7 @@ def _stage_iris(shell, ds_dir: str) -> None:
 
 
 def _submit(shell, root: str, name: str, hp: dict, nodes: int = 1, *, delay_s: int = 0,
-            env: dict[str, str] | None = None, step_pause_s: float = 0) -> tuple[str, str]:
+            env: dict[str, str] | None = None, step_pause_s: float = 0, gpus_per_node: int = 0) -> tuple[str, str]:
     run_dir = f"{root}/{name}"
     shell.run("mkdir -p -m 0700 " + q(run_dir) + " " + q(f"{run_dir}/{layout.RUNTIME_PACKAGE}"))
     params = {"dataset_dir": f"{root}/ds", "output_dir": layout.run_output_dir(run_dir),
@@ -86,8 +89,10 @@ def _submit(shell, root: str, name: str, hp: dict, nodes: int = 1, *, delay_s: i
         script = f"{run_dir}/delayed.sh"
         with sftp.open(script, "wb") as fh:
             fh.write(f"#!/bin/bash\nsleep {int(delay_s)}\nexec bash {bundle.WRAPPER}\n".encode())
-    policy = TenantSlurmPolicy(account="demo", partitions=("debug",), max_nodes=2, max_mem_gb=2)
-    res = Resources.from_request({"nodes": nodes, "mem_gb": 1, "time_limit_minutes": 10}, policy=policy)
+    policy = TenantSlurmPolicy(account="demo", partitions=("debug",), max_nodes=2, max_mem_gb=2,
+                               max_gpus_per_node=2, gpu_offers=load_cluster("local").gpus)
+    res = Resources.from_request({"nodes": nodes, "mem_gb": 2 if gpus_per_node else 1, "time_limit_minutes": 10,
+                                  "gpus_per_node": gpus_per_node}, policy=policy)
     argv = sbatch_argv(res, job_name=job_name("demo", "itest", secrets.token_hex(4), name), comment="aifp:itest",
                        chdir=run_dir, output_path=f"{run_dir}/slurm-%j.out",
                        export_vars={"PATH": "/usr/local/bin:/usr/bin:/bin", "AIFP_PYTHON": PYTHON,
@@ -181,6 +186,29 @@ def test_two_nodes_train_with_one_rank_each(shell, area):
         assert marker.metrics["test_accuracy"] >= 0.8
         assert marker.details["onnx_check"]["passed"]
         assert marker.formats == {"pytorch": "model.pt", "safetensors": "model.safetensors", "onnx": "model.onnx"}
+
+
+def test_two_nodes_with_two_gpus_each_start_four_ranks_with_their_local_ids(shell, area):
+    _stage_iris(shell, f"{area}/ds")
+    job, run = _submit(shell, area, "gpus", {"epochs": 10, "batch_size": 16}, nodes=2, gpus_per_node=2)
+    assert _wait(job, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")) == "COMPLETED", _log(shell, run, job)
+    log = _log(shell, run, job)
+    ranks = {int(r): (node, int(local)) for r, node, local in
+             re.findall(r"^rank=(\d)/4 node=(\S+) local_rank=(\d) ", log, re.M)}
+    assert sorted(ranks) == [0, 1, 2, 3], log
+    by_node: dict[str, list[tuple[int, int]]] = {}
+    for rank, (node, local) in sorted(ranks.items()):
+        by_node.setdefault(node, []).append((rank, local))
+    # two nodes, two ranks each, numbered in blocks, each rank on the GPU of its local id
+    assert sorted(by_node) == ["n1", "n2"], ranks
+    assert sorted(local for _, local in by_node["n1"]) == [0, 1] == sorted(local for _, local in by_node["n2"])
+    assert all(local == rank % 2 for rank, (_, local) in ranks.items()), ranks
+    row = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "NodeList,AllocTRES"], capture_output=True,
+                         text=True).stdout.strip()
+    nodes, tres = row.split("|")
+    assert nodes == "n[1-2]" and "gres/gpu=4" in tres.split(",") and "cpu=4" in tres.split(","), row
+    marker = _marker(shell, run)
+    assert marker.world_size == 4 and marker.details["onnx_check"]["passed"]
 
 
 def test_step_start_waits_out_a_controller_outage(shell, area, stack_env):

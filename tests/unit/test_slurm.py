@@ -45,6 +45,7 @@ from aifactory.hpc.slurm import (
     squeue_by_name_command,
     squeue_command,
 )
+from aifactory.hpc.slurm.resources import GpuOffer
 
 POLICY = TenantSlurmPolicy(
     account="demo", partitions=("debug", "gpu"), qos=None, max_nodes=2, max_gpus_per_node=0,
@@ -194,18 +195,54 @@ def test_sbatch_argv_shape():
     assert not any(a.startswith("--qos") for a in argv)
 
 
+GPU_POLICY = TenantSlurmPolicy(account="acme", partitions=("gpu", "cpu"), qos="normal", max_nodes=2,
+                               max_gpus_per_node=4, gpu_offers=(GpuOffer(partition="gpu", gpu_type="a100",
+                                                                         gpus_per_node=4),))
+
+
+def _gpu_argv(res: Resources) -> list[str]:
+    return sbatch_argv(res, job_name=job_name("acme", "d", "r", "t"), comment="c", chdir="/srv/x/acme/runs/r",
+                       output_path="/srv/x/acme/runs/r/slurm-%j.out", export_vars={})
+
+
 def test_sbatch_argv_gpu_and_qos():
-    policy = TenantSlurmPolicy(account="acme", partitions=("gpu",), qos="normal", max_gpus_per_node=4)
-    res = Resources.from_request({"gpus_per_node": 2}, policy=policy)
-    argv = sbatch_argv(
-        res,
-        job_name=job_name("acme", "d", "r", "t"),
-        comment="c",
-        chdir="/srv/x/acme/runs/r",
-        output_path="/srv/x/acme/runs/r/slurm-%j.out",
-        export_vars={},
-    )
-    assert "--gpus-per-node=2" in argv and "--qos=normal" in argv and "--export=NONE" in argv
+    res = Resources.from_request({"gpus_per_node": 2, "nodes": 2}, policy=GPU_POLICY)
+    argv = _gpu_argv(res)
+    assert res.gpu_type == "a100" and res.tasks_per_node == 2
+    # typed, per node, one rank per GPU: 2 nodes x 2 GPUs = 4 ranks
+    assert "--gres=gpu:a100:2" in argv and "--ntasks-per-node=2" in argv and "--nodes=2" in argv
+    assert "--qos=normal" in argv and "--export=NONE" in argv
+    assert not any(a.startswith("--gpus") for a in argv)
+
+
+def test_without_gpus_one_rank_per_node_and_no_gres():
+    argv = _gpu_argv(Resources.from_request({"partition": "cpu", "nodes": 2}, policy=GPU_POLICY))
+    assert "--ntasks-per-node=1" in argv and not any(a.startswith("--gres") for a in argv)
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        ({"partition": "cpu", "gpus_per_node": 1}, "partition 'cpu' has no GPUs this tenant may use; choose partition 'gpu'"),
+        ({"gpus_per_node": 5}, r"outside 0\.\.4"),
+        ({"gpus_per_node": 1, "gpu_type": "h100"}, "gpu_type is set by the platform"),
+    ],
+)
+def test_gpu_requests_outside_the_offer_are_refused(request_, message):
+    with pytest.raises(InputError, match=message):
+        Resources.from_request(request_, policy=GPU_POLICY)
+
+
+def test_more_gpus_than_a_node_has_is_refused_naming_the_node_size():
+    policy = TenantSlurmPolicy(account="acme", partitions=("gpu",), max_gpus_per_node=8,
+                               gpu_offers=(GpuOffer(partition="gpu", gpu_type="h100", gpus_per_node=4),))
+    with pytest.raises(InputError, match="have 4 h100 GPU\\(s\\) each; ask for at most 4 per node, or for more nodes"):
+        Resources.from_request({"gpus_per_node": 6}, policy=policy)
+
+
+def test_resources_asking_for_gpus_without_a_type_never_reach_sbatch():
+    with pytest.raises(InputError, match="without a GPU type"):
+        _gpu_argv(Resources(account="acme", partition="gpu", gpus_per_node=2))
 
 
 @pytest.mark.parametrize(

@@ -105,7 +105,7 @@ def test_onboarding_associates_only_the_tenants_user_and_sets_the_allocation():
     changes = _onboard(fake)
     assert fake.assocs == {("acme", "aifp-acme"), ("demo", "aifp-demo"), (PLATFORM_ACCOUNT, "aifactory")}
     assert fake.users["aifactory"] == [PLATFORM_ACCOUNT, "Operator"]
-    assert fake.accounts["demo"] == {"cpu": 500 * 60, "gres/gpu": 0}
+    assert fake.accounts["demo"] == {"cpu": 500 * 60, "gres/gpu": 20 * 60}
     assert fake.accounts["acme"] == {"cpu": 100 * 60, "gres/gpu": 0}
     assert any("remove user aifactory's association with account demo" in c.action for c in changes)
     # a second run reads everything and changes nothing

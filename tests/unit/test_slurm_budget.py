@@ -73,8 +73,9 @@ def test_budget_command_quotes_the_account() -> None:
     [
         ({"nodes": 1, "cpus_per_task": 1, "time_limit_minutes": 30}, {"cpu": 30}),
         ({"nodes": 2, "cpus_per_task": 2, "time_limit_minutes": 60}, {"cpu": 240}),
+        # one rank per GPU: 2 nodes x 2 ranks x 4 CPUs x 10 min
         ({"nodes": 2, "cpus_per_task": 4, "gpus_per_node": 2, "time_limit_minutes": 10},
-         {"cpu": 80, "gres/gpu": 40}),
+         {"cpu": 160, "gres/gpu": 40}),
         ({"nodes": 1, "cpus_per_task": 1, "gpus_per_node": 0, "time_limit_minutes": 5}, {"cpu": 5}),
     ],
 )

@@ -75,6 +75,17 @@ def test_plan_round_trips_through_json_and_rechecks_what_it_carries():
         JobPlan.from_json({**plan.to_json(), "sbatch_argv": ["--account=demo\n#SBATCH"]})
 
 
+def test_a_gpu_plan_asks_for_typed_gpus_with_one_rank_each_and_carries_the_type():
+    gpu_tenant = {**TENANT, "slurm": {**TENANT["slurm"], "gpu_types": ["a100"]},
+                  "limits": {**TENANT["limits"], "max_nodes": 2, "max_gpus_per_node": 2}}
+    plan = plan_job(parse_tenant(gpu_tenant, "t"), load_cluster("local"), load_recipes()["tabular_classifier"],
+                    hyperparameters=HP, resources={"nodes": 2, "gpus_per_node": 2}, dataset_dir=DATASET,
+                    task=TaskIds(dag_id=TI.dag_id, run_id=TI.run_id, task_id="train", try_number=1))
+    assert {"--nodes=2", "--ntasks-per-node=2", "--gres=gpu:a100:2"} <= set(plan.sbatch_argv)
+    assert plan.job_resources.gpu_type == "a100" and json.loads(plan.params_json)["job"]["resources"]["gpu_type"] == "a100"
+    assert JobPlan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+
+
 @pytest.mark.parametrize(
     "over, fragment",
     [

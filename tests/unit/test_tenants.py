@@ -5,12 +5,14 @@ from pathlib import Path
 import pytest
 
 from aifactory.errors import InputError
+from aifactory.hpc.slurm import Resources
 from aifactory.tenants import (
     FORM_FIELDS,
     RunParams,
     load_cluster,
     load_tenant,
     load_tenants,
+    parse_cluster,
     parse_tenant,
     validate_run_params,
 )
@@ -76,7 +78,7 @@ def test_valid_params_are_typed(demo):
         ("nodes", "-1", "expected an integer"),
         ("nodes", True, "expected an integer"),
         ("mem_gb", "4\n#SBATCH --account=other", "expected an integer"),
-        ("gpus_per_node", 1, "outside 0..0"),
+        ("gpus_per_node", 3, "outside 0..2"),
         ("time_limit_minutes", 0, "outside 1..60"),
         ("hyperparameters", "[1]", "JSON object"),
         ("hyperparameters", {"label_column": "species"}, "feature_columns"),
@@ -208,3 +210,59 @@ def test_deeply_nested_values_are_refused_not_crashed(demo):
         deep = [deep]
     with pytest.raises(InputError, match="nested more than"):
         validate_run_params({**GOOD, "hyperparameters": {**HP, "extra": deep}}, demo)
+
+
+# --- GPUs: the cluster spec's offers, the tenant's types ---------------------------------------
+
+def _gpu_tenant(gpu_types, max_gpus=2, partitions=("debug",)):
+    return parse_tenant(
+        {"tenant": "acme", "bucket": "b-1", "cluster": "local", "quality_suite": "s", "recipes": ["*"],
+         "slurm": {"account": "acme", "partitions": list(partitions), "gpu_types": gpu_types},
+         "identity": IDENTITY, "allocation": ALLOCATION, "limits": {**LIMITS, "max_nodes": 2, "max_gpus_per_node": max_gpus}})
+
+
+def test_the_local_cluster_offers_two_typed_gpus_per_node_and_demo_may_use_them():
+    (offer,) = load_cluster("local").gpus
+    assert (offer.partition, offer.gpu_type, offer.gpus_per_node) == ("debug", "a100", 2)
+    policy = load_tenant("demo").slurm_policy()
+    assert policy.gpu_offer("debug") == offer
+    res = validate_run_params({**GOOD, "nodes": 2, "gpus_per_node": 2}, load_tenant("demo")).resources
+    assert (res.gpu_type, res.tasks_per_node, res.as_dict()["gpu_type"]) == ("a100", 2, "a100")
+
+
+def test_a_tenant_gets_only_the_gpu_types_its_spec_allows():
+    assert _gpu_tenant(["a100"]).slurm_policy().gpu_offers == load_cluster("local").gpus
+    other = _gpu_tenant(["h100"]).slurm_policy()
+    assert other.gpu_offers == ()
+    with pytest.raises(InputError, match="partition 'debug' has no GPUs this tenant may use; ask the platform"):
+        Resources.from_request({"gpus_per_node": 1}, policy=other)
+
+
+@pytest.mark.parametrize(
+    ("gpu_types", "max_gpus", "message"),
+    [
+        ([], 2, "limits.max_gpus_per_node is 2 but slurm.gpu_types lists no GPU type"),
+        ("a100", 2, "slurm.gpu_types must be a list of names"),
+        (["a100;id"], 2, "must match"),
+    ],
+)
+def test_bad_gpu_types_name_the_key(gpu_types, max_gpus, message):
+    with pytest.raises(InputError, match=message):
+        _gpu_tenant(gpu_types, max_gpus)
+
+
+@pytest.mark.parametrize(
+    ("partitions", "message"),
+    [
+        ({"gpu": {"gpu_type": "a100"}}, "partitions.gpu: required key 'gpus_per_node'"),
+        ({"gpu": {"gpu_type": "a100", "gpus_per_node": 0}}, "partitions.gpu: gpus_per_node must be a whole number >= 1"),
+        ({"gpu": {"gpu_type": "a 100", "gpus_per_node": 2}}, "partitions.gpu: gpu_type 'a 100' must match"),
+        ({"gpu": {"gpu_type": "a100", "gpus_per_node": 2, "count": 1}}, r"unknown key\(s\) 'count'; known: gpu_type"),
+        ({"gpu": "a100"}, "partitions.gpu must be a mapping"),
+    ],
+)
+def test_bad_cluster_gpu_offers_name_the_partition(partitions, message):
+    spec = {"name": "site", "ssh_conn_id": "c", "hpc_root": "/srv/x", "python": "/usr/bin/python3",
+            "partitions": partitions}
+    with pytest.raises(InputError, match=message):
+        parse_cluster(spec)

@@ -186,7 +186,7 @@ def render_card_markdown(card: dict[str, Any]) -> str:
     if res:
         lines.append(
             f"- requested: {res.get('nodes')} node(s), {res.get('cpus_per_task')} CPU(s) per task, "
-            f"{res.get('gpus_per_node')} GPU(s) per node, {res.get('mem_gb')} GB per node, "
+            f"{res.get('gpus_per_node')} {res.get('gpu_type') or ''} GPU(s) per node, {res.get('mem_gb')} GB per node, "
             f"{res.get('time_limit_minutes')} min, partition `{res.get('partition')}`, account `{res.get('account')}`"
         )
     lines += ["", "## Metrics (held-out split)", "", "| metric | value |", "|---|---|"]

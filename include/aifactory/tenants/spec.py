@@ -25,6 +25,7 @@ from aifactory.errors import InputError
 from aifactory.feeds.spec import FeedSpec, parse_feeds
 from aifactory.hpc.slurm import TenantSlurmPolicy
 from aifactory.hpc.slurm.checks import SLURM_NAME_RE
+from aifactory.hpc.slurm.resources import GpuOffer
 from aifactory.hpc.staging.options import STAGING_MODES, StagingOptions
 from aifactory.layout import CLUSTERS_DIR, TENANT_RE
 from aifactory.tenants.notifications import NotificationTarget, parse_notifications
@@ -102,6 +103,8 @@ class ClusterSpec:
     staging_mode: str = StagingOptions.mode
     staging_parallel: int = StagingOptions.parallel
     staging_url_ttl_s: int = StagingOptions.url_ttl_s
+    #: the GPUs of each partition that has some (``partitions: {<name>: {gpu_type: a100, gpus_per_node: 4}}``)
+    gpus: tuple[GpuOffer, ...] = ()
 
     @property
     def effective_poll_interval_s(self) -> float:
@@ -138,6 +141,8 @@ class TenantSpec:
     notifications: tuple[NotificationTarget, ...] = ()
     #: scheduled date-partitioned uploads and their training windows (``feeds:``, aifactory.feeds)
     feeds: tuple[FeedSpec, ...] = ()
+    #: the GPU types this tenant may use (``slurm.gpu_types``), on those of its partitions that have them
+    gpu_types: tuple[str, ...] = ()
 
     def suite_for(self, dataset_name: str) -> str:
         """The quality suite of one dataset: its own entry in ``quality_suites``, else ``quality_suite``."""
@@ -178,9 +183,13 @@ class TenantSpec:
         return "*" in self.recipes or recipe in self.recipes
 
     def slurm_policy(self) -> TenantSlurmPolicy:
-        """What this tenant may ask Slurm for (account, partitions, QoS, bounds)."""
+        """What this tenant may ask Slurm for (account, partitions, QoS, bounds, and the GPUs of its
+        partitions whose type its spec allows, from its cluster's spec)."""
         lim = self.limits
+        offers = tuple(o for o in load_cluster(self.cluster).gpus
+                       if o.partition in self.partitions and o.gpu_type in self.gpu_types)
         return TenantSlurmPolicy(
+            gpu_offers=offers,
             account=self.slurm_account,
             partitions=self.partitions,
             qos=self.qos,
@@ -215,6 +224,10 @@ def parse_tenant(data: Mapping[str, Any], where: str = "tenant spec") -> TenantS
     if not SLURM_NAME_RE.match(account):
         raise InputError(f"{where}: Slurm account {shown(account)} must match {SLURM_NAME_RE.pattern}")
     lim = _limits(limits, where)
+    gpu_types = _slurm_names(slurm.get("gpu_types") or (), f"{where}: slurm.gpu_types", "[a100]")
+    if lim.max_gpus_per_node and not gpu_types:
+        raise InputError(f"{where}: limits.max_gpus_per_node is {lim.max_gpus_per_node} but slurm.gpu_types "
+                         "lists no GPU type the tenant may use; add one (e.g. gpu_types: [a100]) or set it to 0")
     bucket, cluster = str(_require(data, "bucket", where)), str(_require(data, "cluster", where))
     quality_suite = str(_require(data, "quality_suite", where))
     recipes = tuple(str(r) for r in _require(data, "recipes", where))
@@ -240,7 +253,39 @@ def parse_tenant(data: Mapping[str, Any], where: str = "tenant spec") -> TenantS
         airflow_users=_airflow_users(data.get("airflow_users") or (), where),
         notifications=parse_notifications(data.get("notifications"), where),
         feeds=feeds,
+        gpu_types=gpu_types,
     )
+
+
+def _slurm_names(raw: Any, where: str, example: str) -> tuple[str, ...]:
+    if isinstance(raw, str) or not isinstance(raw, (list, tuple)):
+        raise InputError(f"{where} must be a list of names, e.g. {example}")
+    for name in raw:
+        if not isinstance(name, str) or not SLURM_NAME_RE.match(name):
+            raise InputError(f"{where}: {shown(name)} must match {SLURM_NAME_RE.pattern}")
+    return tuple(raw)
+
+
+def _gpu_offers(raw: Any, where: str) -> tuple[GpuOffer, ...]:
+    """``partitions: {<partition>: {gpu_type: a100, gpus_per_node: 4}}``: the GPUs of each partition
+    that has some (a partition without GPUs need not be listed)."""
+    where = f"{where}: partitions"
+    example = "{gpu: {gpu_type: a100, gpus_per_node: 4}}"
+    offers = []
+    for partition, entry in _mapping(raw or {}, where, example).items():
+        entry = _mapping(entry, f"{where}.{partition}", "{gpu_type: a100, gpus_per_node: 4}")
+        unknown = sorted(set(entry) - {"gpu_type", "gpus_per_node"})
+        if unknown:
+            raise InputError(f"{where}.{partition}: unknown key(s) {', '.join(shown(k) for k in unknown)}; "
+                             "known: gpu_type, gpus_per_node")
+        try:
+            offers.append(GpuOffer(partition=str(partition),
+                                   gpu_type=_require(entry, "gpu_type", f"{where}.{partition}"),
+                                   gpus_per_node=_require(entry, "gpus_per_node", f"{where}.{partition}")))
+        except InputError as exc:
+            raise InputError(f"{where}.{partition}: {exc}") from exc
+
+    return tuple(offers)
 
 
 def _mapping(raw: Any, where: str, example: str) -> Mapping[str, Any]:
@@ -458,6 +503,7 @@ def parse_cluster(data: Mapping[str, Any], where: str = "cluster spec") -> Clust
         staging_mode=str(_staging_mode(staging.get("mode"), where) or StagingOptions.mode),
         staging_parallel=int(staging.get("parallel", StagingOptions.parallel)),
         staging_url_ttl_s=int(staging.get("url_ttl_s", StagingOptions.url_ttl_s)),
+        gpus=_gpu_offers(data.get("partitions"), where),
     )
 
 

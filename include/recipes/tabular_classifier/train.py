@@ -129,8 +129,8 @@ def main(job: Job) -> int:
     batch, epochs = int(hp["batch_size"]), int(hp["epochs"])
     per_epoch = steps_per_epoch(stats.n_train, batch, world)
     total_steps = per_epoch * epochs
-    log(f"rank={rank}/{world} node={dist_info.node} host={socket.gethostname()} backend={dist_info.backend} "
-        f"device={dist_info.device} threads={threads} restart={restart_count()}")
+    log(f"rank={rank}/{world} node={dist_info.node} local_rank={dist_info.local_rank} host={socket.gethostname()} "
+        f"backend={dist_info.backend} device={dist_info.device} threads={threads} restart={restart_count()}")
     if dist_info.main:
         log(f"data: rows={stats.n_rows} train={stats.n_train} test={stats.n_test} features={len(features)} "
             f"classes={len(stats.classes)} files={len(files)} steps_per_epoch={per_epoch} total_steps={total_steps}")

@@ -24,6 +24,8 @@ from typing import Any
 
 from aifactory.errors import FactoryError
 
+from .resources import tasks_per_node
+
 __all__ = [
     "GPU_TRES",
     "Budget",
@@ -117,10 +119,11 @@ def parse_assoc_mgr(text: str, account: str) -> Budget:
 
 
 def job_request_minutes(resources: Mapping[str, Any]) -> dict[str, int]:
-    """TRES-minutes one job may use: nodes x cpus_per_task (one task per node) x time limit."""
+    """TRES-minutes one job may use: nodes x tasks per node x cpus_per_task x time limit (CPUs), and
+    nodes x gpus_per_node x time limit (GPUs)."""
     nodes = int(resources.get("nodes", 1))
     minutes = int(resources.get("time_limit_minutes", 0))
-    request = {"cpu": nodes * int(resources.get("cpus_per_task", 1)) * minutes}
+    request = {"cpu": nodes * tasks_per_node(resources) * int(resources.get("cpus_per_task", 1)) * minutes}
     gpus = nodes * int(resources.get("gpus_per_node", 0) or 0)
     if gpus:
         request[GPU_TRES] = gpus * minutes
@@ -128,8 +131,10 @@ def job_request_minutes(resources: Mapping[str, Any]) -> dict[str, int]:
 
 
 def _describe_request(resources: Mapping[str, Any], request: Mapping[str, int]) -> str:
-    shape = (f"{resources.get('nodes', 1)} node(s) x {resources.get('cpus_per_task', 1)} CPU(s)"
-             + (f" x {resources.get('gpus_per_node')} GPU(s)/node" if resources.get("gpus_per_node") else "")
+    gpus, cpus = resources.get("gpus_per_node"), resources.get("cpus_per_task", 1)
+    gpu = " ".join(filter(None, [str(gpus), resources.get("gpu_type"), "GPU(s)"]))
+    shape = (f"{resources.get('nodes', 1)} node(s) x "
+             + (f"{gpu} (one rank each, {cpus} CPU(s) per rank)" if gpus else f"{cpus} CPU(s)")
              + f" x {resources.get('time_limit_minutes')} min")
     amounts = ", ".join(f"{v} {_UNITS.get(k, k)}-minutes" for k, v in request.items())
     return f"{shape} = {amounts}"

@@ -25,7 +25,26 @@ from .checks import (
     check_remote_path,
 )
 
-__all__ = ["SIGNAL_RE", "Resources", "TenantSlurmPolicy", "sbatch_argv"]
+__all__ = ["SIGNAL_RE", "GpuOffer", "Resources", "TenantSlurmPolicy", "sbatch_argv", "tasks_per_node"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GpuOffer:
+    """The GPUs of one partition's nodes (the cluster spec's ``partitions: {<name>: {gpu_type, gpus_per_node}}``).
+
+    A job asks for them typed (``--gres=gpu:<type>:<n>``) and runs one rank per GPU.
+    """
+
+    partition: str
+    gpu_type: str
+    gpus_per_node: int
+
+    def __post_init__(self) -> None:
+        for what, name in (("partition", self.partition), ("gpu_type", self.gpu_type)):
+            if not isinstance(name, str) or not SLURM_NAME_RE.fullmatch(name):
+                raise InputError(f"{what} {name!r:.80} must match {SLURM_NAME_RE.pattern}")
+        if isinstance(self.gpus_per_node, bool) or not isinstance(self.gpus_per_node, int) or self.gpus_per_node < 1:
+            raise InputError(f"gpus_per_node must be a whole number >= 1, got {self.gpus_per_node!r:.40}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +59,9 @@ class TenantSlurmPolicy:
     :param max_mem_gb: upper bound of ``mem_gb`` (per node).
     :param max_gpus_per_node: upper bound of ``gpus_per_node`` (0 forbids GPUs).
     :param max_time_limit_minutes: upper bound of ``time_limit_minutes``.
+    :param gpu_offers: the GPUs of the tenant's partitions that the tenant may use (its cluster's
+        offers whose type is one of the tenant's ``slurm.gpu_types``); a GPU request on any other
+        partition is refused.
     """
 
     account: str
@@ -50,6 +72,10 @@ class TenantSlurmPolicy:
     max_mem_gb: int = 1
     max_gpus_per_node: int = 0
     max_time_limit_minutes: int = 60
+    gpu_offers: tuple[GpuOffer, ...] = ()
+
+    def gpu_offer(self, partition: str) -> GpuOffer | None:
+        return next((o for o in self.gpu_offers if o.partition == partition), None)
 
     def __post_init__(self) -> None:
         # A broken tenant spec is the platform's bug, but it must still never reach a shell.
@@ -68,7 +94,7 @@ _INT_FIELDS: dict[str, tuple[int, str]] = {
     "gpus_per_node": (0, "max_gpus_per_node"),
     "time_limit_minutes": (1, "max_time_limit_minutes"),
 }
-_PLATFORM_FIELDS = {"account", "qos"}
+_PLATFORM_FIELDS = {"account", "qos", "gpu_type"}
 
 
 def _as_int(name: str, value: Any) -> int:
@@ -90,7 +116,9 @@ class Resources:
     """Validated resources of one job. Build it with :meth:`from_request`, not directly.
 
     ``account`` and ``qos`` are copied from the tenant policy; a request naming them is refused.
-    ``mem_gb`` is per node. One task per node: multi-node recipes start their ranks with ``srun``.
+    ``mem_gb`` is per node. One rank (task) per GPU, or one per node without GPUs (:func:`tasks_per_node`):
+    the wrapper starts the ranks with ``srun``. ``gpu_type`` comes from the partition's offer, never
+    from the user.
     """
 
     account: str
@@ -101,6 +129,7 @@ class Resources:
     mem_gb: int = 1
     gpus_per_node: int = 0
     time_limit_minutes: int = 30
+    gpu_type: str | None = None
 
     @classmethod
     def from_request(
@@ -151,7 +180,27 @@ class Resources:
                 f"resources.partition {partition!r} is not allowed for this tenant; "
                 f"choose one of {list(policy.partitions)}"
             )
-        return cls(account=policy.account, partition=partition, qos=policy.qos, **values)
+        gpus = values.get("gpus_per_node", 0)
+        offer = policy.gpu_offer(partition) if gpus else None
+        if gpus and offer is None:
+            with_gpus = [o.partition for o in policy.gpu_offers]
+            raise InputError(
+                f"resources.gpus_per_node={gpus}: partition {partition!r} has no GPUs this tenant may use; "
+                + (f"choose partition {' or '.join(map(repr, with_gpus))}" if with_gpus else
+                   "ask the platform team for a GPU partition (slurm.gpu_types in the tenant spec)")
+            )
+        if offer is not None and gpus > offer.gpus_per_node:
+            raise InputError(
+                f"resources.gpus_per_node={gpus}: the nodes of partition {partition!r} have "
+                f"{offer.gpus_per_node} {offer.gpu_type} GPU(s) each; ask for at most {offer.gpus_per_node} "
+                "per node, or for more nodes"
+            )
+        return cls(account=policy.account, partition=partition, qos=policy.qos,
+                   gpu_type=offer.gpu_type if offer else None, **values)
+
+    @property
+    def tasks_per_node(self) -> int:
+        return tasks_per_node(self.as_dict())
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form (for XCom, logs and the trigger)."""
@@ -164,7 +213,13 @@ class Resources:
             "mem_gb": self.mem_gb,
             "gpus_per_node": self.gpus_per_node,
             "time_limit_minutes": self.time_limit_minutes,
+            "gpu_type": self.gpu_type,
         }
+
+
+def tasks_per_node(resources: Mapping[str, Any]) -> int:
+    """Ranks per node: one per GPU (each bound to its local device), else one (a rank uses all its CPUs)."""
+    return int(resources.get("gpus_per_node") or 0) or 1
 
 
 
@@ -230,13 +285,16 @@ def sbatch_argv(
         argv.append(_opt("qos", resources.qos))
     argv += [
         _opt("nodes", resources.nodes),
-        _opt("ntasks-per-node", 1),
+        _opt("ntasks-per-node", resources.tasks_per_node),
         _opt("cpus-per-task", resources.cpus_per_task),
         _opt("mem", f"{resources.mem_gb}G"),
         _opt("time", resources.time_limit_minutes),
     ]
     if resources.gpus_per_node:
-        argv.append(_opt("gpus-per-node", resources.gpus_per_node))
+        if not resources.gpu_type:
+            raise InputError("resources ask for GPUs without a GPU type; build them with Resources.from_request")
+        # typed, per node: gres/gpu is what the cluster counts and budgets (GrpTRESMins gres/gpu)
+        argv.append(_opt("gres", f"gpu:{resources.gpu_type}:{resources.gpus_per_node}"))
     argv += [
         _opt("chdir", chdir),
         _opt("output", output_path),
