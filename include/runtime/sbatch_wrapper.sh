@@ -24,6 +24,39 @@ echo "aifp: job=${SLURM_JOB_ID:-?} name=${SLURM_JOB_NAME:-?} account=${SLURM_JOB
      "cpus_per_task=${SLURM_CPUS_PER_TASK:-?} restart_count=${SLURM_RESTART_COUNT:-0}"
 echo "aifp: host=$(hostname) dir=$PWD start=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
+# The site's software environment (the cluster spec's environment:, aifactory.hpc.site), before
+# anything else runs: the setup script (it defines `module`: the job started with --export=NONE),
+# `module use` of each path, `module load` of each module. A module that does not load ends the
+# job here, naming it, before any rank starts. Site scripts are not written for `set -eu`: it is
+# lifted while they run. The loaded modules reach the ranks through srun --export=ALL.
+aifp_fail() { echo "aifp: $*" >&2; exit 2; }
+if [[ -n "${AIFP_SITE_SETUP:-}" ]]; then
+  [[ "$AIFP_SITE_SETUP" =~ ^/[A-Za-z0-9_./+-]+$ && -f "$AIFP_SITE_SETUP" ]] \
+    || aifp_fail "the site setup script $AIFP_SITE_SETUP does not exist on $(hostname); fix environment.setup in the cluster spec"
+  set +eu
+  # shellcheck disable=SC1090
+  source "$AIFP_SITE_SETUP"; status=$?
+  set -eu
+  (( status == 0 )) || aifp_fail "sourcing the site setup script $AIFP_SITE_SETUP failed (status $status)"
+fi
+if [[ -n "${AIFP_MODULEPATH:-}${AIFP_MODULES:-}" ]]; then
+  type module >/dev/null 2>&1 \
+    || aifp_fail "no module command after the site setup ${AIFP_SITE_SETUP:-(none)}; is Lmod installed on $(hostname)?"
+  IFS=: read -ra aifp_paths <<<"${AIFP_MODULEPATH:-}"
+  IFS=: read -ra aifp_modules <<<"${AIFP_MODULES:-}"
+  set +eu
+  for p in "${aifp_paths[@]}"; do
+    [[ "$p" =~ ^/[A-Za-z0-9_./+-]+$ ]] && module use "$p" || aifp_fail "module use $p failed"
+  done
+  for m in "${aifp_modules[@]}"; do
+    [[ "$m" =~ ^[A-Za-z0-9_][A-Za-z0-9_.+/-]*$ ]] || aifp_fail "module name $m is not allowed"
+    module load "$m" 2>&1 && module is-loaded "$m" \
+      || aifp_fail "module load $m failed on $(hostname) (module avail: $(module -t avail 2>&1 | tr '\n' ' ' | cut -c1-300)); fix environment.modules in the cluster spec"
+  done
+  set -eu
+  echo "aifp: modules loaded: ${LOADEDMODULES:-none}"
+fi
+
 # Threads follow the allocation, not the node size (torch would otherwise use every core).
 export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"
 export PYTHONUNBUFFERED=1

@@ -56,9 +56,13 @@ source "$REPO/include/stack/procs.sh"
 # ---------------------------------------------------------------------------------------------
 # setup: system packages, venvs
 # ---------------------------------------------------------------------------------------------
+LMOD_EXEC=/usr/share/lmod/lmod/libexec/lmod
+# the site's module tree on the local cluster (the cluster spec's environment.module_path)
+MODULES_DIR=/opt/aifactory/modulefiles
 SYSTEM_CMDS=(curl:curl sshd:openssh-server munged:munge mariadbd:mariadb-server slurmctld:slurmctld
              slurmd:slurmd slurmdbd:slurmdbd sbatch:slurm-client sacctmgr:slurm-client ssh-keygen:openssh-client
-             chromium:chromium pg_ctlcluster:postgresql redis-server:redis-server redis-cli:redis-tools)  # chromium: the browser test drives /usr/bin/chromium (Playwright)
+             chromium:chromium pg_ctlcluster:postgresql redis-server:redis-server redis-cli:redis-tools
+             "$LMOD_EXEC:lmod")  # chromium: the browser test drives /usr/bin/chromium (Playwright); lmod: environment modules in jobs
 
 missing_packages() {
   local pair cmd pkg out=()
@@ -123,6 +127,15 @@ setup_hpc() {
   local d; d="$(dirname "$real")"
   while [ "$d" != "/" ]; do chmod o+x "$d" 2>/dev/null || true; d="$(dirname "$d")"; done
   chmod -R o+rX "$(dirname "$(dirname "$real")")/lib" 2>/dev/null || true
+  # the site's environment modules (Lmod), readable by every tenant's login
+  local mf rel
+  rm -rf "$MODULES_DIR.new" && install -d -m 0755 "$MODULES_DIR.new"
+  while IFS= read -r -d '' mf; do
+    rel="${mf#"$REPO/include/stack/hpc/modulefiles/"}"
+    install -d -m 0755 "$MODULES_DIR.new/$(dirname "$rel")"
+    sed "s|@HPC_ROOT@|$HPC_ROOT|g" "$mf" >"$MODULES_DIR.new/$rel" && chmod 0644 "$MODULES_DIR.new/$rel"
+  done < <(find "$REPO/include/stack/hpc/modulefiles" -type f -name '*.lua' -print0)
+  rm -rf "$MODULES_DIR" && mv "$MODULES_DIR.new" "$MODULES_DIR"
 }
 
 cmd_setup() {

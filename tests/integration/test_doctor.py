@@ -80,3 +80,7 @@ def test_full_doctor_reports_every_check_of_a_tenant(stack_env, tenant):
     assert proc.returncode == (1 if any(f["verdict"] == "FAIL" for f in findings) else 0)
     service = [f for f in findings if f["target"].startswith("aifactory_hpc_local ")]
     assert [f["verdict"] for f in service] == ["OK", "OK", "OK"], service
+    # the local cluster's Lmod environment (include/clusters/local.yaml), loaded on the login node
+    (env,) = [f for f in findings if f["check"] == "site environment"]
+    assert env["target"] == "local" and env["verdict"] == "OK", env
+    assert env["detail"] == "sources /etc/profile.d/lmod.sh, loaded: aifactory-train/1.0", env

@@ -129,3 +129,52 @@ def test_sbatch_wrapper_starts_the_step_again_while_the_controller_is_unreachabl
     assert r.returncode == 1 and "TRAINED" not in r.stdout
     assert "the training step never started (srun exit 1" in r.stderr and "is the Slurm controller up?" in r.stderr
     assert int((tmp_path / "calls").read_text()) <= 3
+
+
+# --- the site environment (aifactory.hpc.site), run by bash here with a stand-in `module` and `srun` ---
+
+FAKE_SETUP = '''module() {
+  case "$1" in
+    use) MODULEPATH="$2:${MODULEPATH:-}" ;;
+    load) [ "$2" = good/1.0 ] || { echo "Lmod: unknown module $2" >&2; return 1; }
+          LOADEDMODULES="${LOADEDMODULES:+$LOADEDMODULES:}$2"; export GOOD_HOME=/opt/good ;;
+    is-loaded) case ":$LOADEDMODULES:" in *":$2:"*) return 0 ;; *) return 1 ;; esac ;;
+    -t) echo good/1.0 ;;
+  esac
+}
+undefined_in_site_scripts="$NOT_SET_ANYWHERE"   # site scripts are not written for set -u
+'''
+
+
+def _run_wrapper(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    srun = tmp_path / "bin" / "srun"  # the step: runs the task command once, without Slurm
+    srun.write_text('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+    srun.chmod(0o755)
+    (tmp_path / "entry.py").write_text("import os\nprint('entry ran', os.environ.get('GOOD_HOME'))\n")
+    (tmp_path / "setup.sh").write_text(FAKE_SETUP)
+    base = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "AIFP_PYTHON": sys.executable, "AIFP_ENTRYPOINT": "entry.py",
+            "AIFP_SITE_SETUP": str(tmp_path / "setup.sh"), "AIFP_STEP_RETRY_S": "0"}
+    return subprocess.run(["bash", str(WRAPPER)], cwd=tmp_path, env={**base, **env}, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_the_wrapper_loads_the_modules_and_the_ranks_see_them(tmp_path):
+    r = _run_wrapper(tmp_path, AIFP_MODULEPATH="/opt/mods", AIFP_MODULES="good/1.0")
+    assert r.returncode == 0, r.stderr
+    assert "aifp: modules loaded: good/1.0" in r.stdout and "entry ran /opt/good" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AIFP_MODULES": "good/1.0:bad/2.0"}, "module load bad/2.0 failed"),
+        ({"AIFP_MODULES": "good/1.0", "AIFP_SITE_SETUP": "/nonexistent/lmod.sh"}, "does not exist"),
+        ({"AIFP_MODULES": "good/1.0", "AIFP_SITE_SETUP": ""}, "no module command"),
+        ({"AIFP_MODULES": "$(touch pwned)"}, "module name $(touch pwned) is not allowed"),
+    ],
+)
+def test_a_site_environment_that_fails_ends_the_job_before_the_entry_point(tmp_path, env, message):
+    r = _run_wrapper(tmp_path, **env)
+    assert r.returncode == 2 and message in r.stderr, (r.stdout, r.stderr)
+    assert "entry ran" not in r.stdout and not (tmp_path / "pwned").exists()

@@ -39,6 +39,7 @@ from aifactory.platform.doctor_checks import (
     SSHTarget,
     association_finding,
     directory_finding,
+    environment_finding,
     foreign_bucket_finding,
     limits_finding,
     own_bucket_finding,
@@ -103,6 +104,9 @@ def check_cluster(cluster: ClusterSpec, tenants: Sequence[TenantSpec], findings:
 
     fix = f"set the cluster's service connection {cluster.ssh_conn_id} (stack.env: AIRFLOW_CONN_...)"
     with ssh_session(cluster.ssh_conn_id, findings, fix=fix) as hook:
+        if hook is not None and cluster.environment.declared:
+            findings.append(environment_finding(cluster.name, cluster.environment,
+                                                hook.run(cluster.environment.check_command(), timeout=60)))
         for spec in tenants:
             target = f"{spec.tenant}: account {spec.slurm_account}"
             if hook is None:

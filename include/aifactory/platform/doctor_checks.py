@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aifactory.data.s3 import _error_code
+from aifactory.hpc.site import SiteEnvironment
 from aifactory.text import printable
 
 OK, FAIL = "OK", "FAIL"
@@ -150,6 +151,17 @@ def directory_finding(tenant: str, path: str, expect_owner: str, answer: tuple[i
         return Finding("directory", target, False, f"owned by {printable(owner)} with mode {printable(mode)}; "
                        f"must be {expect_owner}, 700 (run make onboard)")
     return Finding("directory", target, True, f"owned by {owner}, mode 700")
+
+
+def environment_finding(cluster: str, environment: SiteEnvironment, answer: tuple[int, str, str]) -> Finding:
+    """``SiteEnvironment.check_command()`` on the login node: the setup sources and every module loads."""
+    rc, out, err = answer
+    text = printable(((out or "") + (err or "")).strip(), max_chars=400)
+    if rc != 0:
+        return Finding("site environment", cluster, False, f"{text or f'exit {rc}'}; fix environment: in "
+                       f"include/clusters/{cluster}.yaml, or install what it names on the cluster")
+    return Finding("site environment", cluster, True, f"sources {environment.setup or '(nothing)'}, "
+                   f"{text or 'loads nothing'}")
 
 
 # --------------------------------------------------------------------------------------------

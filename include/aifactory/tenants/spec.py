@@ -23,6 +23,7 @@ import yaml
 from aifactory import layout
 from aifactory.errors import InputError
 from aifactory.feeds.spec import FeedSpec, parse_feeds
+from aifactory.hpc.site import SiteEnvironment, parse_environment
 from aifactory.hpc.slurm import TenantSlurmPolicy
 from aifactory.hpc.slurm.checks import SLURM_NAME_RE
 from aifactory.hpc.slurm.resources import GpuOffer
@@ -105,6 +106,8 @@ class ClusterSpec:
     staging_url_ttl_s: int = StagingOptions.url_ttl_s
     #: the GPUs of each partition that has some (``partitions: {<name>: {gpu_type: a100, gpus_per_node: 4}}``)
     gpus: tuple[GpuOffer, ...] = ()
+    #: what every job sources and loads first (``environment: {setup, module_path, modules}``, aifactory.hpc.site)
+    environment: SiteEnvironment = field(default_factory=SiteEnvironment)
 
     @property
     def effective_poll_interval_s(self) -> float:
@@ -504,6 +507,7 @@ def parse_cluster(data: Mapping[str, Any], where: str = "cluster spec") -> Clust
         staging_parallel=int(staging.get("parallel", StagingOptions.parallel)),
         staging_url_ttl_s=int(staging.get("url_ttl_s", StagingOptions.url_ttl_s)),
         gpus=_gpu_offers(data.get("partitions"), where),
+        environment=parse_environment(data.get("environment"), where),
     )
 
 

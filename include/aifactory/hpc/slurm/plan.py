@@ -203,7 +203,8 @@ def plan_job(
         comment=comment,
         chdir=run,
         output_path=layout.job_log_path(run, "%j"),
-        export_vars={"PATH": JOB_PATH, "AIFP_PYTHON": cluster.python, "AIFP_ENTRYPOINT": recipe.entrypoint},
+        export_vars={"PATH": JOB_PATH, "AIFP_PYTHON": cluster.python, "AIFP_ENTRYPOINT": recipe.entrypoint,
+                     **cluster.environment.exports()},
         signal=recipe.sbatch_signal(res.time_limit_minutes),
     )
     build_sbatch_command(argv, script_path)  # every argument checked before any side effect
