@@ -386,6 +386,7 @@ class ExportModelOperator(FactoryOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from aifactory import layout
         from aifactory.models.export import CardContext, export_model, model_version
+        from aifactory.models.recipes import load_recipes
         from aifactory.version import code_version
 
         spec = self.tenant_spec()
@@ -417,6 +418,7 @@ class ExportModelOperator(FactoryOperator):
                 "resources": self.training.get("resources"),
             },
             code_version=code_version(),
+            usage=load_recipes()[params.recipe].model_card,
         )
         with self.remote().shell() as shell:
             result = self.call(

@@ -1,5 +1,11 @@
 """The model card: one JSON document (``model_card.json``) and its Markdown rendering (``MODEL_CARD.md``).
 
+``MODEL_CARD.md`` is a Hugging Face model card (what a hub repository's ``README.md`` holds): YAML
+metadata (license, library, pipeline tag, tags, datasets, metrics, a ``model-index`` of the held-out
+results, and the factory's provenance under ``aifactory:``), then the card's sections, intended use
+and limitations among them (from the recipe's ``model_card:``). It is built with
+``huggingface_hub``'s ``ModelCardData``/``EvalResult``/``ModelCard``, which need no network.
+
 A card records exactly what produced a model, so that a startup (or an auditor) can trace it back:
 
 =====================  =========================================================================
@@ -27,10 +33,11 @@ export refuses to publish a card that lacks one.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CardContext", "REQUIRED_FIELDS", "build_card", "missing_fields", "render_card_markdown"]
+__all__ = ["CardContext", "REQUIRED_FIELDS", "build_card", "hub_metadata", "missing_fields", "render_card_markdown"]
 
 #: Every field a published card carries (dotted JSON paths); values may be 0 but not missing/None.
 REQUIRED_FIELDS: tuple[str, ...] = (
@@ -71,6 +78,7 @@ class CardContext:
     :param slurm: ``job_ids``, ``state``, and accounting: ``elapsed_s``, ``cpu_hours``, ``gpu_hours``,
         ``alloc_tres``; optionally ``resources`` (what was requested) and ``restarts``.
     :param code_version: :func:`aifactory.version.code_version`.
+    :param usage: the recipe's ``model_card:`` (``license``, ``task``, ``intended_use``, ``limitations``).
     """
 
     tenant: str
@@ -84,6 +92,7 @@ class CardContext:
     quality: dict[str, Any]
     slurm: dict[str, Any]
     code_version: str
+    usage: dict[str, str] = field(default_factory=dict)
 
 
 def build_card(
@@ -119,6 +128,7 @@ def build_card(
         "onnx_check": dict(onnx_check or {}),
         "files": list(files),
         "published_at": published_at,
+        "usage": dict(ctx.usage),
     }
 
 
@@ -147,8 +157,66 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+#: what the card says when a recipe's ``model_card:`` does not
+DEFAULT_USAGE = {
+    "license": "other",
+    "intended_use": "Trained by the AI Factory for this tenant, on the dataset version below; the recipe "
+                    "states no intended use beyond it.",
+    "limitations": "Measured only on the held-out split of its training dataset (below); not checked for "
+                   "bias or for data from other sources.",
+}
+
+
+#: a metric measured on a split of the dataset: ``test_accuracy``, ``onnx_test_accuracy``, ``train_loss``
+_SPLIT_METRIC = re.compile(r"^(?:onnx_)?(train|test)_[a-z0-9_]+$")
+
+
+def hub_metadata(card: dict[str, Any]) -> Any:
+    """The card's YAML metadata as ``huggingface_hub.ModelCardData`` (imported here: export only)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    usage = {**DEFAULT_USAGE, **(card.get("usage") or {})}
+    ds, sl, q = card["dataset"], card["slurm"], card["quality"]
+    task = usage.get("task") or "other"
+    results = []
+    for key, value in sorted(card["metrics"].items()):
+        split = _SPLIT_METRIC.match(key)  # counts and settings (n_test, epochs, world_size) are no results
+        if split and isinstance(value, (int, float)) and not isinstance(value, bool):
+            results.append(EvalResult(task_type=task, dataset_type=str(ds.get("name")),
+                                      dataset_name=f"{ds.get('name')} {ds.get('version')}",
+                                      dataset_split=split.group(1), metric_type=key, metric_value=value))
+    formats = sorted(card.get("formats") or {})
+    return ModelCardData(
+        license=usage["license"],
+        library_name="pytorch",
+        pipeline_tag=usage.get("task"),
+        tags=["aifactory", f"recipe:{card['recipe']}", *formats],
+        datasets=[str(ds.get("name"))],
+        metrics=[r.metric_type for r in results],
+        model_name=card["model"],
+        eval_results=results or None,
+        aifactory={  # the provenance, machine-readable (the sections below say the same in words)
+            "tenant": card["tenant"], "model": card["model"], "version": card["version"],
+            "dataset_version": ds.get("version"), "dataset_manifest_sha256": ds.get("manifest_sha256"),
+            "quality_verdict": q.get("verdict"), "quality_suite": q.get("suite"),
+            "slurm_job_ids": [str(j) for j in sl.get("job_ids", [])], "cpu_hours": sl.get("cpu_hours"),
+            "gpu_hours": sl.get("gpu_hours"), "code_version": card["code_version"],
+            "onnx_parity": (card.get("onnx_check") or {}).get("passed"),
+        },
+    )
+
+
 def render_card_markdown(card: dict[str, Any]) -> str:
-    """Render the card as Markdown (``MODEL_CARD.md``); every required field appears."""
+    """The card as a Hugging Face model card (``MODEL_CARD.md``): YAML metadata, then the sections;
+    every required field appears. ``huggingface_hub.ModelCard`` parses it back (checked here)."""
+    from huggingface_hub import ModelCard
+
+    text = f"---\n{hub_metadata(card).to_yaml()}\n---\n\n{_card_body(card)}"
+    return ModelCard(text, ignore_metadata_errors=False).content
+
+
+def _card_body(card: dict[str, Any]) -> str:
+    usage = {**DEFAULT_USAGE, **(card.get("usage") or {})}
     ds, q, sl, m = card["dataset"], card["quality"], card["slurm"], card["metrics"]
     res = sl.get("resources") or {}
     oc = card.get("onnx_check") or {}
@@ -158,6 +226,14 @@ def render_card_markdown(card: dict[str, Any]) -> str:
         "",
         f"Tenant **{card['tenant']}**; produced by pipeline `{card['dag_id']}`, run `{card['run_id']}`,"
         f" published {card['published_at']}.",
+        "",
+        "## Intended use",
+        "",
+        usage["intended_use"],
+        "",
+        "## Limitations",
+        "",
+        usage["limitations"],
         "",
         "## Data",
         f"- dataset: `{ds.get('name')}` version `{ds.get('version')}` ({ds.get('rows')} rows)",

@@ -87,6 +87,9 @@ class Recipe:
     entrypoint: str = "train.py"
     slurm: dict[str, Any] = field(default_factory=dict)
     data_checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: what the model card says of every model of this recipe (``model_card:`` in recipe.yaml):
+    #: ``license``, ``task`` (a model hub's pipeline tag), ``intended_use``, ``limitations``
+    model_card: dict[str, str] = field(default_factory=dict)
 
     def sbatch_signal(self, time_limit_minutes: int) -> str | None:
         """The ``sbatch --signal`` value (``USR1@60``), or None when the recipe asks for none.
@@ -214,7 +217,23 @@ def _load_recipe(folder: Path) -> Recipe:
         entrypoint=entrypoint,
         slurm=dict(slurm),
         data_checks={k: dict(v) for k, v in checks.items()},
+        model_card=_model_card(spec.get("model_card"), name),
     )
+
+
+#: the keys of a recipe's ``model_card:``; ``license`` is an SPDX id or ``other``
+MODEL_CARD_KEYS = ("license", "task", "intended_use", "limitations")
+
+
+def _model_card(raw: Any, name: str) -> dict[str, str]:
+    raw = raw or {}
+    if not isinstance(raw, dict) or set(raw) - set(MODEL_CARD_KEYS) or not all(
+            isinstance(v, str) and v.strip() for v in raw.values()):
+        raise InputError(f"recipe {name!r}: model_card may only set {', '.join(MODEL_CARD_KEYS)}, each a "
+                         "non-empty text")
+    if "license" in raw and not NAME_RE.fullmatch(raw["license"].replace(".", "-")):
+        raise InputError(f"recipe {name!r}: model_card.license {raw['license']!r} must be an SPDX id (apache-2.0) or other")
+    return {k: " ".join(v.split()) for k, v in raw.items()}
 
 
 def load_recipes(root: Path = DEFAULT_RECIPES_ROOT) -> dict[str, Recipe]:
