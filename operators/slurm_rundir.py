@@ -17,6 +17,7 @@ from typing import Any
 
 from aifactory import layout
 from aifactory.errors import InputError
+from aifactory.hpc.containers import CONTAINER_ARGV_SEPARATOR
 from aifactory.hpc.slurm.plan import JobPlan
 from operators.slurm_facts import read_marker
 
@@ -42,6 +43,8 @@ def prepare_run_dir(hook: Any, plan: JobPlan) -> None:
     """Create the run directory and upload ``params.json`` and the plan's files into it."""
     uploads: list[tuple[str, bytes]] = [(layout.PARAMS_FILE, plan.params_json.encode())]
     uploads += [(remote, Path(local).read_bytes()) for local, remote in plan.files]
+    if plan.container_argv:
+        uploads.append((layout.CONTAINER_ARGV_FILE, CONTAINER_ARGV_SEPARATOR.join(a.encode() for a in plan.container_argv)))
     with hook.sftp() as sftp:
         _mkdirs(sftp, posixpath.dirname(plan.tenant_root), plan.run_dir)
         sftp.chmod(plan.run_dir, 0o700)

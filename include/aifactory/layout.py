@@ -142,6 +142,9 @@ STAGING_MARKER = ".aifp-verified.json"
 PARAMS_FILE = "params.json"
 #: the fixed batch wrapper in a run directory (the sbatch script), and the job runtime's package
 JOB_WRAPPER = "job.sh"
+#: the container runtime's arguments (NUL-separated) the wrapper puts in front of the interpreter
+#: (aifactory.hpc.containers); absent: the job runs on the node's own software
+CONTAINER_ARGV_FILE = "container.argv"
 RUNTIME_PACKAGE = "aifp_runtime"
 MODEL_CARD_MD = "MODEL_CARD.md"
 MODEL_CARD_JSON = "model_card.json"

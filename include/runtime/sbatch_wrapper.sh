@@ -77,6 +77,18 @@ export PYTHONUNBUFFERED=1
 # section 4), so the step is started again every AIFP_STEP_RETRY_INTERVAL_S seconds for up to
 # AIFP_STEP_RETRY_S. Each task touches a marker before it becomes the entry point, so a step whose
 # tasks ran, and then failed, is never started twice.
+# A container (aifactory.hpc.containers): container.argv, when the plan put one in the run
+# directory, holds the site runtime's arguments, NUL-separated (no shell text); each rank then runs
+# the image's interpreter inside the image: <runtime args...> $AIFP_PYTHON -u <entry point> ...
+aifp_container=()
+if [[ -e container.argv ]]; then
+  [[ -f container.argv && ! -L container.argv ]] || aifp_fail "container.argv is not a plain file"
+  mapfile -d '' -t aifp_container <container.argv
+  [[ ${#aifp_container[@]} -gt 0 && -x "${aifp_container[0]}" ]] \
+    || aifp_fail "the container runtime ${aifp_container[0]:-(none)} is not installed on $(hostname); fix containers.binary in the cluster spec"
+  echo "aifp: container: ${aifp_container[*]}"
+fi
+
 retry_for="${AIFP_STEP_RETRY_S:-600}"
 interval="${AIFP_STEP_RETRY_INTERVAL_S:-15}"
 [[ "$retry_for" =~ ^[0-9]+$ && "$interval" =~ ^[1-9][0-9]*$ ]] || { echo "aifp: bad step retry settings" >&2; exit 2; }
@@ -88,7 +100,7 @@ while :; do
   status=0
   srun --export=ALL --ntasks="${SLURM_NTASKS:-1}" \
     /bin/sh -c ': > "$AIFP_STEP_MARKER" && exec "$@"' aifp-task \
-    "$AIFP_PYTHON" -u "$AIFP_ENTRYPOINT" --params params.json || status=$?
+    "${aifp_container[@]}" "$AIFP_PYTHON" -u "$AIFP_ENTRYPOINT" --params params.json || status=$?
   if [[ $status -eq 0 || -e "$AIFP_STEP_MARKER" ]]; then
     rm -f -- "$AIFP_STEP_MARKER"
     exit "$status"  # the entry point ran: its exit status is the job's

@@ -59,10 +59,16 @@ source "$REPO/include/stack/procs.sh"
 LMOD_EXEC=/usr/share/lmod/lmod/libexec/lmod
 # the site's module tree on the local cluster (the cluster spec's environment.module_path)
 MODULES_DIR=/opt/aifactory/modulefiles
+# the site's container images (the cluster spec's containers.images)
+IMAGES_DIR=/opt/aifactory/images
+TRAIN_IMAGE=aifactory-train-1.0
 SYSTEM_CMDS=(curl:curl sshd:openssh-server munged:munge mariadbd:mariadb-server slurmctld:slurmctld
              slurmd:slurmd slurmdbd:slurmdbd sbatch:slurm-client sacctmgr:slurm-client ssh-keygen:openssh-client
              chromium:chromium pg_ctlcluster:postgresql redis-server:redis-server redis-cli:redis-tools
-             "$LMOD_EXEC:lmod")  # chromium: the browser test drives /usr/bin/chromium (Playwright); lmod: environment modules in jobs
+             "$LMOD_EXEC:lmod" podman:podman runc:runc newuidmap:uidmap)
+# chromium: the browser test drives /usr/bin/chromium (Playwright); lmod: environment modules in
+# jobs; podman, runc, uidmap: rootless containers in jobs (runc: Debian's crun refuses this
+# machine's hybrid cgroups; uidmap: the tenants' subordinate ids)
 
 missing_packages() {
   local pair cmd pkg out=()
@@ -136,6 +142,16 @@ setup_hpc() {
     sed "s|@HPC_ROOT@|$HPC_ROOT|g" "$mf" >"$MODULES_DIR.new/$rel" && chmod 0644 "$MODULES_DIR.new/$rel"
   done < <(find "$REPO/include/stack/hpc/modulefiles" -type f -name '*.lua' -print0)
   rm -rf "$MODULES_DIR" && mv "$MODULES_DIR.new" "$MODULES_DIR"
+  # the training environment as a container image, rebuilt when the venv or the builder changes
+  local image="$IMAGES_DIR/$TRAIN_IMAGE" builder="$REPO/include/stack/hpc/build_image.sh" image_want
+  image_want="$(cat "$stamp" "$builder" | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$image/.aifp-stamp" 2>/dev/null)" != "$image_want" ]; then
+    say "building the container image $image (the training venv as an image)"
+    install -d -m 0755 "$IMAGES_DIR"
+    bash "$builder" "$tv" "$image" "${TRAIN_IMAGE%-*}:${TRAIN_IMAGE##*-}" "$HPC_ROOT" >"$LOG/build-image.log" 2>&1 \
+      || { tail -20 "$LOG/build-image.log" >&2; die "building the container image failed (log: $LOG/build-image.log)"; }
+    echo "$image_want" >"$image/.aifp-stamp"
+  fi
 }
 
 cmd_setup() {

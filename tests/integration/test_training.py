@@ -10,6 +10,9 @@ account, and watches it with ``sacct``:
 * ``nodes=2``: one rank per node through ``srun``, both in the log, and the same outputs as one node;
 * ``nodes=2`` with two GPUs per node (the local cluster's typed GRES, ``gpu:a100:2``): Slurm schedules
   ``gres/gpu=4`` and starts four ranks, two per node with local ids 0 and 1 (they train on CPU here);
+* ``nodes=2`` inside the local cluster's container image (rootless podman, ``containers:`` of its
+  spec): each rank runs the image's interpreter, the ranks meet over the host network, and the job
+  writes the same outputs into the tenant's run directory;
 * the controller down when the batch script starts the step: the wrapper starts it again once the
   controller is back, and the job completes with one training run.
 """
@@ -26,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from aifactory import layout
+from aifactory.hpc.containers import CONTAINER_ARGV_SEPARATOR, container_argv
 from aifactory.hpc.remote import q
 from aifactory.hpc.slurm import (
     Resources,
@@ -68,7 +72,8 @@ def _stage_iris(shell, ds_dir: str) -> None:
 
 
 def _submit(shell, root: str, name: str, hp: dict, nodes: int = 1, *, delay_s: int = 0,
-            env: dict[str, str] | None = None, step_pause_s: float = 0, gpus_per_node: int = 0) -> tuple[str, str]:
+            env: dict[str, str] | None = None, step_pause_s: float = 0, gpus_per_node: int = 0,
+            container: str | None = None) -> tuple[str, str]:
     run_dir = f"{root}/{name}"
     shell.run("mkdir -p -m 0700 " + q(run_dir) + " " + q(f"{run_dir}/{layout.RUNTIME_PACKAGE}"))
     params = {"dataset_dir": f"{root}/ds", "output_dir": layout.run_output_dir(run_dir),
@@ -84,6 +89,14 @@ def _submit(shell, root: str, name: str, hp: dict, nodes: int = 1, *, delay_s: i
         shell.run("mkdir -p -m 0700 " + q(switch.rsplit("/", 1)[0]))
         with sftp.open(switch, "wb") as fh:
             fh.write(str(step_pause_s).encode())
+    python = PYTHON
+    if container:  # what plan_job does for a recipe's container: (aifactory.hpc.containers)
+        cluster = load_cluster("local")
+        image = cluster.containers.image(container)
+        argv = container_argv(cluster.containers, image, hpc_root=cluster.hpc_root, run_dir=run_dir)
+        python = image.python
+        with sftp.open(f"{run_dir}/{layout.CONTAINER_ARGV_FILE}", "wb") as fh:
+            fh.write(CONTAINER_ARGV_SEPARATOR.join(a.encode() for a in argv))
     script = f"{run_dir}/{bundle.WRAPPER}"
     if delay_s:  # the batch script waits before it runs the wrapper (a window to stop the controller in)
         script = f"{run_dir}/delayed.sh"
@@ -95,7 +108,7 @@ def _submit(shell, root: str, name: str, hp: dict, nodes: int = 1, *, delay_s: i
                                   "gpus_per_node": gpus_per_node}, policy=policy)
     argv = sbatch_argv(res, job_name=job_name("demo", "itest", secrets.token_hex(4), name), comment="aifp:itest",
                        chdir=run_dir, output_path=f"{run_dir}/slurm-%j.out",
-                       export_vars={"PATH": "/usr/local/bin:/usr/bin:/bin", "AIFP_PYTHON": PYTHON,
+                       export_vars={"PATH": "/usr/local/bin:/usr/bin:/bin", "AIFP_PYTHON": python,
                                     "AIFP_ENTRYPOINT": "train.py", **(env or {})},
                        signal=RECIPE.sbatch_signal(10))
     rc, out, err = shell.run(build_sbatch_command(argv, script))
@@ -209,6 +222,23 @@ def test_two_nodes_with_two_gpus_each_start_four_ranks_with_their_local_ids(shel
     assert nodes == "n[1-2]" and "gres/gpu=4" in tres.split(",") and "cpu=4" in tres.split(","), row
     marker = _marker(shell, run)
     assert marker.world_size == 4 and marker.details["onnx_check"]["passed"]
+
+
+def test_two_ranks_train_inside_the_clusters_container_image(shell, area):
+    _stage_iris(shell, f"{area}/ds")
+    job, run = _submit(shell, area, "ctr", {"epochs": 10, "batch_size": 16}, nodes=2, container="aifactory-train")
+    assert _wait(job, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")) == "COMPLETED", _log(shell, run, job)
+    log = _log(shell, run, job)
+    assert "aifp: container: /usr/bin/podman run --rm --network=host" in log
+    assert "--rootfs /opt/aifactory/images/aifactory-train-1.0" in log
+    ranks = dict(re.findall(r"^rank=(\d)/2 node=(\S+)", log, re.M))
+    assert ranks.keys() == {"0", "1"} and set(ranks.values()) == {"n1", "n2"}, log
+    marker = _marker(shell, run)
+    assert marker.world_size == 2 and marker.details["onnx_check"]["passed"]
+    assert marker.metrics["test_accuracy"] >= 0.8
+    # written by the ranks inside the image, owned by the tenant's own user outside it
+    rc, owner, _ = shell.run(f"stat -c %U {q(layout.run_output_dir(run) + '/model.onnx')}")
+    assert rc == 0 and owner.strip() == "aifp-demo"
 
 
 def test_step_start_waits_out_a_controller_outage(shell, area, stack_env):

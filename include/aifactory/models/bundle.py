@@ -47,6 +47,7 @@ RUNTIME_SOURCES = (
 RESERVED_TOP_LEVEL = frozenset({
     WRAPPER,
     layout.PARAMS_FILE,
+    layout.CONTAINER_ARGV_FILE,
     layout.RUNTIME_PACKAGE,
     posixpath.basename(layout.run_output_dir("/r")),
     posixpath.basename(layout.run_checkpoint_dir("/r")),

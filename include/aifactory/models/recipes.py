@@ -90,6 +90,9 @@ class Recipe:
     #: what the model card says of every model of this recipe (``model_card:`` in recipe.yaml):
     #: ``license``, ``task`` (a model hub's pipeline tag), ``intended_use``, ``limitations``
     model_card: dict[str, str] = field(default_factory=dict)
+    #: the cluster's container image its jobs run in (``container:``, a name of the cluster spec's
+    #: ``containers.images``); None: the node's own software (the cluster's python)
+    container: str | None = None
 
     def sbatch_signal(self, time_limit_minutes: int) -> str | None:
         """The ``sbatch --signal`` value (``USR1@60``), or None when the recipe asks for none.
@@ -218,7 +221,15 @@ def _load_recipe(folder: Path) -> Recipe:
         slurm=dict(slurm),
         data_checks={k: dict(v) for k, v in checks.items()},
         model_card=_model_card(spec.get("model_card"), name),
+        container=_container(spec.get("container"), name),
     )
+
+
+def _container(raw: Any, name: str) -> str | None:
+    if raw is not None and (not isinstance(raw, str) or not NAME_RE.fullmatch(raw)):
+        raise InputError(f"recipe {name!r}: container {raw!r:.40} must name an image of the cluster spec's "
+                         f"containers.images ({NAME_RE.pattern})")
+    return raw
 
 
 #: the keys of a recipe's ``model_card:``; ``license`` is an SPDX id or ``other``

@@ -23,6 +23,7 @@ import yaml
 from aifactory import layout
 from aifactory.errors import InputError
 from aifactory.feeds.spec import FeedSpec, parse_feeds
+from aifactory.hpc.containers import Containers, parse_containers
 from aifactory.hpc.site import SiteEnvironment, parse_environment
 from aifactory.hpc.slurm import TenantSlurmPolicy
 from aifactory.hpc.slurm.checks import SLURM_NAME_RE
@@ -108,6 +109,8 @@ class ClusterSpec:
     gpus: tuple[GpuOffer, ...] = ()
     #: what every job sources and loads first (``environment: {setup, module_path, modules}``, aifactory.hpc.site)
     environment: SiteEnvironment = field(default_factory=SiteEnvironment)
+    #: the container runtime and the images a recipe may name (``containers:``, aifactory.hpc.containers)
+    containers: Containers = field(default_factory=Containers)
 
     @property
     def effective_poll_interval_s(self) -> float:
@@ -508,6 +511,7 @@ def parse_cluster(data: Mapping[str, Any], where: str = "cluster spec") -> Clust
         staging_url_ttl_s=int(staging.get("url_ttl_s", StagingOptions.url_ttl_s)),
         gpus=_gpu_offers(data.get("partitions"), where),
         environment=parse_environment(data.get("environment"), where),
+        containers=parse_containers(data.get("containers"), where),
     )
 
 

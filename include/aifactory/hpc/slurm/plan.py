@@ -75,6 +75,8 @@ class JobPlan:
     params_sha256: str
     #: ``(local file, path relative to the run directory)`` of every file uploaded besides params.json
     files: tuple[tuple[str, str], ...] = field(default=())
+    #: the container runtime's arguments (uploaded as ``container.argv``); empty: no container
+    container_argv: tuple[str, ...] = field(default=())
     version: int = PLAN_VERSION
 
     @property
@@ -101,6 +103,7 @@ class JobPlan:
         data = asdict(self)
         data["sbatch_argv"] = list(self.sbatch_argv)
         data["files"] = [list(f) for f in self.files]
+        data["container_argv"] = list(self.container_argv)
         return data
 
     @classmethod
@@ -113,6 +116,7 @@ class JobPlan:
         values = dict(data)
         values["sbatch_argv"] = tuple(values["sbatch_argv"])
         values["files"] = tuple((str(a), str(b)) for a, b in values.get("files", ()))
+        values["container_argv"] = tuple(str(a) for a in values.get("container_argv", ()))
         try:
             plan = cls(**values)
         except TypeError as exc:
@@ -196,6 +200,13 @@ def plan_job(
     output_dir = layout.run_output_dir(run)
     files, wrapper = _job_files(recipe)
     script_path = f"{run}/{wrapper}"
+    python, container = cluster.python, ()
+    if recipe.container:
+        from aifactory.hpc.containers import container_argv  # imports this package's checks
+
+        image = cluster.containers.image(recipe.container)
+        python = image.python
+        container = container_argv(cluster.containers, image, hpc_root=cluster.hpc_root, run_dir=run)
     comment = job_comment(tenant.tenant, task.dag_id, task.run_id, task.task_id, task.map_index, task.try_number)
     argv = sbatch_argv(
         res,
@@ -203,7 +214,7 @@ def plan_job(
         comment=comment,
         chdir=run,
         output_path=layout.job_log_path(run, "%j"),
-        export_vars={"PATH": JOB_PATH, "AIFP_PYTHON": cluster.python, "AIFP_ENTRYPOINT": recipe.entrypoint,
+        export_vars={"PATH": JOB_PATH, "AIFP_PYTHON": python, "AIFP_ENTRYPOINT": recipe.entrypoint,
                      **cluster.environment.exports()},
         signal=recipe.sbatch_signal(res.time_limit_minutes),
     )
@@ -230,7 +241,7 @@ def plan_job(
         tenant=tenant.tenant,
         cluster=cluster.name,
         ssh_conn_id=tenant_ssh_conn_id(tenant, cluster),
-        python=cluster.python,
+        python=python,
         poll_interval=max(float(poll_interval or cluster.poll_interval_s), floor),
         poll_interval_floor=floor,
         recipe=recipe.name,
@@ -247,4 +258,5 @@ def plan_job(
         params_json=params_json,
         params_sha256=params_digest(params_json.encode()),
         files=files,
+        container_argv=container,
     )
