@@ -14,7 +14,7 @@ again at every read, with its message.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,3 +59,21 @@ def cached(kind: str, paths: Sequence[Path], load: Callable[[], T]) -> T:
     if stamp is not None:
         _cache[key] = (stamp, value)
     return value
+
+
+def spec_block(raw: Any, where: str, known: Sequence[str], example: str) -> Mapping[str, Any]:
+    """One block of a spec file (``environment:``, ``containers:``, a partition): a mapping of only
+    ``known`` keys; ``None`` reads as empty. The error names ``where``, the wrong keys and an example.
+
+    :raises InputError: not a mapping, or a key that is not known.
+    """
+    from aifactory.errors import InputError
+
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise InputError(f"{where} must be a mapping like {example}")
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+    return raw

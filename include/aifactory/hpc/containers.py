@@ -31,6 +31,7 @@ from typing import Any
 from aifactory.errors import InputError
 from aifactory.hpc.slurm.checks import check_remote_path
 from aifactory.layout import NAME_RE
+from aifactory.yamlfiles import spec_block
 
 __all__ = ["CONTAINER_ARGV_SEPARATOR", "RUNTIMES", "ContainerImage", "Containers", "container_argv",
            "parse_containers"]
@@ -90,12 +91,8 @@ def parse_containers(raw: Any, where: str) -> Containers:
     where = f"{where}: containers"
     if raw is None:
         return Containers()
-    if not isinstance(raw, Mapping):
-        raise InputError(f"{where} must be a mapping like {{runtime: podman, images: {{name: {{path, python}}}}}}")
-    unknown = sorted(set(raw) - {"runtime", "binary", "options", "images"})
-    if unknown:
-        raise InputError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; known: runtime, binary, "
-                         "options, images")
+    raw = spec_block(raw, where, ("runtime", "binary", "options", "images"),
+                     "{runtime: podman, images: {name: {path, python}}}")
     runtime = raw.get("runtime")
     if runtime not in RUNTIMES:
         raise InputError(f"{where}: runtime {runtime!r} must be one of {', '.join(RUNTIMES)}")

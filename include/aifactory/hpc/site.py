@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aifactory.errors import InputError
 from aifactory.hpc.slurm.checks import check_remote_path
+from aifactory.yamlfiles import spec_block
 
 __all__ = ["MODULE_RE", "SiteEnvironment", "parse_environment"]
 
@@ -80,13 +80,8 @@ class SiteEnvironment:
 def parse_environment(raw: Any, where: str) -> SiteEnvironment:
     """``environment: {setup: /etc/profile.d/lmod.sh, module_path: [...], modules: [...]}`` (all optional)."""
     where = f"{where}: environment"
-    if raw is None:
-        return SiteEnvironment()
-    if not isinstance(raw, Mapping):
-        raise InputError(f"{where} must be a mapping like {{setup: /etc/profile.d/lmod.sh, modules: [gcc/12]}}")
-    unknown = sorted(set(raw) - {"setup", "module_path", "modules"})
-    if unknown:
-        raise InputError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; known: setup, module_path, modules")
+    raw = spec_block(raw, where, ("setup", "module_path", "modules"),
+                     "{setup: /etc/profile.d/lmod.sh, modules: [gcc/12]}")
     lists = {}
     for key in ("module_path", "modules"):
         value = raw.get(key) or ()

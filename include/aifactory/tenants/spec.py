@@ -32,7 +32,7 @@ from aifactory.hpc.staging.options import STAGING_MODES, StagingOptions
 from aifactory.layout import CLUSTERS_DIR, TENANT_RE
 from aifactory.tenants.notifications import NotificationTarget, parse_notifications
 from aifactory.text import shown
-from aifactory.yamlfiles import cached, parse_yaml
+from aifactory.yamlfiles import cached, parse_yaml, spec_block
 
 log = logging.getLogger(__name__)
 
@@ -279,11 +279,8 @@ def _gpu_offers(raw: Any, where: str) -> tuple[GpuOffer, ...]:
     example = "{gpu: {gpu_type: a100, gpus_per_node: 4}}"
     offers = []
     for partition, entry in _mapping(raw or {}, where, example).items():
-        entry = _mapping(entry, f"{where}.{partition}", "{gpu_type: a100, gpus_per_node: 4}")
-        unknown = sorted(set(entry) - {"gpu_type", "gpus_per_node"})
-        if unknown:
-            raise InputError(f"{where}.{partition}: unknown key(s) {', '.join(shown(k) for k in unknown)}; "
-                             "known: gpu_type, gpus_per_node")
+        entry = spec_block(entry, f"{where}.{partition}", ("gpu_type", "gpus_per_node"),
+                           "{gpu_type: a100, gpus_per_node: 4}")
         try:
             offers.append(GpuOffer(partition=str(partition),
                                    gpu_type=_require(entry, "gpu_type", f"{where}.{partition}"),
