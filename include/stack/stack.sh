@@ -314,6 +314,8 @@ write_slurm_conf() {
   mem=$(( mem > 8192 ? mem - 4096 : mem ))
   mem=$(( mem / ${#SLURM_NODES[@]} ))
   node_line="$(sed -e "s/RealMemory=[0-9]*/RealMemory=$mem/" -e 's/^NodeName=[^ ]* //' <<<"$node_line")"
+  # the nodes' features (what a tenant spec's slurm.constraint selects): the machine's architecture
+  node_line+=" Features=$(uname -m)"
   install -d -m 0755 /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
   for ((i = 0; i < ${#SLURM_NODES[@]}; i++)); do
     install -d -m 0755 "/var/spool/slurmd/${SLURM_NODES[$i]}"

@@ -9,7 +9,9 @@ wrapper over the tenant's SSH login with the exports a plan would carry
 * the job loads the module and uses what it provides: ``AIFP_PYTHON=python`` names no interpreter
   of the job's bare PATH, only the module's; the entry point reports the module's interpreter and
   imports torch from it;
-* a module the site does not have fails the job before any rank starts, naming the module.
+* a module the site does not have fails the job before any rank starts, naming the module;
+* a tenant's reservation and node constraint (``slurm.reservation``/``slurm.constraint`` of its spec):
+  the job runs on the reserved node only; a feature no node has is refused by Slurm at submission.
 """
 
 from __future__ import annotations
@@ -51,7 +53,10 @@ def run_root(stack_env, shell):
     shell.run("rm -rf -- " + q(root))
 
 
-def _submit(shell, run_dir: str, environment: SiteEnvironment) -> str:
+DEMO_POLICY = TenantSlurmPolicy(account="demo", partitions=("debug",))
+
+
+def _submit(shell, run_dir: str, environment: SiteEnvironment, policy: TenantSlurmPolicy = DEMO_POLICY) -> str:
     shell.run("mkdir -p -m 0700 " + q(run_dir))
     sftp = shell.sftp_client()
     sftp.put(str(bundle.WRAPPER_SOURCE), f"{run_dir}/{bundle.WRAPPER}")
@@ -59,8 +64,7 @@ def _submit(shell, run_dir: str, environment: SiteEnvironment) -> str:
         fh.write(ENTRYPOINT.encode())
     with sftp.open(f"{run_dir}/params.json", "wb") as fh:
         fh.write(b"{}")
-    res = Resources.from_request({"mem_gb": 1, "time_limit_minutes": 5},
-                                 policy=TenantSlurmPolicy(account="demo", partitions=("debug",)))
+    res = Resources.from_request({"mem_gb": 1, "time_limit_minutes": 5}, policy=policy)
     argv = sbatch_argv(res, job_name=job_name("demo", "itest", secrets.token_hex(4), "site"), comment="aifp:itest",
                        chdir=run_dir, output_path=f"{run_dir}/slurm-%j.out",
                        export_vars={"PATH": JOB_PATH, "AIFP_PYTHON": "python", "AIFP_ENTRYPOINT": "check_env.py",
@@ -102,3 +106,33 @@ def test_a_module_the_site_lacks_fails_the_job_before_any_rank_starts(shell, run
     assert "aifp: module load aifactory-train/9.9 failed" in log and "fix environment.modules in the cluster spec" in log
     assert "aifactory-train/1.0" in log  # what the site does have, from module avail
     assert shell.run(f"test -e {q(run_dir + '/ran')}")[0] != 0, "the entry point ran"
+
+
+@pytest.fixture()
+def reservation():
+    """A reservation of node n2 for the demo account (as a site would make one for a tenant)."""
+    name = f"aifp-itest-{secrets.token_hex(3)}"
+    made = subprocess.run(["scontrol", "create", "reservation", f"ReservationName={name}", "Accounts=demo",
+                           "Nodes=n2", "StartTime=now", "Duration=15", "Flags=IGNORE_JOBS"],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    yield name
+    subprocess.run(["scontrol", "delete", f"ReservationName={name}"], capture_output=True)
+
+
+def test_the_tenants_reservation_and_constraint_place_its_job(shell, run_root, reservation):
+    arch = subprocess.run(["uname", "-m"], capture_output=True, text=True).stdout.strip()  # the nodes' feature
+    policy = TenantSlurmPolicy(account="demo", partitions=("debug",), reservation=reservation, constraint=arch)
+    environment = load_cluster("local").environment
+    job = _submit(shell, f"{run_root}/reserved", environment, policy)
+    state, _, log = _finish(shell, job, f"{run_root}/reserved")
+    assert state == "COMPLETED", log
+    row = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "NodeList,Reservation,Constraints"],
+                         capture_output=True, text=True).stdout.strip()
+    assert row == f"n2|{reservation}|{arch}", row
+
+
+def test_a_constraint_no_node_meets_is_refused_by_slurm_at_submission(shell, run_root):
+    policy = TenantSlurmPolicy(account="demo", partitions=("debug",), constraint="a100_nvlink")
+    with pytest.raises(AssertionError, match="Invalid feature specification"):
+        _submit(shell, f"{run_root}/nofeature", load_cluster("local").environment, policy)

@@ -631,3 +631,28 @@ def test_poll_output_cut_short_is_an_error():
 def test_poll_command_rejects_bad_log_path():
     with pytest.raises(InputError):
         poll_command(["1"], {"1": ("/x/$(id)", 0)})
+
+
+def test_the_tenants_constraint_and_reservation_reach_sbatch_and_only_from_the_policy():
+    policy = TenantSlurmPolicy(account="acme", partitions=("cpu",), constraint="x86_64&ib", reservation="acme-week")
+    argv = _gpu_argv(Resources.from_request({}, policy=policy))
+    assert "--constraint=x86_64&ib" in argv and "--reservation=acme-week" in argv
+    assert not any(a.startswith(("--constraint", "--reservation")) for a in _gpu_argv(
+        Resources.from_request({"partition": "cpu"}, policy=GPU_POLICY)))
+    for key in ("constraint", "reservation"):
+        with pytest.raises(InputError, match=f"resources.{key} is set by the platform"):
+            Resources.from_request({key: "x"}, policy=policy)
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"constraint": "a100;id"}, "slurm.constraint"),
+        ({"constraint": "-a100"}, "slurm.constraint"),
+        ({"constraint": "a100 & ib"}, "slurm.constraint"),
+        ({"reservation": "--all"}, "must match"),
+    ],
+)
+def test_a_bad_constraint_or_reservation_in_a_policy_is_refused(over, message):
+    with pytest.raises(InputError, match=message):
+        TenantSlurmPolicy(account="acme", partitions=("cpu",), **over)

@@ -266,3 +266,30 @@ def test_bad_cluster_gpu_offers_name_the_partition(partitions, message):
             "partitions": partitions}
     with pytest.raises(InputError, match=message):
         parse_cluster(spec)
+
+
+@pytest.mark.parametrize(
+    ("slurm", "message"),
+    [
+        ({"constraint": "a100|$(id)"}, "slurm.constraint '"),
+        ({"constraint": ["a100"]}, "slurm.constraint"),
+        ({"reservation": "week 1"}, "slurm.reservation 'week 1' must match"),
+    ],
+)
+def test_bad_constraint_or_reservation_names_the_key(slurm, message):
+    spec = {"tenant": "acme", "bucket": "b-1", "cluster": "local", "quality_suite": "s", "recipes": ["*"],
+            "slurm": {"account": "acme", "partitions": ["debug"], **slurm}, "identity": IDENTITY,
+            "allocation": ALLOCATION, "limits": LIMITS}
+    with pytest.raises(InputError, match=message):
+        parse_tenant(spec)
+
+
+def test_a_tenants_constraint_and_reservation_reach_its_validated_resources():
+    spec = parse_tenant({"tenant": "acme", "bucket": "b-1", "cluster": "local", "quality_suite": "s", "recipes": ["*"],
+                         "slurm": {"account": "acme", "partitions": ["debug"], "constraint": "x86_64",
+                                   "reservation": "acme-week"},
+                         "identity": IDENTITY, "allocation": ALLOCATION, "limits": LIMITS})
+    res = Resources.from_request({}, policy=spec.slurm_policy())
+    assert (res.constraint, res.reservation) == ("x86_64", "acme-week")
+    assert RunParams.from_xcom({"dataset_uri": "s3://b-1/acme/raw/x.csv", "recipe": "r", "hyperparameters": {},
+                                "resources": res.as_dict()}).resources == res

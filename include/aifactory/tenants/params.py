@@ -48,7 +48,8 @@ _XCOM_FIELDS: dict[str, type | tuple[type, ...]] = {
     "dataset_uri": str, "recipe": str, "hyperparameters": dict, "resources": dict}
 _RESOURCE_TYPES: dict[str, type | tuple[type, ...]] = {
     "account": str, "partition": str, "qos": (str, type(None)), "nodes": int, "cpus_per_task": int,
-    "mem_gb": int, "gpus_per_node": int, "time_limit_minutes": int, "gpu_type": (str, type(None))}
+    "mem_gb": int, "gpus_per_node": int, "time_limit_minutes": int, "gpu_type": (str, type(None)),
+    "constraint": (str, type(None)), "reservation": (str, type(None))}
 
 
 @dataclass(frozen=True)

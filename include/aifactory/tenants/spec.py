@@ -27,7 +27,7 @@ from aifactory.hpc.containers import Containers, parse_containers
 from aifactory.hpc.site import SiteEnvironment, parse_environment
 from aifactory.hpc.slurm import TenantSlurmPolicy
 from aifactory.hpc.slurm.checks import SLURM_NAME_RE
-from aifactory.hpc.slurm.resources import GpuOffer
+from aifactory.hpc.slurm.resources import CONSTRAINT_RE, GpuOffer
 from aifactory.hpc.staging.options import STAGING_MODES, StagingOptions
 from aifactory.layout import CLUSTERS_DIR, TENANT_RE
 from aifactory.tenants.notifications import NotificationTarget, parse_notifications
@@ -149,6 +149,9 @@ class TenantSpec:
     feeds: tuple[FeedSpec, ...] = ()
     #: the GPU types this tenant may use (``slurm.gpu_types``), on those of its partitions that have them
     gpu_types: tuple[str, ...] = ()
+    #: node features every job requires (``slurm.constraint``) and the reservation jobs run in (``slurm.reservation``)
+    constraint: str | None = None
+    reservation: str | None = None
 
     def suite_for(self, dataset_name: str) -> str:
         """The quality suite of one dataset: its own entry in ``quality_suites``, else ``quality_suite``."""
@@ -199,6 +202,8 @@ class TenantSpec:
             account=self.slurm_account,
             partitions=self.partitions,
             qos=self.qos,
+            constraint=self.constraint,
+            reservation=self.reservation,
             max_nodes=lim.max_nodes,
             max_cpus_per_task=lim.max_cpus_per_task,
             max_mem_gb=lim.max_mem_gb,
@@ -231,6 +236,12 @@ def parse_tenant(data: Mapping[str, Any], where: str = "tenant spec") -> TenantS
         raise InputError(f"{where}: Slurm account {shown(account)} must match {SLURM_NAME_RE.pattern}")
     lim = _limits(limits, where)
     gpu_types = _slurm_names(slurm.get("gpu_types") or (), f"{where}: slurm.gpu_types", "[a100]")
+    constraint, reservation = slurm.get("constraint"), slurm.get("reservation")
+    if constraint is not None and (not isinstance(constraint, str) or not CONSTRAINT_RE.fullmatch(constraint)):
+        raise InputError(f"{where}: slurm.constraint {shown(constraint)} must be node features joined by & or | "
+                         "(e.g. a100&ib)")
+    if reservation is not None and (not isinstance(reservation, str) or not SLURM_NAME_RE.match(reservation)):
+        raise InputError(f"{where}: slurm.reservation {shown(reservation)} must match {SLURM_NAME_RE.pattern}")
     if lim.max_gpus_per_node and not gpu_types:
         raise InputError(f"{where}: limits.max_gpus_per_node is {lim.max_gpus_per_node} but slurm.gpu_types "
                          "lists no GPU type the tenant may use; add one (e.g. gpu_types: [a100]) or set it to 0")
@@ -260,6 +271,8 @@ def parse_tenant(data: Mapping[str, Any], where: str = "tenant spec") -> TenantS
         notifications=parse_notifications(data.get("notifications"), where),
         feeds=feeds,
         gpu_types=gpu_types,
+        constraint=constraint,
+        reservation=reservation,
     )
 
 

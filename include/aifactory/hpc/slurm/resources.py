@@ -59,6 +59,9 @@ class TenantSlurmPolicy:
     :param max_mem_gb: upper bound of ``mem_gb`` (per node).
     :param max_gpus_per_node: upper bound of ``gpus_per_node`` (0 forbids GPUs).
     :param max_time_limit_minutes: upper bound of ``time_limit_minutes``.
+    :param constraint: the node features every job of the tenant requires (``--constraint``, a
+        feature expression such as ``a100&ib``), or ``None``.
+    :param reservation: the Slurm reservation the tenant's jobs run in (``--reservation``), or ``None``.
     :param gpu_offers: the GPUs of the tenant's partitions that the tenant may use (its cluster's
         offers whose type is one of the tenant's ``slurm.gpu_types``); a GPU request on any other
         partition is refused.
@@ -73,13 +76,19 @@ class TenantSlurmPolicy:
     max_gpus_per_node: int = 0
     max_time_limit_minutes: int = 60
     gpu_offers: tuple[GpuOffer, ...] = ()
+    constraint: str | None = None
+    reservation: str | None = None
 
     def gpu_offer(self, partition: str) -> GpuOffer | None:
         return next((o for o in self.gpu_offers if o.partition == partition), None)
 
     def __post_init__(self) -> None:
         # A broken tenant spec is the platform's bug, but it must still never reach a shell.
-        for name in (self.account, *self.partitions, *([self.qos] if self.qos else [])):
+        if self.constraint is not None and not CONSTRAINT_RE.fullmatch(str(self.constraint)):
+            raise InputError(f"tenant spec: slurm.constraint {self.constraint!r:.80} must be node features joined "
+                             f"by & or | ({CONSTRAINT_RE.pattern})")
+        for name in (self.account, *self.partitions, *([self.qos] if self.qos else []),
+                     *([self.reservation] if self.reservation else [])):
             if not isinstance(name, str) or not SLURM_NAME_RE.fullmatch(name):
                 raise InputError(f"tenant spec: Slurm name {name!r:.80} must match {SLURM_NAME_RE.pattern}")
         if not self.partitions:
@@ -94,7 +103,9 @@ _INT_FIELDS: dict[str, tuple[int, str]] = {
     "gpus_per_node": (0, "max_gpus_per_node"),
     "time_limit_minutes": (1, "max_time_limit_minutes"),
 }
-_PLATFORM_FIELDS = {"account", "qos", "gpu_type"}
+_PLATFORM_FIELDS = {"account", "qos", "gpu_type", "constraint", "reservation"}
+#: a node feature expression: features joined by ``&`` (all) or ``|`` (any)
+CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}(?:[&|][A-Za-z0-9_][A-Za-z0-9_.-]{0,63}){0,15}$")
 
 
 def _as_int(name: str, value: Any) -> int:
@@ -115,7 +126,8 @@ def _as_int(name: str, value: Any) -> int:
 class Resources:
     """Validated resources of one job. Build it with :meth:`from_request`, not directly.
 
-    ``account`` and ``qos`` are copied from the tenant policy; a request naming them is refused.
+    ``account``, ``qos``, ``constraint`` and ``reservation`` are copied from the tenant policy; a
+    request naming them is refused.
     ``mem_gb`` is per node. One rank (task) per GPU, or one per node without GPUs (:func:`tasks_per_node`):
     the wrapper starts the ranks with ``srun``. ``gpu_type`` comes from the partition's offer, never
     from the user.
@@ -130,6 +142,8 @@ class Resources:
     gpus_per_node: int = 0
     time_limit_minutes: int = 30
     gpu_type: str | None = None
+    constraint: str | None = None
+    reservation: str | None = None
 
     @classmethod
     def from_request(
@@ -195,7 +209,8 @@ class Resources:
                 f"{offer.gpus_per_node} {offer.gpu_type} GPU(s) each; ask for at most {offer.gpus_per_node} "
                 "per node, or for more nodes"
             )
-        return cls(account=policy.account, partition=partition, qos=policy.qos,
+        return cls(account=policy.account, partition=partition, qos=policy.qos, constraint=policy.constraint,
+                   reservation=policy.reservation,
                    gpu_type=offer.gpu_type if offer else None, **values)
 
     @property
@@ -214,6 +229,8 @@ class Resources:
             "gpus_per_node": self.gpus_per_node,
             "time_limit_minutes": self.time_limit_minutes,
             "gpu_type": self.gpu_type,
+            "constraint": self.constraint,
+            "reservation": self.reservation,
         }
 
 
@@ -283,6 +300,10 @@ def sbatch_argv(
     ]
     if resources.qos:
         argv.append(_opt("qos", resources.qos))
+    if resources.reservation:
+        argv.append(_opt("reservation", resources.reservation))
+    if resources.constraint:
+        argv.append(_opt("constraint", resources.constraint))
     argv += [
         _opt("nodes", resources.nodes),
         _opt("ntasks-per-node", resources.tasks_per_node),
