@@ -171,11 +171,16 @@ DEFAULT_USAGE = {
 _SPLIT_METRIC = re.compile(r"^(?:onnx_)?(train|test)_[a-z0-9_]+$")
 
 
+def _usage(card: dict[str, Any]) -> dict[str, str]:
+    """The recipe's ``model_card:`` text over :data:`DEFAULT_USAGE`."""
+    return {**DEFAULT_USAGE, **(card.get("usage") or {})}
+
+
 def hub_metadata(card: dict[str, Any]) -> Any:
     """The card's YAML metadata as ``huggingface_hub.ModelCardData`` (imported here: export only)."""
     from huggingface_hub import EvalResult, ModelCardData
 
-    usage = {**DEFAULT_USAGE, **(card.get("usage") or {})}
+    usage = _usage(card)
     ds, sl, q = card["dataset"], card["slurm"], card["quality"]
     task = usage.get("task") or "other"
     results = []
@@ -216,7 +221,7 @@ def render_card_markdown(card: dict[str, Any]) -> str:
 
 
 def _card_body(card: dict[str, Any]) -> str:
-    usage = {**DEFAULT_USAGE, **(card.get("usage") or {})}
+    usage = _usage(card)
     ds, q, sl, m = card["dataset"], card["quality"], card["slurm"], card["metrics"]
     res = sl.get("resources") or {}
     oc = card.get("onnx_check") or {}

@@ -27,7 +27,7 @@ from aifactory.hpc.containers import Containers, parse_containers
 from aifactory.hpc.site import SiteEnvironment, parse_environment
 from aifactory.hpc.slurm import TenantSlurmPolicy
 from aifactory.hpc.slurm.checks import SLURM_NAME_RE
-from aifactory.hpc.slurm.resources import CONSTRAINT_RE, GpuOffer
+from aifactory.hpc.slurm.resources import GpuOffer, check_placement
 from aifactory.hpc.staging.options import STAGING_MODES, StagingOptions
 from aifactory.layout import CLUSTERS_DIR, TENANT_RE
 from aifactory.tenants.notifications import NotificationTarget, parse_notifications
@@ -237,11 +237,7 @@ def parse_tenant(data: Mapping[str, Any], where: str = "tenant spec") -> TenantS
     lim = _limits(limits, where)
     gpu_types = _slurm_names(slurm.get("gpu_types") or (), f"{where}: slurm.gpu_types", "[a100]")
     constraint, reservation = slurm.get("constraint"), slurm.get("reservation")
-    if constraint is not None and (not isinstance(constraint, str) or not CONSTRAINT_RE.fullmatch(constraint)):
-        raise InputError(f"{where}: slurm.constraint {shown(constraint)} must be node features joined by & or | "
-                         "(e.g. a100&ib)")
-    if reservation is not None and (not isinstance(reservation, str) or not SLURM_NAME_RE.match(reservation)):
-        raise InputError(f"{where}: slurm.reservation {shown(reservation)} must match {SLURM_NAME_RE.pattern}")
+    check_placement(constraint, reservation, where)
     if lim.max_gpus_per_node and not gpu_types:
         raise InputError(f"{where}: limits.max_gpus_per_node is {lim.max_gpus_per_node} but slurm.gpu_types "
                          "lists no GPU type the tenant may use; add one (e.g. gpu_types: [a100]) or set it to 0")

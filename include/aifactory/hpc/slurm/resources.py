@@ -84,11 +84,8 @@ class TenantSlurmPolicy:
 
     def __post_init__(self) -> None:
         # A broken tenant spec is the platform's bug, but it must still never reach a shell.
-        if self.constraint is not None and not CONSTRAINT_RE.fullmatch(str(self.constraint)):
-            raise InputError(f"tenant spec: slurm.constraint {self.constraint!r:.80} must be node features joined "
-                             f"by & or | ({CONSTRAINT_RE.pattern})")
-        for name in (self.account, *self.partitions, *([self.qos] if self.qos else []),
-                     *([self.reservation] if self.reservation else [])):
+        check_placement(self.constraint, self.reservation, "tenant spec")
+        for name in (self.account, *self.partitions, *([self.qos] if self.qos else [])):
             if not isinstance(name, str) or not SLURM_NAME_RE.fullmatch(name):
                 raise InputError(f"tenant spec: Slurm name {name!r:.80} must match {SLURM_NAME_RE.pattern}")
         if not self.partitions:
@@ -106,6 +103,19 @@ _INT_FIELDS: dict[str, tuple[int, str]] = {
 _PLATFORM_FIELDS = {"account", "qos", "gpu_type", "constraint", "reservation"}
 #: a node feature expression: features joined by ``&`` (all) or ``|`` (any)
 CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}(?:[&|][A-Za-z0-9_][A-Za-z0-9_.-]{0,63}){0,15}$")
+
+
+def check_placement(constraint: Any, reservation: Any, where: str) -> None:
+    """A tenant's ``slurm.constraint`` (a feature expression) and ``slurm.reservation`` (a Slurm name),
+    either ``None``; checked when the spec is read and again by :class:`TenantSlurmPolicy`.
+
+    :raises InputError: naming ``where`` and the key.
+    """
+    if constraint is not None and (not isinstance(constraint, str) or not CONSTRAINT_RE.fullmatch(constraint)):
+        raise InputError(f"{where}: slurm.constraint {constraint!r:.80} must be node features joined by & or | "
+                         "(e.g. a100&ib)")
+    if reservation is not None and (not isinstance(reservation, str) or not SLURM_NAME_RE.fullmatch(reservation)):
+        raise InputError(f"{where}: slurm.reservation {reservation!r:.80} must match {SLURM_NAME_RE.pattern}")
 
 
 def _as_int(name: str, value: Any) -> int:
