@@ -125,11 +125,15 @@ def test_the_tenants_reservation_and_constraint_place_its_job(shell, run_root, r
     policy = TenantSlurmPolicy(account="demo", partitions=("debug",), reservation=reservation, constraint=arch)
     environment = load_cluster("local").environment
     job = _submit(shell, f"{run_root}/reserved", environment, policy)
+    # the controller's record of the job, read while it holds it: sacct's Reservation and Constraints
+    # columns were seen empty in one CI run (slurmdbd's record lags), its NodeList never
+    shown = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
+    assert f" Reservation={reservation} " in f" {shown} " and f" Features={arch} " in f" {shown} ", shown
     state, _, log = _finish(shell, job, f"{run_root}/reserved")
     assert state == "COMPLETED", log
-    row = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "NodeList,Reservation,Constraints"],
-                         capture_output=True, text=True).stdout.strip()
-    assert row == f"n2|{reservation}|{arch}", row
+    nodes = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "NodeList"],
+                           capture_output=True, text=True).stdout.strip()
+    assert nodes == "n2", nodes
 
 
 def test_a_constraint_no_node_meets_is_refused_by_slurm_at_submission(shell, run_root):
