@@ -14,6 +14,16 @@ Here both sides are built from one :class:`SSHEndpoint` parsed once from the con
 Host-key checking cannot be turned off: a connection without ``host_key`` or with
 ``no_host_key_check: true`` is refused.
 
+Two login mechanics of real sites come from the same connection (docs/ssh-logins.md):
+
+* ``proxy_jump``: ``{"host", "port", "host_key"[, "login"]}``, a bastion every login passes
+  through, on all three paths (paramiko over a ``direct-tcpip`` channel of a bastion connection,
+  asyncssh with ``tunnel=``, OpenSSH with a quoted ``ProxyCommand``), its host key pinned too;
+* ``cert_renew_command``: the login uses the short-lived certificate ``<key_file>-cert.pub`` (all
+  three stacks load it beside the key), renewed by that command before it expires
+  (:mod:`aifactory.hpc.certificates`). With no valid certificate and a failing renewal, a connect
+  raises :class:`SSHCredentialPending`: a transient error (a watch waits), not a refused login.
+
 Connects are retried with exponential backoff and jitter (docs/failure-modes.md, 10: sshd ``MaxStartups``
 drops handshakes when many tasks connect at once: "Error reading SSH protocol banner"). Wrong
 host keys and refused authentication are never retried: they will not fix themselves.
@@ -22,6 +32,7 @@ host keys and refused authentication are never retried: they will not fix themse
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import time
@@ -33,18 +44,24 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowException, BaseHook
 
-from aifactory.hpc.remote import OpenSSHPipe, ParamikoShell, set_nodelay
+from aifactory.errors import FactoryError
+from aifactory.hpc.certificates import CertificateRenewal, CertificateUnavailable, Freshness, ensure_fresh
+from aifactory.hpc.remote import JumpHost, OpenSSHPipe, ParamikoShell, known_hosts_pattern, set_nodelay
 
 if TYPE_CHECKING:
     import asyncssh
     import paramiko
     from airflow.providers.ssh.hooks.ssh import SSHHook
 
-__all__ = ["FactorySSHHook", "SSHEndpoint", "SSHPermanentError", "backoff_delay"]
+__all__ = ["FactorySSHHook", "SSHCredentialPending", "SSHEndpoint", "SSHPermanentError", "backoff_delay"]
 
 
 class SSHPermanentError(AirflowException):
     """A wrong host key, a refused login or a bad connection definition: retrying cannot help."""
+
+
+class SSHCredentialPending(AirflowException):
+    """No valid login certificate right now and its renewal failed: retry later (nothing is refused)."""
 
 #: Host key types we accept in the connection's ``host_key`` extra.
 _HOST_KEY_TYPES = {
@@ -72,6 +89,9 @@ class SSHEndpoint:
     :param username: login.
     :param key_file: path of the private key on the Airflow machines (never copied anywhere).
     :param host_key: the pinned host public key, ``<type> <base64>``.
+    :param jump: the bastion every login passes through (extra ``proxy_jump``), or ``None``.
+    :param renewal: how the login's certificate is renewed (extra ``cert_renew_command``), or
+        ``None`` for a plain key.
     """
 
     conn_id: str
@@ -80,6 +100,8 @@ class SSHEndpoint:
     username: str
     key_file: str | None
     host_key: str
+    jump: JumpHost | None = None
+    renewal: CertificateRenewal | None = None
 
     @classmethod
     def from_connection(cls, conn: Any, extra: dict[str, Any] | None = None) -> SSHEndpoint:
@@ -94,13 +116,7 @@ class SSHEndpoint:
                 f"connection {conn_id!r} sets no_host_key_check=true; the factory always verifies the "
                 "cluster's host key. Remove it and set host_key to the cluster's public host key"
             )
-        raw_key = str(extra.get("host_key") or "").strip()
-        parts = raw_key.split()
-        if len(parts) < 2 or parts[0] not in _HOST_KEY_TYPES:
-            raise SSHPermanentError(
-                f"connection {conn_id!r} needs extra.host_key = '<type> <base64>' (one of "
-                f"{sorted(_HOST_KEY_TYPES)}), e.g. the output of 'ssh-keyscan -p PORT HOST'"
-            )
+        host_key = _pinned_key(extra.get("host_key"), f"connection {conn_id!r} needs extra.host_key")
         if not conn.host or not conn.login:
             raise SSHPermanentError(f"connection {conn_id!r} needs host and login")
         if extra.get("private_key"):
@@ -109,23 +125,87 @@ class SSHEndpoint:
             raise SSHPermanentError(
                 f"connection {conn_id!r}: use extra.key_file (a path) instead of extra.private_key"
             )
+        key_file = extra.get("key_file") or None
+        try:
+            renewal = CertificateRenewal.from_extra(extra, conn_id=conn_id)
+        except FactoryError as exc:
+            raise SSHPermanentError(str(exc)) from exc
+        if renewal is not None and not key_file:
+            raise SSHPermanentError(f"connection {conn_id!r} sets cert_renew_command but no key_file: the "
+                                    "certificate is <key_file>-cert.pub")
         return cls(
             conn_id=conn_id,
             host=str(conn.host),
             port=int(conn.port or 22),
             username=str(conn.login),
-            key_file=extra.get("key_file") or None,
-            host_key=" ".join(parts[:2]),
+            key_file=key_file,
+            host_key=host_key,
+            jump=_jump_host(extra.get("proxy_jump"), conn_id),
+            renewal=renewal,
         )
 
     @property
     def known_hosts_pattern(self) -> str:
-        """``host`` on port 22, else ``[host]:port`` (what OpenSSH and asyncssh look up)."""
-        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+        return known_hosts_pattern(self.host, self.port)
 
     @property
     def known_hosts_line(self) -> str:
         return f"{self.known_hosts_pattern} {self.host_key}"
+
+    @property
+    def via(self) -> str:
+        """For messages: ``[h]:p`` or ``[h]:p via [bastion]:p``."""
+        return self.known_hosts_pattern + (f" via {self.jump.describe()}" if self.jump else "")
+
+    def fresh_certificate(self) -> Freshness | None:
+        """Renew the login's certificate when due (``None``: the login uses a plain key).
+
+        :raises SSHCredentialPending: no valid certificate, and the renewal failed.
+        """
+        if self.renewal is None or not self.key_file:
+            return None
+        try:
+            return ensure_fresh(self.key_file, self.username, self.renewal)
+        except CertificateUnavailable as exc:
+            raise SSHCredentialPending(f"cannot log in to {self.via} as {self.username}: {exc}") from exc
+
+
+def _pinned_key(raw: Any, what: str) -> str:
+    parts = str(raw or "").split()
+    if len(parts) < 2 or parts[0] not in _HOST_KEY_TYPES:
+        raise SSHPermanentError(
+            f"{what} = '<type> <base64>' (one of {sorted(_HOST_KEY_TYPES)}), e.g. the output of "
+            "'ssh-keyscan -p PORT HOST'"
+        )
+    return " ".join(parts[:2])
+
+
+def _jump_host(raw: Any, conn_id: str) -> JumpHost | None:
+    """The connection's ``proxy_jump`` extra: ``{"host", "port", "host_key"[, "login"]}`` or JSON of it."""
+    if raw in (None, "", {}):
+        return None
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise SSHPermanentError(f"connection {conn_id!r}: extra.proxy_jump is not JSON ({exc})") from exc
+    if not isinstance(raw, dict) or not raw.get("host"):
+        raise SSHPermanentError(f"connection {conn_id!r}: extra.proxy_jump must be an object "
+                                '{"host": ..., "port": ..., "host_key": "<type> <base64>"}')
+    unknown = set(raw) - {"host", "port", "host_key", "login"}
+    if unknown:
+        raise SSHPermanentError(f"connection {conn_id!r}: extra.proxy_jump has unknown fields {sorted(unknown)} "
+                                "(host, port, host_key, login)")
+    try:
+        port = int(raw.get("port") or 22)
+    except (TypeError, ValueError) as exc:
+        raise SSHPermanentError(f"connection {conn_id!r}: extra.proxy_jump.port is not a port ({exc})") from exc
+    return JumpHost(
+        host=str(raw["host"]),
+        port=port,
+        host_key=_pinned_key(raw.get("host_key"), f"connection {conn_id!r} needs extra.proxy_jump.host_key"),
+        login=str(raw["login"]) if raw.get("login") else None,
+    )
 
 
 class FactorySSHHook(BaseHook):
@@ -166,6 +246,7 @@ class FactorySSHHook(BaseHook):
         self.retry_base_delay = retry_base_delay
         self.keepalive_interval = keepalive_interval
         self._client: paramiko.SSHClient | None = None
+        self._jump_client: paramiko.SSHClient | None = None
 
     # ---------------------------------------------------------------------------------------------
     # The one source of truth
@@ -220,33 +301,87 @@ class FactorySSHHook(BaseHook):
                 f"{'set' if hook.host_key else 'unset'}, expected {want} with a pinned host key; "
                 "check ~/.ssh/config on this machine for overrides"
             )
+        if hook.host_proxy_cmd:
+            raise SSHPermanentError(
+                f"~/.ssh/config on this machine sets a ProxyCommand for {ep.host}; the factory reaches "
+                f"clusters only as connection {self.ssh_conn_id!r} says (extra.proxy_jump). Remove it"
+            )
         # Never fall back to keys found in ~/.ssh or an agent: the connection names the key.
         hook.look_for_keys = False
         return hook
 
+    def _fresh_certificate(self) -> None:
+        """Renew the login certificate when due, saying so (sync side)."""
+        fresh = self.endpoint.fresh_certificate()
+        if fresh is not None and fresh.message:
+            (self.log.info if fresh.renewed else self.log.warning)("%s", fresh.message)
+
+    def _jump_channel(self) -> Any:
+        """Log in to the bastion (pinned host key, same key and certificate); return a
+        ``direct-tcpip`` channel to the cluster's login node, for paramiko's ``sock=``."""
+        import base64
+
+        import paramiko
+
+        ep = self.endpoint
+        jump = ep.jump
+        assert jump is not None
+        key_type, key_b64 = jump.host_key.split()
+        client = paramiko.SSHClient()
+        client.get_host_keys().add(known_hosts_pattern(jump.host, jump.port), key_type,
+                                   paramiko.PKey.from_type_string(key_type, base64.b64decode(key_b64)))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        self._jump_client = client
+        client.connect(
+            jump.host, port=jump.port, username=jump.login or ep.username, key_filename=ep.key_file,
+            look_for_keys=False, allow_agent=False, timeout=self.conn_timeout,
+            banner_timeout=self.conn_timeout, auth_timeout=self.conn_timeout,
+        )
+        set_nodelay(client)
+        transport = client.get_transport()
+        assert transport is not None
+        if self.keepalive_interval:
+            transport.set_keepalive(self.keepalive_interval)
+        return transport.open_channel("direct-tcpip", (ep.host, ep.port), ("127.0.0.1", 0),
+                                      timeout=self.conn_timeout)
+
+    def _close_jump(self) -> None:
+        if self._jump_client is not None:
+            self._jump_client.close()
+            self._jump_client = None
+
     def get_conn(self) -> paramiko.SSHClient:
-        """Return a connected paramiko client (reused while alive), retrying transient failures."""
+        """Return a connected paramiko client (reused while alive), retrying transient failures.
+
+        :raises SSHCredentialPending: the login needs a certificate, none is valid and renewing it
+            failed (transient: the task's retry, or a later poll, tries again).
+        """
         import paramiko
 
         if self._client is not None:
             transport = self._client.get_transport()
             if transport is not None and transport.is_active():
                 return self._client
-            self._client = None
-            self.ssh_hook.client = None
+            self.close()
+        ep = self.endpoint
         last: Exception | None = None
         for attempt in range(1, self.connect_attempts + 1):
             try:
+                self._fresh_certificate()
+                if ep.jump is not None:
+                    self.ssh_hook.host_proxy = self._jump_channel()  # SSHHook passes it as sock=
                 self._client = self.ssh_hook.get_conn()
                 set_nodelay(self._client)
                 return self._client
             except (paramiko.BadHostKeyException, paramiko.AuthenticationException) as exc:
+                self._close_jump()
                 raise SSHPermanentError(
-                    f"SSH to {self.endpoint.known_hosts_pattern} as {self.endpoint.username} refused: "
+                    f"SSH to {ep.via} as {ep.username} refused: "
                     f"{exc}. The host key or the login key does not match the connection "
                     f"{self.ssh_conn_id!r}; this is not retried"
                 ) from exc
-            except (TimeoutError, paramiko.SSHException, OSError, EOFError) as exc:
+            except (TimeoutError, paramiko.SSHException, paramiko.ChannelException, OSError, EOFError) as exc:
+                self._close_jump()
                 last = exc
                 if attempt == self.connect_attempts:
                     break
@@ -254,12 +389,12 @@ class FactorySSHHook(BaseHook):
                 self.log.warning(
                     "SSH connect to %s failed (attempt %d/%d): %s; retrying in %.1fs "
                     "(sshd MaxStartups under fan-out? consider a pool for this cluster)",
-                    self.endpoint.known_hosts_pattern, attempt, self.connect_attempts, exc, delay,
+                    ep.via, attempt, self.connect_attempts, exc, delay,
                 )
                 time.sleep(delay)
         raise AirflowException(
-            f"could not connect to {self.endpoint.known_hosts_pattern} after {self.connect_attempts} "
-            f"attempts: {last}. Check that the cluster's sshd is up and not throttling (MaxStartups)"
+            f"could not connect to {ep.via} after {self.connect_attempts} "
+            f"attempts: {last}. Check that the cluster's sshd (and bastion) is up and not throttling (MaxStartups)"
         )
 
     def run(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
@@ -312,7 +447,7 @@ class FactorySSHHook(BaseHook):
             return None
         return OpenSSHPipe(
             host=ep.host, port=ep.port, username=ep.username, key_file=ep.key_file,
-            known_hosts_line=ep.known_hosts_line, connect_timeout=int(self.conn_timeout),
+            known_hosts_line=ep.known_hosts_line, connect_timeout=int(self.conn_timeout), jump=ep.jump,
         )
 
     def close(self) -> None:
@@ -321,54 +456,80 @@ class FactorySSHHook(BaseHook):
             self._client = None
             if "ssh_hook" in self.__dict__:
                 self.ssh_hook.client = None
+        self._close_jump()
 
     # ---------------------------------------------------------------------------------------------
     # Async (asyncssh, for the triggerer)
     # ---------------------------------------------------------------------------------------------
 
+    async def arefresh_certificate(self) -> Freshness | None:
+        """Renew the login certificate when due, off the event loop (``None``: a plain key).
+
+        The caller logs ``message``: in the triggerer, the trigger's log is the task's log.
+
+        :raises SSHCredentialPending: no valid certificate, and the renewal failed.
+        """
+        ep = await self.aendpoint()
+        return await asyncio.to_thread(ep.fresh_certificate)
+
     async def aconnect(self) -> asyncssh.SSHClientConnection:
         """Open an asyncssh connection with the same host, user, key and pinned host key.
 
-        The caller owns the connection (``conn.close()``). Transient failures are retried with
-        backoff; a host key mismatch or refused login raises at once.
+        The caller owns the connection (``conn.close()``; it closes the bastion's too). Transient
+        failures are retried with backoff; a host key mismatch or refused login raises at once.
+
+        :raises SSHCredentialPending: see :meth:`get_conn`.
         """
         import asyncssh
 
         ep = await self.aendpoint()
-        known_hosts = asyncssh.import_known_hosts(ep.known_hosts_line + "\n")
+
+        def options(host: str, port: int, username: str, known_hosts_line: str) -> dict[str, Any]:
+            return dict(
+                host=host, port=port, username=username,
+                client_keys=[ep.key_file] if ep.key_file else None,  # and <key_file>-cert.pub
+                known_hosts=asyncssh.import_known_hosts(known_hosts_line + "\n"),
+                # One source of truth: no ~/.ssh/config, no agent, no default identity files.
+                config=[], agent_path=None,
+                connect_timeout=self.conn_timeout, login_timeout=self.conn_timeout,
+                keepalive_interval=self.keepalive_interval or 0,
+            )
+
         last: Exception | None = None
         for attempt in range(1, self.connect_attempts + 1):
+            tunnel = None
             try:
-                return await asyncssh.connect(
-                    ep.host,
-                    port=ep.port,
-                    username=ep.username,
-                    client_keys=[ep.key_file] if ep.key_file else None,
-                    known_hosts=known_hosts,
-                    # One source of truth: no ~/.ssh/config, no agent, no default identity files.
-                    config=[],
-                    agent_path=None,
-                    connect_timeout=self.conn_timeout,
-                    login_timeout=self.conn_timeout,
-                    keepalive_interval=self.keepalive_interval or 0,
-                )
+                fresh = await self.arefresh_certificate()
+                if fresh is not None and fresh.message:
+                    (self.log.info if fresh.renewed else self.log.warning)("%s", fresh.message)
+                if ep.jump is not None:
+                    jump = ep.jump
+                    tunnel = await asyncssh.connect(**options(jump.host, jump.port, jump.login or ep.username,
+                                                              jump.known_hosts_line))
+                conn = await asyncssh.connect(tunnel=tunnel or (),
+                                              **options(ep.host, ep.port, ep.username, ep.known_hosts_line))
+                if tunnel is not None:
+                    conn.set_tunnel(tunnel)  # closing conn closes the bastion's connection too
+                return conn
             except (asyncssh.HostKeyNotVerifiable, asyncssh.PermissionDenied) as exc:
+                await _aclose(tunnel)
                 raise SSHPermanentError(
-                    f"SSH to {ep.known_hosts_pattern} as {ep.username} refused: {exc}. The host key "
+                    f"SSH to {ep.via} as {ep.username} refused: {exc}. The host key "
                     f"or login key does not match connection {self.ssh_conn_id!r}; not retried"
                 ) from exc
             except (TimeoutError, OSError, asyncssh.Error) as exc:
+                await _aclose(tunnel)
                 last = exc
                 if attempt == self.connect_attempts:
                     break
                 delay = backoff_delay(attempt, base=self.retry_base_delay)
                 self.log.warning(
                     "async SSH connect to %s failed (attempt %d/%d): %s; retrying in %.1fs",
-                    ep.known_hosts_pattern, attempt, self.connect_attempts, exc, delay,
+                    ep.via, attempt, self.connect_attempts, exc, delay,
                 )
                 await asyncio.sleep(delay)
         raise AirflowException(
-            f"could not connect to {ep.known_hosts_pattern} after {self.connect_attempts} attempts: {last}"
+            f"could not connect to {ep.via} after {self.connect_attempts} attempts: {last}"
         )
 
     @staticmethod
@@ -398,3 +559,14 @@ class FactorySSHHook(BaseHook):
                 await conn.wait_closed()
             except Exception:  # best effort: the command already ran
                 pass
+
+
+async def _aclose(conn: Any) -> None:
+    """Close an asyncssh connection if there is one (best effort)."""
+    if conn is None:
+        return
+    conn.close()
+    try:
+        await conn.wait_closed()
+    except Exception:  # noqa: BLE001 - teardown of a connection that already failed
+        pass

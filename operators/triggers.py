@@ -36,7 +36,7 @@ from aifactory.hpc.slurm import (
     scancel_command,
 )
 from operators.cluster_poller import ClusterPoller
-from operators.hooks import FactorySSHHook, SSHPermanentError, backoff_delay
+from operators.hooks import FactorySSHHook, SSHCredentialPending, SSHPermanentError, backoff_delay
 
 if TYPE_CHECKING:
     import asyncssh
@@ -216,6 +216,43 @@ class SlurmJobTrigger(BaseTrigger):
             pass
 
     # ---------------------------------------------------------------------------------------------
+    # Certificates (docs/ssh-logins.md): renewed while watching, waited for when renewal fails
+    # ---------------------------------------------------------------------------------------------
+
+    #: seconds between tries while no valid login certificate can be had
+    credential_retry_s = 15.0
+    #: the same "waiting" message is repeated in the log at most this often
+    credential_log_every_s = 60.0
+
+    async def _refresh_certificate(self) -> None:
+        """Renew the login certificate when due (every poll: a watch outlives short certificates,
+        and the shared connection's next login needs a valid one). A failed renewal while the
+        certificate is still valid is logged; with none valid, :class:`SSHCredentialPending`."""
+        hook = self.__dict__.setdefault("_cert_hook", self._hook())  # its endpoint is read once
+        fresh = await hook.arefresh_certificate()
+        if fresh is not None and fresh.message:
+            if fresh.renewed:
+                self.log.info("%s", fresh.message)
+            else:
+                self._say(fresh.message)
+
+    def _say_waiting(self, why: str) -> None:
+        self._say(f"Slurm job {self.job_id} keeps running; its watch cannot log in yet and waits "
+                  f"{self.credential_retry_s:.0f}s between tries: {why}")
+
+    def _say(self, message: str) -> None:
+        """Warn, without repeating the same line more often than every ``credential_log_every_s``."""
+        now = time.monotonic()
+        last = self.__dict__.get("_said")
+        if last is None or last[0] != message or now - last[1] >= self.credential_log_every_s:
+            self.log.warning("%s", message)
+            self._said = (message, now)
+
+    async def _pause_always(self, delay: float) -> None:
+        """Wait even when batched (the poller is not ticking for a trigger that cannot log in)."""
+        await asyncio.sleep(delay)
+
+    # ---------------------------------------------------------------------------------------------
     # The poll loop
     # ---------------------------------------------------------------------------------------------
 
@@ -254,11 +291,20 @@ class SlurmJobTrigger(BaseTrigger):
         try:
             while True:
                 try:
+                    await self._refresh_certificate()
                     if conn is None:
                         conn = await self._connect()
                     result = await self._query(
                         conn, {self.job_id: self.job_name}, {self.job_id: (self.log_path, self.log_offset)}
                     )
+                except SSHCredentialPending as exc:
+                    # No valid certificate and its renewal failed: the job is not affected, so the
+                    # watch waits (not counted against the error deadline) and says why.
+                    await self._close(conn)
+                    conn = None
+                    self._say_waiting(str(exc))
+                    await self._pause_always(self.credential_retry_s)
+                    continue
                 except SSHPermanentError as exc:
                     # Wrong host key or refused login: waiting for the deadline would only hide it.
                     yield self._event("error", None, f"Cannot watch Slurm job {self.job_id}: {exc}", polls)

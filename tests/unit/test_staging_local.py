@@ -143,6 +143,25 @@ def test_ssh_command_line_pins_the_login():
     assert argv[argv.index("-i") + 1] == "/k/id" and argv[argv.index("-p") + 1] == "2222"
 
 
+def test_ssh_command_line_through_a_bastion_pins_both_hosts_and_quotes_the_hop():
+    import shlex
+
+    from aifactory.hpc.remote import JumpHost
+
+    pipe = OpenSSHPipe(host="login.example", port=2222, username="svc", key_file="/k/my id",
+                       known_hosts_line="[login.example]:2222 ssh-ed25519 AAAA",
+                       jump=JumpHost(host="bastion.example", port=2223, host_key="ssh-ed25519 BBBB"))
+    argv = pipe.argv("true", "/tmp/k h")
+    proxy = next(argv[i + 1] for i, a in enumerate(argv) if a == "-o" and argv[i + 1].startswith("ProxyCommand="))
+    hop = shlex.split(proxy.removeprefix("ProxyCommand="))  # ssh runs it through /bin/sh
+    assert hop[:3] == ["ssh", "-F", "/dev/null"] and hop[-2:] == ["--", "bastion.example"]
+    assert hop[hop.index("-W") + 1] == "login.example:2222" and hop[hop.index("-p") + 1] == "2223"
+    assert hop[hop.index("-i") + 1] == "/k/my id" and "UserKnownHostsFile=/tmp/k h" in hop
+    assert "StrictHostKeyChecking=yes" in hop and "BatchMode=yes" in hop
+    assert argv[-3:] == ["--", "login.example", "true"]
+    assert pipe.jump.known_hosts_line == "[bastion.example]:2223 ssh-ed25519 BBBB"
+
+
 def test_abandoned_temporary_dirs_of_killed_stages_are_removed(tmp_path):
     import os
     import time

@@ -57,10 +57,17 @@ class Scripted(SlurmJobTrigger):
         self.script = list(script)
         self.queries: list[tuple[dict, dict]] = []
         self.connects = 0
+        #: what each certificate check does in turn: None (nothing due) or an exception to raise
+        self.credentials: list[BaseException | None] = []
 
     async def _connect(self):
         self.connects += 1
         return object()
+
+    async def _refresh_certificate(self):
+        item = self.credentials.pop(0) if self.credentials else None
+        if isinstance(item, BaseException):
+            raise item
 
     async def _query(self, conn, jobs, logs):
         self.queries.append((dict(jobs), dict(logs)))
@@ -248,6 +255,9 @@ def test_real_query_parses_poll_output(sleeps):
         async def _connect(self):
             return object()
 
+        async def _refresh_certificate(self):
+            return None
+
         async def _run(self, conn, command):
             commands.append(command)
             return 0, outputs.pop(0), ""
@@ -314,3 +324,73 @@ def test_backoff_grows_and_is_capped():
     assert 1 <= backoff_delay(1) <= 2
     assert 8 <= backoff_delay(4) <= 16
     assert backoff_delay(50) <= 60
+
+
+def test_no_valid_certificate_makes_the_watch_wait_and_say_why_without_failing_the_job(sleeps, capsys):
+    """Renewal broken for longer than the error deadline: the watch waits (the job runs on) and then
+    sees the job finish once a certificate is back; the wait is never an error event."""
+    from operators.hooks import SSHCredentialPending
+
+    t = _scripted([_obs("RUNNING"), _obs("COMPLETED", source="sacct", record=_record())], error_deadline_s=10)
+    why = "no valid SSH certificate for aifp-demo: ... the renewal command ... exited 3: the local CA is offline"
+    t.credentials = [None] + [SSHCredentialPending(why)] * 20
+    (event,) = _events(t)
+    assert event["status"] == "succeeded", event
+    # 20 waits of credential_retry_s each: far past the 10 s error deadline, still no error event
+    assert sleeps.count(t.credential_retry_s) == 20
+    waits = [line for line in capsys.readouterr().out.splitlines() if "keeps running" in line]
+    assert waits and all("the local CA is offline" in w for w in waits)
+    assert len(waits) < 20  # the same line is not repeated at every try
+
+
+def test_a_due_certificate_that_cannot_be_renewed_yet_is_reported_and_polling_goes_on(sleeps, capsys, monkeypatch):
+    from aifactory.hpc.certificates import Freshness
+
+    t = _scripted([_obs("RUNNING"), _obs("COMPLETED", source="sacct", record=_record())])
+    answers = [Freshness(None, False, "SSH certificate of aifp-demo is due for renewal and the renewal "
+                                      "command exited 3; logins keep working until it expires"),
+               Freshness(None, True, "SSH certificate renewed for aifp-demo: ... now valid until ...")]
+
+    class Hook:
+        async def arefresh_certificate(self):
+            return answers.pop(0)
+
+    monkeypatch.setattr(t, "_hook", lambda: Hook())
+    monkeypatch.delattr(Scripted, "_refresh_certificate")
+    (event,) = _events(t)
+    assert event["status"] == "succeeded"
+    text = capsys.readouterr().out
+    assert "logins keep working until it expires" in text and "SSH certificate renewed for aifp-demo" in text
+
+
+def test_endpoint_reads_a_pinned_bastion_and_a_certificate_renewal():
+    extra = {"key_file": "/k/id_ed25519", "host_key": "ssh-ed25519 AAAA",
+             "proxy_jump": {"host": "bastion.example", "port": 2223, "host_key": "ssh-ed25519 BBBB c"},
+             "cert_renew_command": ["/usr/bin/site-cert", "--key", "{key_file}", "--user", "{login}"],
+             "cert_renew_before_s": 120}
+    ep = SSHEndpoint.from_connection(_conn(extra_dejson=extra))
+    assert ep.jump.known_hosts_line == "[bastion.example]:2223 ssh-ed25519 BBBB"
+    assert ep.via == "[127.0.0.1]:2222 via [bastion.example]:2223"
+    assert ep.renewal.argv(ep.key_file, ep.username) == [
+        "/usr/bin/site-cert", "--key", "/k/id_ed25519", "--user", "aifactory"]
+    assert ep.renewal.renew_before_s == 120
+    # the same bastion given as JSON text (a connection edited in the UI)
+    import json
+
+    as_text = SSHEndpoint.from_connection(_conn(extra_dejson={**extra, "proxy_jump": json.dumps(extra["proxy_jump"])}))
+    assert as_text.jump == ep.jump
+
+
+@pytest.mark.parametrize("over, says", [
+    ({"proxy_jump": {"host": "b", "port": 22}}, "proxy_jump.host_key"),
+    ({"proxy_jump": {"host": "b", "host_key": "ssh-ed25519 B", "command": "x"}}, "unknown fields"),
+    ({"proxy_jump": "not json"}, "not JSON"),
+    ({"cert_renew_command": "site-cert {key_file}"}, "list of non-empty strings"),
+    ({"cert_renew_command": ["site-cert", "{keyfile}"]}, "placeholder"),
+    ({"cert_renew_command": ["site-cert"], "cert_renew_before_s": 0}, "> 0"),
+    ({"cert_renew_command": ["site-cert"], "key_file": None}, "no key_file"),
+])
+def test_endpoint_refuses_a_bad_bastion_or_renewal(over, says):
+    extra = {"key_file": "/k/id_ed25519", "host_key": "ssh-ed25519 AAAA", **over}
+    with pytest.raises(SSHPermanentError, match=says):
+        SSHEndpoint.from_connection(_conn(extra_dejson=extra))

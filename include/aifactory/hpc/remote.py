@@ -273,6 +273,38 @@ class ParamikoShell:
 # --------------------------------------------------------------------------------------------
 
 
+def known_hosts_pattern(host: str, port: int) -> str:
+    """``host`` on port 22, else ``[host]:port``: what OpenSSH, paramiko and asyncssh look up."""
+    return host if int(port) == 22 else f"[{host}]:{int(port)}"
+
+
+@dataclass(frozen=True)
+class JumpHost:
+    """A bastion (``ProxyJump``): the SSH server every login to the cluster passes through.
+
+    The login there is the same as on the cluster (``login`` overrides it), with the same key (and
+    certificate); its host key is pinned like the cluster's. Only TCP forwarding to the login node
+    is used on it, never a shell.
+
+    :param host: the bastion's address.
+    :param port: its SSH port.
+    :param host_key: its pinned public host key, ``<type> <base64>``.
+    :param login: the user on the bastion, when it differs from the cluster login.
+    """
+
+    host: str
+    port: int
+    host_key: str
+    login: str | None = None
+
+    @property
+    def known_hosts_line(self) -> str:
+        return f"{known_hosts_pattern(self.host, self.port)} {self.host_key}"
+
+    def describe(self) -> str:
+        return known_hosts_pattern(self.host, self.port)
+
+
 @dataclass(frozen=True)
 class OpenSSHPipe:
     """Runs one remote command through the system ``ssh`` client, with bytes streamed to its stdin.
@@ -288,6 +320,8 @@ class OpenSSHPipe:
     :param key_file: private key file (0600, as OpenSSH requires).
     :param known_hosts_line: ``<pattern> <type> <base64>``, the pinned host key.
     :param connect_timeout: seconds for TCP connect and handshake.
+    :param jump: the bastion every connection passes through (a ``ProxyCommand`` running
+        ``ssh -W`` with the same strict options, so the bastion's host key is pinned too).
     """
 
     host: str
@@ -296,6 +330,7 @@ class OpenSSHPipe:
     key_file: str
     known_hosts_line: str
     connect_timeout: int = 30
+    jump: JumpHost | None = None
     #: Cipher preference: AES-GCM first (AES-NI makes it about twice as fast per core as
     #: OpenSSH's default chacha20-poly1305 on x86 login nodes), the default kept as fallback; the
     #: server picks the first it allows.
@@ -307,10 +342,10 @@ class OpenSSHPipe:
 
         return shutil.which("ssh") is not None
 
-    def argv(self, command: str, known_hosts_file: str) -> list[str]:
-        """The ssh command line; ``command`` must be shell-safe text (built with :func:`q`)."""
+    def _options(self, known_hosts_file: str) -> list[str]:
+        """The strict options of every ssh this pipe runs (the cluster's and the bastion's)."""
         return [
-            "ssh", "-F", "/dev/null", "-T", "-x", "-a", "-e", "none",
+            "-F", "/dev/null", "-x", "-a",
             "-o", "BatchMode=yes",
             "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={known_hosts_file}",
@@ -324,6 +359,20 @@ class OpenSSHPipe:
             "-o", f"Ciphers={self.ciphers}",
             "-o", "LogLevel=ERROR",
             "-i", self.key_file,
+        ]
+
+    def argv(self, command: str, known_hosts_file: str) -> list[str]:
+        """The ssh command line; ``command`` must be shell-safe text (built with :func:`q`)."""
+        opts = self._options(known_hosts_file)
+        if self.jump is not None:
+            # ProxyCommand, not ProxyJump: ssh passes neither -F nor -o nor -i to a ProxyJump
+            # hop, which would then read ~/.ssh/config and skip the pinned host key. ssh runs
+            # this through /bin/sh, so every part is quoted.
+            hop = ["ssh", *opts, "-p", str(int(self.jump.port)), "-l", self.jump.login or self.username,
+                   "-W", f"{self.host}:{int(self.port)}", "--", self.jump.host]
+            opts += ["-o", "ProxyCommand=" + q(*hop)]
+        return [
+            "ssh", *opts, "-T", "-e", "none",
             "-p", str(int(self.port)),
             "-l", self.username,
             "--", self.host, command,
@@ -345,6 +394,8 @@ class OpenSSHPipe:
             known = os.path.join(tmp, "known_hosts")
             with open(os.open(known, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
                 fh.write(self.known_hosts_line.strip() + "\n")
+                if self.jump is not None:
+                    fh.write(self.jump.known_hosts_line + "\n")
             with open(os.path.join(tmp, "stdout"), "w+b") as out, open(os.path.join(tmp, "stderr"), "w+b") as err:
                 proc = subprocess.Popen(
                     self.argv(command, known), stdin=subprocess.PIPE, stdout=out, stderr=err, close_fds=True,
