@@ -228,7 +228,9 @@ class SlurmJobTrigger(BaseTrigger):
         """Renew the login certificate when due (every poll: a watch outlives short certificates,
         and the shared connection's next login needs a valid one). A failed renewal while the
         certificate is still valid is logged; with none valid, :class:`SSHCredentialPending`."""
-        hook = self.__dict__.setdefault("_cert_hook", self._hook())  # its endpoint is read once
+        hook = self.__dict__.get("_cert_hook")
+        if hook is None:
+            hook = self.__dict__["_cert_hook"] = self._hook()  # its endpoint is read once
         fresh = await hook.arefresh_certificate()
         if fresh is not None and fresh.message:
             if fresh.renewed:
@@ -243,10 +245,10 @@ class SlurmJobTrigger(BaseTrigger):
     def _say(self, message: str) -> None:
         """Warn, without repeating the same line more often than every ``credential_log_every_s``."""
         now = time.monotonic()
-        last = self.__dict__.get("_said")
-        if last is None or last[0] != message or now - last[1] >= self.credential_log_every_s:
+        said: dict[str, float] = self.__dict__.setdefault("_said", {})
+        if message not in said or now - said[message] >= self.credential_log_every_s:
             self.log.warning("%s", message)
-            self._said = (message, now)
+            said[message] = now
 
     async def _pause_always(self, delay: float) -> None:
         """Wait even when batched (the poller is not ticking for a trigger that cannot log in)."""
@@ -292,6 +294,12 @@ class SlurmJobTrigger(BaseTrigger):
             while True:
                 try:
                     await self._refresh_certificate()
+                except SSHCredentialPending as exc:
+                    # An open connection outlives its login's certificate: keep polling over it;
+                    # a connect that needs a new login waits below.
+                    self._say(f"{exc}. Polling Slurm job {self.job_id} goes on over the open connection "
+                              "while it lasts")
+                try:
                     if conn is None:
                         conn = await self._connect()
                     result = await self._query(

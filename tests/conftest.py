@@ -57,14 +57,19 @@ def test_tenant() -> str:
 
 
 def ssh_login(env: dict[str, str], username: str, key_file: str) -> paramiko.SSHClient:  # noqa: F821
-    """A paramiko client logged in to the HPC side with the pinned host key (RejectPolicy)."""
+    """A paramiko client logged in to the HPC side with the pinned host key (RejectPolicy).
+
+    The test's own way in: straight to the login node with the plain key (its authorized_keys), not
+    through the bastion, and without the certificate the factory keeps beside the key (paramiko
+    would offer only that one, which a certificate test may have let expire)."""
     import paramiko
 
     client = paramiko.SSHClient()
     client.load_host_keys(env["AIFP_SSH_KNOWN_HOSTS"])
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     client.connect(env["AIFP_SSH_HOST"], port=int(env["AIFP_SSH_PORT"]), username=username,
-                   key_filename=key_file, look_for_keys=False, allow_agent=False)
+                   pkey=paramiko.Ed25519Key.from_private_key_file(key_file), look_for_keys=False,
+                   allow_agent=False)
     return client
 
 

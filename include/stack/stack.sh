@@ -30,6 +30,7 @@ VENV="${AIFP_VENV:-$REPO/.venv}"
 HPC_ROOT="${AIFP_HPC_ROOT:-/srv/aifactory}"
 HPC_USER="${AIFP_HPC_USER:-aifactory}"
 SSH_PORT="${AIFP_SSH_PORT:-2222}"
+BASTION_PORT="${AIFP_BASTION_PORT:-2223}"
 S3_PORT="${AIFP_S3_PORT:-5555}"
 AIRFLOW_PORT="${AIFP_AIRFLOW_PORT:-8080}"
 CLUSTER_NAME="${AIFP_CLUSTER_NAME:-aifactory}"
@@ -177,28 +178,55 @@ wait_for() { # wait_for DESCRIPTION SECONDS CMD...
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # ---------------------------------------------------------------------------------------------
-# sshd: the HPC login node
+# sshd: the HPC login node, and the bastion in front of it (docs/ssh-logins.md)
 # ---------------------------------------------------------------------------------------------
+# the local site's SSH certificate authority (aifactory.local.ssh_ca): both sshds trust it; the
+# factory's connections renew their logins' certificates with it (cert_renew_command)
+SSH_CA_DIR="$SECRETS_DIR/ssh_ca"
+
+# start_sshd NAME PORT: start (or, when its configuration changed, reload) $SSHDIR/NAME_config
+start_sshd() {
+  local name="$1" port="$2" conf="$SSHDIR/$1_config"
+  /usr/sbin/sshd -t -f "$conf" || die "sshd config test failed ($conf)"
+  if alive "$name"; then
+    if ! cmp -s "$conf" "$RUN/$name.config"; then
+      kill -HUP "$(pid_of "$name")" && say "$name reloaded (SIGHUP): its configuration changed"
+    fi
+  else
+    mkdir -p /run/sshd && chmod 0755 /run/sshd
+    ( cg_join "$name"; exec /usr/sbin/sshd -f "$conf" -E "$LOG/$name.log" )
+    wait_for "$name on 127.0.0.1:$port" 10 port_open "$port"
+    say "$name up on 127.0.0.1:$port"
+  fi
+  cp "$conf" "$RUN/$name.config"
+}
+
 up_sshd() {
   [ -f "$SSHDIR/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/ssh_host_ed25519_key" -C aifactory-hpc-host
+  [ -f "$SSHDIR/bastion_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/bastion_host_ed25519_key" -C aifactory-bastion-host
   [ -f "$SSHDIR/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/id_ed25519" -C aifactory-airflow
-  chmod 600 "$SSHDIR/ssh_host_ed25519_key" "$SSHDIR/id_ed25519"
-  # the pinned host key, as known_hosts for [127.0.0.1]:PORT
-  printf '[127.0.0.1]:%s %s\n' "$SSH_PORT" "$(cut -d' ' -f1,2 "$SSHDIR/ssh_host_ed25519_key.pub")" >"$SSHDIR/known_hosts"
+  chmod 600 "$SSHDIR/ssh_host_ed25519_key" "$SSHDIR/bastion_host_ed25519_key" "$SSHDIR/id_ed25519"
+  install -d -m 0700 "$SECRETS_DIR"
+  "$VENV/bin/python" -m aifactory.local.ssh_ca --ca-dir "$SSH_CA_DIR" init >/dev/null || die "could not create the local SSH CA in $SSH_CA_DIR"
+  # the pinned host keys, as known_hosts for [127.0.0.1]:PORT (the login node's first: tests read line 1)
+  { printf '[127.0.0.1]:%s %s\n' "$SSH_PORT" "$(cut -d' ' -f1,2 "$SSHDIR/ssh_host_ed25519_key.pub")"
+    printf '[127.0.0.1]:%s %s\n' "$BASTION_PORT" "$(cut -d' ' -f1,2 "$SSHDIR/bastion_host_ed25519_key.pub")"
+  } >"$SSHDIR/known_hosts"
   local home; home="$(getent passwd "$HPC_USER" | cut -d: -f6)"
   install -d -m 0700 -o "$HPC_USER" -g "$HPC_USER" "$home/.ssh"
   install -m 0600 -o "$HPC_USER" -g "$HPC_USER" "$SSHDIR/id_ed25519.pub" "$home/.ssh/authorized_keys"
-  local group before
+  local group
   group="$("$VENV/bin/python" -c 'from aifactory.platform.cluster_identity import LOGIN_GROUP; print(LOGIN_GROUP)')"
   getent group "$group" >/dev/null || groupadd "$group"
   id -nG "$HPC_USER" | tr ' ' '\n' | grep -qx "$group" || usermod -aG "$group" "$HPC_USER"
-  before="$(cat "$SSHDIR/sshd_config" 2>/dev/null || true)"
+  # the login node: keys (authorized_keys, written by onboarding) or the site CA's certificates
   cat >"$SSHDIR/sshd_config" <<EOF
 Port $SSH_PORT
 ListenAddress 127.0.0.1
 HostKey $SSHDIR/ssh_host_ed25519_key
 PidFile $RUN/sshd.pid
 AuthorizedKeysFile .ssh/authorized_keys
+TrustedUserCAKeys $SSH_CA_DIR/ca.pub
 PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -212,24 +240,39 @@ AllowTcpForwarding no
 MaxStartups 100:30:200
 MaxSessions 50
 Subsystem sftp internal-sftp
-LogLevel INFO
+LogLevel VERBOSE
 EOF
-  if alive sshd; then
-    if [ "$before" != "$(cat "$SSHDIR/sshd_config")" ]; then
-      /usr/sbin/sshd -t -f "$SSHDIR/sshd_config" || die "sshd config test failed ($SSHDIR/sshd_config)"
-      kill -HUP "$(pid_of sshd)" && say "sshd reloaded (SIGHUP): its configuration changed"
-    fi
-    return 0
-  fi
-  mkdir -p /run/sshd && chmod 0755 /run/sshd
-  /usr/sbin/sshd -t -f "$SSHDIR/sshd_config" || die "sshd config test failed ($SSHDIR/sshd_config)"
-  ( cg_join sshd; exec /usr/sbin/sshd -f "$SSHDIR/sshd_config" -E "$LOG/sshd.log" )
-  wait_for "sshd on 127.0.0.1:$SSH_PORT" 10 port_open "$SSH_PORT"
-  say "sshd up on 127.0.0.1:$SSH_PORT"
+  # the bastion (a site's gateway): certificate logins only, no shell, forwarding to the login
+  # node only; every connection of the factory passes through it (the connections' proxy_jump)
+  cat >"$SSHDIR/sshd-bastion_config" <<EOF
+Port $BASTION_PORT
+ListenAddress 127.0.0.1
+HostKey $SSHDIR/bastion_host_ed25519_key
+PidFile $RUN/sshd-bastion.pid
+AuthorizedKeysFile none
+TrustedUserCAKeys $SSH_CA_DIR/ca.pub
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+AllowGroups $group
+UsePAM no
+X11Forwarding no
+AllowAgentForwarding no
+AllowStreamLocalForwarding no
+PermitTunnel no
+PermitTTY no
+AllowTcpForwarding local
+PermitOpen 127.0.0.1:$SSH_PORT
+ForceCommand /usr/sbin/nologin
+MaxStartups 100:30:200
+MaxSessions 50
+LogLevel VERBOSE
+EOF
+  start_sshd sshd "$SSH_PORT"
+  start_sshd sshd-bastion "$BASTION_PORT"
 }
 
-# ---------------------------------------------------------------------------------------------
-# munge, MariaDB, slurmdbd, slurmctld, slurmd
 # ---------------------------------------------------------------------------------------------
 up_munge() {
   if alive munged; then return 0; fi
@@ -499,13 +542,25 @@ up_s3() {
 # Airflow
 # ---------------------------------------------------------------------------------------------
 write_env() {
-  local host_key conn_ssh conn_s3
+  local conn_ssh conn_s3
   # the secrets backend reads this file at every connection lookup: it must exist before Airflow runs
   install -d -m 0700 "$SECRETS_DIR"
   [ -f "$SECRETS_DIR/connections.json" ] || (umask 077; echo '{}' >"$SECRETS_DIR/connections.json")
-  host_key="$(cut -d' ' -f1,2 "$SSHDIR/ssh_host_ed25519_key.pub")"
-  conn_ssh="$("$VENV/bin/python" -c 'import json,sys; print(json.dumps({"conn_type":"ssh","host":"127.0.0.1","port":int(sys.argv[1]),"login":sys.argv[2],"extra":{"key_file":sys.argv[3],"host_key":sys.argv[4],"no_host_key_check":False,"allow_host_key_change":False,"look_for_keys":False}}))' \
-    "$SSH_PORT" "$HPC_USER" "$SSHDIR/id_ed25519" "$host_key")"
+  # the service connection: the login node through the bastion, with certificates of the local CA
+  # (tenant connections copy all of it but the login and key: cluster_identity.tenant_connection)
+  conn_ssh="$("$VENV/bin/python" - "$SSH_PORT" "$HPC_USER" "$SSHDIR/id_ed25519" "$(cut -d' ' -f1,2 "$SSHDIR/ssh_host_ed25519_key.pub")" \
+    "$BASTION_PORT" "$(cut -d' ' -f1,2 "$SSHDIR/bastion_host_ed25519_key.pub")" "$VENV/bin/python" "$SSH_CA_DIR" <<'PY'
+import json, sys
+port, login, key, host_key, bastion_port, bastion_key, python, ca_dir = sys.argv[1:]
+print(json.dumps({"conn_type": "ssh", "host": "127.0.0.1", "port": int(port), "login": login, "extra": {
+    "key_file": key, "host_key": host_key, "no_host_key_check": False, "allow_host_key_change": False,
+    "look_for_keys": False,
+    "proxy_jump": {"host": "127.0.0.1", "port": int(bastion_port), "host_key": bastion_key},
+    "cert_renew_command": [python, "-m", "aifactory.local.ssh_ca", "--ca-dir", ca_dir, "sign",
+                           "--key", "{key_file}", "--principal", "{login}"],
+}}))
+PY
+)" || die "could not write the service connection"
   # the platform's S3 credential (made when the endpoint started): its connection and key
   local s3_key s3_secret
   { read -r s3_key; read -r s3_secret; read -r conn_s3; } < <("$VENV/bin/python" -m aifactory.platform.objectstore \
@@ -530,6 +585,8 @@ write_env() {
     printf 'export AIFP_SSH_USER=%q\n' "$HPC_USER"
     printf 'export AIFP_SSH_KEY=%q\n' "$SSHDIR/id_ed25519"
     printf 'export AIFP_SSH_KNOWN_HOSTS=%q\n' "$SSHDIR/known_hosts"
+    printf 'export AIFP_BASTION_PORT=%q\n' "$BASTION_PORT"
+    printf 'export AIFP_SSH_CA_DIR=%q\n' "$SSH_CA_DIR"
     printf 'export AIFP_AIRFLOW_URL=%q\n' "http://127.0.0.1:$AIRFLOW_PORT"
     echo "# Airflow connections (AIRFLOW_CONN_<ID> holding JSON):"
     echo "#   aifactory_hpc_local: the HPC login node over SSH, key auth, host key pinned"
@@ -663,7 +720,7 @@ up_airflow() {
 }
 
 # ---------------------------------------------------------------------------------------------
-COMPONENTS=(supervisor "${CELERY_WORKERS[@]}" airflow-triggerer airflow-dag-processor airflow-scheduler airflow-api-server redis postgres moto slurmd-n1 slurmd-n2 slurmd slurmctld slurmdbd mariadb munged sshd)
+COMPONENTS=(supervisor "${CELERY_WORKERS[@]}" airflow-triggerer airflow-dag-processor airflow-scheduler airflow-api-server redis postgres moto slurmd-n1 slurmd-n2 slurmd slurmctld slurmdbd mariadb munged sshd-bastion sshd)
 
 cmd_up() {
   local c
@@ -716,7 +773,7 @@ cmd_down() {
 
 cmd_status() {
   local c state rc=0
-  local executor parts=(sshd munged mariadb slurmdbd slurmctld slurmd-n1 slurmd-n2 moto postgres supervisor)
+  local executor parts=(sshd sshd-bastion munged mariadb slurmdbd slurmctld slurmd-n1 slurmd-n2 moto postgres supervisor)
   executor="$(stack_executor)"
   if [ "$executor" = celery ]; then parts+=(redis); fi
   for c in "${parts[@]}"; do
@@ -744,6 +801,7 @@ PY
 $logins
   S3 endpoint      http://127.0.0.1:$S3_PORT   platform credential: $SECRETS_DIR/s3/platform.json (AWS_ACCESS_KEY_ID in stack.env), tenants': s3/<tenant>.json
   HPC login (sshd) 127.0.0.1:$SSH_PORT   user: $HPC_USER   key: $SSHDIR/id_ed25519   known_hosts: $SSHDIR/known_hosts
+  Bastion          127.0.0.1:$BASTION_PORT   certificate logins only (CA: $SSH_CA_DIR); the factory's connections pass through it
   Slurm            cluster $CLUSTER_NAME (slurmctld 6817, slurmd n1 17001 + n2 17002, slurmdbd 6819), HPC root $HPC_ROOT
   Metadata DB      postgresql://airflow@127.0.0.1:$PG_PORT/airflow   password: $SECRETS_DIR/postgres_airflow_password
   Executor         $executor$([ "$executor" = celery ] && echo "   broker: redis://127.0.0.1:$REDIS_PORT (password: $SECRETS_DIR/redis_password), workers: ${CELERY_WORKERS[*]}")   (make up EXECUTOR=local|celery)
@@ -768,11 +826,11 @@ cmd_restart() {
 
 # orphans: processes of a component left by a dead predecessor (or of a component not running),
 # which nothing will end before down; exit 1 naming them. The check after every fault scenario.
-# Not sshd (sessions opened before a restart live on, as they should), munged, nor a compute
+# Not the sshds (sessions opened before a restart live on, as they should), munged, nor a compute
 # node's jobs (they outlive slurmd, as on a real cluster): down ends those.
 cmd_orphans() {
   local c parts=() left
-  for c in "${COMPONENTS[@]}"; do case "$c" in sshd | munged | slurmd*) ;; *) parts+=("$c") ;; esac; done
+  for c in "${COMPONENTS[@]}"; do case "$c" in sshd* | munged | slurmd*) ;; *) parts+=("$c") ;; esac; done
   left="$(orphans "${parts[@]}")"
   [ -z "$left" ] && { say "no orphans"; return 0; }
   say "orphans (a dead component's leftovers; stack.sh up ends them before restarting it):"; echo "$left"

@@ -331,15 +331,20 @@ def test_no_valid_certificate_makes_the_watch_wait_and_say_why_without_failing_t
     sees the job finish once a certificate is back; the wait is never an error event."""
     from operators.hooks import SSHCredentialPending
 
-    t = _scripted([_obs("RUNNING"), _obs("COMPLETED", source="sacct", record=_record())], error_deadline_s=10)
     why = "no valid SSH certificate for aifp-demo: ... the renewal command ... exited 3: the local CA is offline"
-    t.credentials = [None] + [SSHCredentialPending(why)] * 20
+    pending = SSHCredentialPending(why)
+    # the open connection keeps serving a poll; then it drops, and 20 connects cannot log in
+    t = _scripted([_obs("RUNNING"), ConnectionResetError("dropped")] + [pending] * 20
+                  + [_obs("COMPLETED", source="sacct", record=_record())], error_deadline_s=10)
+    t.credentials = [None] + [pending] * 21
     (event,) = _events(t)
     assert event["status"] == "succeeded", event
     # 20 waits of credential_retry_s each: far past the 10 s error deadline, still no error event
     assert sleeps.count(t.credential_retry_s) == 20
-    waits = [line for line in capsys.readouterr().out.splitlines() if "keeps running" in line]
+    out = capsys.readouterr().out
+    waits = [line for line in out.splitlines() if "keeps running" in line]
     assert waits and all("the local CA is offline" in w for w in waits)
+    assert "goes on over the open connection" in out
     assert len(waits) < 20  # the same line is not repeated at every try
 
 

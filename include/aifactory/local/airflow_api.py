@@ -413,14 +413,15 @@ class AirflowClient:
                          lambda a: ac.TaskInstanceApi(a).post_clear_task_instances(dag_id, body))
         return [_plain(t) for t in out.task_instances]
 
-    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
-        """One try's log as text, with each failure's exception type and message.
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1) -> str:
+        """One try's log as text, with each failure's exception type and message (``map_index``:
+        one instance of a mapped task).
 
         Read from the answer's JSON, not the generated model: the model keeps ``event`` and
         ``timestamp`` only, and the failure's message travels in ``error_detail``.
         """
         out = self._call(f"GET log of {task_id} try {try_number}", lambda a: ac.TaskInstanceApi(
-            a).get_log_with_http_info(dag_id, run_id, task_id, try_number, full_content=True))
+            a).get_log_with_http_info(dag_id, run_id, task_id, try_number, full_content=True, map_index=map_index))
         content = json.loads(out.raw_data).get("content") or []
         lines = []
         for entry in content if isinstance(content, list) else [content]:
