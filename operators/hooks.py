@@ -372,6 +372,8 @@ class FactorySSHHook(BaseHook):
                     self.ssh_hook.host_proxy = self._jump_channel()  # SSHHook passes it as sock=
                 self._client = self.ssh_hook.get_conn()
                 set_nodelay(self._client)
+                self.log.info("SSH: logged in to %s as %s%s", ep.via, ep.username,
+                              " (certificate)" if ep.renewal else "")
                 return self._client
             except (paramiko.BadHostKeyException, paramiko.AuthenticationException) as exc:
                 self._close_jump()
@@ -510,6 +512,8 @@ class FactorySSHHook(BaseHook):
                                               **options(ep.host, ep.port, ep.username, ep.known_hosts_line))
                 if tunnel is not None:
                     conn.set_tunnel(tunnel)  # closing conn closes the bastion's connection too
+                self.log.info("SSH (async): logged in to %s as %s%s", ep.via, ep.username,
+                              " (certificate)" if ep.renewal else "")
                 return conn
             except (asyncssh.HostKeyNotVerifiable, asyncssh.PermissionDenied) as exc:
                 await _aclose(tunnel)

@@ -44,11 +44,28 @@ def sacct_jobs(stack_env, name: str) -> list[list[str]]:
     return [line.split("|") for line in out.splitlines() if line.strip()]
 
 
+def cert_logins(stack_env, sshd: str) -> int:
+    """Logins of the demo tenant's user with a certificate, in one sshd's log (LogLevel VERBOSE)."""
+    log = Path(stack_env["AIFP_STATE_DIR"]) / "log" / f"{sshd}.log"
+    user = SPEC.identity.unix_user
+    return sum(1 for line in log.read_text(errors="replace").splitlines()
+               if f"Accepted publickey for {user} " in line and " ED25519-CERT " in line)
+
+
 def test_demo_pipeline_end_to_end(api, stack_env, s3_client):
     conf = {**SPEC.defaults, "dataset_uri": upload(s3_client, (REPO / "include/sample_data/iris.csv").read_bytes())}
+    before = {sshd: cert_logins(stack_env, sshd) for sshd in ("sshd", "sshd-bastion")}
     run_id, run, states = run_to_end(api, conf)
     assert run["state"] == "success", states
     assert set(states.values()) == {"success"}
+
+    # every stage that reaches the cluster went through the bastion (docs/ssh-logins.md): each
+    # says so in its log, and each login at the login node came through a login at the bastion
+    bastion = f"via [127.0.0.1]:{stack_env['AIFP_BASTION_PORT']} as {SPEC.identity.unix_user} (certificate)"
+    for stage in ("stage", "train", "export"):
+        assert bastion in api.task_log(DAG_ID, run_id, stage), stage
+    made = {sshd: cert_logins(stack_env, sshd) - n for sshd, n in before.items()}
+    assert made["sshd"] >= 3 and made["sshd"] <= made["sshd-bastion"], made  # none straight to the login node
 
     train = api.xcom(DAG_ID, run_id, "train")
     export = api.xcom(DAG_ID, run_id, "export")
