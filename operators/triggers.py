@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from aifactory.errors import FactoryError
 from aifactory.hpc.slurm import (
     JobObservation,
     PollResult,
@@ -299,6 +300,10 @@ class SlurmJobTrigger(BaseTrigger):
                     # a connect that needs a new login waits below.
                     self._say(f"{exc}. Polling Slurm job {self.job_id} goes on over the open connection "
                               "while it lasts")
+                except (AirflowException, FactoryError, OSError) as exc:
+                    # the connection could not be read, or ssh-keygen failed: the connect below
+                    # meets the same problem and handles it (retried until the deadline)
+                    self._say(f"checking the login certificate of job {self.job_id}'s watch failed: {exc}")
                 try:
                     if conn is None:
                         conn = await self._connect()

@@ -62,6 +62,9 @@ def make_triggers(cluster: FakeCluster, n: int, interval: float) -> list[SlurmJo
         cluster.finish_after[job_id] = 2 + i % 3
 
         class T(SlurmJobTrigger):
+            async def _refresh_certificate(self) -> None:
+                return None  # plain-key logins (the certificate path: test_trigger.py)
+
             def _poller(self) -> ClusterPoller:
                 return ClusterPoller.shared(
                     self.ssh_conn_id,

@@ -86,12 +86,13 @@ class CertificateState:
     def remaining_s(self, now: float) -> float:
         return self.valid_before - now
 
-    def describe(self, now: float) -> str:
-        left = self.remaining_s(now)
-        if left <= 0:
+    def describe(self, now: float, *, left: bool = True) -> str:
+        """``left=False`` leaves the seconds out (a message repeated while waiting stays the same)."""
+        remaining = self.remaining_s(now)
+        if remaining <= 0:
             return f"certificate {self.path} (id {self.key_id!r}) expired at {_when(self.valid_before)}"
-        return (f"certificate {self.path} (id {self.key_id!r}) valid until {_when(self.valid_before)} "
-                f"({left:.0f}s left)")
+        return (f"certificate {self.path} (id {self.key_id!r}) valid until {_when(self.valid_before)}"
+                + (f" ({remaining:.0f}s left)" if left else ""))
 
 
 _VALID = re.compile(r"^Valid:\s+(?:from\s+(\S+)\s+to\s+(\S+)|(forever)|after\s+(\S+)|before\s+(\S+))$")
@@ -138,8 +139,14 @@ def read_certificate(path: str | os.PathLike[str]) -> CertificateState | None:
     prints it.) An unreadable file raises :class:`CertificateUnavailable` naming it.
     """
     p = Path(path)
-    if not p.exists():
+    try:
+        st = p.stat()
+    except FileNotFoundError:
         return None
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    hit = _READ_CACHE.get(str(p))
+    if hit is not None and hit[0] == stamp:
+        return hit[1]  # every poll of every watch asks; the file changes once per renewal
     try:
         out = subprocess.run(["ssh-keygen", "-L", "-f", str(p)], capture_output=True, text=True, timeout=30,
                              check=False, env={**os.environ, "TZ": "UTC"}, stdin=subprocess.DEVNULL)
@@ -149,7 +156,13 @@ def read_certificate(path: str | os.PathLike[str]) -> CertificateState | None:
     if out.returncode != 0:
         raise CertificateUnavailable(f"certificate {p} cannot be read (ssh-keygen -L: {out.stderr.strip()[:200]}); "
                                      "renew it with the connection's cert_renew_command")
-    return parse_listing(str(p), out.stdout)
+    state = parse_listing(str(p), out.stdout)
+    _READ_CACHE[str(p)] = (stamp, state)
+    return state
+
+
+#: path -> ((inode, size, mtime_ns), state): a renewal replaces the file (a new inode), so a hit is current
+_READ_CACHE: dict[str, tuple[tuple[int, int, int], CertificateState]] = {}
 
 
 @dataclass(frozen=True)
@@ -253,6 +266,13 @@ def ensure_fresh(
     state = read_certificate(cert)
     if not renewal.due(state, now()):
         return Freshness(state, False, None)
+    memo = (key_file, renewal.command)
+    failed = _FAILED.get(memo)
+    if failed is not None and now() - failed[0] < RETRY_AFTER_S and failed[1] == (state.key_id if state else None):
+        # the same certificate's renewal failed moments ago: say so again, without running it again
+        if state is not None and state.remaining_s(now()) > 0:
+            return Freshness(state, False, failed[2])
+        raise CertificateUnavailable(failed[3])
     with _renewal_lock(key_file):
         state = read_certificate(cert)  # another process may have renewed it meanwhile
         if not renewal.due(state, now()):
@@ -262,18 +282,26 @@ def ensure_fresh(
         rc, detail = run(argv, renewal.timeout_s)
         fresh = read_certificate(cert) if rc == 0 else state
         if rc == 0 and fresh is not None and not renewal.due(fresh, now()):
+            _FAILED.pop(memo, None)
             return Freshness(fresh, True, f"SSH certificate renewed for {login}: {before}; now "
                                           f"{fresh.describe(now())}")
         why = (f"the renewal command {shown(' '.join(argv), max_chars=160)} exited {rc}: "
                f"{shown(detail, max_chars=300) or '(no output)'}" if rc != 0 else
                f"the renewal command {shown(' '.join(argv), max_chars=160)} succeeded but left "
                f"{fresh.describe(now()) if fresh else 'no certificate'}")
+        warning = (f"SSH certificate of {login} is due for renewal and {why}; logins keep working until it "
+                   f"expires ({state.describe(now(), left=False) if state else 'none'}); will try again in "
+                   f"{RETRY_AFTER_S:.0f}s")
+        error = (f"no valid SSH certificate for {login}: {state.describe(now()) if state else before}, and {why}. "
+                 "Fix the site's certificate authority or the connection's cert_renew_command; the factory "
+                 f"retries the renewal every {RETRY_AFTER_S:.0f}s and waits meanwhile (a running job is not affected)")
+        _FAILED[memo] = (now(), state.key_id if state else None, warning, error)
         if state is not None and state.remaining_s(now()) > 0:
-            return Freshness(state, False, f"SSH certificate of {login} is due for renewal and {why}; logins "
-                                           f"keep working until it expires ({state.describe(now())}); "
-                                           "will try again")
-        raise CertificateUnavailable(
-            f"no valid SSH certificate for {login}: {before}, and {why}. Fix the site's certificate "
-            "authority or the connection's cert_renew_command; the factory retries the renewal and "
-            "waits meanwhile (a running job is not affected)"
-        )
+            return Freshness(state, False, warning)
+        raise CertificateUnavailable(error)
+
+
+#: a failed renewal of a key is not run again for this long (every poll of every watch asks)
+RETRY_AFTER_S = 30.0
+#: (key file, command) -> (when, the certificate's key id then, the warning, the error) of its last failed renewal
+_FAILED: dict[tuple[str, tuple[str, ...]], tuple[float, str | None, str, str]] = {}
