@@ -54,6 +54,9 @@ __all__ = [
 
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+#: ONNX Runtime's input type names -> the numpy dtype the probe is fed as
+_ORT_INPUT_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64",
+                     "tensor(int32)": "int32"}
 
 
 class ExportError(FactoryError):
@@ -80,8 +83,9 @@ def recheck_onnx(onnx_path: Path, check_path: Path) -> dict[str, Any]:
     """Run ``model.onnx`` with ONNX Runtime on the job's synthetic probe; compare with PyTorch's logits.
 
     The job wrote ``onnx_check.json`` with the probe inputs, PyTorch's logits for them and the
-    tolerance (``|ort - torch| <= atol + rtol * |torch|``). Returns the job's check plus
-    ``export_recheck_max_abs_diff``.
+    tolerance (``|ort - torch| <= atol + rtol * |torch|``). The probe is fed in the dtype the
+    graph's input declares (float32 features of the tabular recipe, int64 token ids of the text
+    recipe). Returns the job's check plus ``export_recheck_max_abs_diff``.
 
     :raises ExportError: if the check file is missing or malformed, or the outputs differ.
     """
@@ -92,7 +96,7 @@ def recheck_onnx(onnx_path: Path, check_path: Path) -> dict[str, Any]:
         check = json.loads(Path(check_path).read_text())
         tol = check["tolerance"]
         atol, rtol = float(tol["atol"]), float(tol["rtol"])
-        probe = np.asarray(check["probe"]["features"], dtype="float32")
+        probe_values = check["probe"]["features"]
         expected = np.asarray(check["probe"]["logits"], dtype="float32")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ExportError(f"onnx_check.json is missing or malformed ({exc}); the job did not check its ONNX "
@@ -100,8 +104,22 @@ def recheck_onnx(onnx_path: Path, check_path: Path) -> dict[str, Any]:
     if not check.get("passed"):
         raise ExportError("the job's ONNX check did not pass (onnx_check.json); nothing was published")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    got = session.run(None, {name: probe})[0]
+    graph_input = session.get_inputs()[0]
+    # the probe is fed in the dtype the graph declares (float features, int64 token ids), never the check's say
+    dtype = _ORT_INPUT_DTYPES.get(graph_input.type)
+    if dtype is None:
+        raise ExportError(f"model.onnx takes {graph_input.type}; export re-checks only "
+                          f"{', '.join(sorted(_ORT_INPUT_DTYPES))} inputs. Nothing was published; fix the recipe")
+    try:
+        probe = np.asarray(probe_values, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ExportError(f"onnx_check.json: the probe is not a {dtype} array ({exc}); nothing was published. "
+                          "Rerun the train stage") from exc
+    try:
+        got = session.run(None, {graph_input.name: probe})[0]
+    except Exception as exc:  # onnxruntime raises its own types (a shape or a token id the graph refuses)
+        raise ExportError(f"model.onnx: ONNX Runtime cannot run the job's probe ({str(exc)[:300]}); nothing was "
+                          "published. Rerun the train stage") from exc
     if got.shape != expected.shape or not np.allclose(got, expected, atol=atol, rtol=rtol):
         diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
         raise ExportError(

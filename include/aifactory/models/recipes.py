@@ -24,6 +24,7 @@ any job is submitted, see :func:`check_dataset`)::
     data_checks:
       label_column: {min_classes: 2}       # the column named by hyperparameters.label_column
       feature_columns: {numeric: true}     # every column named by hyperparameters.feature_columns
+      text_column: {text: true}            # a column of strings (the text classifier's input)
 
 Adding a recipe is adding a folder: the DAG's trigger form lists every folder (``load_recipes``)
 the tenant allows, and the schema, resources and checks all come from its ``recipe.yaml``.
@@ -53,6 +54,7 @@ __all__ = [
     "check_dataset",
     "distinct_values_s3",
     "is_numeric_arrow_type",
+    "is_text_arrow_type",
     "DEFAULT_RECIPES_ROOT",
 ]
 
@@ -62,9 +64,12 @@ DEFAULT_RECIPES_ROOT = RECIPES_DIR
 #: Signals a recipe may ask Slurm to send before the time limit (``sbatch --signal``).
 _SIGNALS = ("USR1", "USR2", "TERM", "INT", "HUP", "URG")
 #: Checks ``data_checks`` may name, with the type of their argument.
-_DATA_CHECKS: dict[str, type] = {"min_classes": int, "numeric": bool}
+_DATA_CHECKS: dict[str, type] = {"min_classes": int, "numeric": bool, "text": bool}
 #: Arrow type names (``str(pa.DataType)``, as in the dataset manifest's schema) a network can read as numbers.
 _NUMERIC_TYPE_RE = re.compile(r"^(?:u?int(?:8|16|32|64)|halffloat|float(?:16|32|64)?|double|bool|decimal(?:32|64|128|256)?\(.*\))$")
+#: Arrow type names of text: strings, plain or dictionary-encoded (never binary: it need not be UTF-8).
+_STRING_TYPE = r"(?:(?:large_)?(?:string|utf8)|string_view)"
+_TEXT_TYPE_RE = re.compile(rf"^(?:{_STRING_TYPE}|dictionary<values={_STRING_TYPE}, .*>)$")
 
 
 @dataclass(frozen=True)
@@ -271,6 +276,11 @@ def is_numeric_arrow_type(type_name: str) -> bool:
     return bool(_NUMERIC_TYPE_RE.fullmatch(str(type_name).strip()))
 
 
+def is_text_arrow_type(type_name: str) -> bool:
+    """True for Arrow string type names (``string``, ``large_string``, ``string_view``, a dictionary of them)."""
+    return bool(_TEXT_TYPE_RE.fullmatch(str(type_name).strip()))
+
+
 def _columns(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
@@ -312,6 +322,11 @@ def check_dataset(
                 raise InputError(
                     f"hyperparameters.{hp_name}: column {shown(column)} of {dataset} has type {types[column]}, "
                     "not numeric; remove it from the run's hyperparameters or encode it as numbers"
+                )
+            if rules.get("text") and not is_text_arrow_type(types[column]):
+                raise InputError(
+                    f"hyperparameters.{hp_name}: column {shown(column)} of {dataset} has type {types[column]}, "
+                    "not text (strings); name the column that holds the text, or upload it as JSON strings"
                 )
             need = int(rules.get("min_classes", 0))
             if need and distinct_values is not None:

@@ -152,6 +152,9 @@ class TenantSpec:
     #: node features every job requires (``slurm.constraint``) and the reservation jobs run in (``slurm.reservation``)
     constraint: str | None = None
     reservation: str | None = None
+    #: may run its own training code from ``s3://<bucket>/<tenant>/code/<name>/`` (``own_code: true``;
+    #: the recipe choice ``own-code`` with a ``code_uri``: aifactory.models.own_code)
+    own_code: bool = False
 
     def suite_for(self, dataset_name: str) -> str:
         """The quality suite of one dataset: its own entry in ``quality_suites``, else ``quality_suite``."""
@@ -269,7 +272,14 @@ def parse_tenant(data: Mapping[str, Any], where: str = "tenant spec") -> TenantS
         gpu_types=gpu_types,
         constraint=constraint,
         reservation=reservation,
+        own_code=_flag(data.get("own_code", False), f"{where}: own_code"),
     )
+
+
+def _flag(raw: Any, where: str) -> bool:
+    if not isinstance(raw, bool):
+        raise InputError(f"{where} must be true or false, got {shown(raw)}")
+    return raw
 
 
 def _slurm_names(raw: Any, where: str, example: str) -> tuple[str, ...]:

@@ -1,13 +1,17 @@
-"""Data of the tabular classifier: the held-out split, batched Parquet reading, the first-pass statistics.
+"""Data of the tabular classifier: numeric features from Parquet record batches, the first-pass statistics.
 
-* **Data in batches.** The Parquet files are read with ``pyarrow.parquet.ParquetFile.iter_batches``
-  (only the label and feature columns, ``read_batch_rows`` rows at a time); at most one shuffle
-  buffer (``shuffle_buffer_rows``) of training rows is in memory, never the whole dataset. A first
-  pass computes the feature means and standard deviations of the training split and the classes.
+* **Data in batches.** The Parquet files are read in record batches (only the label and feature
+  columns, ``read_batch_rows`` rows at a time); at most one shuffle buffer
+  (``shuffle_buffer_rows``) of training rows is in memory, never the whole dataset. A first pass
+  computes the feature means and standard deviations of the training split and the classes.
 * **Held-out split fixed by the seed.** Row ``i`` of the dataset (counted across the sorted files)
   is a test row when ``splitmix64(i + seed * GOLDEN) / 2**64 < test_fraction``
   (:func:`test_mask`): the split does not depend on batch sizes, the number of ranks or restarts,
   and anyone holding the dataset can recompute it (the end-to-end test does).
+
+The files, the record batches, the split and the shuffled global batches are the job runtime's
+(:mod:`aifp_runtime.data`, the same for every recipe); this module turns record batches into
+features.
 """
 
 from __future__ import annotations
@@ -18,34 +22,21 @@ from pathlib import Path
 from typing import Any
 
 from aifp_runtime import BadInput
+from aifp_runtime.data import (
+    MAX_CLASSES,
+    class_key,
+    dataset_files,
+    file_order,
+    iter_record_batches,
+    label_ids,
+    shuffled_global_batches,
+    steps_per_epoch,
+    test_mask,
+)
 from aifp_runtime.text import shown, shown_list
 
-#: The split hash (splitmix64) constants.
-GOLDEN = 0x9E3779B97F4A7C15
-MAX_CLASSES = 10_000
-
-
-def test_mask(row_index: Any, seed: int, test_fraction: float) -> Any:
-    """True where global row ``row_index`` (numpy int array) belongs to the held-out test split.
-
-    splitmix64 of ``row_index + seed * GOLDEN`` (mod 2**64), compared with ``test_fraction * 2**64``:
-    a fixed pseudo-random draw per row, independent of how the rows are batched.
-    """
-    import numpy as np
-
-    with np.errstate(over="ignore"):
-        z = np.asarray(row_index, dtype=np.uint64) + np.uint64((int(seed) * GOLDEN) % (1 << 64))
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < float(test_fraction)
-
-
-def dataset_files(dataset_dir: Path) -> list[Path]:
-    files = sorted(Path(dataset_dir).glob("part-*.parquet")) or sorted(Path(dataset_dir).glob("*.parquet"))
-    if not files:
-        raise BadInput(f"no Parquet files (part-*.parquet) in dataset dir {dataset_dir}")
-    return files
+__all__ = ["Chunk", "DataStats", "check_schema", "dataset_files", "iter_chunks", "iter_global_batches",
+           "iter_test_rows", "scan_dataset", "steps_per_epoch", "test_mask"]
 
 
 def check_schema(files: list[Path], label: str, features: list[str]) -> None:
@@ -88,27 +79,13 @@ def iter_chunks(files: list[Path], label: str, features: list[str], read_rows: i
     split never moves).
     """
     import numpy as np
-    import pyarrow.parquet as pq
 
-    offsets, total = [], 0
-    handles = [pq.ParquetFile(f) for f in files]
-    for h in handles:
-        offsets.append(total)
-        total += h.metadata.num_rows
-    for i in order if order is not None else range(len(files)):
-        start = offsets[i]
-        for batch in handles[i].iter_batches(batch_size=read_rows, columns=[label, *features]):
-            n = batch.num_rows
-            for col in [label, *features]:
-                nulls = batch.column(col).null_count
-                if nulls:
-                    raise BadInput(f"column {shown(col)} has null values in {files[i].name}; clean the data "
-                                   "(the quality gate should have caught this)")
-            x = np.column_stack([batch.column(c).to_numpy(zero_copy_only=False).astype("float64") for c in features])
-            if not np.isfinite(x).all():
-                raise BadInput(f"feature columns contain NaN or infinite values in {files[i].name}; clean the data")
-            yield Chunk(index=np.arange(start, start + n, dtype=np.int64), x=x, y=batch.column(label).to_pylist())
-            start += n
+    for rows in iter_record_batches(files, [label, *features], read_rows, order):
+        batch = rows.batch
+        x = np.column_stack([batch.column(c).to_numpy(zero_copy_only=False).astype("float64") for c in features])
+        if not np.isfinite(x).all():
+            raise BadInput(f"feature columns contain NaN or infinite values in {rows.file.name}; clean the data")
+        yield Chunk(index=rows.index, x=x, y=batch.column(label).to_pylist())
 
 
 @dataclass
@@ -122,11 +99,6 @@ class DataStats:
     n_train: int
     n_test: int
     files: list[str]
-
-
-def class_key(v: Any) -> tuple[str, Any]:
-    # Sort classes by (type name, value) so mixed types cannot crash and the order is stable.
-    return (type(v).__name__, v)
 
 
 def scan_dataset(files: list[Path], hp: dict[str, Any]) -> DataStats:
@@ -164,69 +136,33 @@ def scan_dataset(files: list[Path], hp: dict[str, Any]) -> DataStats:
                      n_train=n_train, n_test=n_test, files=[f.name for f in files])
 
 
-def steps_per_epoch(n_train: int, batch: int, world: int) -> int:
-    """Global steps of one epoch: full global batches, plus a last one if every rank gets a row."""
-    full, rest = divmod(n_train, batch * world)
-    return full + (1 if rest >= world else 0)
-
-
 def iter_global_batches(files: list[Path], hp: dict[str, Any], stats: DataStats, epoch: int,
                         world: int) -> Iterator[tuple[Any, Any]]:
     """Yield the epoch's global batches ``(x normalised float32, y int64)`` of training rows.
 
-    Files are visited in an order drawn from ``(seed, epoch)``; training rows are gathered into a
-    shuffle buffer of ``shuffle_buffer_rows`` rows, shuffled with ``(seed, epoch, buffer number)``
-    and cut into global batches of ``batch_size * world`` rows. Deterministic for a given world size.
+    Files are visited in an order drawn from ``(seed, epoch)``; the runtime's shuffle buffer
+    (:func:`aifp_runtime.data.shuffled_global_batches`) cuts them into global batches of
+    ``batch_size * world`` rows. Deterministic for a given world size.
     """
-    import numpy as np
-
     seed, frac = int(hp["seed"]), float(hp["test_fraction"])
     label, features = hp["label_column"], list(hp["feature_columns"])
-    step_rows = int(hp["batch_size"]) * world
-    buffer_rows = max(int(hp["shuffle_buffer_rows"]), step_rows)
     index = {c: i for i, c in enumerate(stats.classes)}
-    order = [int(i) for i in np.random.default_rng([seed, epoch]).permutation(len(files))]
-    xs: list[Any] = []
-    ys: list[Any] = []
-    held = 0
-    buffer_no = 0
 
-    def drain(final: bool) -> Iterator[tuple[Any, Any]]:
-        nonlocal xs, ys, held, buffer_no
-        if not held:
-            return
-        x = np.concatenate(xs)
-        y = np.concatenate(ys)
-        perm = np.random.default_rng([seed, epoch, buffer_no]).permutation(len(y))
-        buffer_no += 1
-        x, y = x[perm], y[perm]
-        cut = len(y) if final else (len(y) // step_rows) * step_rows
-        for start in range(0, cut, step_rows):
-            part = slice(start, min(start + step_rows, cut))
-            if part.stop - part.start >= world:
-                yield x[part], y[part]
-        xs, ys = ([x[cut:]], [y[cut:]]) if cut < len(y) else ([], [])
-        held = len(y) - cut
+    def train_rows() -> Iterator[tuple[Any, Any]]:
+        for chunk in iter_chunks(files, label, features, int(hp["read_batch_rows"]),
+                                 file_order(seed, epoch, len(files))):
+            train = ~test_mask(chunk.index, seed, frac)
+            if train.any():
+                yield ((chunk.x[train] - stats.mean) / stats.std).astype("float32"), label_ids(chunk.y, train, index)
 
-    for chunk in iter_chunks(files, label, features, int(hp["read_batch_rows"]), order):
-        train = ~test_mask(chunk.index, seed, frac)
-        if not train.any():
-            continue
-        xs.append(((chunk.x[train] - stats.mean) / stats.std).astype("float32"))
-        ys.append(np.array([index[v] for v, keep in zip(chunk.y, train, strict=True) if keep], dtype="int64"))
-        held += int(train.sum())
-        if held >= buffer_rows:
-            yield from drain(final=False)
-    yield from drain(final=True)
+    yield from shuffled_global_batches(train_rows(), seed=seed, epoch=epoch, batch_size=int(hp["batch_size"]),
+                                       world=world, buffer_rows=int(hp["shuffle_buffer_rows"]))
 
 
 def iter_test_rows(files: list[Path], hp: dict[str, Any], stats: DataStats) -> Iterator[tuple[Any, Any]]:
     """Yield the held-out rows in file order as ``(raw float32 features, int64 labels)`` batches."""
-    import numpy as np
-
     index = {c: i for i, c in enumerate(stats.classes)}
     for chunk in iter_chunks(files, hp["label_column"], list(hp["feature_columns"]), int(hp["read_batch_rows"])):
         test = test_mask(chunk.index, int(hp["seed"]), float(hp["test_fraction"]))
         if test.any():
-            yield (chunk.x[test].astype("float32"),
-                   np.array([index[v] for v, keep in zip(chunk.y, test, strict=True) if keep], dtype="int64"))
+            yield chunk.x[test].astype("float32"), label_ids(chunk.y, test, index)

@@ -1,9 +1,10 @@
 """Train a small MLP classifier on tabular Parquet data. The recipe's entry point, run inside a Slurm job.
 
-This folder holds only the model code: ``tabular_data.py`` (split, batched reading, statistics),
-``tabular_model.py`` (the MLP and its PyTorch/safetensors/ONNX export) and this training loop.
-Everything else a job does - distributed setup, signals and requeue, checkpoints, the completion
-marker - is the platform's job runtime (``aifp_runtime``, shipped beside this file by
+This folder holds only the model code: ``tabular_data.py`` (numeric features, statistics),
+``tabular_model.py`` (the MLP and its export) and this file. Everything else a job does - distributed
+setup, signals and requeue, checkpoints and resume, the training loop, reading the dataset and its
+held-out split, the PyTorch/safetensors/ONNX files and their parity check, the completion marker -
+is the platform's job runtime (``aifp_runtime``, shipped beside this file by
 ``aifactory.models.bundle``). Nothing here imports the factory's core package.
 
 Usage (in a run directory)::
@@ -13,8 +14,9 @@ Usage (in a run directory)::
 
 * **Deterministic.** Seeds fix the initial weights and every shuffle (``(seed, epoch, buffer)``);
   ``torch.use_deterministic_algorithms(True)``.
-* **Distributed data parallel.** A global step is ``batch_size * world_size`` rows; rank ``r``
-  trains on rows ``r::world_size`` of it, and ``DistributedDataParallel`` averages the gradients.
+* **Distributed data parallel** (:func:`aifp_runtime.training.fit`). A global step is
+  ``batch_size * world_size`` rows; rank ``r`` trains on rows ``r::world_size`` of it, and
+  ``DistributedDataParallel`` averages the gradients.
 * **Checkpoints** every ``checkpoint_every_steps`` steps or ``checkpoint_every_minutes`` minutes.
 * **Preemption.** On SIGTERM or SIGUSR1 every rank stops after its current step, rank 0
   checkpoints and the runtime requeues the job (at most ``max_requeues`` times). On restart the
@@ -33,10 +35,7 @@ by SIGTERM without a requeue (cancelled); 1 anything unexpected.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import os
 import socket
 import sys
 import time
@@ -50,6 +49,7 @@ from aifp_runtime.contract import ONNX_CHECK_FILE  # noqa: E402
 from aifp_runtime.job import log  # noqa: E402
 from aifp_runtime.signals import restart_count  # noqa: E402
 from aifp_runtime.text import shown  # noqa: E402
+from aifp_runtime.training import fit, hp_digest, seed_torch  # noqa: E402
 from tabular_data import (  # noqa: E402
     check_schema,
     dataset_files,
@@ -58,7 +58,7 @@ from tabular_data import (  # noqa: E402
     scan_dataset,
     steps_per_epoch,
 )
-from tabular_model import FORMATS, ONNX_OPSET, build_model, export_artifacts, export_module  # noqa: E402
+from tabular_model import FORMATS, ONNX_OPSET, build_model, export_model_files, export_module  # noqa: E402
 
 DEFAULTS: dict[str, Any] = {
     "epochs": 20,
@@ -94,16 +94,13 @@ def check_hyperparameters(hp: dict[str, Any]) -> None:
             raise BadInput(f"hyperparameters.{key} must be a positive integer, got {hp[key]!r}")
 
 
-def hp_digest(hp: dict[str, Any]) -> str:
-    """Identity of what is trained: a checkpoint of other hyperparameters is never resumed."""
-    keep = {k: hp[k] for k in ("label_column", "feature_columns", "epochs", "hidden_units", "learning_rate",
-                               "batch_size", "test_fraction", "seed", "shuffle_buffer_rows")}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+#: the hyperparameters that decide what is trained: a checkpoint of others is never resumed
+TRAINED_BY = ("label_column", "feature_columns", "epochs", "hidden_units", "learning_rate", "batch_size",
+              "test_fraction", "seed", "shuffle_buffer_rows")
 
 
 def main(job: Job) -> int:
     """Train (resuming from the latest checkpoint), then (rank 0) write the outputs."""
-    import numpy as np
     import torch
 
     hp = job.params.hyperparameters
@@ -114,13 +111,8 @@ def main(job: Job) -> int:
     world, rank = dist_info.world, dist_info.rank
     job.prepare_outputs()
     output_dir = job.params.output_dir
-
-    threads = int(os.environ.get("SLURM_CPUS_PER_TASK", "1") or 1)
-    torch.set_num_threads(max(1, threads))
     seed = int(hp["seed"])
-    torch.manual_seed(seed)
-    np.random.seed(seed % (1 << 32))
-    torch.use_deterministic_algorithms(True)
+    threads = seed_torch(seed)
 
     label, features = hp["label_column"], list(hp["feature_columns"])
     files = dataset_files(job.params.dataset_dir)
@@ -137,68 +129,16 @@ def main(job: Job) -> int:
 
     model = build_model(len(features), int(hp["hidden_units"]), len(stats.classes)).to(dist_info.device)
     optimiser = torch.optim.Adam(model.parameters(), lr=float(hp["learning_rate"]))
-    digest = hp_digest(hp)
-    step = 0
-    state = job.checkpoints.load()
-    if state is not None and (state.get("hp_digest") != digest or state.get("world") != world):
-        if dist_info.main:
-            log(f"resume: ignoring checkpoint at step {state.get('step')}: it was made with other hyperparameters "
-                "or another number of ranks; starting from step 0")
-        state = None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        step = int(state["step"])
-        if dist_info.main:
-            log(f"resume: from checkpoint step={step} (epoch {step // per_epoch + 1}); "
-                f"steps 1..{step} are not trained again")
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def checkpoint_state() -> dict[str, Any]:
-        return {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "hp_digest": digest,
-                "world": world, "saved_at": time.time()}
-
-    log_every = int(hp["log_every_steps"])
-    epoch_loss = float("nan")
-    for epoch in range(step // per_epoch + 1, epochs + 1):
-        ddp.train()
-        done_in_epoch = step - (epoch - 1) * per_epoch
-        total, seen = 0.0, 0
-        for i, (xb, yb) in enumerate(iter_global_batches(files, hp, stats, epoch, world)):
-            if i < done_in_epoch:
-                continue  # finished before a restart: its data is read, not trained again
-            if job.stop_agreed(dist_info):  # every rank stops at the same step
-                break
-            x = torch.from_numpy(xb[rank::world]).to(dist_info.device)
-            y = torch.from_numpy(yb[rank::world]).to(dist_info.device)
-            optimiser.zero_grad()
-            loss = loss_fn(ddp(x), y)
-            loss.backward()
-            optimiser.step()
-            step += 1
-            total += loss.item() * len(y)
-            seen += len(y)
-            if dist_info.main and (step % log_every == 0 or step == total_steps):
-                log(f"step={step}/{total_steps} epoch={epoch}/{epochs} loss={loss.item():.4f}")
-            job.test_step_pause()
-            job.checkpoint(step, checkpoint_state)
-        if job.stopped:
-            break
-        if seen:
-            epoch_loss = total / seen
-            if dist_info.main:
-                log(f"epoch={epoch}/{epochs} step={step} loss={epoch_loss:.4f}")
-
-    if job.stopped or (job.stop.signal and step < total_steps):
-        return job.stop_and_requeue(step, checkpoint_state)
-    if job.checkpoints.unsaved(step):
-        job.checkpoint(step, checkpoint_state, reason="final", force=True)  # a restart below does not train again
-    if world > 1:
-        del ddp
-    dist_info.leave()
+    trained = fit(job, dist_info, model, optimiser,
+                  batches=lambda epoch: iter_global_batches(files, hp, stats, epoch, world),
+                  per_epoch=per_epoch, epochs=epochs, digest=hp_digest(hp, TRAINED_BY), seed=seed,
+                  log_every=int(hp["log_every_steps"]))
+    if trained.exit_code is not None:
+        return trained.exit_code
     if not dist_info.main:
         return 0
+    step = trained.step
+    loss_fn = torch.nn.CrossEntropyLoss()
 
     # ---- rank 0: evaluate on the held-out split and write the outputs (marker last) ----
     model.eval()
@@ -218,7 +158,7 @@ def main(job: Job) -> int:
             correct_train += int((logits.argmax(1) == torch.from_numpy(yb)).sum())
             seen_train += len(yb)
     test_acc = correct / n
-    check = export_artifacts(model, stats, hp, files, output_dir)
+    check = export_model_files(model, stats, hp, files, output_dir)
     config = {
         "architecture": "mlp-1-hidden",
         "input_dim": len(features),
@@ -242,7 +182,7 @@ def main(job: Job) -> int:
         "test_accuracy": test_acc,
         "onnx_test_accuracy": check["heldout_accuracy_onnx"],
         "train_accuracy": correct_train / seen_train if seen_train else None,
-        "loss": epoch_loss if math.isfinite(epoch_loss) else None,  # no epoch ran after a resume
+        "loss": trained.loss_or_none,  # None: no epoch ran after a resume
         "test_loss": test_loss / n,
         "n_train": stats.n_train,
         "n_test": stats.n_test,

@@ -24,7 +24,9 @@ The API a recipe uses::
 
 Modules: :mod:`.job` (params, entry point, exit codes), :mod:`.distributed`, :mod:`.signals`
 (stop requests and self-requeue), :mod:`.checkpoints`, :mod:`.outputs` (atomic writes and the
-completion marker through :mod:`.contract`).
+completion marker through :mod:`.contract`); for classifier recipes :mod:`.data` (dataset files,
+the held-out split, batches), :mod:`.training` (the resumable data-parallel loop, ``fit``) and
+:mod:`.export` (PyTorch, safetensors and ONNX files and the ONNX Runtime parity check).
 """
 
 from __future__ import annotations
