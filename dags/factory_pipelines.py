@@ -26,7 +26,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, AssetAlias, Param
 
-from aifactory.layout import pipeline_dag_id, ssh_pool
+from aifactory.layout import CODE_LOCK_FILE, OWN_CODE_RECIPE, code_prefix, pipeline_dag_id, ssh_pool
+from aifactory.models.own_code import code_uri_pattern
 from aifactory.models.recipes import load_recipes
 from aifactory.tenants import TenantSpec, good_tenants, load_cluster
 from aifactory.tenants.params import dataset_uri_pattern
@@ -56,6 +57,7 @@ def trigger_form(spec: TenantSpec, recipe_names: Iterable[str] | None = None) ->
     lim, d = spec.limits, spec.defaults
     recipes = sorted(r for r in (load_recipes() if recipe_names is None else recipe_names) if spec.allows_recipe(r))
     raw = spec.raw_uri_prefix
+    code = f"s3://{spec.bucket}/{code_prefix(spec.tenant)}<name>/"
     return {
         "dataset_uri": form_param(
             d.get("dataset_uri", raw),
@@ -65,8 +67,15 @@ def trigger_form(spec: TenantSpec, recipe_names: Iterable[str] | None = None) ->
             pattern=dataset_uri_pattern(raw),  # the same rule validate applies
             maxLength=1024,
         ),
-        "recipe": form_param(d.get("recipe", recipes[0] if recipes else ""), type="string", enum=recipes,
-                            title="Training recipe", description="A folder under include/recipes/."),
+        "recipe": form_param(d.get("recipe", recipes[0] if recipes else ""), type="string",
+                            enum=[*recipes, *([OWN_CODE_RECIPE] if spec.own_code else [])], title="Training recipe",
+                            description="A folder under include/recipes/"
+                            + (f", or {OWN_CODE_RECIPE}: your own code at Code URI." if spec.own_code else ".")),
+        **({"code_uri": form_param(
+            None, type=["null", "string"], title="Code URI",
+            description=f"With recipe {OWN_CODE_RECIPE}: your code folder {code} (recipe.yaml, the entry point, "
+                        f"{CODE_LOCK_FILE}); docs/own-code.md.",
+            pattern=code_uri_pattern(spec.bucket, spec.tenant), maxLength=1024)} if spec.own_code else {}),
         "hyperparameters": form_param(d.get("hyperparameters", {}), type="object", title="Hyperparameters",
                                      description="Checked against the recipe's JSON schema before anything runs."),
         "partition": form_param(d.get("partition", spec.partitions[0]), type="string", enum=list(spec.partitions),

@@ -196,7 +196,8 @@ class SlurmJobOperator(BaseOperator):
         else:
             cluster = load_cluster(self.cluster or spec.cluster)
         recipe = self.load_recipe()
-        if not spec.allows_recipe(recipe.name):
+        own = self.own_code()
+        if own is None and not spec.allows_recipe(recipe.name):
             raise InputError(f"recipe {recipe.name!r} is not a recipe enabled for tenant {self.tenant!r}; "
                              f"allowed: {list(spec.recipes)}")
         ti = context["ti"]
@@ -210,8 +211,13 @@ class SlurmJobOperator(BaseOperator):
             resources=self.slurm_resources if isinstance(self.slurm_resources, Resources)
             else _as_mapping(self.slurm_resources, "resources"),
             task=task, dataset_dir=self.dataset_dir or None, run_dir=self.run_dir,
-            poll_interval=self.poll_interval,
+            poll_interval=self.poll_interval, own_code=own,
         )
+
+    def own_code(self) -> Any:
+        """The tenant's own code this task trains (an ``aifactory.models.own_code.OwnCode``), or None
+        for a platform recipe (RecipeTrainOperator fetches it)."""
+        return None
 
     def _get_hook(self, plan: JobPlan) -> FactorySSHHook:
         if self._hook is None or self._hook_conn_id != plan.ssh_conn_id:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -209,9 +210,20 @@ class ValidateRunOperator(FactoryOperator):
         from aifactory.tenants import validate_run_params
         from aifactory.text import shown
 
-        params = self.call(validate_run_params, context["params"], self.tenant_spec())
+        spec = self.tenant_spec()
+        with ExitStack() as held:
+            def own_code(prefix: str) -> Any:  # recipe own-code: the tenant's folder, checked here first
+                from aifactory import layout
+                from operators.own_code import fetched_code
+
+                return held.enter_context(fetched_code(self.s3(), spec, layout.s3_uri(spec.bucket, prefix)))
+
+            params = self.call(validate_run_params, context["params"], spec, own_code=own_code)
         self.log.info("run parameters are valid: recipe=%s resources=%s", shown(params.recipe),
                       params.resources.as_dict())
+        if params.code_uri:
+            self.log.info("own code %s: recipe.yaml, %s and every .py file checked; content sha256 %s (later "
+                          "tasks train exactly this)", params.code_uri, "requirements.lock", params.code_digest)
         # the typed result every later stage reads (RunParams.from_xcom), never the raw form again
         return params.to_xcom()
 
@@ -383,10 +395,21 @@ class ExportModelOperator(FactoryOperator):
         self.model_asset_alias = model_asset_alias
         self.run_key = run_key
 
+    def _recipe_card(self, spec: TenantSpec, params: RunParams) -> dict[str, str]:
+        """What the recipe says of its models (``model_card:``): the platform recipe's, or the one in
+        the tenant's own code folder (fetched again: the content the run was validated with)."""
+        if not params.code_uri:
+            from aifactory.models.recipes import load_recipes
+
+            return load_recipes()[params.recipe].model_card
+        from operators.own_code import fetched_code
+
+        with fetched_code(self.s3(), spec, params.code_uri, expect_digest=params.code_digest) as code:
+            return dict(code.recipe.model_card)
+
     def execute(self, context: Context) -> dict[str, Any]:
         from aifactory import layout
         from aifactory.models.export import CardContext, export_model, model_version
-        from aifactory.models.recipes import load_recipes
         from aifactory.version import code_version
 
         spec = self.tenant_spec()
@@ -418,7 +441,7 @@ class ExportModelOperator(FactoryOperator):
                 "resources": self.training.get("resources"),
             },
             code_version=code_version(),
-            usage=load_recipes()[params.recipe].model_card,
+            usage=self.call(self._recipe_card, spec, params),
         )
         with self.remote().shell() as shell:
             result = self.call(

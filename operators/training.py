@@ -20,8 +20,12 @@ missing or differing files are sent again before the job may read them
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import AirflowException
 
 from operators.slurm import SlurmJobOperator
 
@@ -52,6 +56,10 @@ class RecipeTrainOperator(SlurmJobOperator):
         self.run_params = run_params
         self.staged = staged
         self._manifest: Any = None  # the dataset version's manifest, read by check_data
+        self.code_uri: str | None = None  # the tenant's own code, from the validated params
+        self.code_digest: str | None = None
+        self._code: Any = None  # its checked folder on this worker (fetched once per try)
+        self._code_stack: ExitStack | None = None  # holds the fetched folder until the try ends
 
     def apply_run_params(self) -> None:
         """Take recipe, hyperparameters and resources from the validate task's typed result, and the
@@ -71,6 +79,76 @@ class RecipeTrainOperator(SlurmJobOperator):
         self.recipe = params.recipe
         self.hyperparameters = dict(params.hyperparameters)
         self.slurm_resources = params.resources  # bounded once by validate; not re-checked against today's spec
+        self.code_uri, self.code_digest = params.code_uri, params.code_digest
+
+    # ---------------------------------------------------------------------------------------------
+    # The tenant's own code (docs/own-code.md): fetched once per try, the content validate saw
+    # ---------------------------------------------------------------------------------------------
+
+    def own_code(self) -> Any:
+        if not self.code_uri:
+            return None
+        if self._code is None:
+            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+            from aifactory.platform.objectstore import tenant_s3_conn_id
+            from operators.own_code import fetched_code
+
+            spec = self.load_spec()
+            s3 = S3Hook(aws_conn_id=tenant_s3_conn_id(spec)).get_conn()  # the tenant's own credential
+            self._code_stack = self._code_stack or ExitStack()
+            self._code = self._code_stack.enter_context(
+                fetched_code(s3, spec, self.code_uri, expect_digest=self.code_digest))
+            self.log.info("own code %s: recipe %s, content sha256 %s, %d pinned requirement(s), environment %s",
+                          self.code_uri, self._code.recipe.name, self._code.digest[:16],
+                          len(self._code.lock.requirements), self._code.env_id)
+        return self._code
+
+    def load_recipe(self) -> Any:
+        code = self.own_code()
+        return code.recipe if code is not None else super().load_recipe()
+
+    def _build_env(self, hook: Any, plan: Any) -> None:
+        """Build (or find) the code's environment on the login node, as the tenant, before sbatch:
+        a bad lock file fails here, before any allocation is spent."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from aifactory import layout
+        from aifactory.errors import InputError
+        from aifactory.hpc.remote import q
+        from aifactory.models.own_code import env_build_command, materialize_wheels, read_env_result
+        from aifactory.tenants import load_cluster
+
+        code = self._code
+        env = layout.env_dir(plan.tenant_root, code.env_id)
+        src = env + ".src"
+        try:
+            command = env_build_command(env_dir=env, src_dir=src, base_python=load_cluster(plan.cluster).python,
+                                        lock=code.lock, with_wheels=bool(code.wheels))
+        except InputError as exc:
+            raise AirflowFailException(f"InputError: {exc}. Nothing was submitted to Slurm") from exc
+        rc, out, err = hook.run("mkdir -p -m 0700 -- " + q(src, f"{src}/{layout.CODE_WHEELS_DIR}"), timeout=60)
+        if rc != 0:
+            raise AirflowException(f"could not create {src} on the cluster (exit {rc}): {err.strip()[-300:]}")
+        with hook.sftp() as sftp:
+            materialize_wheels(code, lambda local, remote: sftp.put(str(local), remote), src)
+        self.log.info("Python environment %s: looking for it, or building it from %s (%d pinned requirement(s))",
+                      code.env_id, layout.CODE_LOCK_FILE, len(code.lock.requirements))
+        started = time.monotonic()
+        rc, out, err = hook.run(command, timeout=1800)
+        if rc != 0:
+            raise AirflowFailException(
+                f"building the Python environment {code.env_id} of {self.code_uri} from its {layout.CODE_LOCK_FILE} "
+                f"failed on the cluster (exit {rc}): {(err.strip() or out.strip())[-1500:]}. Fix the lock file (or "
+                "the wheels it names) and upload the code again; nothing was submitted to Slurm")
+        reused, marker = read_env_result(out)
+        if reused:
+            self.log.info("Python environment %s reused: built %s from lock sha256 %s; the job runs %s/bin/python",
+                          code.env_id, marker.get("built_at", "earlier"), code.lock.sha256[:16], env)
+        else:
+            self.log.info("Python environment %s built in %.1f s from lock sha256 %s (%s); the job runs %s/bin/python",
+                          code.env_id, time.monotonic() - started, code.lock.sha256[:16],
+                          ", ".join(marker.get("requirements") or []) or "no extra packages", env)
 
     def check_data(self, context: Context) -> list[str]:
         """Run the recipe's data checks; AirflowFailException (no retry) naming the field if one fails."""
@@ -108,8 +186,11 @@ class RecipeTrainOperator(SlurmJobOperator):
         return checked
 
     def before_submit(self, hook: Any, plan: Any, context: Context) -> None:
-        """The staged copy must still be the dataset version the job is planned on: checked against
-        the manifest on the cluster, and what differs is sent again (see the module docstring)."""
+        """The tenant's own code gets its environment; the staged copy must still be the dataset
+        version the job is planned on: checked against the manifest on the cluster, and what
+        differs is sent again (see the module docstring)."""
+        if self._code is not None:
+            self._build_env(hook, plan)
         if self.staged is None or self._manifest is None:
             return  # no stage task upstream (a DAG author's own dataset_dir): nothing to compare with
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -153,5 +234,10 @@ class RecipeTrainOperator(SlurmJobOperator):
                 "sha256 before sbatch (%d kept)", result.remote_dir, result.sent_files, result.reused_files)
 
     def execute(self, context: Context) -> dict[str, Any] | None:
-        self.check_data(context)
-        return super().execute(context)
+        try:
+            self.check_data(context)
+            return super().execute(context)
+        finally:
+            if self._code_stack is not None:
+                self._code_stack.close()  # the fetched code (its files are uploaded by now, or not needed)
+            self._code = self._code_stack = None

@@ -147,6 +147,14 @@ JOB_WRAPPER = "job.sh"
 CONTAINER_ARGV_FILE = "container.argv"
 RUNTIME_PACKAGE = "aifp_runtime"
 MODEL_CARD_MD = "MODEL_CARD.md"
+#: the recipe choice of a run that trains the tenant's own code (its code_uri) instead of a platform recipe
+OWN_CODE_RECIPE = "own-code"
+#: a tenant code folder's locked requirements (pip's format, every line pinned with --hash)
+CODE_LOCK_FILE = "requirements.lock"
+#: a tenant code folder's wheels, for sites whose login nodes reach no package index
+CODE_WHEELS_DIR = "wheels"
+#: written last into a built environment: what it was built from
+ENV_READY_MARKER = ".aifp-env.json"
 MODEL_CARD_JSON = "model_card.json"
 #: the shard file of a dataset version
 SHARD_NAME_FORMAT = "part-{index:05d}.parquet"
@@ -209,6 +217,16 @@ def models_prefix(tenant: str) -> str:
 def model_prefix(tenant: str, model: str, version: str) -> str:
     """One published model version."""
     return f"{tenant}/models/{model}/{version}/"
+
+
+def code_prefix(tenant: str) -> str:
+    """Where a tenant uploads its own training code: one folder per code name (docs/own-code.md)."""
+    return f"{tenant}/code/"
+
+
+def code_folder_prefix(tenant: str, name: str) -> str:
+    """One code folder of a tenant (``<tenant>/code/<name>/``, ``name`` by :data:`NAME_RE`)."""
+    return f"{tenant}/code/{name}/"
 
 
 def doctor_probe_key(tenant: str) -> str:
@@ -278,6 +296,16 @@ def slow_steps_switch_path(run_dir_: str) -> str:
     """
     parent, name = posixpath.split(run_dir_.rstrip("/"))
     return f"{parent}/.aifp-slow-steps/{name}"
+
+
+def envs_dir(tenant_root: str) -> str:
+    """The Python environments built for the tenant's own code, one per lock file."""
+    return f"{tenant_root}/envs"
+
+
+def env_dir(tenant_root: str, env_id: str) -> str:
+    """One environment (``env_id``: ``env-<16 hex of the lock file's sha256>``)."""
+    return f"{tenant_root}/envs/{env_id}"
 
 
 def platform_bin_dir(tenant_root: str) -> str:

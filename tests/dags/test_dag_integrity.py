@@ -50,8 +50,8 @@ def test_trigger_form_is_bounded_by_the_tenant_spec(dagbag):
     spec = load_tenant("demo")
     params = dagbag.dags["factory_demo"].params
     schema = {k: params.get_param(k).schema for k in params.keys()}
-    assert set(schema) == {"dataset_uri", "recipe", "hyperparameters", "partition", "nodes", "gpus_per_node",
-                           "cpus_per_task", "mem_gb", "time_limit_minutes"}
+    assert set(schema) == {"dataset_uri", "recipe", "code_uri", "hyperparameters", "partition", "nodes",
+                           "gpus_per_node", "cpus_per_task", "mem_gb", "time_limit_minutes"}
     # limits are stated in the form and enforced by validate (a limit lowered mid-run must not fail the run)
     assert f"At most {spec.limits.max_nodes} " in params.get_param("nodes").description
     assert f"At most {spec.limits.max_mem_gb} " in params.get_param("mem_gb").description
@@ -60,6 +60,10 @@ def test_trigger_form_is_bounded_by_the_tenant_spec(dagbag):
     assert "tabular_classifier" in schema["recipe"]["enum"]
     assert schema["dataset_uri"]["pattern"].startswith("^s3://aifactory/demo/raw/")
     assert schema["hyperparameters"]["type"] == "object"
+    # the tenant's own code (own_code: true): a choice of the recipe field, and a folder of its code area
+    assert schema["recipe"]["enum"][-1] == "own-code"
+    assert schema["code_uri"]["pattern"] == "^s3://aifactory/demo/code/[a-z0-9][a-z0-9_-]{0,63}/$"
+    assert params["code_uri"] is None  # a platform recipe needs none
 
 
 def test_dag_file_imports_no_heavy_library():

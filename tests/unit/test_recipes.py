@@ -299,7 +299,8 @@ def test_new_recipe_folder_appears_in_the_trigger_form(tmp_path, monkeypatch):
     monkeypatch.setattr(recipes_mod, "DEFAULT_RECIPES_ROOT", root)
     monkeypatch.setattr(recipes_mod.load_recipes, "__defaults__", (root,))
     dag = runpy.run_path(str(Path(__file__).resolve().parents[2] / "dags" / "factory_pipelines.py"))["factory_demo"]
-    assert dag.params.get_param("recipe").schema["enum"] == ["tabular_classifier", "tiny_test_recipe"]
+    # and the tenant's own code, which the demo tenant may run (own_code: true)
+    assert dag.params.get_param("recipe").schema["enum"] == ["tabular_classifier", "tiny_test_recipe", "own-code"]
     from aifactory.tenants import load_tenant, validate_run_params
 
     params = validate_run_params({"dataset_uri": "s3://aifactory/demo/raw/x.csv", "recipe": "tiny_test_recipe",

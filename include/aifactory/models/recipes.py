@@ -43,7 +43,7 @@ from typing import Any
 import jsonschema
 
 from aifactory.errors import InputError
-from aifactory.layout import NAME_RE, RECIPES_DIR, SAFE_FILE_RE
+from aifactory.layout import NAME_RE, OWN_CODE_RECIPE, RECIPES_DIR, SAFE_FILE_RE
 from aifactory.text import shown, shown_list
 from aifactory.yamlfiles import cached, parse_yaml
 
@@ -174,6 +174,8 @@ def _load_recipe(folder: Path) -> Recipe:
     name = spec.get("name", folder.name)
     if name != folder.name or not NAME_RE.fullmatch(name):
         raise InputError(f"recipe {folder.name!r}: name {name!r} must equal the folder name and match {NAME_RE.pattern}")
+    if name == OWN_CODE_RECIPE:
+        raise InputError(f"recipe {name!r}: the name is the trigger form's choice of a tenant's own code; rename it")
     schema = spec.get("hyperparameters")
     if not isinstance(schema, dict) or schema.get("type") != "object":
         raise InputError(f"recipe {name!r}: 'hyperparameters' must be a JSON schema of type object")

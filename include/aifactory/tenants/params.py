@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aifactory import layout
 from aifactory.data.s3 import check_tenant_uri
 from aifactory.errors import InputError
 from aifactory.hpc.slurm import Resources
+from aifactory.layout import OWN_CODE_RECIPE
+from aifactory.models.own_code import OwnCode, parse_code_uri
 from aifactory.models.recipes import Recipe, load_recipes
 from aifactory.tenants.spec import TenantSpec
 from aifactory.text import shown, shown_list, unprintable
@@ -40,7 +43,7 @@ from aifactory.text import shown, shown_list, unprintable
 #: the trigger form's resource fields (the user-choosable part of :class:`Resources`)
 RESOURCE_FIELDS = ("partition", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "time_limit_minutes")
 #: every top-level field of the trigger form; any other conf key is refused
-FORM_FIELDS = ("dataset_uri", "recipe", "hyperparameters", *RESOURCE_FIELDS)
+FORM_FIELDS = ("dataset_uri", "recipe", "code_uri", "hyperparameters", *RESOURCE_FIELDS)
 #: the hyperparameter a recipe's job reads as its requeue budget (the platform job runtime's name)
 REQUEUES_HYPERPARAMETER = "max_requeues"
 #: the fields of :meth:`RunParams.to_xcom` and the JSON type each must have
@@ -64,6 +67,10 @@ class RunParams:
     recipe: str
     hyperparameters: dict[str, Any]
     resources: Resources
+    #: the tenant's own code (``recipe`` is then its folder's name) and the sha256 of its content
+    #: when the run was validated; None for a platform recipe
+    code_uri: str | None = None
+    code_digest: str | None = None
 
     def resource_request(self) -> dict[str, Any]:
         """The user-choosable part of the resources, as the train task takes it."""
@@ -77,6 +84,8 @@ class RunParams:
             "recipe": self.recipe,
             "hyperparameters": dict(self.hyperparameters),
             "resources": self.resources.as_dict(),
+            "code_uri": self.code_uri,
+            "code_digest": self.code_digest,
         }
 
     @classmethod
@@ -95,11 +104,16 @@ class RunParams:
         for name, kind in _RESOURCE_TYPES.items():
             _expect(resources, name, kind, "validated params: resources")
         _finite(data["hyperparameters"], "validated params: hyperparameters")
+        for name in ("code_uri", "code_digest"):  # absent in a validate task of an older release
+            if not isinstance(data.get(name), (str, type(None))):
+                raise InputError(f"validated params: {name} must be str or null; clear the validate task")
         return cls(
             dataset_uri=data["dataset_uri"],
             recipe=data["recipe"],
             hyperparameters=dict(data["hyperparameters"]),
             resources=Resources(**{k: resources[k] for k in _RESOURCE_TYPES}),
+            code_uri=data.get("code_uri"),
+            code_digest=data.get("code_digest"),
         )
 
 
@@ -262,11 +276,16 @@ def check_dataset_uri(uri: Any, tenant: TenantSpec) -> str:
 
 
 def validate_run_params(
-    params: Mapping[str, Any], tenant: TenantSpec, recipes: Mapping[str, Recipe] | None = None
+    params: Mapping[str, Any],
+    tenant: TenantSpec,
+    recipes: Mapping[str, Recipe] | None = None,
+    own_code: Callable[[str], OwnCode] | None = None,
 ) -> RunParams:
     """Validate a run's params against the tenant spec and the recipe; raise InputError naming the field.
 
     :param recipes: the recipe folders that exist (default: those under ``include/recipes``).
+    :param own_code: fetches and checks the tenant's code folder of a ``code_uri`` (the validate
+        task's, with the tenant's own S3 credential); needed for ``recipe: own-code`` only.
     """
     check_known_fields(params)
     _finite(dict(params), "params")
@@ -275,14 +294,32 @@ def validate_run_params(
     if recipes is None:
         recipes = load_recipes()
     recipe_name = params.get("recipe")
-    if not isinstance(recipe_name, str) or recipe_name not in recipes:
-        raise InputError(f"recipe: {shown(recipe_name)} is not a known recipe; choose one of {sorted(recipes)}")
-    if not tenant.allows_recipe(recipe_name):
-        raise InputError(
-            f"recipe: {shown(recipe_name)} is not available to tenant {tenant.tenant}; "
-            f"choose one of {list(tenant.recipes)}"
-        )
-    recipe = recipes[recipe_name]
+    code_uri = params.get("code_uri") or None
+    code: OwnCode | None = None
+    if recipe_name == OWN_CODE_RECIPE:
+        if not tenant.own_code:
+            raise InputError(f"recipe: tenant {tenant.tenant} may not run its own code (own_code is off in its "
+                             "spec); choose one of the platform's recipes")
+        if code_uri is None:
+            raise InputError(f"code_uri: recipe {OWN_CODE_RECIPE} trains the code folder code_uri names; give "
+                             f"s3://{tenant.bucket}/{layout.code_prefix(tenant.tenant)}<name>/")
+        prefix, _ = parse_code_uri(code_uri, tenant.bucket, tenant.tenant)
+        if own_code is None:
+            raise InputError("code_uri: this caller cannot fetch code (a platform bug: pass own_code)")
+        code = own_code(prefix)
+        recipe = code.recipe
+    else:
+        if code_uri is not None:
+            raise InputError(f"code_uri: only recipe {OWN_CODE_RECIPE} trains a code folder; recipe "
+                             f"{shown(recipe_name)} is the platform's. Clear code_uri or choose {OWN_CODE_RECIPE}")
+        if not isinstance(recipe_name, str) or recipe_name not in recipes:
+            raise InputError(f"recipe: {shown(recipe_name)} is not a known recipe; choose one of {sorted(recipes)}")
+        if not tenant.allows_recipe(recipe_name):
+            raise InputError(
+                f"recipe: {shown(recipe_name)} is not available to tenant {tenant.tenant}; "
+                f"choose one of {list(tenant.recipes)}"
+            )
+        recipe = recipes[recipe_name]
     hp = params.get("hyperparameters") or {}
     if not isinstance(hp, dict):
         raise InputError("hyperparameters: must be a JSON object")
@@ -294,7 +331,9 @@ def validate_run_params(
     check_hold(resources, hyperparameters, tenant)
     return RunParams(
         dataset_uri=check_dataset_uri(params.get("dataset_uri"), tenant),
-        recipe=recipe_name,
+        recipe=recipe.name,
         hyperparameters=hyperparameters,
         resources=resources,
+        code_uri=code.uri if code else None,
+        code_digest=code.digest if code else None,
     )

@@ -14,6 +14,7 @@ with exactly these parameters. Nothing in it changes from one try of the task to
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from .identity import job_comment, job_name, log_path
 from .resources import Resources, sbatch_argv
 
 if TYPE_CHECKING:
+    from aifactory.models.own_code import OwnCode
     from aifactory.models.recipes import Recipe
     from aifactory.tenants import ClusterSpec, TenantSpec
 
@@ -167,6 +169,7 @@ def plan_job(
     dataset_dir: str | None,
     run_dir: str | None = None,
     poll_interval: float | None = None,
+    own_code: OwnCode | None = None,
 ) -> JobPlan:
     """Validate everything and decide names, paths, arguments and bytes. Touches nothing.
 
@@ -176,11 +179,16 @@ def plan_job(
     :param dataset_dir: the staged dataset, inside ``<tenant area>/datasets/`` (None: no dataset).
     :param run_dir: inside ``<tenant area>/runs/``; default ``runs/<job name>``, the same for every try.
     :param poll_interval: override the cluster's interval (never below its floor).
+    :param own_code: ``recipe`` is this tenant code folder's: the tenant must be allowed its own
+        code, and the job runs the Python of the environment its lock file builds.
     :raises InputError: naming what is wrong.
     """
     if cluster.name != tenant.cluster:
         raise InputError(f"tenant {tenant.tenant!r} runs on cluster {tenant.cluster!r}, not {cluster.name!r}")
-    if not tenant.allows_recipe(recipe.name):
+    if own_code is not None:
+        if not tenant.own_code or own_code.recipe.name != recipe.name:
+            raise InputError(f"tenant {tenant.tenant!r} may not run its own code (own_code is off in its spec)")
+    elif not tenant.allows_recipe(recipe.name):
         raise InputError(f"recipe {recipe.name!r} is not enabled for tenant {tenant.tenant!r}; "
                          f"allowed: {list(tenant.recipes)}")
     hp = recipe.validate_hyperparameters(dict(hyperparameters))
@@ -201,7 +209,9 @@ def plan_job(
     files, wrapper = _job_files(recipe)
     script_path = f"{run}/{wrapper}"
     python, container = cluster.python, ()
-    if recipe.container:
+    if own_code is not None:
+        python = posixpath.join(layout.env_dir(tenant_root, own_code.env_id), "bin", "python")
+    elif recipe.container:
         from aifactory.hpc.containers import container_argv  # imports this package's checks
 
         image = cluster.containers.image(recipe.container)
