@@ -66,8 +66,14 @@ def test_the_text_recipe_trains_publishes_and_onnx_runtime_reproduces_its_accura
         table = pq.read_table(path, columns=[HP["text_column"], HP["label_column"]])
         texts += table.column(HP["text_column"]).to_pylist()
         labels += table.column(HP["label_column"]).to_pylist()
-    monkeypatch.syspath_prepend(str(REPO / "include" / "runtime"))
-    monkeypatch.syspath_prepend(str(REPO / "include" / "recipes" / "text_classifier"))
+    # the split rule and the tokenizer as the job imports them: from the job's bundle
+    from aifactory.models import bundle
+    from aifactory.models.recipes import load_recipe
+
+    run_dir = bundle.materialize(load_recipe(REPO / "include" / "recipes" / "text_classifier"), tmp_path / "bundle")
+    for mod in [m for m in sys.modules if m.startswith(("aifp_runtime", "text_"))]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.syspath_prepend(str(run_dir))
     test_mask = importlib.import_module("aifp_runtime.data").test_mask
     tokenizer = importlib.import_module("text_tokenizer").WordTokenizer.from_json(
         _get(s3_client, prefix + "tokenizer.json"))
@@ -84,4 +90,3 @@ def test_the_text_recipe_trains_publishes_and_onnx_runtime_reproduces_its_accura
     accuracy = float((logits.argmax(axis=1) == want).mean())
     assert len(want) == metrics["n_test"]
     assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-9), (accuracy, metrics)
-    sys.modules.pop("text_tokenizer", None)
