@@ -219,45 +219,43 @@ up_sshd() {
   group="$("$VENV/bin/python" -c 'from aifactory.platform.cluster_identity import LOGIN_GROUP; print(LOGIN_GROUP)')"
   getent group "$group" >/dev/null || groupadd "$group"
   id -nG "$HPC_USER" | tr ' ' '\n' | grep -qx "$group" || usermod -aG "$group" "$HPC_USER"
-  # the login node: keys (authorized_keys, written by onboarding) or the site CA's certificates
-  cat >"$SSHDIR/sshd_config" <<EOF
-Port $SSH_PORT
+  # what both sshds share: who may log in (the service user and every tenant user: onboarding adds
+  # each to the group, cluster_identity.py), with a key or the site CA's certificate only; many
+  # triggers and workers connect at once (docs/failure-modes.md, 10)
+  local common
+  common="$(cat <<EOF
 ListenAddress 127.0.0.1
-HostKey $SSHDIR/ssh_host_ed25519_key
-PidFile $RUN/sshd.pid
-AuthorizedKeysFile .ssh/authorized_keys
 TrustedUserCAKeys $SSH_CA_DIR/ca.pub
 PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin no
-# the service user and every tenant user (onboarding adds each to the group; cluster_identity.py)
 AllowGroups $group
 UsePAM no
 X11Forwarding no
-AllowTcpForwarding no
-# many triggers and workers talk to one login node; see docs/failure-modes.md, 10
 MaxStartups 100:30:200
 MaxSessions 50
-Subsystem sftp internal-sftp
 LogLevel VERBOSE
+EOF
+)"
+  # the login node: keys (authorized_keys, written by onboarding) or certificates
+  cat >"$SSHDIR/sshd_config" <<EOF
+Port $SSH_PORT
+HostKey $SSHDIR/ssh_host_ed25519_key
+PidFile $RUN/sshd.pid
+$common
+AuthorizedKeysFile .ssh/authorized_keys
+AllowTcpForwarding no
+Subsystem sftp internal-sftp
 EOF
   # the bastion (a site's gateway): certificate logins only, no shell, forwarding to the login
   # node only; every connection of the factory passes through it (the connections' proxy_jump)
   cat >"$SSHDIR/sshd-bastion_config" <<EOF
 Port $BASTION_PORT
-ListenAddress 127.0.0.1
 HostKey $SSHDIR/bastion_host_ed25519_key
 PidFile $RUN/sshd-bastion.pid
+$common
 AuthorizedKeysFile none
-TrustedUserCAKeys $SSH_CA_DIR/ca.pub
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin no
-AllowGroups $group
-UsePAM no
-X11Forwarding no
 AllowAgentForwarding no
 AllowStreamLocalForwarding no
 PermitTunnel no
@@ -265,9 +263,6 @@ PermitTTY no
 AllowTcpForwarding local
 PermitOpen 127.0.0.1:$SSH_PORT
 ForceCommand /usr/sbin/nologin
-MaxStartups 100:30:200
-MaxSessions 50
-LogLevel VERBOSE
 EOF
   start_sshd sshd "$SSH_PORT"
   start_sshd sshd-bastion "$BASTION_PORT"

@@ -59,8 +59,9 @@ def test_airflow_secrets_are_generated_and_exported(stack_env):
     Fernet(stack_env["AIRFLOW__CORE__FERNET_KEY"].encode())  # a valid key, or this raises
 
 
-def test_the_host_private_key_is_sshds_alone(stack_env):
-    sshd_config = Path(stack_env["AIFP_STATE_DIR"]) / "ssh" / "sshd_config"
+@pytest.mark.parametrize("config", ["sshd_config", "sshd-bastion_config"])
+def test_the_host_private_key_is_sshds_alone(stack_env, config):
+    sshd_config = Path(stack_env["AIFP_STATE_DIR"]) / "ssh" / config
     host_keys = [Path(line.split(None, 1)[1].strip()) for line in sshd_config.read_text().splitlines()
                  if line.startswith("HostKey ")]
     assert host_keys, f"no HostKey in {sshd_config}"
@@ -81,7 +82,9 @@ def test_a_tenant_user_reads_no_secret(stack_env, tenant):
     state = Path(stack_env["AIFP_STATE_DIR"])
     root = secrets_dir(stack_env)
     targets = [root / "fernet_key", root / "connections.json", state / "stack.env",
-               Path(stack_env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]), *sorted((root / "ssh").glob("*/id_ed25519"))]
+               Path(stack_env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]), *sorted((root / "ssh").glob("*/id_ed25519")),
+               # the site CA's key: who reads it signs a certificate for any login (docs/ssh-logins.md)
+               Path(stack_env["AIFP_SSH_CA_DIR"]) / "ca"]
     for target in targets:
         assert target.exists(), target
         out = subprocess.run(["runuser", "-u", user, "--", "cat" if target.is_file() else "ls", str(target)],
