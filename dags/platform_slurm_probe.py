@@ -57,6 +57,7 @@ def build_probe(spec: TenantSpec) -> DAG:
             tenant=spec.tenant,
             recipe="probe",
             recipes_root=PLATFORM_RECIPES,
+            purpose="probe",  # the tenant's probe QOS (slurm.qos.probe), if it has one
             pool=ssh_pool(spec.cluster),  # each probe job's submit holds an SSH session to the cluster
             slurm_resources={"nodes": 1, "cpus_per_task": 1, "mem_gb": 1, "time_limit_minutes": 15},
         ).expand(hyperparameters=probe_jobs())

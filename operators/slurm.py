@@ -124,6 +124,8 @@ class SlurmJobOperator(BaseOperator):
     :param run_key: what the job's name and comment are keyed on instead of the run id (templated;
         a feed's window training passes its window's content key, so that a second training over
         the same window re-attaches to or adopts the first one's job instead of submitting).
+    :param purpose: what the job is for (``train``, ``feed``, ``probe``): it picks the tenant's QOS
+        when ``slurm_resources`` is a request (the validate task's resources carry theirs).
     """
 
     template_fields: Sequence[str] = ("recipe", "run_dir", "dataset_dir", "hyperparameters", "slurm_resources",
@@ -149,10 +151,12 @@ class SlurmJobOperator(BaseOperator):
         deferral_timeout: timedelta | None = None,
         cancel_on_kill: bool = True,
         run_key: str | None = None,
+        purpose: str = "train",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.run_key = run_key
+        self.purpose = purpose
         self.tenant = tenant
         self.recipe = recipe
         self.run_dir = run_dir
@@ -211,7 +215,7 @@ class SlurmJobOperator(BaseOperator):
             resources=self.slurm_resources if isinstance(self.slurm_resources, Resources)
             else _as_mapping(self.slurm_resources, "resources"),
             task=task, dataset_dir=self.dataset_dir or None, run_dir=self.run_dir,
-            poll_interval=self.poll_interval, own_code=own,
+            poll_interval=self.poll_interval, own_code=own, purpose=self.purpose,
         )
 
     def own_code(self) -> Any:

@@ -399,7 +399,7 @@ AccountingStorageHost=127.0.0.1
 # associations: a job runs only under an account its user is associated with (onboarding associates
 # each tenant's own Unix user only); limits: GrpTRESMins, the tenant's allocation, is enforced;
 # safe: a job starts only if its time limit fits in what is left of the budget.
-AccountingStorageEnforce=associations,limits,safe
+AccountingStorageEnforce=associations,limits,qos,safe
 # gres/gpu is tracked (and budgeted) even on nodes without GPUs (it needs slurmdbd, nothing else)
 AccountingStorageTRES=gres/gpu
 # GrpTRESMins is enforced by priority/multifactor only; no decay and no reset: usage is a budget
@@ -480,6 +480,14 @@ up_slurm() {
     wait_for "slurmdbd" 30 sacctmgr -n list cluster
   fi
   sacctmgr -i -Q add cluster "$CLUSTER_NAME" >/dev/null 2>&1 || true
+  # the site's QOS beside Slurm's own "normal" (a site defines its QOS; onboarding grants those a
+  # tenant spec names and refuses others): low priority for scheduled feed trainings, high for probes
+  local qos prio
+  for qos in aifp-feed:10 aifp-probe:1000; do
+    prio="${qos#*:}"; qos="${qos%%:*}"
+    sacctmgr -n -P show qos "$qos" format=name | grep -qx "$qos" \
+      || sacctmgr -i -Q add qos "$qos" Priority="$prio" >/dev/null || die "could not add QOS $qos (sacctmgr)"
+  done
   # accounts, associations and allocations: onboarding (aifactory.platform.slurm_accounts)
   if [ "${SLURM_CONF_CHANGED:-0}" = 1 ] && alive slurmctld; then
     # some settings (PriorityType, AccountingStorageTRES) take effect only on a restart; jobs survive it

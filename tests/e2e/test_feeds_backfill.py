@@ -42,9 +42,12 @@ def manifests(s3, prefix: str) -> set[str]:
 
 
 def sacct_count(name: str) -> int:
-    out = subprocess.run(["sacct", "--noheader", "--parsable2", "-X", "-S", "now-2days", f"--name={name}", "-o", "JobID"],
-                         capture_output=True, text=True, check=True).stdout
-    return len([line for line in out.splitlines() if line.strip()])
+    out = subprocess.run(["sacct", "--noheader", "--parsable2", "-X", "-S", "now-2days", f"--name={name}",
+                          "-o", "JobID,QOS"], capture_output=True, text=True, check=True).stdout
+    rows = [line.split("|") for line in out.splitlines() if line.strip()]
+    # a feed's training runs under the tenant's feed QOS (slurm.qos.feed), never its manual runs' one
+    assert all(row[1] == SPEC.qos_by_purpose["feed"] for row in rows), rows
+    return len(rows)
 
 
 def upload_partitions(s3, dates: list[str]) -> None:

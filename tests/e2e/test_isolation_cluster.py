@@ -154,6 +154,7 @@ def test_the_tenants_probe_dag_runs_its_jobs_as_the_tenants_user_not_the_service
     api.trigger(dag_id, {"jobs": 1, "seconds": 1}, run_id=run_id)
     assert api.wait_for_run(dag_id, run_id, timeout=600)["state"] == "success"
     name = job_name(A.tenant, dag_id, run_id, "probe", 0)
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-a", "-S", "now-1days", f"--name={name}", "-o", "User,Account"],
-                         capture_output=True, text=True, check=True).stdout.split()
-    assert out and set(out) == {f"{A.identity.unix_user}|{A.slurm_account}"}, out  # not the service user
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-a", "-S", "now-1days", f"--name={name}", "-o",
+                          "User,Account,QOS"], capture_output=True, text=True, check=True).stdout.split()
+    # not the service user; under the tenant's probe QOS (slurm.qos.probe)
+    assert out and set(out) == {f"{A.identity.unix_user}|{A.slurm_account}|{A.qos_by_purpose['probe']}"}, out

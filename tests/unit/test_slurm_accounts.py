@@ -29,6 +29,8 @@ class FakeSlurm:
         self.users: dict[str, list[str]] = {"aifactory": ["demo", "None"]}  # default account, admin level
         self.tres = "cpu,mem,energy,node,billing" + (",gres/gpu" if tracks_gpu else "")
         self.writes: list[list[str]] = []
+        self.qos = {"normal", "aifp-feed", "aifp-probe"}  # the site's QOS
+        self.account_qos: dict[str, set[str]] = {}
 
     def __call__(self, argv: Sequence[str]) -> tuple[int, str, str]:
         argv = list(argv)
@@ -49,11 +51,15 @@ class FakeSlurm:
             account = opts["account"]
             if account not in self.accounts:
                 return ""
+            if opts["format"] == "user,qos":
+                return f"|{','.join(sorted(self.account_qos.get(account, ())))}\n"
             limits = ",".join(f"{k}={v}" for k, v in self.accounts[account].items())
             rows = [f"|{limits}" if opts["format"] == "user,grptresmins" else ""]
             rows += [u + ("|" if opts["format"] == "user,grptresmins" else "")
                      for a, u in sorted(self.assocs) if a == account]
             return "\n".join(rows) + "\n"
+        if what == "qos":
+            return "".join(f"{q}\n" for q in sorted(self.qos))
         if what == "user":
             user = args[0]
             return f"{user}|{'|'.join(self.users[user])}\n" if user in self.users else ""
@@ -78,6 +84,8 @@ class FakeSlurm:
                 self.users[user][0] = opts["DefaultAccount"]
             if "AdminLevel" in opts:
                 self.users[user][1] = opts["AdminLevel"]
+        elif args[:2] == ["modify", "account"] and "QOS" in opts:
+            self.account_qos[opts["name"]] = set(opts["QOS"].split(","))
         elif args[:2] == ["modify", "account"]:
             tres = parse_tres_mins(opts["GrpTRESMins"])
             limits = self.accounts[opts["name"]]
@@ -138,3 +146,17 @@ def test_sacctmgr_failure_names_the_command():
     admin = SlurmAdmin(run=lambda argv: (1, "", "Unable to contact slurmdbd"))
     with pytest.raises(SlurmOnboardingError, match="scontrol show config failed.*slurmdbd"):
         _ = admin.cluster
+
+
+def test_each_account_may_use_the_qos_its_spec_names_and_the_default_only():
+    from dataclasses import replace
+
+    fake = FakeSlurm()
+    _onboard(fake)
+    demo = load_tenant("demo")
+    assert fake.account_qos["demo"] == {"normal", *demo.qos_names} and fake.account_qos["acme"] == {"normal"}
+    assert _onboard(fake) == []  # twice changes nothing
+    ctx = Context(secrets_dir=Path("/nonexistent"), env={"AIFP_SSH_USER": "aifactory"}, dry_run=False)
+    odd = replace(demo, qos_by_purpose={"train": "gold"})
+    with pytest.raises(SlurmOnboardingError, match=r"names \['gold'\], which the cluster does not define"):
+        onboard_slurm(ctx, odd, load_cluster("local"), admin=SlurmAdmin(run=fake))

@@ -293,3 +293,19 @@ def test_a_tenants_constraint_and_reservation_reach_its_validated_resources():
     assert (res.constraint, res.reservation) == ("x86_64", "acme-week")
     assert RunParams.from_xcom({"dataset_uri": "s3://b-1/acme/raw/x.csv", "recipe": "r", "hyperparameters": {},
                                 "resources": res.as_dict()}).resources == res
+
+
+def test_qos_per_purpose_one_name_for_all_or_none():
+    from aifactory.tenants.spec import _qos
+
+    assert _qos(None, "t") == {}
+    assert _qos("normal", "t") == {"train": "normal", "feed": "normal", "probe": "normal"}
+    assert _qos({"feed": "low", "probe": None}, "t") == {"feed": "low"}
+    for bad, says in (({"nightly": "low"}, "unknown purpose"), ({"train": "low --x"}, "must match"),
+                      (["low"], "a mapping of purpose")):
+        with pytest.raises(InputError, match=says):
+            _qos(bad, "t")
+    demo = load_tenant("demo")
+    assert demo.qos == demo.qos_by_purpose["train"] and demo.slurm_policy("probe").qos == "aifp-probe"
+    with pytest.raises(InputError, match="job purpose"):
+        demo.slurm_policy("backfill")

@@ -47,7 +47,7 @@ def feed_run_params(spec: TenantSpec, feed: FeedSpec, partition: str | None) -> 
                 **dict(training.resources)}
     conf["dataset_uri"] = partition_uri(spec, feed, partition)
     try:
-        return validate_run_params(conf, spec)
+        return validate_run_params(conf, spec, purpose="feed")
     except InputError as exc:
         where = "training" if training is not None else "(no training: the tenant's defaults)"
         raise InputError(f"tenant spec {spec.tenant}: feed {feed.name} {where}: {exc}; fix the spec") from exc

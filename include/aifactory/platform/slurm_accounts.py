@@ -152,7 +152,20 @@ class SlurmAdmin:
         rows = self._show("user", user, "format=user,defaultaccount,adminlevel")
         return next(((row[1], row[2]) for row in rows if row[0] == user and len(row) > 2), None)
 
+    def qos_names(self) -> set[str]:
+        """The QOS the site defined (``sacctmgr show qos``)."""
+        return {row[0] for row in self._show("qos", "format=name") if row and row[0]}
+
+    def account_qos(self, account: str) -> set[str]:
+        """The QOS the account's own association allows (its users inherit them)."""
+        rows = self._show("assoc", f"cluster={self.cluster}", f"account={account}", "format=user,qos")
+        return next(({q for q in row[1].split(",") if q} for row in rows if len(row) > 1 and not row[0]), set())
+
     # --- writes ---------------------------------------------------------------------------
+    def set_account_qos(self, account: str, qos: Iterable[str]) -> None:
+        self._write("modify", "account", "where", f"name={account}", f"cluster={self.cluster}", "set",
+                    f"QOS={','.join(sorted(qos))}")
+
     def add_account(self, account: str, description: str, organization: str) -> None:
         self._write("add", "account", account, f"Cluster={self.cluster}", f"Description={description}",
                     f"Organization={organization}")
@@ -206,6 +219,7 @@ def onboard_slurm(ctx: Context, spec: TenantSpec, cluster: ClusterSpec, *,
                                    "user; each tenant needs its own Unix user")
     changes = _ensure_member(admin, spec.tenant, user, account, f"tenant {spec.tenant}", drop_others=True,
                              service=service_user(ctx))
+    changes += _grant_qos(admin, spec)
     want = allocation_tres_mins(spec, tracks_gpu=admin.tracks_gpu())
     have = admin.grp_tres_mins(account)
     target = {**{k: -1 for k in have if k not in want}, **want}  # -1 clears a limit the spec does not set
@@ -214,6 +228,29 @@ def onboard_slurm(ctx: Context, spec: TenantSpec, cluster: ClusterSpec, *,
         changes.append(Change(spec.tenant, STEP, f"set GrpTRESMins={_format_tres(want)} on account {account} "
                                                  f"(was {_format_tres(have) or 'unlimited'})"))
     return changes
+
+
+#: every account keeps the site's default QOS: a job submitted without --qos runs under it
+DEFAULT_QOS = "normal"
+
+
+def _grant_qos(admin: SlurmAdmin, spec: TenantSpec) -> list[Change]:
+    """The account may use exactly the QOS its spec names (``slurm.qos``) and the default; a QOS the
+    site has not defined is refused, naming it (QOS are the site's: onboarding never creates one)."""
+    if not spec.qos_names:
+        want = {DEFAULT_QOS}
+    else:
+        missing = sorted(set(spec.qos_names) - admin.qos_names())
+        if missing:
+            raise SlurmOnboardingError(f"tenant {spec.tenant!r}: slurm.qos names {missing}, which the cluster does "
+                                       "not define (sacctmgr show qos); ask the site to add them, or change the spec")
+        want = {DEFAULT_QOS, *spec.qos_names}
+    have = admin.account_qos(spec.slurm_account)
+    if have == want:
+        return []
+    admin.set_account_qos(spec.slurm_account, want)
+    return [Change(spec.tenant, STEP, f"QOS of account {spec.slurm_account}: {','.join(sorted(want))} "
+                                      f"(was {','.join(sorted(have)) or 'inherited'})")]
 
 
 def onboard_slurm_platform(ctx: Context, tenants: Iterable[TenantSpec], clusters: Iterable[ClusterSpec], *,

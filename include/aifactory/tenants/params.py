@@ -280,12 +280,15 @@ def validate_run_params(
     tenant: TenantSpec,
     recipes: Mapping[str, Recipe] | None = None,
     own_code: Callable[[str], OwnCode] | None = None,
+    purpose: str = "train",
 ) -> RunParams:
     """Validate a run's params against the tenant spec and the recipe; raise InputError naming the field.
 
     :param recipes: the recipe folders that exist (default: those under ``include/recipes``).
     :param own_code: fetches and checks the tenant's code folder of a ``code_uri`` (the validate
         task's, with the tenant's own S3 credential); needed for ``recipe: own-code`` only.
+    :param purpose: what the run is for (``train``: a manual or scheduled run; ``feed``: a feed's
+        training): it picks the tenant's QOS (``slurm.qos``).
     """
     check_known_fields(params)
     _finite(dict(params), "params")
@@ -327,7 +330,7 @@ def validate_run_params(
     _finite(hyperparameters, "hyperparameters")
     _strict_integers(hyperparameters, recipe.schema, "hyperparameters")
     request = {k: params[k] for k in RESOURCE_FIELDS if k in params}
-    resources = Resources.from_request(request, policy=tenant.slurm_policy(), defaults=recipe.resources)
+    resources = Resources.from_request(request, policy=tenant.slurm_policy(purpose), defaults=recipe.resources)
     check_hold(resources, hyperparameters, tenant)
     return RunParams(
         dataset_uri=check_dataset_uri(params.get("dataset_uri"), tenant),

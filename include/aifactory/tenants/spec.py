@@ -127,6 +127,7 @@ class TenantSpec:
     cluster: str
     slurm_account: str
     partitions: tuple[str, ...]
+    #: the QOS of the tenant's "train" jobs (its manual runs); None: the account's default
     qos: str | None
     limits: Limits
     quality_suite: str
@@ -152,6 +153,9 @@ class TenantSpec:
     #: node features every job requires (``slurm.constraint``) and the reservation jobs run in (``slurm.reservation``)
     constraint: str | None = None
     reservation: str | None = None
+    #: the QOS of each purpose of the tenant's jobs (``slurm.qos: {train: ..., feed: ..., probe: ...}``,
+    #: or one name for all): platform-owned, never from a form; a purpose not named uses the account's default
+    qos_by_purpose: Mapping[str, str] = field(default_factory=dict)
     #: may run its own training code from ``s3://<bucket>/<tenant>/code/<name>/`` (``own_code: true``;
     #: the recipe choice ``own-code`` with a ``code_uri``: aifactory.models.own_code)
     own_code: bool = False
@@ -194,9 +198,19 @@ class TenantSpec:
         """``recipes: ["*"]`` allows every recipe folder; otherwise an explicit allowlist."""
         return "*" in self.recipes or recipe in self.recipes
 
-    def slurm_policy(self) -> TenantSlurmPolicy:
+    @property
+    def qos_names(self) -> tuple[str, ...]:
+        """Every QOS the tenant's jobs use (onboarding grants these to its account)."""
+        return tuple(sorted(set(self.qos_by_purpose.values())))
+
+    def slurm_policy(self, purpose: str = "train") -> TenantSlurmPolicy:
         """What this tenant may ask Slurm for (account, partitions, QoS, bounds, and the GPUs of its
-        partitions whose type its spec allows, from its cluster's spec)."""
+        partitions whose type its spec allows, from its cluster's spec).
+
+        :param purpose: what the job is for (:data:`JOB_PURPOSES`): it picks the QOS.
+        """
+        if purpose not in JOB_PURPOSES:
+            raise InputError(f"job purpose {shown(purpose)} is not one of {list(JOB_PURPOSES)} (a platform bug)")
         lim = self.limits
         offers = tuple(o for o in load_cluster(self.cluster).gpus
                        if o.partition in self.partitions and o.gpu_type in self.gpu_types)
@@ -204,7 +218,7 @@ class TenantSpec:
             gpu_offers=offers,
             account=self.slurm_account,
             partitions=self.partitions,
-            qos=self.qos,
+            qos=self.qos_by_purpose.get(purpose),
             constraint=self.constraint,
             reservation=self.reservation,
             max_nodes=lim.max_nodes,
@@ -239,6 +253,7 @@ def parse_tenant(data: Mapping[str, Any], where: str = "tenant spec") -> TenantS
         raise InputError(f"{where}: Slurm account {shown(account)} must match {SLURM_NAME_RE.pattern}")
     lim = _limits(limits, where)
     gpu_types = _slurm_names(slurm.get("gpu_types") or (), f"{where}: slurm.gpu_types", "[a100]")
+    qos_by_purpose = _qos(slurm.get("qos"), where)
     constraint, reservation = slurm.get("constraint"), slurm.get("reservation")
     check_placement(constraint, reservation, where)
     if lim.max_gpus_per_node and not gpu_types:
@@ -256,7 +271,8 @@ def parse_tenant(data: Mapping[str, Any], where: str = "tenant spec") -> TenantS
         cluster=cluster,
         slurm_account=account,
         partitions=partitions,
-        qos=slurm.get("qos"),
+        qos=qos_by_purpose.get("train"),
+        qos_by_purpose=qos_by_purpose,
         limits=lim,
         quality_suite=quality_suite,
         recipes=recipes,
@@ -274,6 +290,33 @@ def parse_tenant(data: Mapping[str, Any], where: str = "tenant spec") -> TenantS
         reservation=reservation,
         own_code=_flag(data.get("own_code", False), f"{where}: own_code"),
     )
+
+
+#: what a tenant's job is for: its manual runs, its feeds' trainings, the platform's probes of it
+JOB_PURPOSES = ("train", "feed", "probe")
+
+
+def _qos(raw: Any, where: str) -> dict[str, str]:
+    """``slurm.qos``: null (the account's default), one name for every job, or a name per purpose."""
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        raw = {purpose: raw for purpose in JOB_PURPOSES}
+    if not isinstance(raw, Mapping):
+        raise InputError(f"{where}: slurm.qos must be null, a QOS name, or a mapping of purpose to QOS name, e.g. "
+                         "{train: normal, feed: low, probe: debug}")
+    unknown = sorted(set(raw) - set(JOB_PURPOSES))
+    if unknown:
+        raise InputError(f"{where}: slurm.qos: unknown purpose(s) {[shown(k) for k in unknown]}; known: "
+                         f"{list(JOB_PURPOSES)}")
+    out = {}
+    for purpose, name in raw.items():
+        if name is None:
+            continue
+        if not isinstance(name, str) or not SLURM_NAME_RE.match(name):
+            raise InputError(f"{where}: slurm.qos.{purpose}: {shown(name)} must match {SLURM_NAME_RE.pattern}")
+        out[str(purpose)] = name
+    return out
 
 
 def _flag(raw: Any, where: str) -> bool:

@@ -170,6 +170,7 @@ def plan_job(
     run_dir: str | None = None,
     poll_interval: float | None = None,
     own_code: OwnCode | None = None,
+    purpose: str = "train",
 ) -> JobPlan:
     """Validate everything and decide names, paths, arguments and bytes. Touches nothing.
 
@@ -181,6 +182,8 @@ def plan_job(
     :param poll_interval: override the cluster's interval (never below its floor).
     :param own_code: ``recipe`` is this tenant code folder's: the tenant must be allowed its own
         code, and the job runs the Python of the environment its lock file builds.
+    :param purpose: what the job is for (``train``, ``feed``, ``probe``): it picks the tenant's QOS
+        when ``resources`` is a request (validated resources carry theirs).
     :raises InputError: naming what is wrong.
     """
     if cluster.name != tenant.cluster:
@@ -199,7 +202,7 @@ def plan_job(
                              f"{tenant.slurm_account!r}; clear the validate task")
         res = resources
     else:
-        res = Resources.from_request(resources, policy=tenant.slurm_policy(), defaults=recipe.resources)
+        res = Resources.from_request(resources, policy=tenant.slurm_policy(purpose), defaults=recipe.resources)
     tenant_root = layout.tenant_dir(cluster.hpc_root, tenant.tenant)
     name = job_name(tenant.tenant, task.dag_id, task.run_id, task.task_id, task.map_index)
     run = (run_dir or layout.run_dir(tenant_root, name)).rstrip("/")
