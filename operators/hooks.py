@@ -38,7 +38,7 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,7 @@ from airflow.providers.common.compat.sdk import AirflowException, BaseHook
 
 from aifactory.errors import FactoryError
 from aifactory.hpc.certificates import CertificateRenewal, CertificateUnavailable, Freshness, ensure_fresh
-from aifactory.hpc.remote import JumpHost, OpenSSHPipe, ParamikoShell, known_hosts_pattern, set_nodelay
+from aifactory.hpc.remote import OpenSSHPipe, ParamikoShell, PinnedHost, known_hosts_pattern, set_nodelay
 
 if TYPE_CHECKING:
     import asyncssh
@@ -92,6 +92,8 @@ class SSHEndpoint:
     :param jump: the bastion every login passes through (extra ``proxy_jump``), or ``None``.
     :param renewal: how the login's certificate is renewed (extra ``cert_renew_command``), or
         ``None`` for a plain key.
+    :param transfer: the site's data-transfer node (extra ``transfer_host``), or ``None``: bulk data
+        (staging, export) goes through :meth:`for_transfer`.
     """
 
     conn_id: str
@@ -100,8 +102,9 @@ class SSHEndpoint:
     username: str
     key_file: str | None
     host_key: str
-    jump: JumpHost | None = None
+    jump: PinnedHost | None = None
     renewal: CertificateRenewal | None = None
+    transfer: PinnedHost | None = None
 
     @classmethod
     def from_connection(cls, conn: Any, extra: dict[str, Any] | None = None) -> SSHEndpoint:
@@ -140,9 +143,19 @@ class SSHEndpoint:
             username=str(conn.login),
             key_file=key_file,
             host_key=host_key,
-            jump=_jump_host(extra.get("proxy_jump"), conn_id),
+            jump=_pinned_host(extra.get("proxy_jump"), conn_id, "proxy_jump"),
             renewal=renewal,
+            transfer=_pinned_host(extra.get("transfer_host"), conn_id, "transfer_host"),
         )
+
+    def for_transfer(self) -> SSHEndpoint:
+        """The same login on the site's data-transfer node (``transfer_host``), through the same
+        bastion; the login node itself when the site has none."""
+        t = self.transfer
+        if t is None:
+            return self
+        return replace(self, host=t.host, port=t.port, host_key=t.host_key, username=t.login or self.username,
+                       transfer=None)
 
     @property
     def known_hosts_pattern(self) -> str:
@@ -180,30 +193,31 @@ def _pinned_key(raw: Any, what: str) -> str:
     return " ".join(parts[:2])
 
 
-def _jump_host(raw: Any, conn_id: str) -> JumpHost | None:
-    """The connection's ``proxy_jump`` extra: ``{"host", "port", "host_key"[, "login"]}`` or JSON of it."""
+def _pinned_host(raw: Any, conn_id: str, field: str) -> PinnedHost | None:
+    """A connection's ``proxy_jump`` or ``transfer_host`` extra: ``{"host", "port", "host_key"[, "login"]}``
+    or JSON of it."""
     if raw in (None, "", {}):
         return None
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
         except ValueError as exc:
-            raise SSHPermanentError(f"connection {conn_id!r}: extra.proxy_jump is not JSON ({exc})") from exc
+            raise SSHPermanentError(f"connection {conn_id!r}: extra.{field} is not JSON ({exc})") from exc
     if not isinstance(raw, dict) or not raw.get("host"):
-        raise SSHPermanentError(f"connection {conn_id!r}: extra.proxy_jump must be an object "
+        raise SSHPermanentError(f"connection {conn_id!r}: extra.{field} must be an object "
                                 '{"host": ..., "port": ..., "host_key": "<type> <base64>"}')
     unknown = set(raw) - {"host", "port", "host_key", "login"}
     if unknown:
-        raise SSHPermanentError(f"connection {conn_id!r}: extra.proxy_jump has unknown fields {sorted(unknown)} "
+        raise SSHPermanentError(f"connection {conn_id!r}: extra.{field} has unknown fields {sorted(unknown)} "
                                 "(host, port, host_key, login)")
     try:
         port = int(raw.get("port") or 22)
     except (TypeError, ValueError) as exc:
-        raise SSHPermanentError(f"connection {conn_id!r}: extra.proxy_jump.port is not a port ({exc})") from exc
-    return JumpHost(
+        raise SSHPermanentError(f"connection {conn_id!r}: extra.{field}.port is not a port ({exc})") from exc
+    return PinnedHost(
         host=str(raw["host"]),
         port=port,
-        host_key=_pinned_key(raw.get("host_key"), f"connection {conn_id!r} needs extra.proxy_jump.host_key"),
+        host_key=_pinned_key(raw.get("host_key"), f"connection {conn_id!r} needs extra.{field}.host_key"),
         login=str(raw["login"]) if raw.get("login") else None,
     )
 
@@ -223,6 +237,9 @@ class FactorySSHHook(BaseHook):
     :param connect_attempts: connection attempts before giving up (transient errors only).
     :param retry_base_delay: first backoff delay, seconds (doubles per attempt, capped at 30 s).
     :param keepalive_interval: SSH keepalive, seconds (0 disables).
+    :param transfer: log in to the site's data-transfer node (the connection's ``transfer_host``)
+        instead of the login node: staging and export move bulk data there. Submitting and
+        watching jobs always use the login node.
     """
 
     conn_name_attr = "ssh_conn_id"
@@ -238,9 +255,11 @@ class FactorySSHHook(BaseHook):
         connect_attempts: int = 5,
         retry_base_delay: float = 1.0,
         keepalive_interval: int = 30,
+        transfer: bool = False,
     ) -> None:
         super().__init__()
         self.ssh_conn_id = ssh_conn_id
+        self.transfer = transfer
         self.conn_timeout = conn_timeout
         self.connect_attempts = max(1, connect_attempts)
         self.retry_base_delay = retry_base_delay
@@ -255,7 +274,8 @@ class FactorySSHHook(BaseHook):
     @cached_property
     def endpoint(self) -> SSHEndpoint:
         """The endpoint, read synchronously (workers). Do not use from the triggerer's event loop."""
-        return SSHEndpoint.from_connection(self.get_connection(self.ssh_conn_id))
+        ep = SSHEndpoint.from_connection(self.get_connection(self.ssh_conn_id))
+        return ep.for_transfer() if self.transfer else ep
 
     async def aendpoint(self) -> SSHEndpoint:
         """The endpoint, read without blocking the event loop (triggerer)."""
@@ -271,6 +291,8 @@ class FactorySSHHook(BaseHook):
         except ImportError:  # older compat package
             extra = conn.extra_dejson
         endpoint = SSHEndpoint.from_connection(conn, extra)
+        if self.transfer:
+            endpoint = endpoint.for_transfer()
         self.__dict__["endpoint"] = endpoint
         return endpoint
 
@@ -286,6 +308,8 @@ class FactorySSHHook(BaseHook):
         ep = self.endpoint
         hook = SSHHook(
             ssh_conn_id=self.ssh_conn_id,
+            # the endpoint's host (the data-transfer node's, for a transfer hook), not only the connection's
+            remote_host=ep.host, port=ep.port, username=ep.username,
             conn_timeout=int(self.conn_timeout),
             banner_timeout=float(self.conn_timeout),
             keepalive_interval=self.keepalive_interval,
@@ -301,6 +325,13 @@ class FactorySSHHook(BaseHook):
                 f"{'set' if hook.host_key else 'unset'}, expected {want} with a pinned host key; "
                 "check ~/.ssh/config on this machine for overrides"
             )
+        if self.transfer:
+            import base64
+
+            import paramiko
+
+            key_type, key_b64 = ep.host_key.split()
+            hook.host_key = paramiko.PKey.from_type_string(key_type, base64.b64decode(key_b64))
         if hook.host_proxy_cmd:
             raise SSHPermanentError(
                 f"~/.ssh/config on this machine sets a ProxyCommand for {ep.host}; the factory reaches "

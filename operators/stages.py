@@ -164,12 +164,14 @@ class FactoryOperator(BaseOperator):
 
         return S3Hook(aws_conn_id=self.call(tenant_s3_conn_id, self.tenant_spec())).get_conn()
 
-    def remote(self) -> Any:
-        """SSH as the tenant's own login (its connection, key and Unix user), never the service's."""
+    def remote(self, *, transfer: bool = False) -> Any:
+        """SSH as the tenant's own login (its connection, key and Unix user), never the service's;
+        ``transfer``: on the site's data-transfer node (bulk data: staging, export)."""
         from aifactory.hpc.slurm import tenant_ssh_conn_id
         from operators.hooks import FactorySSHHook
 
-        return FactorySSHHook(ssh_conn_id=self.call(tenant_ssh_conn_id, self.tenant_spec(), self.cluster_spec()))
+        return FactorySSHHook(ssh_conn_id=self.call(tenant_ssh_conn_id, self.tenant_spec(), self.cluster_spec()),
+                              transfer=transfer)
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run one core function; factory errors become readable task failures, and a connection
@@ -350,7 +352,7 @@ class StageDatasetOperator(DatasetOperator):
         options = self.call(staging_options, spec, cluster)
         s3 = self.s3()
         manifest = self.manifest(s3, spec)
-        with self.remote().shell() as shell:
+        with self.remote(transfer=True).shell() as shell:
             result = self.call(
                 stage_dataset,
                 s3,
@@ -443,7 +445,7 @@ class ExportModelOperator(FactoryOperator):
             code_version=code_version(),
             usage=self.call(self._recipe_card, spec, params),
         )
-        with self.remote().shell() as shell:
+        with self.remote(transfer=True).shell() as shell:
             result = self.call(
                 export_model,
                 self.s3(),

@@ -200,13 +200,15 @@ class RecipeTrainOperator(SlurmJobOperator):
         from aifactory.hpc.staging import stage_dataset
         from aifactory.platform.objectstore import tenant_s3_conn_id
         from aifactory.tenants import load_cluster, load_tenant
+        from operators.hooks import FactorySSHHook
         from operators.stages import lost_connection, staging_options, task_token
 
         spec = load_tenant(self.tenant)
         cluster = load_cluster(spec.cluster)
         try:
             options = staging_options(spec, cluster)
-            with hook.shell() as shell:
+            # bulk data: on the site's data-transfer node, as the stage task (the login node's hook submits)
+            with FactorySSHHook(ssh_conn_id=plan.ssh_conn_id, transfer=True).shell() as shell:
                 result = stage_dataset(
                     S3Hook(aws_conn_id=tenant_s3_conn_id(spec)).get_conn(), shell, bucket=spec.bucket,
                     dataset_prefix=self.dataset["prefix"], manifest=self._manifest,

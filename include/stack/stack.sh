@@ -31,6 +31,7 @@ HPC_ROOT="${AIFP_HPC_ROOT:-/srv/aifactory}"
 HPC_USER="${AIFP_HPC_USER:-aifactory}"
 SSH_PORT="${AIFP_SSH_PORT:-2222}"
 BASTION_PORT="${AIFP_BASTION_PORT:-2223}"
+DTN_PORT="${AIFP_DTN_PORT:-2224}"
 S3_PORT="${AIFP_S3_PORT:-5555}"
 AIRFLOW_PORT="${AIFP_AIRFLOW_PORT:-8080}"
 CLUSTER_NAME="${AIFP_CLUSTER_NAME:-aifactory}"
@@ -204,13 +205,15 @@ start_sshd() {
 up_sshd() {
   [ -f "$SSHDIR/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/ssh_host_ed25519_key" -C aifactory-hpc-host
   [ -f "$SSHDIR/bastion_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/bastion_host_ed25519_key" -C aifactory-bastion-host
+  [ -f "$SSHDIR/dtn_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/dtn_host_ed25519_key" -C aifactory-dtn-host
   [ -f "$SSHDIR/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$SSHDIR/id_ed25519" -C aifactory-airflow
-  chmod 600 "$SSHDIR/ssh_host_ed25519_key" "$SSHDIR/bastion_host_ed25519_key" "$SSHDIR/id_ed25519"
+  chmod 600 "$SSHDIR/ssh_host_ed25519_key" "$SSHDIR/bastion_host_ed25519_key" "$SSHDIR/dtn_host_ed25519_key" "$SSHDIR/id_ed25519"
   install -d -m 0700 "$SECRETS_DIR"
   "$VENV/bin/python" -m aifactory.local.ssh_ca --ca-dir "$SSH_CA_DIR" init >/dev/null || die "could not create the local SSH CA in $SSH_CA_DIR"
   # the pinned host keys, as known_hosts for [127.0.0.1]:PORT (the login node's first: tests read line 1)
   { printf '[127.0.0.1]:%s %s\n' "$SSH_PORT" "$(cut -d' ' -f1,2 "$SSHDIR/ssh_host_ed25519_key.pub")"
     printf '[127.0.0.1]:%s %s\n' "$BASTION_PORT" "$(cut -d' ' -f1,2 "$SSHDIR/bastion_host_ed25519_key.pub")"
+    printf '[127.0.0.1]:%s %s\n' "$DTN_PORT" "$(cut -d' ' -f1,2 "$SSHDIR/dtn_host_ed25519_key.pub")"
   } >"$SSHDIR/known_hosts"
   local home; home="$(getent passwd "$HPC_USER" | cut -d: -f6)"
   install -d -m 0700 -o "$HPC_USER" -g "$HPC_USER" "$home/.ssh"
@@ -248,8 +251,20 @@ AuthorizedKeysFile .ssh/authorized_keys
 AllowTcpForwarding no
 Subsystem sftp internal-sftp
 EOF
+  # the data-transfer node: the same file systems (here: the same machine), for bulk data only
+  # (staging, export; the connections' transfer_host); logins as on the login node
+  cat >"$SSHDIR/sshd-dtn_config" <<EOF
+Port $DTN_PORT
+HostKey $SSHDIR/dtn_host_ed25519_key
+PidFile $RUN/sshd-dtn.pid
+$common
+AuthorizedKeysFile .ssh/authorized_keys
+AllowTcpForwarding no
+Subsystem sftp internal-sftp
+EOF
   # the bastion (a site's gateway): certificate logins only, no shell, forwarding to the login
-  # node only; every connection of the factory passes through it (the connections' proxy_jump)
+  # node and the data-transfer node only; every connection of the factory passes through it (the
+  # connections' proxy_jump)
   cat >"$SSHDIR/sshd-bastion_config" <<EOF
 Port $BASTION_PORT
 HostKey $SSHDIR/bastion_host_ed25519_key
@@ -261,11 +276,12 @@ AllowStreamLocalForwarding no
 PermitTunnel no
 PermitTTY no
 AllowTcpForwarding local
-PermitOpen 127.0.0.1:$SSH_PORT
+PermitOpen 127.0.0.1:$SSH_PORT 127.0.0.1:$DTN_PORT
 ForceCommand /usr/sbin/nologin
 EOF
   start_sshd sshd "$SSH_PORT"
   start_sshd sshd-bastion "$BASTION_PORT"
+  start_sshd sshd-dtn "$DTN_PORT"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -552,13 +568,15 @@ write_env() {
   # the service connection: the login node through the bastion, with certificates of the local CA
   # (tenant connections copy all of it but the login and key: cluster_identity.tenant_connection)
   conn_ssh="$("$VENV/bin/python" - "$SSH_PORT" "$HPC_USER" "$SSHDIR/id_ed25519" "$(cut -d' ' -f1,2 "$SSHDIR/ssh_host_ed25519_key.pub")" \
-    "$BASTION_PORT" "$(cut -d' ' -f1,2 "$SSHDIR/bastion_host_ed25519_key.pub")" "$VENV/bin/python" "$SSH_CA_DIR" <<'PY'
+    "$BASTION_PORT" "$(cut -d' ' -f1,2 "$SSHDIR/bastion_host_ed25519_key.pub")" "$VENV/bin/python" "$SSH_CA_DIR" \
+    "$DTN_PORT" "$(cut -d' ' -f1,2 "$SSHDIR/dtn_host_ed25519_key.pub")" <<'PY'
 import json, sys
-port, login, key, host_key, bastion_port, bastion_key, python, ca_dir = sys.argv[1:]
+port, login, key, host_key, bastion_port, bastion_key, python, ca_dir, dtn_port, dtn_key = sys.argv[1:]
 print(json.dumps({"conn_type": "ssh", "host": "127.0.0.1", "port": int(port), "login": login, "extra": {
     "key_file": key, "host_key": host_key, "no_host_key_check": False, "allow_host_key_change": False,
     "look_for_keys": False,
     "proxy_jump": {"host": "127.0.0.1", "port": int(bastion_port), "host_key": bastion_key},
+    "transfer_host": {"host": "127.0.0.1", "port": int(dtn_port), "host_key": dtn_key},
     "cert_renew_command": [python, "-m", "aifactory.local.ssh_ca", "--ca-dir", ca_dir, "sign",
                            "--key", "{key_file}", "--principal", "{login}"],
 }}))
@@ -589,6 +607,7 @@ PY
     printf 'export AIFP_SSH_KEY=%q\n' "$SSHDIR/id_ed25519"
     printf 'export AIFP_SSH_KNOWN_HOSTS=%q\n' "$SSHDIR/known_hosts"
     printf 'export AIFP_BASTION_PORT=%q\n' "$BASTION_PORT"
+    printf 'export AIFP_DTN_PORT=%q\n' "$DTN_PORT"
     printf 'export AIFP_SSH_CA_DIR=%q\n' "$SSH_CA_DIR"
     printf 'export AIFP_AIRFLOW_URL=%q\n' "http://127.0.0.1:$AIRFLOW_PORT"
     echo "# Airflow connections (AIRFLOW_CONN_<ID> holding JSON):"
@@ -723,7 +742,7 @@ up_airflow() {
 }
 
 # ---------------------------------------------------------------------------------------------
-COMPONENTS=(supervisor "${CELERY_WORKERS[@]}" airflow-triggerer airflow-dag-processor airflow-scheduler airflow-api-server redis postgres moto slurmd-n1 slurmd-n2 slurmd slurmctld slurmdbd mariadb munged sshd-bastion sshd)
+COMPONENTS=(supervisor "${CELERY_WORKERS[@]}" airflow-triggerer airflow-dag-processor airflow-scheduler airflow-api-server redis postgres moto slurmd-n1 slurmd-n2 slurmd slurmctld slurmdbd mariadb munged sshd-dtn sshd-bastion sshd)
 
 cmd_up() {
   local c
@@ -776,7 +795,7 @@ cmd_down() {
 
 cmd_status() {
   local c state rc=0
-  local executor parts=(sshd sshd-bastion munged mariadb slurmdbd slurmctld slurmd-n1 slurmd-n2 moto postgres supervisor)
+  local executor parts=(sshd sshd-bastion sshd-dtn munged mariadb slurmdbd slurmctld slurmd-n1 slurmd-n2 moto postgres supervisor)
   executor="$(stack_executor)"
   if [ "$executor" = celery ]; then parts+=(redis); fi
   for c in "${parts[@]}"; do
@@ -805,6 +824,7 @@ $logins
   S3 endpoint      http://127.0.0.1:$S3_PORT   platform credential: $SECRETS_DIR/s3/platform.json (AWS_ACCESS_KEY_ID in stack.env), tenants': s3/<tenant>.json
   HPC login (sshd) 127.0.0.1:$SSH_PORT   user: $HPC_USER   key: $SSHDIR/id_ed25519   known_hosts: $SSHDIR/known_hosts
   Bastion          127.0.0.1:$BASTION_PORT   certificate logins only (CA: $SSH_CA_DIR); the factory's connections pass through it
+  Data transfer    127.0.0.1:$DTN_PORT   staging and export (the connections' transfer_host), through the bastion
   Slurm            cluster $CLUSTER_NAME (slurmctld 6817, slurmd n1 17001 + n2 17002, slurmdbd 6819), HPC root $HPC_ROOT
   Metadata DB      postgresql://airflow@127.0.0.1:$PG_PORT/airflow   password: $SECRETS_DIR/postgres_airflow_password
   Executor         $executor$([ "$executor" = celery ] && echo "   broker: redis://127.0.0.1:$REDIS_PORT (password: $SECRETS_DIR/redis_password), workers: ${CELERY_WORKERS[*]}")   (make up EXECUTOR=local|celery)

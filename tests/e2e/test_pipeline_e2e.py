@@ -54,18 +54,22 @@ def cert_logins(stack_env, sshd: str) -> int:
 
 def test_demo_pipeline_end_to_end(api, stack_env, s3_client):
     conf = {**SPEC.defaults, "dataset_uri": upload(s3_client, (REPO / "include/sample_data/iris.csv").read_bytes())}
-    before = {sshd: cert_logins(stack_env, sshd) for sshd in ("sshd", "sshd-bastion")}
+    before = {sshd: cert_logins(stack_env, sshd) for sshd in ("sshd", "sshd-dtn", "sshd-bastion")}
     run_id, run, states = run_to_end(api, conf)
     assert run["state"] == "success", states
     assert set(states.values()) == {"success"}
 
     # every stage that reaches the cluster went through the bastion (docs/ssh-logins.md): each
     # says so in its log, and each login at the login node came through a login at the bastion
+    # bulk data (stage, export, the staged copy's check before sbatch) on the data-transfer node
     bastion = f"via [127.0.0.1]:{stack_env['AIFP_BASTION_PORT']} as {SPEC.identity.unix_user} (certificate)"
-    for stage in ("stage", "train", "export"):
-        assert bastion in api.task_log(DAG_ID, run_id, stage), stage
+    login, dtn = f"[127.0.0.1]:{stack_env['AIFP_SSH_PORT']} {bastion}", f"[127.0.0.1]:{stack_env['AIFP_DTN_PORT']} {bastion}"
+    logs = {stage: api.task_log(DAG_ID, run_id, stage) for stage in ("stage", "train", "export")}
+    assert dtn in logs["stage"] and login not in logs["stage"] and dtn in logs["export"]
+    assert login in logs["train"]  # sbatch on the login node
     made = {sshd: cert_logins(stack_env, sshd) - n for sshd, n in before.items()}
-    assert made["sshd"] >= 3 and made["sshd"] <= made["sshd-bastion"], made  # none straight to the login node
+    assert made["sshd"] >= 1 and made["sshd-dtn"] >= 2, made
+    assert made["sshd"] + made["sshd-dtn"] <= made["sshd-bastion"], made  # none straight to either
 
     train = api.xcom(DAG_ID, run_id, "train")
     export = api.xcom(DAG_ID, run_id, "export")

@@ -59,7 +59,7 @@ def test_airflow_secrets_are_generated_and_exported(stack_env):
     Fernet(stack_env["AIRFLOW__CORE__FERNET_KEY"].encode())  # a valid key, or this raises
 
 
-@pytest.mark.parametrize("config", ["sshd_config", "sshd-bastion_config"])
+@pytest.mark.parametrize("config", ["sshd_config", "sshd-bastion_config", "sshd-dtn_config"])
 def test_the_host_private_key_is_sshds_alone(stack_env, config):
     sshd_config = Path(stack_env["AIFP_STATE_DIR"]) / "ssh" / config
     host_keys = [Path(line.split(None, 1)[1].strip()) for line in sshd_config.read_text().splitlines()

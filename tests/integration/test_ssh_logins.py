@@ -59,9 +59,11 @@ def _fingerprint(key: Path) -> str:
                           check=True).stdout.split()[1]
 
 
-def test_all_three_ssh_paths_pass_the_bastion_with_a_certificate(stack_env, throwaway_login):
-    """Each path logs in twice: at the bastion, then (through its forward) at the login node, both
-    times with the certificate; the key has no authorized_keys entry anywhere."""
+@pytest.mark.parametrize("transfer, sshd", [(False, "sshd"), (True, "sshd-dtn")])
+def test_all_three_ssh_paths_pass_the_bastion_with_a_certificate(stack_env, throwaway_login, transfer, sshd):
+    """Each path logs in twice: at the bastion, then (through its forward) at the login node (or, for
+    bulk data, the data-transfer node), both times with the certificate; the key has no
+    authorized_keys entry anywhere."""
     from operators.hooks import FactorySSHHook
 
     cid, key, _ = throwaway_login
@@ -70,16 +72,21 @@ def test_all_three_ssh_paths_pass_the_bastion_with_a_certificate(stack_env, thro
     def logins(name: str) -> list[str]:
         return [line for line in _accepted(stack_env, name, "aifp-demo") if mine in line]
 
-    hook = FactorySSHHook(ssh_conn_id=cid)
+    hook = FactorySSHHook(ssh_conn_id=cid, transfer=transfer)
     assert hook.endpoint.jump is not None and hook.endpoint.renewal is not None
+    port = int(stack_env["AIFP_DTN_PORT" if transfer else "AIFP_SSH_PORT"])
+    assert hook.endpoint.port == port
     assert hook.run("whoami")[1].strip() == "aifp-demo"                               # paramiko
     pipe = hook.bulk_pipe()
     assert pipe is not None and pipe.jump == hook.endpoint.jump
     rc, out, err = pipe.run("wc -c", lambda f: f.write(b"x" * 4096))                 # OpenSSH
     assert (rc, out.strip()) == (0, "4096"), err
     hook.close()
-    assert asyncio.run(FactorySSHHook(ssh_conn_id=cid).run_async("whoami"))[1].strip() == "aifp-demo"  # asyncssh
-    assert len(logins("sshd-bastion")) == 3 and len(logins("sshd")) == 3, (logins("sshd-bastion"), logins("sshd"))
+    async_hook = FactorySSHHook(ssh_conn_id=cid, transfer=transfer)
+    assert asyncio.run(async_hook.run_async("whoami"))[1].strip() == "aifp-demo"  # asyncssh
+    assert len(logins("sshd-bastion")) == 3 and len(logins(sshd)) == 3, (logins("sshd-bastion"), logins(sshd))
+    other = "sshd" if transfer else "sshd-dtn"
+    assert logins(other) == []  # bulk data on the data-transfer node, jobs on the login node
     cert = read_certificate(certificate_file(key))
     assert all(f"ID {cert.key_id} " in line for line in logins("sshd-bastion"))
 

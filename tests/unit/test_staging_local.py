@@ -146,11 +146,11 @@ def test_ssh_command_line_pins_the_login():
 def test_ssh_command_line_through_a_bastion_pins_both_hosts_and_quotes_the_hop():
     import shlex
 
-    from aifactory.hpc.remote import JumpHost
+    from aifactory.hpc.remote import PinnedHost
 
     pipe = OpenSSHPipe(host="login.example", port=2222, username="svc", key_file="/k/my id",
                        known_hosts_line="[login.example]:2222 ssh-ed25519 AAAA",
-                       jump=JumpHost(host="bastion.example", port=2223, host_key="ssh-ed25519 BBBB"))
+                       jump=PinnedHost(host="bastion.example", port=2223, host_key="ssh-ed25519 BBBB"))
     argv = pipe.argv("true", "/tmp/k h")
     proxy = next(argv[i + 1] for i, a in enumerate(argv) if a == "-o" and argv[i + 1].startswith("ProxyCommand="))
     hop = shlex.split(proxy.removeprefix("ProxyCommand="))  # ssh runs it through /bin/sh

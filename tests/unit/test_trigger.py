@@ -379,6 +379,11 @@ def test_endpoint_reads_a_pinned_bastion_and_a_certificate_renewal():
     assert ep.renewal.argv(ep.key_file, ep.username) == [
         "/usr/bin/site-cert", "--key", "/k/id_ed25519", "--user", "aifactory"]
     assert ep.renewal.renew_before_s == 120
+    assert ep.for_transfer() == ep  # no transfer_host: bulk data on the login node
+    dtn = SSHEndpoint.from_connection(_conn(extra_dejson={
+        **extra, "transfer_host": {"host": "dtn.example", "port": 22, "host_key": "ssh-ed25519 CCCC"}})).for_transfer()
+    assert (dtn.host, dtn.port, dtn.known_hosts_line) == ("dtn.example", 22, "dtn.example ssh-ed25519 CCCC")
+    assert dtn.jump == ep.jump and dtn.username == ep.username and dtn.renewal == ep.renewal
     # the same bastion given as JSON text (a connection edited in the UI)
     import json
 

@@ -279,17 +279,20 @@ def known_hosts_pattern(host: str, port: int) -> str:
 
 
 @dataclass(frozen=True)
-class JumpHost:
-    """A bastion (``ProxyJump``): the SSH server every login to the cluster passes through.
+class PinnedHost:
+    """Another SSH server of the site, with its host key pinned like the login node's:
 
-    The login there is the same as on the cluster (``login`` overrides it), with the same key (and
-    certificate); its host key is pinned like the cluster's. Only TCP forwarding to the login node
-    is used on it, never a shell.
+    * a bastion (``proxy_jump``): every login to the cluster passes through it; only TCP forwarding
+      to the site's hosts is used on it, never a shell;
+    * a data-transfer node (``transfer_host``): staging and export run there, on the same file
+      systems as the login node, through the same bastion.
 
-    :param host: the bastion's address.
+    The login is the cluster's (``login`` overrides it), with the same key and certificate.
+
+    :param host: its address.
     :param port: its SSH port.
     :param host_key: its pinned public host key, ``<type> <base64>``.
-    :param login: the user on the bastion, when it differs from the cluster login.
+    :param login: the user there, when it differs from the cluster login.
     """
 
     host: str
@@ -330,7 +333,7 @@ class OpenSSHPipe:
     key_file: str
     known_hosts_line: str
     connect_timeout: int = 30
-    jump: JumpHost | None = None
+    jump: PinnedHost | None = None
     #: Cipher preference: AES-GCM first (AES-NI makes it about twice as fast per core as
     #: OpenSSH's default chacha20-poly1305 on x86 login nodes), the default kept as fallback; the
     #: server picks the first it allows.
