@@ -46,10 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the run directory: a
 
 from aifp_runtime import BadInput, Job, run, write_atomic  # noqa: E402
 from aifp_runtime.contract import ONNX_CHECK_FILE  # noqa: E402
+from aifp_runtime.data import split_config  # noqa: E402
 from aifp_runtime.job import log  # noqa: E402
 from aifp_runtime.signals import restart_count  # noqa: E402
 from aifp_runtime.text import shown  # noqa: E402
-from aifp_runtime.training import fit, hp_digest, seed_torch  # noqa: E402
+from aifp_runtime.training import evaluate, fit, hp_digest, seed_torch  # noqa: E402
 from tabular_data import (  # noqa: E402
     check_schema,
     dataset_files,
@@ -138,26 +139,12 @@ def main(job: Job) -> int:
     if not dist_info.main:
         return 0
     step = trained.step
-    loss_fn = torch.nn.CrossEntropyLoss()
 
     # ---- rank 0: evaluate on the held-out split and write the outputs (marker last) ----
     model.eval()
     exported = export_module(model.cpu(), stats.mean, stats.std)
-    correct = n = 0
-    test_loss = 0.0
-    with torch.no_grad():
-        for x, y in iter_test_rows(files, hp, stats):
-            logits = exported(torch.from_numpy(x))
-            yt = torch.from_numpy(y)
-            correct += int((logits.argmax(1) == yt).sum())
-            test_loss += float(loss_fn(logits, yt)) * len(y)
-            n += len(y)
-        correct_train = seen_train = 0
-        for xb, yb in iter_global_batches(files, hp, stats, 0, 1):
-            logits = model(torch.from_numpy(xb))
-            correct_train += int((logits.argmax(1) == torch.from_numpy(yb)).sum())
-            seen_train += len(yb)
-    test_acc = correct / n
+    scores = evaluate(exported, iter_test_rows(files, hp, stats), model, iter_global_batches(files, hp, stats, 0, 1))
+    test_acc = scores.test_accuracy
     check = export_model_files(model, stats, hp, files, output_dir)
     config = {
         "architecture": "mlp-1-hidden",
@@ -168,9 +155,7 @@ def main(job: Job) -> int:
         "feature_columns": features,
         "label_column": label,
         "normalisation": {"mean": stats.mean.tolist(), "std": stats.std.tolist()},
-        "split": {"method": "splitmix64(row_index + seed * 0x9E3779B97F4A7C15) / 2**64 < test_fraction",
-                  "row_index": "position in the dataset's sorted part-*.parquet files",
-                  "seed": seed, "test_fraction": float(hp["test_fraction"])},
+        "split": split_config(seed, hp["test_fraction"]),
         "onnx": {"file": FORMATS["onnx"], "input": "features", "input_shape": ["batch", len(features)],
                  "input_dtype": "float32", "output": "logits", "opset": ONNX_OPSET,
                  "normalisation_included": True},
@@ -181,9 +166,9 @@ def main(job: Job) -> int:
     metrics = {
         "test_accuracy": test_acc,
         "onnx_test_accuracy": check["heldout_accuracy_onnx"],
-        "train_accuracy": correct_train / seen_train if seen_train else None,
+        "train_accuracy": scores.train_accuracy,
         "loss": trained.loss_or_none,  # None: no epoch ran after a resume
-        "test_loss": test_loss / n,
+        "test_loss": scores.test_loss,
         "n_train": stats.n_train,
         "n_test": stats.n_test,
         "epochs": epochs,

@@ -47,10 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the run directory: a
 
 from aifp_runtime import BadInput, Job, run, write_atomic  # noqa: E402
 from aifp_runtime.contract import ONNX_CHECK_FILE  # noqa: E402
+from aifp_runtime.data import split_config  # noqa: E402
 from aifp_runtime.job import log  # noqa: E402
 from aifp_runtime.signals import restart_count  # noqa: E402
 from aifp_runtime.text import shown  # noqa: E402
-from aifp_runtime.training import fit, hp_digest, seed_torch  # noqa: E402
+from aifp_runtime.training import evaluate, fit, hp_digest, seed_torch  # noqa: E402
 from text_data import (  # noqa: E402
     check_schema,
     dataset_files,
@@ -154,22 +155,8 @@ def main(job: Job) -> int:
 
     # ---- rank 0: evaluate on the held-out split and write the outputs (marker last) ----
     model = model.cpu().eval()
-    loss_fn = torch.nn.CrossEntropyLoss()
-    correct = n = 0
-    test_loss = 0.0
-    with torch.no_grad():
-        for x, y in iter_test_rows(files, hp, stats):
-            logits = model(torch.from_numpy(x))
-            yt = torch.from_numpy(y)
-            correct += int((logits.argmax(1) == yt).sum())
-            test_loss += float(loss_fn(logits, yt)) * len(y)
-            n += len(y)
-        correct_train = seen_train = 0
-        for xb, yb in iter_global_batches(files, hp, stats, 0, 1):
-            logits = model(torch.from_numpy(xb))
-            correct_train += int((logits.argmax(1) == torch.from_numpy(yb)).sum())
-            seen_train += len(yb)
-    test_acc = correct / n
+    scores = evaluate(model, iter_test_rows(files, hp, stats), model, iter_global_batches(files, hp, stats, 0, 1))
+    test_acc = scores.test_accuracy
     write_atomic(output_dir / TOKENIZER_FILE, tok.to_json())
     check = export_model_files(model, stats, hp, files, output_dir)
     config = {
@@ -187,9 +174,7 @@ def main(job: Job) -> int:
         "label_column": label,
         "tokenizer": {"file": TOKENIZER_FILE, "sha256": tok.sha256, "kind": "word-level, built from the training split",
                       "pattern": TOKEN_PATTERN, "pad_id": PAD_ID, "unk_id": UNK_ID},
-        "split": {"method": "splitmix64(row_index + seed * 0x9E3779B97F4A7C15) / 2**64 < test_fraction",
-                  "row_index": "position in the dataset's sorted part-*.parquet files",
-                  "seed": seed, "test_fraction": float(hp["test_fraction"])},
+        "split": split_config(seed, hp["test_fraction"]),
         "onnx": {"file": FORMATS["onnx"], "input": ONNX_INPUT, "input_shape": ["batch", "sequence"],
                  "input_dtype": "int64", "max_sequence": tok.max_length, "output": "logits", "opset": ONNX_OPSET,
                  "tokenizer_included": False},
@@ -200,9 +185,9 @@ def main(job: Job) -> int:
     metrics = {
         "test_accuracy": test_acc,
         "onnx_test_accuracy": check["heldout_accuracy_onnx"],
-        "train_accuracy": correct_train / seen_train if seen_train else None,
+        "train_accuracy": scores.train_accuracy,
         "loss": trained.loss_or_none,  # None: no epoch ran after a resume
-        "test_loss": test_loss / n,
+        "test_loss": scores.test_loss,
         "n_train": stats.n_train,
         "n_test": stats.n_test,
         "vocab_size": tok.vocab_size,

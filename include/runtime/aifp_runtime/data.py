@@ -157,3 +157,10 @@ def label_ids(values: list[Any], keep: Any, index: dict[Any, int]) -> Any:
     import numpy as np
 
     return np.array([index[v] for v, k in zip(values, keep, strict=True) if k], dtype="int64")
+
+
+def split_config(seed: int, test_fraction: float) -> dict[str, Any]:
+    """How the held-out split was drawn (:func:`test_mask`), for a model's ``model_config.json``."""
+    return {"method": "splitmix64(row_index + seed * 0x9E3779B97F4A7C15) / 2**64 < test_fraction",
+            "row_index": "position in the dataset's sorted part-*.parquet files",
+            "seed": int(seed), "test_fraction": float(test_fraction)}

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aifp_runtime.distributed import Dist
-from aifp_runtime.job import Job, log
+from aifp_runtime.job import BadInput, Job, log
 
 
 @dataclass(frozen=True)
@@ -145,3 +145,40 @@ def fit(job: Job, dist: Dist, model: Any, optimiser: Any, *, batches: Callable[[
         del ddp
     dist.leave()
     return Fit(step, epoch_loss)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A classifier's accuracy and mean loss on the held-out rows, and its accuracy on the training rows."""
+
+    test_accuracy: float
+    test_loss: float
+    train_accuracy: float | None
+
+
+def evaluate(test_model: Any, test_batches: Iterable[tuple[Any, Any]], train_model: Any,
+             train_batches: Iterable[tuple[Any, Any]]) -> Evaluation:
+    """Evaluate on CPU, without gradients: ``test_model`` on the held-out batches (what is exported:
+    raw inputs), ``train_model`` on the training batches (as they were trained on).
+
+    Batches are ``(inputs, int64 labels)`` as numpy arrays.
+    """
+    import torch
+
+    loss_fn = torch.nn.CrossEntropyLoss()
+    correct = n = 0
+    loss = 0.0
+    with torch.no_grad():
+        for x, y in test_batches:
+            logits = test_model(torch.from_numpy(x))
+            yt = torch.from_numpy(y)
+            correct += int((logits.argmax(1) == yt).sum())
+            loss += float(loss_fn(logits, yt)) * len(y)
+            n += len(y)
+        right = seen = 0
+        for xb, yb in train_batches:
+            right += int((train_model(torch.from_numpy(xb)).argmax(1) == torch.from_numpy(yb)).sum())
+            seen += len(yb)
+    if n == 0:
+        raise BadInput("the held-out split is empty; lower test_fraction's complement or give more rows")
+    return Evaluation(test_accuracy=correct / n, test_loss=loss / n, train_accuracy=right / seen if seen else None)
