@@ -142,24 +142,26 @@ def component_down(component: str, sig: int = signal.SIGTERM) -> Iterator[int]:
     assert_no_orphans()
 
 
-def ssh_sessions(spare_pid: int) -> list[int]:
-    """pids of the cluster's sshd processes that serve a connection, except those serving
-    ``spare_pid``'s own (this test process's session-scoped logins, which later tests reuse)."""
+def ssh_sessions(spare_pid: int, port_env: str = "AIFP_SSH_PORT") -> list[int]:
+    """pids of the cluster's sshd processes (the one on ``$port_env``) that serve a connection, except
+    those serving ``spare_pid``'s own (this test process's session-scoped logins, which later tests
+    reuse)."""
     import psutil
 
-    port = int(os.environ["AIFP_SSH_PORT"])
+    port = int(os.environ[port_env])
     conns = [c for c in psutil.net_connections("tcp") if c.raddr and c.pid]
     client_of = {c.laddr.port: c.pid for c in conns if c.raddr.port == port}
     return sorted({c.pid for c in conns if c.laddr.port == port and client_of.get(c.raddr.port) != spare_pid})
 
 
 @contextmanager
-def sshd_down() -> Iterator[list[int]]:
-    """The login node's sshd gone inside the block, with every connection it served (SIGKILL, as
-    a crash or ``systemctl restart`` with KillMode=control-group) but this process's own; back by
-    ``stack.sh up`` after it. The pids of the sessions ended."""
-    sessions = ssh_sessions(os.getpid())
-    stop("sshd")
+def sshd_down(component: str = "sshd", port_env: str = "AIFP_SSH_PORT") -> Iterator[list[int]]:
+    """One of the cluster's sshds (the login node's, or ``sshd-dtn`` with ``AIFP_DTN_PORT``: the
+    data-transfer node's, where staging runs) gone inside the block, with every connection it served
+    (SIGKILL, as a crash or ``systemctl restart`` with KillMode=control-group) but this process's own;
+    back by ``stack.sh up`` after it. The pids of the sessions ended."""
+    sessions = ssh_sessions(os.getpid(), port_env)
+    stop(component)
     for pid in sessions:
         try:
             os.kill(pid, signal.SIGKILL)

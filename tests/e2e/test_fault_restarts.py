@@ -1,7 +1,7 @@
 """The cluster's sshd restarted mid-staging and the S3 endpoint restarted mid-export, in one run of
 the demo pipeline (``docs/fault-suite.md``).
 
-* sshd: stopped the moment the stage task has made its private temporary directory on the cluster
+* sshd of the data-transfer node (where staging runs: the connections' ``transfer_host``): stopped the moment the stage task has made its private temporary directory on the cluster
   (files not yet sent), with every connection it served but the test's own, and kept down until
   that try has ended: the try fails saying the connection was lost, cannot remove its temporary
   directory over it, and the retry (sshd back) removes it (its own earlier try's) and stages the
@@ -46,7 +46,7 @@ def test_sshd_restart_mid_staging_and_s3_restart_mid_export(api, s3_client):
     # -- sshd, mid-staging
     wait_for(lambda: datasets.is_dir() and any(p.name.startswith(".staging-") for p in datasets.iterdir()),
              240, f"the stage's temporary directory in {datasets}", interval=0.01)
-    with sshd_down() as sessions:
+    with sshd_down("sshd-dtn", "AIFP_DTN_PORT") as sessions:
         assert sessions, "the stage task held no SSH connection"
         first = wait_task(api, run_id, "stage", TRY_ENDED, timeout=120)
     assert first["state"] == "up_for_retry", first
