@@ -38,21 +38,8 @@ HP = {"text_column": "text", "label_column": "label"}
 CLASSES = ["negative", "neutral", "positive"]
 
 
-def _train_python() -> str | None:
-    """A Python with torch: the cluster's venv, or this one (as tests/unit/test_recipes.py finds it)."""
-    for candidate in (os.environ.get("AIFP_TRAIN_PYTHON"), "/srv/aifactory/venv/bin/python"):
-        if candidate and Path(candidate).exists():
-            return candidate
-    try:
-        import torch  # noqa: F401
-
-        return sys.executable
-    except ImportError:
-        return None
-
-
-TRAIN_PY = _train_python()
-needs_torch = pytest.mark.skipif(TRAIN_PY is None, reason="no Python with torch (set AIFP_TRAIN_PYTHON)")
+# the Python with torch that trains, found as the tabular recipe's tests find it
+from test_recipes import TRAIN_PY, needs_torch  # noqa: E402
 
 
 @pytest.fixture()
