@@ -188,13 +188,13 @@ SSH_CA_DIR="$SECRETS_DIR/ssh_ca"
 # start_sshd NAME PORT: start (or, when its configuration changed, reload) $SSHDIR/NAME_config
 start_sshd() {
   local name="$1" port="$2" conf="$SSHDIR/$1_config"
+  mkdir -p /run/sshd && chmod 0755 /run/sshd  # sshd -t needs it too; a fresh machine (no systemd) has none
   /usr/sbin/sshd -t -f "$conf" || die "sshd config test failed ($conf)"
   if alive "$name"; then
     if ! cmp -s "$conf" "$RUN/$name.config"; then
       kill -HUP "$(pid_of "$name")" && say "$name reloaded (SIGHUP): its configuration changed"
     fi
   else
-    mkdir -p /run/sshd && chmod 0755 /run/sshd
     ( cg_join "$name"; exec /usr/sbin/sshd -f "$conf" -E "$LOG/$name.log" )
     wait_for "$name on 127.0.0.1:$port" 10 port_open "$port"
     say "$name up on 127.0.0.1:$port"
