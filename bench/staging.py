@@ -37,8 +37,9 @@ def main() -> None:
     from aifactory.data.s3 import download_to
     from aifactory.hpc.remote import ParamikoShell, q
     from aifactory.hpc.staging import StagingOptions, stage_dataset
-    from aifactory.layout import tenant_dir
+    from aifactory.layout import TenantAreas
     from aifactory.local.localstack import bulk_pipe, tenant_login
+    from aifactory.tenants import load_cluster, load_tenant
 
     m = c.ingested_dataset(s3, args.rows)
     total = m.total_bytes
@@ -58,7 +59,8 @@ def main() -> None:
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     client.connect(env["AIFP_SSH_HOST"], port=int(env["AIFP_SSH_PORT"]), username=user,
                    key_filename=key, look_for_keys=False, allow_agent=False)
-    root = tenant_dir(env["AIFP_HPC_ROOT"], "demo")
+    cluster = load_cluster("local")
+    root = load_tenant("demo").areas(cluster).scratch
     runs: dict[str, list[float]] = {}
     scp_base = ["scp", "-q", "-P", env["AIFP_SSH_PORT"], "-i", key, "-o", "BatchMode=yes",
                 "-o", f"UserKnownHostsFile={env['AIFP_SSH_KNOWN_HOSTS']}", "-o", "StrictHostKeyChecking=yes"]
@@ -82,20 +84,20 @@ def main() -> None:
 
         def stage(mode: str) -> None:
             opts = StagingOptions(mode=mode.split("_")[0], parallel=args.parallel,  # type: ignore[arg-type]
-                                  python="/srv/aifactory/venv/bin/python")
+                                  python=cluster.python)
             # push_sftp: the fallback of a worker without the ssh binary (paramiko SFTP)
             via = ParamikoShell(client) if mode == "push_sftp" else shell
             d = fresh(mode)
             try:
                 logs: list[str] = []
                 t0 = time.monotonic()
-                stage_dataset(s3, via, bucket=c.BUCKET, dataset_prefix=m.prefix, manifest=m, tenant_dir=d,
+                stage_dataset(s3, via, bucket=c.BUCKET, dataset_prefix=m.prefix, manifest=m, areas=TenantAreas(d, d),
                               log=logs.append, options=opts)
                 runs.setdefault(mode, []).append(time.monotonic() - t0)
                 print(f"  {mode}: " + logs[-1][:160], flush=True)
                 t0 = time.monotonic()
                 again = stage_dataset(s3, via, bucket=c.BUCKET, dataset_prefix=m.prefix, manifest=m,
-                                      tenant_dir=d, log=lambda s: None, options=opts)
+                                      areas=TenantAreas(d, d), log=lambda s: None, options=opts)
                 assert again.skipped
                 runs.setdefault(f"{mode}_restage", []).append(time.monotonic() - t0)
             finally:

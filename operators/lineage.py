@@ -49,7 +49,7 @@ class FactoryStageExtractor(BaseExtractor):
         cluster = load_cluster(spec.cluster)
         inputs, outputs = stage_lineage(
             STAGE_OF_TASK_TYPE[op.task_type], tenant=spec.tenant, bucket=spec.bucket, cluster=cluster.name,
-            tenant_root=spec.hpc_dir(cluster), start={k: getattr(op, k, None) for k in START_ARGUMENTS},
+            areas=spec.areas(cluster), start={k: getattr(op, k, None) for k in START_ARGUMENTS},
             result=result,
         )
         return OperatorLineage(inputs=[ol_dataset(d) for d in inputs], outputs=[ol_dataset(d) for d in outputs])

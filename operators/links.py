@@ -139,7 +139,7 @@ def job_page(spec: Any, job_id: str, *, log_tail: bool = False) -> dict[str, Any
                                job_id=job_id)
         if record is None:
             raise NotFound(f"no Slurm job {job_id} of tenant {spec.tenant} (account {spec.slurm_account})")
-        log_path = views.job_log_path(spec.hpc_dir(cluster), record)
+        log_path = views.job_log_path(spec.areas(cluster), record)
         if not log_tail:
             return views.job_page(record, spec, log_path=log_path)
         try:

@@ -105,9 +105,9 @@ class SlurmJobOperator(BaseOperator):
     :param cluster: cluster name (``include/clusters/<name>.yaml``) or the spec dict itself.
         Defaults to the tenant spec's ``cluster``; another cluster than the tenant's is refused.
     :param recipe: recipe name (a folder of ``recipes_root``); must be in the tenant's ``recipes``.
-    :param run_dir: the run directory, inside ``<hpc_root>/<tenant>/runs/``; default
+    :param run_dir: the run directory, inside the runs directory of the tenant's project area; default
         ``runs/<job name>``, the same for every try of the task.
-    :param dataset_dir: the staged dataset, inside ``<hpc_root>/<tenant>/datasets/``; ``None`` for
+    :param dataset_dir: the staged dataset, inside the datasets of the tenant's scratch area; ``None`` for
         a job that reads no dataset (the platform's probe jobs).
     :param hyperparameters: the recipe's hyperparameters (a dict, or JSON text of one).
     :param slurm_resources: ``partition``, ``nodes``, ``cpus_per_task``, ``mem_gb``, ``gpus_per_node``,

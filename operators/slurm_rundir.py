@@ -46,7 +46,7 @@ def prepare_run_dir(hook: Any, plan: JobPlan) -> None:
     if plan.container_argv:
         uploads.append((layout.CONTAINER_ARGV_FILE, CONTAINER_ARGV_SEPARATOR.join(a.encode() for a in plan.container_argv)))
     with hook.sftp() as sftp:
-        _mkdirs(sftp, posixpath.dirname(plan.tenant_root), plan.run_dir)
+        _mkdirs(sftp, posixpath.dirname(plan.project_dir), plan.run_dir)
         sftp.chmod(plan.run_dir, 0o700)
         for name, data in uploads:
             if not name or name.startswith("/") or ".." in name.split("/"):

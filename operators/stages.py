@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from aifactory.data.manifest import DatasetManifest
     from aifactory.hpc.staging import StagingOptions
+    from aifactory.layout import TenantAreas
     from aifactory.tenants import ClusterSpec, RunParams, TenantSpec
 
 def _fail(exc: FactoryError) -> NoReturn:
@@ -50,12 +51,12 @@ def check_dataset_prefix(prefix: Any, spec: TenantSpec) -> str:
     return prefix
 
 
-def check_output_dir(output_dir: Any, tenant_dir: str) -> str:
+def check_output_dir(output_dir: Any, areas: TenantAreas) -> str:
     """Refuse (no retry) a job output directory that is not inside the tenant's runs directory."""
     from aifactory import layout
     from aifactory.text import shown
 
-    runs = layout.runs_dir(tenant_dir)
+    runs = layout.runs_dir(areas)
     if not isinstance(output_dir, str) or not layout.path_inside(output_dir, runs):
         _fail(InputError(f"output directory {shown(output_dir)} from the train task's result is not inside this "
                          f"tenant's runs directory {runs}; refused, nothing was published. Clear the train task "
@@ -149,11 +150,9 @@ class FactoryOperator(BaseOperator):
                              "validated=validate.output"))
         return self.call(RunParams.from_xcom, self.validated)
 
-    def tenant_dir(self, spec: TenantSpec) -> str:
-        """The tenant's area on its cluster (``layout.tenant_dir``)."""
-        from aifactory import layout
-
-        return layout.tenant_dir(self.cluster_spec().hpc_root, spec.tenant)
+    def areas(self, spec: TenantSpec) -> TenantAreas:
+        """The tenant's project and scratch areas on its cluster (``TenantSpec.areas``)."""
+        return self.call(spec.areas, self.cluster_spec())
 
     # -- clients --------------------------------------------------------------------------------
     def s3(self) -> Any:
@@ -360,7 +359,7 @@ class StageDatasetOperator(DatasetOperator):
                 bucket=spec.bucket,
                 dataset_prefix=self.dataset["prefix"],
                 manifest=manifest,
-                tenant_dir=spec.hpc_dir(cluster),
+                areas=self.call(spec.areas, cluster),
                 log=self.log.info,
                 options=options,
                 owner=task_token(context),
@@ -418,7 +417,7 @@ class ExportModelOperator(FactoryOperator):
         params = self.run_params(context)
         prefix = check_dataset_prefix(self.dataset.get("prefix") if isinstance(self.dataset, dict) else None, spec)
         output_dir = self.training.get("output_dir") if isinstance(self.training, dict) else None
-        check_output_dir(output_dir, self.tenant_dir(spec))
+        check_output_dir(output_dir, self.areas(spec))
         dag_run = context["dag_run"]
         # the dataset's name as the checked prefix spells it (layout.NAME_RE), not XCom's "name" field
         dataset_name, _ = layout.dataset_in_prefix(prefix, spec.tenant) or ("", "")

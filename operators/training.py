@@ -120,7 +120,7 @@ class RecipeTrainOperator(SlurmJobOperator):
         from aifactory.tenants import load_cluster
 
         code = self._code
-        env = layout.env_dir(plan.tenant_root, code.env_id)
+        env = layout.env_dir(plan.areas, code.env_id)
         src = env + ".src"
         try:
             command = env_build_command(env_dir=env, src_dir=src, base_python=load_cluster(plan.cluster).python,
@@ -212,7 +212,7 @@ class RecipeTrainOperator(SlurmJobOperator):
                 result = stage_dataset(
                     S3Hook(aws_conn_id=tenant_s3_conn_id(spec)).get_conn(), shell, bucket=spec.bucket,
                     dataset_prefix=self.dataset["prefix"], manifest=self._manifest,
-                    tenant_dir=spec.hpc_dir(cluster), log=self.log.info, options=options,
+                    areas=spec.areas(cluster), log=self.log.info, options=options,
                     owner=task_token(context),
                 )
         except InputError as exc:  # a symlink planted in the dataset's path: refused, as by the stage task

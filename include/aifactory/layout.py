@@ -15,14 +15,18 @@ Object store (``s3://<bucket>/``, the bucket comes from the tenant spec)::
         model.*, metrics.json, MODEL_CARD.md, model_card.json
         manifest.json                                      written last, never overwritten
 
-HPC storage (``<hpc_root>`` comes from the cluster spec)::
+HPC storage: each tenant has two areas on its cluster, 0700 and its Unix user's. Where they are
+comes from the cluster spec's ``areas:`` templates (:class:`AreaTemplates`; both default to
+``<hpc_root>/<tenant>``, one area)::
 
-    <hpc_root>/<tenant>/                                 0700, the tenant's area
-        datasets/<name>/<version>/                         staged copy, .aifp-verified.json inside
+    <project area>/                                      what must last (a site's project or work area)
         runs/<job name>/                                   one run directory per task instance
             params.json, job.sh, aifp_runtime/, the recipe's files, slurm-<job id>.out,
             checkpoints/, output/ (with _COMPLETED.json written last by the job)
+        envs/env-<lock hash>/                              a built environment of the tenant's own code
         .aifp/bin/                                         platform scripts, named by their sha256
+    <scratch area>/                                      large, fast, purgeable (a site's scratch)
+        datasets/<name>/<version>/                         staged copy, .aifp-verified.json inside
 
 Pure functions only: no I/O, no Airflow.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 # --------------------------------------------------------------------------------------------
@@ -250,27 +255,89 @@ def key_inside(key: str, prefix: str) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def tenant_dir(hpc_root: str, tenant: str) -> str:
-    """The tenant's area on the cluster (0700)."""
-    return f"{hpc_root.rstrip('/')}/{tenant}"
+#: the fields an area template may name (``{hpc_root}``, ``{tenant}``, ``{account}``: the tenant's
+#: Slurm account, ``{user}``: its Unix login); at least one besides ``{hpc_root}``, so that each
+#: tenant's area is its own
+AREA_FIELDS = ("hpc_root", "tenant", "account", "user")
+#: the area of a cluster spec that names no template: one directory per tenant under the root
+DEFAULT_AREA_TEMPLATE = "{hpc_root}/{tenant}"
+_AREA_FIELD_RE = re.compile(r"\{([^{}]*)\}")
 
 
-def hpc_datasets_dir(tenant_root: str) -> str:
-    return f"{tenant_root}/datasets"
+@dataclass(frozen=True)
+class AreaTemplates:
+    """A cluster's templates of the two areas of each tenant (``areas: {project, scratch}``)."""
+
+    #: the runs (checkpoints, outputs), the own-code environments, the platform's scripts
+    project: str = DEFAULT_AREA_TEMPLATE
+    #: the staged datasets: the site may purge it (staging copies a dataset again when it is gone)
+    scratch: str = DEFAULT_AREA_TEMPLATE
 
 
-def hpc_dataset_dir(tenant_root: str, name: str, version: str) -> str:
+@dataclass(frozen=True)
+class TenantAreas:
+    """One tenant's two areas on its cluster (absolute, normalised; the same path when the cluster's
+    templates are the same). Every HPC path below is asked of this, never built from a root."""
+
+    project: str
+    scratch: str
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """Each distinct area: one when project and scratch are the same directory."""
+        return (self.project,) if self.project == self.scratch else (self.project, self.scratch)
+
+    def holding(self, path: object) -> str | None:
+        """The area ``path`` lies strictly inside (:func:`path_inside`), or None."""
+        if not isinstance(path, str):
+            return None
+        return next((root for root in self.roots if path_inside(path, root)), None)
+
+
+def area_template_fields(template: str) -> tuple[str, ...]:
+    """The ``{field}`` names ``template`` uses, in order."""
+    return tuple(_AREA_FIELD_RE.findall(template))
+
+
+def area_path(template: str, *, hpc_root: str, tenant: str, account: str, user: str | None) -> str:
+    """One area of one tenant: ``template`` with its fields filled in (:data:`AREA_FIELDS`).
+
+    The values come from specs whose name rules allow no '/' or '..', and the result must be an
+    absolute path in normal form; a template that needs ``{user}`` for a tenant without one raises.
+    """
+    values = {"hpc_root": hpc_root.rstrip("/"), "tenant": tenant, "account": account, "user": user}
+    unknown = [f for f in area_template_fields(template) if f not in values]
+    if unknown:
+        raise ValueError(f"area template {template!r} names {unknown}; it may name only "
+                         + ", ".join("{" + f + "}" for f in AREA_FIELDS))
+    if "user" in area_template_fields(template) and not user:
+        raise ValueError(f"area template {template!r} names {{user}}, and tenant {tenant!r} has no "
+                         "identity.unix_user")
+    path = template.format_map(values)
+    if not path.startswith("/") or posixpath.normpath(path) != path or "//" in path:
+        raise ValueError(f"area {path!r} (template {template!r}) must be an absolute path in normal form "
+                         "(no '..', '.', '//' or trailing '/')")
+    return path
+
+
+def hpc_datasets_dir(areas: TenantAreas) -> str:
+    """The staged datasets: in the scratch area."""
+    return f"{areas.scratch}/datasets"
+
+
+def hpc_dataset_dir(areas: TenantAreas, name: str, version: str) -> str:
     """The staged copy of one dataset version."""
-    return f"{tenant_root}/datasets/{name}/{version}"
+    return f"{hpc_datasets_dir(areas)}/{name}/{version}"
 
 
-def runs_dir(tenant_root: str) -> str:
-    return f"{tenant_root}/runs"
+def runs_dir(areas: TenantAreas) -> str:
+    """The run directories: in the project area (checkpoints and outputs must outlive a purge)."""
+    return f"{areas.project}/runs"
 
 
-def run_dir(tenant_root: str, job_name: str) -> str:
+def run_dir(areas: TenantAreas, job_name: str) -> str:
     """One task instance's run directory: the same for every try of the task."""
-    return f"{tenant_root}/runs/{job_name}"
+    return f"{runs_dir(areas)}/{job_name}"
 
 
 def run_output_dir(run_dir_: str) -> str:
@@ -298,19 +365,19 @@ def slow_steps_switch_path(run_dir_: str) -> str:
     return f"{parent}/.aifp-slow-steps/{name}"
 
 
-def envs_dir(tenant_root: str) -> str:
-    """The Python environments built for the tenant's own code, one per lock file."""
-    return f"{tenant_root}/envs"
+def envs_dir(areas: TenantAreas) -> str:
+    """The Python environments built for the tenant's own code, one per lock file (project area)."""
+    return f"{areas.project}/envs"
 
 
-def env_dir(tenant_root: str, env_id: str) -> str:
+def env_dir(areas: TenantAreas, env_id: str) -> str:
     """One environment (``env_id``: ``env-<16 hex of the lock file's sha256>``)."""
-    return f"{tenant_root}/envs/{env_id}"
+    return f"{envs_dir(areas)}/{env_id}"
 
 
-def platform_bin_dir(tenant_root: str) -> str:
-    """Platform scripts installed into a tenant's area, each named by its sha256."""
-    return f"{tenant_root}/.aifp/bin"
+def platform_bin_dir(areas: TenantAreas) -> str:
+    """Platform scripts installed into a tenant's project area, each named by its sha256."""
+    return f"{areas.project}/.aifp/bin"
 
 
 def job_log_path(run_dir_: str, job_id: str) -> str:

@@ -59,9 +59,9 @@ def s3_dataset(uri: object, tenant: str, bucket: str, version: str | None = None
     return LineageDataset(f"s3://{bucket}", key, version)
 
 
-def hpc_dataset(path: object, cluster: str, tenant_root: str) -> LineageDataset | None:
-    """A path inside the tenant's area on its cluster as a dataset, else None."""
-    if not isinstance(path, str) or not layout.path_inside(path.rstrip("/"), tenant_root):
+def hpc_dataset(path: object, cluster: str, areas: layout.TenantAreas) -> LineageDataset | None:
+    """A path inside one of the tenant's areas on its cluster as a dataset, else None."""
+    if not isinstance(path, str) or areas.holding(path.rstrip("/")) is None:
         return None
     return LineageDataset(f"file://{cluster}", path.rstrip("/"))
 
@@ -79,7 +79,7 @@ def _version_of(dataset: Any, tenant: str, bucket: str) -> LineageDataset | None
     return s3_dataset(layout.s3_uri(bucket, prefix), tenant, bucket, version=found[1])
 
 
-def stage_lineage(stage: str, *, tenant: str, bucket: str, cluster: str, tenant_root: str, start: Mapping[str, Any],
+def stage_lineage(stage: str, *, tenant: str, bucket: str, cluster: str, areas: layout.TenantAreas, start: Mapping[str, Any],
                   result: Any = None) -> tuple[list[LineageDataset], list[LineageDataset]]:
     """``(inputs, outputs)`` of one stage (see the table above); what is not known yet is left out.
 
@@ -101,13 +101,13 @@ def stage_lineage(stage: str, *, tenant: str, bucket: str, cluster: str, tenant_
             outputs.append(s3_dataset(layout.s3_uri(bucket, report), tenant, bucket))
     elif stage == "stage":
         inputs.append(_version_of(dataset, tenant, bucket))
-        outputs.append(hpc_dataset(_get(result, "remote_dir"), cluster, tenant_root))
+        outputs.append(hpc_dataset(_get(result, "remote_dir"), cluster, areas))
     elif stage == "train":
-        inputs.append(hpc_dataset(_get(start.get("staged"), "remote_dir"), cluster, tenant_root))
-        outputs.append(hpc_dataset(_get(result, "output_dir"), cluster, tenant_root))
+        inputs.append(hpc_dataset(_get(start.get("staged"), "remote_dir"), cluster, areas))
+        outputs.append(hpc_dataset(_get(result, "output_dir"), cluster, areas))
     elif stage == "export":
         inputs.append(_version_of(dataset, tenant, bucket))
-        inputs.append(hpc_dataset(_get(start.get("training"), "output_dir"), cluster, tenant_root))
+        inputs.append(hpc_dataset(_get(start.get("training"), "output_dir"), cluster, areas))
         outputs.append(s3_dataset(_get(result, "model_uri"), tenant, bucket, version=_model_version(result)))
     else:
         raise ValueError(f"unknown stage {stage!r}; known: {sorted(set(STAGE_OF_TASK_TYPE.values()))}")

@@ -79,9 +79,9 @@ def owns_job(record: SacctRecord, spec: TenantSpec) -> bool:
     return name_ok and record.account.lower() == spec.slurm_account.lower()
 
 
-def job_log_path(tenant_root: str, record: SacctRecord) -> str:
-    """The batch log of a job the factory submitted: ``<tenant>/runs/<job name>/slurm-<id>.out``."""
-    return layout.job_log_path(layout.run_dir(tenant_root, record.name), record.job_id)
+def job_log_path(areas: layout.TenantAreas, record: SacctRecord) -> str:
+    """The batch log of a job the factory submitted: ``<project area>/runs/<job name>/slurm-<id>.out``."""
+    return layout.job_log_path(layout.run_dir(areas, record.name), record.job_id)
 
 
 def job_page(record: SacctRecord, spec: TenantSpec, *, log_path: str) -> dict[str, Any]:

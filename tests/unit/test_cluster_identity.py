@@ -55,15 +55,20 @@ def test_a_tenant_may_not_reuse_the_service_identity(tmp_path):
 
 def test_a_dry_run_for_a_new_tenant_lists_everything_and_changes_nothing(tmp_path):
     spec = load_tenant("demo")
-    spec = replace(spec, tenant="newco", identity=replace(spec.identity, unix_user="aifp-unit-newco",
-                                                          ssh_conn_id="aifactory_hpc_local_newco"))
+    spec = replace(spec, tenant="newco", slurm_account="newco",
+                   identity=replace(spec.identity, unix_user="aifp-unit-newco", ssh_conn_id="aifactory_hpc_local_newco"))
     cluster = replace(load_cluster("local"), hpc_root=str(tmp_path / "hpc"))
     secrets = tmp_path / "secrets"
     changes = ci.onboard_identity(Context(secrets_dir=secrets, env=_env(), dry_run=True), spec, cluster)
     actions = [c.action for c in changes]
     assert {c.step for c in changes} == {ci.STEP} and {c.tenant for c in changes} == {"newco"}
     assert "useradd aifp-unit-newco" in actions and "connection aifactory_hpc_local_newco" in actions
-    assert any(a.startswith("ssh-keygen") for a in actions) and any("hpc/newco" in a for a in actions)
+    assert any(a.startswith("ssh-keygen") for a in actions)
+    hpc = tmp_path / "hpc"  # the local cluster's templates: a project area per account, a scratch area per user
+    for made in (f"mkdir {hpc} (root, 0755)", f"mkdir {hpc}/project (root, 0755)", f"mkdir {hpc}/scratch (root, 0755)",
+                 f"mkdir {hpc}/project/newco (owner aifp-unit-newco, 0700)",
+                 f"mkdir {hpc}/scratch/aifp-unit-newco (owner aifp-unit-newco, 0700)"):
+        assert made in actions, (made, actions)
     assert not secrets.exists() and not (tmp_path / "hpc").exists()
 
 

@@ -13,7 +13,13 @@ import pytest
 
 from aifactory import layout
 from aifactory.errors import InputError
-from aifactory.hpc.containers import ContainerImage, Containers, container_argv, parse_containers
+from aifactory.hpc.containers import (
+    ContainerImage,
+    Containers,
+    container_argv,
+    container_binds,
+    parse_containers,
+)
 from aifactory.hpc.slurm import JobPlan, TaskIds, plan_job
 from aifactory.models import bundle
 from aifactory.models.recipes import load_recipes
@@ -25,7 +31,7 @@ RUN = "/srv/x/demo/runs/aifp-demo-1"
 
 def test_podman_runs_the_image_rootfs_with_the_ranks_environment_and_the_hpc_root():
     argv = container_argv(Containers(runtime="podman", options=("--runtime=/usr/sbin/runc",), images=(IMAGE,)),
-                          IMAGE, hpc_root="/srv/x", run_dir=RUN)
+                          IMAGE, binds=("/srv/x",), run_dir=RUN)
     assert argv[:4] == ("/usr/bin/podman", "run", "--rm", "--network=host")
     assert {"--env=SLURM*", "--env=AIFP_*", "--volume=/srv/x:/srv/x", f"--workdir={RUN}"} <= set(argv)
     assert argv[-3:] == ("--runtime=/usr/sbin/runc", "--rootfs", IMAGE.path)  # site options, then the image
@@ -33,8 +39,21 @@ def test_podman_runs_the_image_rootfs_with_the_ranks_environment_and_the_hpc_roo
 
 def test_apptainer_execs_the_image_with_the_hpc_root_bound():
     argv = container_argv(Containers(runtime="apptainer", binary="/opt/apptainer/bin/apptainer", options=("--nv",),
-                                     images=(IMAGE,)), IMAGE, hpc_root="/srv/x", run_dir=RUN)
-    assert argv == ("/opt/apptainer/bin/apptainer", "exec", "--bind=/srv/x", f"--pwd={RUN}", "--nv", IMAGE.path)
+                                     images=(IMAGE,)), IMAGE, binds=("/srv/x", "/scratch/u"), run_dir=RUN)
+    assert argv == ("/opt/apptainer/bin/apptainer", "exec", "--bind=/srv/x", "--bind=/scratch/u", f"--pwd={RUN}",
+                    "--nv", IMAGE.path)
+
+
+def test_a_container_sees_the_hpc_root_and_each_area_outside_it_at_its_own_path():
+    inside = layout.TenantAreas(project="/srv/x/project/demo", scratch="/srv/x/scratch/u")
+    assert container_binds("/srv/x", inside) == ("/srv/x",)
+    apart = layout.TenantAreas(project="/project/demo", scratch="/scratch/u")
+    assert container_binds("/srv/x", apart) == ("/srv/x", "/project/demo", "/scratch/u")
+    argv = container_argv(Containers(runtime="podman", images=(IMAGE,)), IMAGE,
+                          binds=container_binds("/srv/x", apart), run_dir="/project/demo/runs/aifp-demo-1")
+    assert {"--volume=/srv/x:/srv/x", "--volume=/project/demo:/project/demo", "--volume=/scratch/u:/scratch/u"} <= set(argv)
+    with pytest.raises(InputError, match="not an absolute path"):
+        container_argv(Containers(runtime="podman", images=(IMAGE,)), IMAGE, binds=("/srv/x y",), run_dir=RUN)
 
 
 def test_the_local_cluster_runs_the_training_image_with_podman_through_runc():

@@ -18,6 +18,7 @@ from test_staging_local import LocalShell, _dataset, _stage
 
 from aifactory.errors import InputError
 from aifactory.hpc.staging import stage_dataset
+from aifactory.layout import TenantAreas
 
 OWNER = "0123456789ab"
 
@@ -50,7 +51,7 @@ def test_a_lost_connection_reports_itself_and_the_next_try_removes_what_it_left(
     logs: list[str] = []
     with pytest.raises(ConnectionResetError, match="connection reset by peer"):
         stage_dataset(store, LostShell(), bucket="b", dataset_prefix="t/datasets/d/v-1/", manifest=m,
-                                   tenant_dir=str(tmp_path / "t"), log=logs.append, owner=OWNER)
+                      areas=TenantAreas(str(tmp_path / "t"), str(tmp_path / "t")), log=logs.append, owner=OWNER)
     parent = tmp_path / "t" / "datasets" / "d"
     left = [p.name for p in parent.iterdir()]
     assert len(left) == 1 and left[0].startswith(f".staging-v-1-{OWNER}-"), left

@@ -106,7 +106,8 @@ def test_the_test_step_pause_comes_only_from_the_platforms_switch(runtime, tmp_p
     from aifp_runtime import job as job_mod
     from aifp_runtime.job import Job, JobParams
 
-    run = Path(layout.run_dir(str(tmp_path / "acme"), "aifp-acme-0123456789ab"))
+    area = str(tmp_path / "acme")
+    run = Path(layout.run_dir(layout.TenantAreas(area, area), "aifp-acme-0123456789ab"))
     run.mkdir(parents=True)
     (run / "params.json").write_text(json.dumps({"output_dir": layout.run_output_dir(str(run)),
                                                  "hyperparameters": {}}))

@@ -8,7 +8,6 @@ platform job runtime and recipes) and fails when a layout rule's literal - a fil
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
 import pytest
@@ -156,7 +155,7 @@ def test_key_inside(key: str, inside: bool) -> None:
     ],
 )
 def test_path_inside(path: str, inside: bool) -> None:
-    runs = layout.runs_dir(layout.tenant_dir("/srv/aifactory/", "demo"))
+    runs = layout.runs_dir(layout.TenantAreas("/srv/aifactory/demo", "/scratch/aifp-demo"))
     assert runs == "/srv/aifactory/demo/runs"
     assert layout.path_inside(path, runs) is inside
 
@@ -179,10 +178,47 @@ def test_dataset_in_prefix(prefix: object, want: tuple[str, str] | None) -> None
     assert layout.dataset_in_prefix(prefix, "demo") == want
 
 
-def test_hpc_paths() -> None:
-    root = layout.tenant_dir("/srv/aifactory", "demo")
-    assert layout.hpc_dataset_dir(root, "iris", "v-1") == "/srv/aifactory/demo/datasets/iris/v-1"
-    run = layout.run_dir(root, "aifp-demo-0123456789ab")
+def test_hpc_paths_go_to_their_area() -> None:
+    areas = layout.TenantAreas(project="/project/demo", scratch="/scratch/aifp-demo")
+    assert layout.hpc_dataset_dir(areas, "iris", "v-1") == "/scratch/aifp-demo/datasets/iris/v-1"
+    run = layout.run_dir(areas, "aifp-demo-0123456789ab")
+    assert run == "/project/demo/runs/aifp-demo-0123456789ab"
     assert layout.run_output_dir(run) == run + "/output"
     assert layout.job_log_path(run, "42") == run + "/slurm-42.out"
-    assert re.fullmatch(r"/srv/aifactory/demo/\.aifp/bin", layout.platform_bin_dir(root))
+    assert layout.platform_bin_dir(areas) == "/project/demo/.aifp/bin"
+    assert layout.env_dir(areas, "env-0123456789abcdef") == "/project/demo/envs/env-0123456789abcdef"
+    assert areas.roots == ("/project/demo", "/scratch/aifp-demo")
+    assert layout.TenantAreas("/srv/x/demo", "/srv/x/demo").roots == ("/srv/x/demo",)
+
+
+def test_an_area_holds_only_what_lies_inside_it() -> None:
+    areas = layout.TenantAreas(project="/project/demo", scratch="/scratch/aifp-demo")
+    assert areas.holding("/project/demo/runs/x") == "/project/demo"
+    assert areas.holding("/scratch/aifp-demo/datasets/iris") == "/scratch/aifp-demo"
+    for outside in ("/project/demo", "/project/demox/runs", "/project/demo/../acme/runs", "/scratch/aifp-acme/x",
+                    "project/demo/runs", None, 7):
+        assert areas.holding(outside) is None, outside
+
+
+def test_area_templates_fill_in_the_tenants_names() -> None:
+    values = {"hpc_root": "/srv/aifactory/", "tenant": "demo", "account": "proj-42", "user": "aifp-demo"}
+    assert layout.area_path(layout.DEFAULT_AREA_TEMPLATE, **values) == "/srv/aifactory/demo"
+    assert layout.area_path("/project/{account}/aifp", **values) == "/project/proj-42/aifp"
+    assert layout.area_path("{hpc_root}/scratch/{user}", **values) == "/srv/aifactory/scratch/aifp-demo"
+    assert layout.area_template_fields("/p/{account}/{user}") == ("account", "user")
+
+
+@pytest.mark.parametrize(
+    ("template", "user", "match"),
+    [
+        ("/project/{home}", "u", "may name only"),
+        ("/scratch/{user}", None, "has no identity.unix_user"),
+        ("project/{tenant}", "u", "absolute path"),
+        ("/project/{tenant}/", "u", "normal form"),
+        ("/project//{tenant}", "u", "normal form"),
+        ("/project/../{tenant}", "u", "normal form"),
+    ],
+)
+def test_a_bad_area_template_is_refused(template: str, user: str | None, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        layout.area_path(template, hpc_root="/srv", tenant="demo", account="demo", user=user)

@@ -8,18 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from aifactory.layout import TenantAreas
 from aifactory.lineage import STAGE_OF_TASK_TYPE, LineageDataset, s3_dataset, stage_lineage
 
 REPO = Path(__file__).resolve().parents[2]
-ROOT = "/srv/aifactory/demo"
+AREAS = TenantAreas(project="/srv/aifactory/project/demo", scratch="/scratch/aifp-demo")
 DATASET = {"name": "iris", "version": "v-0123456789ab", "uri": "s3://aifactory/demo/datasets/iris/v-0123456789ab/",
            "prefix": "demo/datasets/iris/v-0123456789ab/", "source_uri": "s3://aifactory/demo/raw/iris.csv"}
 VERSION = LineageDataset("s3://aifactory", "demo/datasets/iris/v-0123456789ab", "v-0123456789ab")
-OUT = f"{ROOT}/runs/aifp-demo-0123456789ab/output"
+OUT = f"{AREAS.project}/runs/aifp-demo-0123456789ab/output"
 
 
 def _lineage(stage: str, start: dict | None = None, result: object = None):
-    return stage_lineage(stage, tenant="demo", bucket="aifactory", cluster="local", tenant_root=ROOT,
+    return stage_lineage(stage, tenant="demo", bucket="aifactory", cluster="local", areas=AREAS,
                          start=start or {}, result=result)
 
 
@@ -30,7 +31,7 @@ def test_ingest_reads_the_raw_object_and_writes_the_dataset_version():
 
 
 def test_train_and_export_chain_the_staged_copy_to_the_model_version():
-    staged = {"remote_dir": f"{ROOT}/datasets/iris/v-0123456789ab"}
+    staged = {"remote_dir": f"{AREAS.scratch}/datasets/iris/v-0123456789ab"}
     assert _lineage("stage", {"dataset": DATASET}, staged) == (
         [VERSION], [LineageDataset("file://local", staged["remote_dir"])])
     assert _lineage("train", {"staged": staged}, {"output_dir": OUT}) == (
@@ -53,8 +54,8 @@ def test_a_rewritten_xcom_never_names_another_tenants_data():
     acme = {**DATASET, "prefix": "acme/datasets/iris/v-0123456789ab/", "uri": "s3://aifactory-acme/acme/x/",
             "source_uri": "s3://aifactory-acme/acme/raw/iris.csv"}
     assert _lineage("ingest", {}, acme) == ([], [])
-    assert _lineage("train", {"staged": {"remote_dir": "/srv/aifactory/acme/datasets/x"}},
-                    {"output_dir": f"{ROOT}/../acme/runs/x"}) == ([], [])
+    assert _lineage("train", {"staged": {"remote_dir": "/srv/aifactory/scratch/aifp-acme/datasets/x"}},
+                    {"output_dir": f"{AREAS.project}/../acme/runs/x"}) == ([], [])
     assert s3_dataset("s3://aifactory/demo/../acme/raw/x", "demo", "aifactory") is None
     with pytest.raises(ValueError, match="unknown stage"):
         _lineage("publish")

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from aifactory import layout, views
 from aifactory.hpc.slurm import job_name, parse_sacct
+from aifactory.layout import TenantAreas
 from aifactory.tenants import load_tenant
 from operators import links
 
@@ -77,8 +78,8 @@ def test_a_job_is_shown_only_under_the_tenants_account_with_a_name_made_for_it()
 
 def test_the_job_page_points_at_the_log_in_the_tenants_run_dir():
     record = _record()
-    log = views.job_log_path("/srv/aifactory/demo", record)
-    assert log == f"/srv/aifactory/demo/runs/{record.name}/slurm-42.out"
+    log = views.job_log_path(TenantAreas(project="/project/demo", scratch="/scratch/aifp-demo"), record)
+    assert log == f"/project/demo/runs/{record.name}/slurm-42.out"
     page = views.job_page(record, DEMO, log_path=log)
     assert page["state"] == "COMPLETED" and page["tenant"] == "demo"
     assert page["log_page"] == "/aifactory/tenants/demo/jobs/42/log"

@@ -178,7 +178,7 @@ def test_operator_refuses_before_sbatch(monkeypatch, assoc: tuple[int, str], fra
     monkeypatch.setattr(op_mod, "FactorySSHHook", lambda **k: cluster)
     ti = SimpleNamespace(dag_id="factory_demo", run_id="manual__1", task_id="train", map_index=-1, try_number=1)
     op = op_mod.SlurmJobOperator(task_id="train", tenant="demo", recipe="tabular_classifier",
-                                 dataset_dir="/srv/aifactory/demo/datasets/iris/v1",
+                                 dataset_dir="/srv/aifactory/scratch/aifp-demo/datasets/iris/v1",
                                  hyperparameters={"label_column": "species", "feature_columns": ["a"]},
                                  slurm_resources={"nodes": 1, "cpus_per_task": 2, "time_limit_minutes": 10})
     with pytest.raises(AirflowException) as exc:

@@ -32,7 +32,9 @@ TI = SimpleNamespace(dag_id="factory_demo", run_id="manual__2026-01-01T00:00:00+
                      map_index=-1, try_number=1)
 CTX = {"ti": TI}
 HP = {"label_column": "species", "feature_columns": ["a", "b"]}
-DATASET = "/srv/aifactory/demo/datasets/iris/v1"
+#: the local cluster's areas of this tenant (include/clusters/local.yaml: project per account, scratch per user)
+PROJECT, SCRATCH = "/srv/aifactory/project/demo", "/srv/aifactory/scratch/aifp-demo"
+DATASET = f"{SCRATCH}/datasets/iris/v1"
 
 
 def _plan(**over: Any) -> JobPlan:
@@ -45,7 +47,8 @@ def _plan(**over: Any) -> JobPlan:
 def test_plan_is_pure_and_complete():
     plan = _plan()
     assert plan.job_name.startswith("aifp-demo-") and layout.JOB_NAME_RE.fullmatch(plan.job_name)
-    assert plan.run_dir == layout.run_dir(layout.tenant_dir("/srv/aifactory", "demo"), plan.job_name)
+    assert plan.areas == parse_tenant(TENANT, "t").areas(load_cluster("local")) == layout.TenantAreas(PROJECT, SCRATCH)
+    assert plan.run_dir == f"{PROJECT}/runs/{plan.job_name}" == layout.run_dir(plan.areas, plan.job_name)
     assert plan.output_dir == layout.run_output_dir(plan.run_dir)
     assert plan.marker_path == f"{plan.output_dir}/{layout.COMPLETION_MARKER}"
     assert plan.resources["account"] == "demo" and plan.hyperparameters["seed"] == 42
@@ -70,7 +73,7 @@ def test_plan_round_trips_through_json_and_rechecks_what_it_carries():
     with pytest.raises(InputError, match="version"):
         JobPlan.from_json({**plan.to_json(), "version": 99})
     with pytest.raises(InputError, match="inside"):
-        JobPlan.from_json({**plan.to_json(), "run_dir": "/srv/aifactory/other/runs/x"})
+        JobPlan.from_json({**plan.to_json(), "run_dir": "/srv/aifactory/project/other/runs/x"})
     with pytest.raises(InputError):
         JobPlan.from_json({**plan.to_json(), "sbatch_argv": ["--account=demo\n#SBATCH"]})
 
@@ -89,11 +92,13 @@ def test_a_gpu_plan_asks_for_typed_gpus_with_one_rank_each_and_carries_the_type(
 @pytest.mark.parametrize(
     "over, fragment",
     [
-        ({"run_dir": "/srv/aifactory/other/runs/r1"}, "inside /srv/aifactory/demo/runs/"),
-        ({"run_dir": "/srv/aifactory/demo/runs/../../other/runs/x"}, "normalised"),
-        ({"run_dir": "/srv/aifactory/demo/runs"}, "inside"),
-        ({"dataset_dir": "/etc"}, "inside /srv/aifactory/demo/datasets/"),
-        ({"dataset_dir": "/srv/aifactory/demo/datasets/../runs/x"}, "inside"),
+        ({"run_dir": "/srv/aifactory/project/other/runs/r1"}, f"inside {PROJECT}/runs/"),
+        ({"run_dir": f"{PROJECT}/runs/../../other/runs/x"}, "normalised"),
+        ({"run_dir": f"{PROJECT}/runs"}, "inside"),
+        ({"run_dir": f"{SCRATCH}/runs/r1"}, f"inside {PROJECT}/runs/"),  # runs live in the project area
+        ({"dataset_dir": "/etc"}, f"inside {SCRATCH}/datasets/"),
+        ({"dataset_dir": f"{SCRATCH}/datasets/../runs/x"}, "inside"),
+        ({"dataset_dir": f"{PROJECT}/datasets/iris/v1"}, f"inside {SCRATCH}/datasets/"),  # datasets: scratch
         ({"resources": {"account": "other"}}, "set by the platform"),
         ({"resources": {"partition": "debug\n#SBATCH -A x"}}, "partition"),
         ({"resources": {"cpus_per_task": "$(id)"}}, "expected an integer"),
@@ -305,7 +310,7 @@ def test_a_tenant_job_reaches_the_cluster_through_the_tenant_connection_never_th
     assert _plan().ssh_conn_id == "aifactory_hpc_local_demo" != load_cluster("local").ssh_conn_id
     spec = parse_tenant(TENANT, "t")
     for identity in (None, replace(spec.identity, ssh_conn_id=load_cluster("local").ssh_conn_id)):
-        with pytest.raises(InputError, match="service connection"):
+        with pytest.raises(InputError, match="service connection|has no identity.unix_user"):
             plan_job(replace(spec, identity=identity), load_cluster("local"), load_recipes()["tabular_classifier"],
                      hyperparameters=HP, resources={"cpus_per_task": 1}, dataset_dir=DATASET,
                      task=TaskIds(dag_id=TI.dag_id, run_id=TI.run_id, task_id="train"))

@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from aifactory.tenants import load_tenant
+from aifactory.tenants import load_cluster, load_tenant
 from operators.stages import check_dataset_prefix, check_output_dir
 
 SPEC = load_tenant("demo")
-TENANT_DIR = "/srv/aifactory/demo"
+AREAS = SPEC.areas(load_cluster("local"))
+TENANT_DIR = AREAS.project
 
 
 def test_a_dataset_prefix_inside_the_tenants_area_passes():
@@ -44,23 +45,25 @@ def test_the_refusal_shows_the_prefix_escaped():
 
 def test_an_output_dir_inside_the_runs_dir_passes():
     out = f"{TENANT_DIR}/runs/aifp-demo-0123456789ab/output"
-    assert check_output_dir(out, TENANT_DIR) == out
+    assert check_output_dir(out, AREAS) == out
 
 
 @pytest.mark.parametrize("out", [
-    "/srv/aifactory/other-tenant/runs/aifp-other-tenant-0123456789ab/output",
+    "/srv/aifactory/project/other-tenant/runs/aifp-other-tenant-0123456789ab/output",
     f"{TENANT_DIR}/runs",
     f"{TENANT_DIR}/runs/",
     f"{TENANT_DIR}/runs/../../other-tenant/runs/x/output",
     f"{TENANT_DIR}/runs//x",
     f"{TENANT_DIR}/datasets/iris/v-1",
+    f"{AREAS.scratch}/datasets/iris/v-1",
+    f"{AREAS.scratch}/runs/aifp-demo-0123456789ab/output",
     f"{TENANT_DIR}/runs-evil/x",
     "runs/x/output",
     None,
 ])
 def test_an_output_dir_outside_is_refused_without_retry(out):
     with pytest.raises(AirflowFailException, match="not inside this tenant's runs directory"):
-        check_output_dir(out, TENANT_DIR)
+        check_output_dir(out, AREAS)
 
 
 def test_stages_read_the_validated_params_and_refuse_a_broken_xcom():

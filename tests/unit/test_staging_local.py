@@ -15,7 +15,7 @@ from aifactory.data.manifest import DatasetManifest, FileEntry
 from aifactory.errors import InputError
 from aifactory.hpc.remote import OpenSSHPipe, RemoteError, stat_files
 from aifactory.hpc.staging import StagingOptions, stage_dataset
-from aifactory.layout import STAGING_MARKER
+from aifactory.layout import STAGING_MARKER, TenantAreas, hpc_dataset_dir, platform_bin_dir
 
 
 class LocalShell:
@@ -68,11 +68,27 @@ def _dataset(n: int = 3) -> tuple[Store, DatasetManifest]:
     return Store({"t/datasets/d/v-1/" + k: v for k, v in blobs.items()}), m
 
 
-def _stage(store: Store, m: DatasetManifest, tenant_dir: Path, transport: str = "sftp", **kw: Any):
+def _stage(store: Store, m: DatasetManifest, tenant_dir: Path, transport: str = "sftp", *,
+           areas: TenantAreas | None = None, **kw: Any):
+    """Stage into ``tenant_dir`` (project and scratch area in one), or into ``areas``."""
     logs: list[str] = []
     r = stage_dataset(store, TRANSPORTS[transport](), bucket="b", dataset_prefix="t/datasets/d/v-1/", manifest=m,
-                      tenant_dir=str(tenant_dir), log=logs.append, **kw)
+                      areas=areas or TenantAreas(str(tenant_dir), str(tenant_dir)), log=logs.append, **kw)
     return r, logs
+
+
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+def test_the_dataset_goes_to_the_scratch_area_and_the_fetch_script_to_the_project_area(tmp_path, transport):
+    store, m = _dataset()
+    areas = TenantAreas(project=str(tmp_path / "project" / "t"), scratch=str(tmp_path / "scratch" / "u"))
+    result, _ = _stage(store, m, tmp_path, transport, areas=areas)
+    assert result.remote_dir == hpc_dataset_dir(areas, "d", "v-1")
+    assert (Path(areas.scratch) / "datasets" / "d" / "v-1" / STAGING_MARKER).exists()
+    assert oct(Path(areas.scratch).stat().st_mode & 0o777) == "0o700"
+    assert not (Path(areas.project) / "datasets").exists()  # nothing of the dataset in the project area
+    scripts = list(Path(platform_bin_dir(areas)).glob("aifp_fetch-*.py")) if transport == "stream" else []
+    assert len(scripts) == (1 if transport == "stream" else 0)  # a streamed push runs the fetch script
+    assert not (Path(areas.scratch) / ".aifp").exists()
 
 
 @pytest.mark.parametrize("transport", sorted(TRANSPORTS))

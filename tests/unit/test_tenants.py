@@ -6,6 +6,7 @@ import pytest
 
 from aifactory.errors import InputError
 from aifactory.hpc.slurm import Resources
+from aifactory.layout import TenantAreas
 from aifactory.tenants import (
     FORM_FIELDS,
     RunParams,
@@ -46,7 +47,8 @@ def test_shipped_specs_load():
     assert "demo" in names
     spec = load_tenant("demo")
     cluster = load_cluster(spec.cluster)
-    assert spec.hpc_dir(cluster) == f"{cluster.hpc_root}/demo"
+    assert spec.areas(cluster) == TenantAreas(project=f"{cluster.hpc_root}/project/demo",
+                                              scratch=f"{cluster.hpc_root}/scratch/aifp-demo")
     assert cluster.effective_poll_interval_s >= cluster.poll_interval_floor_s
     assert spec.model_prefix("m", "v1") == "demo/models/m/v1/"
 

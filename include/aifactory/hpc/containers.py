@@ -8,16 +8,17 @@ the image's interpreter then runs the entry point inside the image, on every ran
 it (``JobPlan.container_argv``); the run directory gets it as ``container.argv`` (NUL-separated
 arguments, no shell text), and the fixed wrapper puts it in front of the interpreter in its ``srun``
 step. One rank is one container: each sees its own ``SLURM_*`` variables, the host's network (the
-ranks' rendezvous) and the cluster's HPC root bound at the same path, where the kernel's permissions
-keep each tenant to its own area as outside. Signals (Slurm's USR1 and TERM) reach the entry point:
+ranks' rendezvous) and the cluster's HPC root bound at the same path, with each of the tenant's areas
+that lies outside it (:func:`container_binds`), where the kernel's permissions keep each tenant to
+its own area as outside. Signals (Slurm's USR1 and TERM) reach the entry point:
 podman proxies them, Apptainer's starter forwards them.
 
 ============  =============================================================================
 runtime       command
 ============  =============================================================================
-``podman``    ``podman run --rm --network=host --env=SLURM* ... --volume=<root>:<root> --workdir=<run>
+``podman``    ``podman run --rm --network=host --env=SLURM* ... --volume=<root>:<root> ... --workdir=<run>
               <options> --rootfs <image dir>`` (a directory image: rootless podman here)
-``apptainer`` ``apptainer exec --bind=<root> --pwd=<run> <options> <image .sif or sandbox dir>``
+``apptainer`` ``apptainer exec --bind=<root> ... --pwd=<run> <options> <image .sif or sandbox dir>``
 ============  =============================================================================
 """
 
@@ -30,11 +31,11 @@ from typing import Any
 
 from aifactory.errors import InputError
 from aifactory.hpc.slurm.checks import check_remote_path
-from aifactory.layout import NAME_RE
+from aifactory.layout import NAME_RE, TenantAreas, path_inside
 from aifactory.yamlfiles import spec_block
 
 __all__ = ["CONTAINER_ARGV_SEPARATOR", "RUNTIMES", "ContainerImage", "Containers", "container_argv",
-           "parse_containers"]
+           "container_binds", "parse_containers"]
 
 RUNTIMES = ("podman", "apptainer")
 #: the variables every rank needs inside its container (podman passes only those it is told to)
@@ -72,17 +73,25 @@ class Containers:
                             " (no containers: in its spec)") + ": fix the recipe's container: or the cluster spec")
 
 
-def container_argv(containers: Containers, image: ContainerImage, *, hpc_root: str, run_dir: str) -> tuple[str, ...]:
+def container_binds(hpc_root: str, areas: TenantAreas) -> tuple[str, ...]:
+    """The directories a job's container sees at their own paths: the HPC root (what the site's image
+    has a mount point for), and each of the tenant's areas outside it (a site's /project, /scratch)."""
+    return (hpc_root, *(root for root in areas.roots if not path_inside(root, hpc_root)))
+
+
+def container_argv(containers: Containers, image: ContainerImage, *, binds: tuple[str, ...],
+                   run_dir: str) -> tuple[str, ...]:
     """The runtime's arguments in front of ``<image python> -u <entry point> --params params.json``."""
-    check_remote_path(hpc_root, "hpc root")
+    for path in binds:
+        check_remote_path(path, "container bind")
     check_remote_path(run_dir, "run dir")
     if containers.runtime == "podman":
         return (containers.binary or "/usr/bin/podman", "run", "--rm", "--network=host",
-                *(f"--env={name}" for name in PASSED_ENV), f"--volume={hpc_root}:{hpc_root}",
+                *(f"--env={name}" for name in PASSED_ENV), *(f"--volume={path}:{path}" for path in binds),
                 f"--workdir={run_dir}", *containers.options, "--rootfs", image.path)
     if containers.runtime == "apptainer":
-        return (containers.binary or "/usr/bin/apptainer", "exec", f"--bind={hpc_root}", f"--pwd={run_dir}",
-                *containers.options, image.path)
+        return (containers.binary or "/usr/bin/apptainer", "exec", *(f"--bind={path}" for path in binds),
+                f"--pwd={run_dir}", *containers.options, image.path)
     raise InputError(f"container runtime {containers.runtime!r} must be one of {', '.join(RUNTIMES)}")
 
 

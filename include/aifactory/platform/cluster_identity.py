@@ -1,9 +1,9 @@
-"""Onboarding step 1: one identity per tenant on its cluster (Unix user, SSH key, connection, directory).
+"""Onboarding step 1: one identity per tenant on its cluster (Unix user, SSH key, connection, areas).
 
 Every tenant task reaches the cluster as the tenant's own Unix user (``identity.unix_user``),
 through the tenant's own Airflow SSH connection (``identity.ssh_conn_id``) and key. That user owns
-``<hpc_root>/<tenant>`` (0700), so a job of tenant A runs as A's user and the kernel, not our code,
-refuses it B's files. The cluster's service connection (the cluster spec's ``ssh_conn_id``, Unix
+the tenant's project and scratch areas (0700; ``TenantSpec.areas``: the cluster spec's ``areas:``
+templates), so a job of tenant A runs as A's user and the kernel, not our code, refuses it B's files. The cluster's service connection (the cluster spec's ``ssh_conn_id``, Unix
 user ``aifactory``) is the platform's: it manages accounts and sweeps, and never runs a tenant's job.
 
 This module is the one place of the Unix and SSH rules: where a tenant's key lives, the modes of
@@ -25,8 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from aifactory import layout
-from aifactory.errors import FactoryError
+from aifactory.errors import FactoryError, InputError
 from aifactory.platform.onboard import Change, Context
 from aifactory.tenants.spec import ClusterSpec, TenantSpec
 
@@ -214,32 +213,48 @@ def _foreign_entry(directory: Path, user: str) -> bool:
     return bool(out.strip())
 
 
-def _ensure_tenant_dir(change: _Changes, cluster: ClusterSpec, spec: TenantSpec, user: str) -> None:
+def _ensure_parents(change: _Changes, cluster: ClusterSpec, area: Path) -> None:
+    """Every directory above a tenant's area is root's and writable by root only (or sticky, like a
+    site's /scratch): else another user could rename the area away and put its own in its place.
+    The HPC root is made so (0755); a missing directory between it or / and the area is made root's,
+    0755; one that exists and is not so is for the site to fix, and onboarding says which."""
     root = Path(cluster.hpc_root)
-    if not root.is_dir():
-        change(f"mkdir {root}", _mkdir_owned, root, HPC_ROOT_MODE, 0, 0)
-    else:  # root's: no tenant and not the service user may rename or replace a tenant's area
-        _ensure_mode_owner(change, root, HPC_ROOT_MODE, 0, 0)
-    tdir = Path(layout.tenant_dir(cluster.hpc_root, spec.tenant))
-    if tdir.is_symlink():
-        raise IdentityError(f"{tdir} is a symlink; a tenant's area must be a directory of its own. Remove it "
+    for parent in reversed(area.parents):
+        if not parent.is_dir():
+            change(f"mkdir {parent} (root, {HPC_ROOT_MODE:04o})", _mkdir_owned, parent, HPC_ROOT_MODE, 0, 0)
+            continue
+        if parent == root:  # root's: no tenant and not the service user may rename or replace a tenant's area
+            _ensure_mode_owner(change, root, HPC_ROOT_MODE, 0, 0)
+            continue
+        st = parent.stat()
+        if st.st_uid != 0 or (st.st_mode & 0o022 and not st.st_mode & 0o1000):
+            raise IdentityError(f"{parent} (above the tenant area {area}) is owned by uid {st.st_uid} with mode "
+                                f"{st.st_mode & 0o7777:04o}: another user could replace the area. Make it root's "
+                                "and writable by root only (or sticky), then onboard again")
+
+
+def _ensure_area(change: _Changes, cluster: ClusterSpec, area: Path, user: str) -> None:
+    """One of the tenant's areas (project, scratch): a directory of its own, the user's, 0700."""
+    _ensure_parents(change, cluster, area)
+    if area.is_symlink():
+        raise IdentityError(f"{area} is a symlink; a tenant's area must be a directory of its own. Remove it "
                             "and onboard again")
     pw = _user(user)
     if pw is None:
-        change(f"mkdir {tdir} (owner {user}, {PRIVATE_DIR_MODE:04o})")
+        change(f"mkdir {area} (owner {user}, {PRIVATE_DIR_MODE:04o})")
         return
-    if not tdir.is_dir():
-        change(f"mkdir {tdir} (owner {user}, {PRIVATE_DIR_MODE:04o})", _mkdir_owned, tdir, PRIVATE_DIR_MODE,
+    if not area.is_dir():
+        change(f"mkdir {area} (owner {user}, {PRIVATE_DIR_MODE:04o})", _mkdir_owned, area, PRIVATE_DIR_MODE,
                pw.pw_uid, pw.pw_gid)
         return
-    if _foreign_entry(tdir, user):
+    if _foreign_entry(area, user):
         # content of the old shared login (aifactory) becomes the tenant's, once
-        change(f"chown -R {user} {tdir}", _sh, "chown", "-R", "--no-dereference", f"{user}:{pw.pw_gid}", str(tdir))
-    _ensure_mode_owner(change, tdir, PRIVATE_DIR_MODE, pw.pw_uid, pw.pw_gid)
+        change(f"chown -R {user} {area}", _sh, "chown", "-R", "--no-dereference", f"{user}:{pw.pw_gid}", str(area))
+    _ensure_mode_owner(change, area, PRIVATE_DIR_MODE, pw.pw_uid, pw.pw_gid)
 
 
 def onboard_identity(ctx: Context, spec: TenantSpec, cluster: ClusterSpec) -> list[Change]:
-    """The tenant's Unix user, SSH key, authorized_keys, SSH connection and directory; idempotent."""
+    """The tenant's Unix user, SSH key, authorized_keys, SSH connection and areas; idempotent."""
     if spec.identity is None:
         raise IdentityError(f"tenant {spec.tenant!r} has no identity: add identity.unix_user and "
                             "identity.ssh_conn_id to its spec")
@@ -259,5 +274,10 @@ def onboard_identity(ctx: Context, spec: TenantSpec, cluster: ClusterSpec) -> li
     conn = tenant_connection(service, user, key)
     if ctx.connections.get(spec.identity.ssh_conn_id) != conn:
         change(f"connection {spec.identity.ssh_conn_id}", ctx.connections.put, spec.identity.ssh_conn_id, conn)
-    _ensure_tenant_dir(change, cluster, spec, user)
+    try:
+        roots = spec.areas(cluster).roots
+    except InputError as exc:
+        raise IdentityError(str(exc)) from exc
+    for area in roots:
+        _ensure_area(change, cluster, Path(area), user)
     return change.made

@@ -5,8 +5,8 @@ checks, through the same Airflow connections the tasks use:
 
 * each tenant spec file loads (a broken one is named with its key);
 * each cluster's service connection: reachable (TCP), host key (the pinned one), login;
-* each tenant's SSH connection: the same, its login is the spec's Unix user, and its directory
-  on the cluster is its own, mode 700;
+* each tenant's SSH connection: the same, its login is the spec's Unix user, and its areas
+  on the cluster (project and scratch) are its own, mode 700;
 * each tenant's Slurm account, through the service identity (``sacctmgr show assoc``): only the
   tenant's user is associated, and ``GrpTRESMins`` is the spec's allocation;
 * each tenant's S3 credential: its own bucket can be listed, written, read and cleaned up; every
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from aifactory import layout
+from aifactory.errors import InputError
 from aifactory.platform.doctor_checks import (
     Finding,
     SSHTarget,
@@ -140,9 +141,14 @@ def check_tenant_ssh(spec: TenantSpec, cluster: ClusterSpec, findings: list[Find
         if hook.endpoint.username != user:
             findings.append(Finding("identity", conn_id, False, f"the connection logs in as "
                                     f"{printable(hook.endpoint.username)}, the spec says {user}; run make onboard"))
-        path = spec.hpc_dir(cluster)
-        findings.append(directory_finding(spec.tenant, path, user,
-                                          hook.run(f"stat -c '%U %a' -- {shlex.quote(path)}", timeout=30)))
+        try:
+            roots = spec.areas(cluster).roots
+        except InputError as exc:
+            findings.append(Finding("directory", spec.tenant, False, str(exc)))
+            return
+        for path in roots:  # the project area and, when it is another directory, the scratch area
+            findings.append(directory_finding(spec.tenant, path, user,
+                                              hook.run(f"stat -c '%U %a' -- {shlex.quote(path)}", timeout=30)))
 
 
 def _s3_client(conn_id: str) -> Any:

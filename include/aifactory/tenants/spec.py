@@ -13,7 +13,8 @@ and :mod:`aifactory.hpc.slurm`: this module only reads the files.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import posixpath
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,10 @@ from aifactory.feeds.spec import FeedSpec, parse_feeds
 from aifactory.hpc.containers import Containers, parse_containers
 from aifactory.hpc.site import SiteEnvironment, parse_environment
 from aifactory.hpc.slurm import TenantSlurmPolicy
-from aifactory.hpc.slurm.checks import SLURM_NAME_RE
+from aifactory.hpc.slurm.checks import SLURM_NAME_RE, check_remote_path
 from aifactory.hpc.slurm.resources import GpuOffer, check_placement
 from aifactory.hpc.staging.options import STAGING_MODES, StagingOptions
-from aifactory.layout import CLUSTERS_DIR, TENANT_RE
+from aifactory.layout import CLUSTERS_DIR, TENANT_RE, AreaTemplates, TenantAreas
 from aifactory.tenants.notifications import NotificationTarget, parse_notifications
 from aifactory.text import shown
 from aifactory.yamlfiles import cached, parse_yaml, spec_block
@@ -111,6 +112,14 @@ class ClusterSpec:
     environment: SiteEnvironment = field(default_factory=SiteEnvironment)
     #: the container runtime and the images a recipe may name (``containers:``, aifactory.hpc.containers)
     containers: Containers = field(default_factory=Containers)
+    #: where each tenant's project and scratch areas are (``areas: {project, scratch}``; layout.AreaTemplates)
+    areas: AreaTemplates = field(default_factory=AreaTemplates)
+
+    @property
+    def platform_paths(self) -> tuple[str, ...]:
+        """What the platform installs on the cluster for every tenant (the training Python, the
+        module tree, the container images): no tenant's area may hold one of them, or be inside one."""
+        return (self.python, *self.environment.module_path, *(image.path for image in self.containers.images))
 
     @property
     def effective_poll_interval_s(self) -> float:
@@ -228,8 +237,16 @@ class TenantSpec:
             max_time_limit_minutes=lim.max_time_limit_minutes,
         )
 
-    def hpc_dir(self, cluster: ClusterSpec) -> str:
-        return layout.tenant_dir(cluster.hpc_root, self.tenant)
+    def areas(self, cluster: ClusterSpec) -> TenantAreas:
+        """The tenant's project and scratch areas on ``cluster`` (its ``areas:`` templates)."""
+        user = self.identity.unix_user if self.identity is not None else None
+        try:
+            return TenantAreas(*(layout.area_path(template, hpc_root=cluster.hpc_root, tenant=self.tenant,
+                                                  account=self.slurm_account, user=user)
+                                 for template in (cluster.areas.project, cluster.areas.scratch)))
+        except ValueError as exc:
+            raise InputError(f"cluster {cluster.name!r}, areas: {exc}; fix the cluster spec's areas: or the "
+                             "tenant spec") from exc
 
 
 def _require(spec: Mapping[str, Any], key: str, where: str) -> Any:
@@ -482,9 +499,13 @@ def _load_file(path: Path) -> TenantSpec:
     # own tenant's again at each tenant_spec() (aifactory.yamlfiles: a broken file is never cached)
     spec = cached("tenant", [path], lambda: _read_tenant_file(path))
     try:
-        load_cluster(spec.cluster)
+        cluster = load_cluster(spec.cluster)
     except InputError as exc:
         raise InputError(f"{path}: cluster: {exc}") from exc
+    try:
+        check_areas(spec, cluster)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from exc
     return spec
 
 
@@ -506,12 +527,15 @@ def load_tenant_specs(directory: Path | None = None) -> TenantSpecs:
     claims: dict[str, list[Path]] = {}
     for path, spec in loaded:
         claims.setdefault(spec.tenant, []).append(path)
+    clashes = overlapping_areas([spec for _, spec in loaded], {s.cluster: load_cluster(s.cluster) for _, s in loaded})
     specs = []
     for path, spec in loaded:
         if len(claims[spec.tenant]) > 1:
             others = ", ".join(str(p) for p in claims[spec.tenant] if p != path)
             errors.append(SpecError(path, f"{path}: tenant {spec.tenant!r} is also defined in {others}; "
                                           "each tenant needs exactly one file"))
+        elif spec.tenant in clashes:
+            errors.append(SpecError(path, f"{path}: tenant {spec.tenant!r}: {clashes[spec.tenant]}"))
         else:
             specs.append(spec)
     return TenantSpecs(specs=tuple(sorted(specs, key=lambda s: s.tenant)),
@@ -561,7 +585,7 @@ def parse_cluster(data: Mapping[str, Any], where: str = "cluster spec") -> Clust
     return ClusterSpec(
         name=name,
         ssh_conn_id=str(_require(data, "ssh_conn_id", where)),
-        hpc_root=str(_require(data, "hpc_root", where)).rstrip("/"),
+        hpc_root=_hpc_root(_require(data, "hpc_root", where), where),
         python=str(_require(data, "python", where)),
         poll_interval_s=float(data.get("poll_interval_s", 60)),
         poll_interval_floor_s=float(data.get("poll_interval_floor_s", 30)),
@@ -571,7 +595,84 @@ def parse_cluster(data: Mapping[str, Any], where: str = "cluster spec") -> Clust
         gpus=_gpu_offers(data.get("partitions"), where),
         environment=parse_environment(data.get("environment"), where),
         containers=parse_containers(data.get("containers"), where),
+        areas=_area_templates(data.get("areas"), where),
     )
+
+
+def _hpc_root(raw: Any, where: str) -> str:
+    root = str(raw).rstrip("/")
+    check_remote_path(root, f"{where}: hpc_root")
+    if posixpath.normpath(root) != root or "//" in root:
+        raise InputError(f"{where}: hpc_root {shown(raw)} must be an absolute path in normal form, like /srv/aifactory")
+    return root
+
+
+def _area_templates(raw: Any, where: str) -> AreaTemplates:
+    """``areas: {project: "/project/{account}", scratch: "/scratch/{user}"}``: each a path template of
+    :data:`layout.AREA_FIELDS`; one that is left out is ``{hpc_root}/{tenant}``."""
+    where = f"{where}: areas"
+    raw = spec_block(raw, where, ("project", "scratch"),
+                     '{project: "{hpc_root}/project/{account}", scratch: "/scratch/{user}"}')
+    templates = {}
+    for key in ("project", "scratch"):
+        template = raw.get(key) or layout.DEFAULT_AREA_TEMPLATE
+        if not isinstance(template, str):
+            raise InputError(f"{where}: {key} must be a path template (a string), got {type(template).__name__}")
+        fields = layout.area_template_fields(template)
+        if not set(fields) - {"hpc_root"}:
+            raise InputError(f"{where}: {key} {shown(template)} names none of {{tenant}}, {{account}}, {{user}}: every "
+                             "tenant would share one area; add one of them")
+        try:  # with sample values: the template's own text must make a normal absolute path
+            sample = layout.area_path(template, hpc_root="/root", tenant="tenant", account="account", user="user")
+            check_remote_path(sample, f"{where}: {key}")
+        except ValueError as exc:
+            raise InputError(f"{where}: {key}: {exc}") from exc
+        templates[key] = template
+    return AreaTemplates(**templates)
+
+
+def check_areas(spec: TenantSpec, cluster: ClusterSpec) -> TenantAreas:
+    """The tenant's areas on ``cluster``, refused when the two nest (they are the same directory or
+    apart) or when one holds, or lies inside, what the platform installs there."""
+    areas = spec.areas(cluster)
+    if areas.project != areas.scratch and (layout.path_inside(areas.project, areas.scratch)
+                                           or layout.path_inside(areas.scratch, areas.project)):
+        raise InputError(f"cluster {cluster.name!r}: tenant {spec.tenant!r}'s project area {areas.project} and scratch "
+                         f"area {areas.scratch} nest; make them the same directory or two apart in the areas: templates")
+    for root in areas.roots:
+        for path in cluster.platform_paths:
+            if root == path or layout.path_inside(path, root) or layout.path_inside(root, path):
+                raise InputError(f"cluster {cluster.name!r}: tenant {spec.tenant!r}'s area {root} and the platform's "
+                                 f"{path} overlap; the tenant would own the platform's files. Change the areas: "
+                                 "templates or the tenant's name")
+    return areas
+
+
+def overlapping_areas(specs: Sequence[TenantSpec], clusters: Mapping[str, ClusterSpec]) -> dict[str, str]:
+    """``{tenant: why}`` for every tenant whose area is, holds or lies inside another tenant's on the
+    same cluster (both are named: neither may be used until the specs differ).
+
+    In sorted order a directory comes before everything inside it, so one pass with the stack of the
+    enclosing areas finds every clash (n log n: the DAG files load every spec at each parse).
+    """
+    placed = sorted((spec.cluster, root + "/", spec.tenant)
+                    for spec in specs for root in spec.areas(clusters[spec.cluster]).roots)
+    clashes: dict[str, str] = {}
+
+    def clash(a: tuple[str, str, str], b: tuple[str, str, str]) -> None:
+        for (cluster, root, tenant), (_, other_root, other) in ((a, b), (b, a)):
+            clashes.setdefault(tenant, f"its area {root.rstrip('/')} on cluster {cluster!r} overlaps tenant "
+                                       f"{other!r}'s {other_root.rstrip('/')}; give each tenant areas of its own "
+                                       "(the cluster's areas: templates, the tenants' accounts or users)")
+
+    enclosing: list[tuple[str, str, str]] = []
+    for entry in placed:
+        while enclosing and not (enclosing[-1][0] == entry[0] and entry[1].startswith(enclosing[-1][1])):
+            enclosing.pop()
+        if enclosing and enclosing[-1][2] != entry[2]:
+            clash(enclosing[-1], entry)
+        enclosing.append(entry)
+    return clashes
 
 
 def load_cluster(name: str, directory: Path = CLUSTERS_DIR) -> ClusterSpec:

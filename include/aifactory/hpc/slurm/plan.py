@@ -38,7 +38,7 @@ __all__ = ["JOB_PATH", "PLAN_VERSION", "JobPlan", "TaskIds", "plan_job", "tenant
 #: The job's PATH: system tools only (the interpreter is passed as an absolute path).
 JOB_PATH = "/usr/local/bin:/usr/bin:/bin"
 #: Bumped when :class:`JobPlan`'s fields change; a plan of another version is refused, not guessed.
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,7 +65,9 @@ class JobPlan:
     recipe: str
     hyperparameters: dict[str, Any]
     resources: dict[str, Any]
-    tenant_root: str
+    #: the tenant's areas on the cluster (layout.TenantAreas): runs and environments, staged datasets
+    project_dir: str
+    scratch_dir: str
     run_dir: str
     output_dir: str
     dataset_dir: str | None
@@ -80,6 +82,10 @@ class JobPlan:
     #: the container runtime's arguments (uploaded as ``container.argv``); empty: no container
     container_argv: tuple[str, ...] = field(default=())
     version: int = PLAN_VERSION
+
+    @property
+    def areas(self) -> layout.TenantAreas:
+        return layout.TenantAreas(project=self.project_dir, scratch=self.scratch_dir)
 
     @property
     def marker_path(self) -> str:
@@ -123,16 +129,16 @@ class JobPlan:
             plan = cls(**values)
         except TypeError as exc:
             raise InputError(f"carried job plan does not have the expected fields: {exc}") from exc
-        _check_dirs(plan.tenant_root, plan.run_dir, plan.dataset_dir)
+        _check_dirs(plan.areas, plan.run_dir, plan.dataset_dir)
         if plan.output_dir != layout.run_output_dir(plan.run_dir) or not layout.JOB_NAME_RE.fullmatch(plan.job_name):
             raise InputError("carried job plan names an output directory or job name it could not have planned")
         plan.sbatch_command  # noqa: B018  (re-checks every sbatch argument)
         return plan
 
 
-def _check_dirs(tenant_root: str, run_dir: str, dataset_dir: str | None) -> None:
-    for path, parent, what in ((run_dir, layout.runs_dir(tenant_root), "run_dir"),
-                               (dataset_dir, layout.hpc_datasets_dir(tenant_root), "dataset_dir")):
+def _check_dirs(areas: layout.TenantAreas, run_dir: str, dataset_dir: str | None) -> None:
+    for path, parent, what in ((run_dir, layout.runs_dir(areas), "run_dir"),
+                               (dataset_dir, layout.hpc_datasets_dir(areas), "dataset_dir")):
         if path is None:
             continue
         if not isinstance(path, str) or not layout.path_inside(path, parent):
@@ -203,23 +209,24 @@ def plan_job(
         res = resources
     else:
         res = Resources.from_request(resources, policy=tenant.slurm_policy(purpose), defaults=recipe.resources)
-    tenant_root = layout.tenant_dir(cluster.hpc_root, tenant.tenant)
+    areas = tenant.areas(cluster)
     name = job_name(tenant.tenant, task.dag_id, task.run_id, task.task_id, task.map_index)
-    run = (run_dir or layout.run_dir(tenant_root, name)).rstrip("/")
+    run = (run_dir or layout.run_dir(areas, name)).rstrip("/")
     dataset = dataset_dir.rstrip("/") if isinstance(dataset_dir, str) and dataset_dir else None
-    _check_dirs(tenant_root, run, dataset)
+    _check_dirs(areas, run, dataset)
     output_dir = layout.run_output_dir(run)
     files, wrapper = _job_files(recipe)
     script_path = f"{run}/{wrapper}"
     python, container = cluster.python, ()
     if own_code is not None:
-        python = posixpath.join(layout.env_dir(tenant_root, own_code.env_id), "bin", "python")
+        python = posixpath.join(layout.env_dir(areas, own_code.env_id), "bin", "python")
     elif recipe.container:
-        from aifactory.hpc.containers import container_argv  # imports this package's checks
+        from aifactory.hpc.containers import container_argv, container_binds  # imports this package's checks
 
         image = cluster.containers.image(recipe.container)
         python = image.python
-        container = container_argv(cluster.containers, image, hpc_root=cluster.hpc_root, run_dir=run)
+        container = container_argv(cluster.containers, image, binds=container_binds(cluster.hpc_root, areas),
+                                   run_dir=run)
     comment = job_comment(tenant.tenant, task.dag_id, task.run_id, task.task_id, task.map_index, task.try_number)
     argv = sbatch_argv(
         res,
@@ -260,7 +267,8 @@ def plan_job(
         recipe=recipe.name,
         hyperparameters=hp,
         resources=res.as_dict(),
-        tenant_root=tenant_root,
+        project_dir=areas.project,
+        scratch_dir=areas.scratch,
         run_dir=run,
         output_dir=output_dir,
         dataset_dir=dataset,

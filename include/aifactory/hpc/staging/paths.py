@@ -4,7 +4,7 @@ A tenant's own jobs can write into its area, so one could plant ``datasets/iris 
 (another tenant's directory, a shared scratch, a file the platform scripts later trust). Every
 write of staging would then follow the link: ``mkdir -p`` creates directories at its target,
 ``mv`` renames into it, the marker and the fetch script land there. So before anything is
-written, the HPC side checks each component of the destination, from the tenant's directory down
+written, the HPC side checks each component of the destination, from the tenant's area down
 (``test -L`` on each that exists), and staging stops, naming the link, when one is a symlink.
 """
 
@@ -26,16 +26,16 @@ class SymlinkInPath(InputError):
     link stays until someone removes it."""
 
 
-def components(tenant_dir: str, path: str) -> list[str]:
-    """``tenant_dir`` and every directory from it down to ``path`` (``path`` included)."""
-    tenant_dir = tenant_dir.rstrip("/")
-    if path.rstrip("/") == tenant_dir:
-        return [tenant_dir]
-    if not path_inside(path, tenant_dir):
-        raise InputError(f"staging destination {shown(path)} is not inside the tenant's directory "
-                         f"{shown(tenant_dir)}; nothing was written")
-    out = [tenant_dir]
-    for part in path.rstrip("/")[len(tenant_dir) + 1:].split("/"):
+def components(area: str, path: str) -> list[str]:
+    """``area`` and every directory from it down to ``path`` (``path`` included)."""
+    area = area.rstrip("/")
+    if path.rstrip("/") == area:
+        return [area]
+    if not path_inside(path, area):
+        raise InputError(f"staging destination {shown(path)} is not inside the tenant's area "
+                         f"{shown(area)}; nothing was written")
+    out = [area]
+    for part in path.rstrip("/")[len(area) + 1:].split("/"):
         out.append(posixpath.join(out[-1], part))
     return out
 
@@ -47,9 +47,9 @@ def walk_command(paths: list[str]) -> str:
             f"exit {SYMLINK_FOUND}; fi; [ -e \"$p\" ] || break; done; exit 0")
 
 
-def refuse_symlinks(shell: RemoteShell, tenant_dir: str, path: str) -> None:
-    """Raise :class:`SymlinkInPath` if any component from ``tenant_dir`` down to ``path`` is a symlink."""
-    rc, out, err = shell.run(walk_command(components(tenant_dir, path)), timeout=60)
+def refuse_symlinks(shell: RemoteShell, area: str, path: str) -> None:
+    """Raise :class:`SymlinkInPath` if any component from ``area`` down to ``path`` is a symlink."""
+    rc, out, err = shell.run(walk_command(components(area, path)), timeout=60)
     if rc == SYMLINK_FOUND:
         link = out.strip().partition(" ")[2]
         raise SymlinkInPath(

@@ -15,24 +15,24 @@ from aifactory.hpc.remote import RemoteError, RemoteShell, check, mkdir_private,
 from aifactory.hpc.staging.options import Log
 from aifactory.hpc.staging.paths import refuse_symlinks
 from aifactory.hpc.staging.progress import PROGRESS_EVERY_S, _Progress
-from aifactory.layout import HPC_SCRIPTS_DIR, platform_bin_dir
+from aifactory.layout import HPC_SCRIPTS_DIR, TenantAreas, platform_bin_dir
 from aifactory.text import printable, shown, shown_list
 
 FETCH_SCRIPT = HPC_SCRIPTS_DIR / "aifp_fetch.py"
 
 
-def install_fetch_script(shell: RemoteShell, tenant_dir: str) -> str:
+def install_fetch_script(shell: RemoteShell, areas: TenantAreas) -> str:
     """Put the fixed fetch script into ``layout.platform_bin_dir`` (named by its sha256); its path.
 
     An existing copy is reused only if its sha256 still matches.
     """
     digest = sha256_file(FETCH_SCRIPT)
-    bindir = platform_bin_dir(tenant_dir)
+    bindir = platform_bin_dir(areas)
     target = posixpath.join(bindir, f"{FETCH_SCRIPT.stem}-{digest[:16]}{FETCH_SCRIPT.suffix}")
     if sha256_many(shell, [target]).get(target) == digest:
         return target
-    refuse_symlinks(shell, tenant_dir, bindir)
-    mkdir_private(shell, tenant_dir, posixpath.dirname(bindir), bindir)
+    refuse_symlinks(shell, areas.project, bindir)
+    mkdir_private(shell, areas.project, posixpath.dirname(bindir), bindir)
     tmp = f"{target}.{secrets.token_hex(4)}"
     with shell.sftp_client().open(tmp, "wb") as fh:
         fh.write(FETCH_SCRIPT.read_bytes())

@@ -18,7 +18,7 @@ from aifactory.hpc.staging.paths import refuse_symlinks
 from aifactory.hpc.staging.pull import _pull
 from aifactory.hpc.staging.push import _push, _push_stream
 from aifactory.hpc.staging.script import install_fetch_script
-from aifactory.layout import MANIFEST_NAME, hpc_dataset_dir, hpc_datasets_dir
+from aifactory.layout import MANIFEST_NAME, TenantAreas, hpc_dataset_dir, hpc_datasets_dir
 from aifactory.text import shown, shown_list
 
 #: A temporary staging directory untouched for this long belongs to a stage that was killed.
@@ -56,7 +56,7 @@ def stage_dataset(
     bucket: str,
     dataset_prefix: str,
     manifest: DatasetManifest,
-    tenant_dir: str,
+    areas: TenantAreas,
     log: Log = print,
     options: StagingOptions | None = None,
     owner: str | None = None,
@@ -68,8 +68,9 @@ def stage_dataset(
     :param bucket: the tenant's bucket.
     :param dataset_prefix: the version's prefix in the bucket (``layout.dataset_prefix``).
     :param manifest: the version's manifest; only its files are staged.
-    :param tenant_dir: the tenant's area (``layout.tenant_dir``); created 0700 if missing. A symlink
-        anywhere from it down to the destination stops the stage (:mod:`.paths`).
+    :param areas: the tenant's areas (``TenantSpec.areas``): the dataset goes to its scratch area
+        (created 0700 if missing), the fetch script to its project area. A symlink anywhere from the
+        area down to the destination stops the stage (:mod:`.paths`).
     :param log: progress sink.
     :param options: mode and parallelism (default: push, 4 in flight).
     :param owner: a token of the task that stages, the same for each of its tries
@@ -81,11 +82,12 @@ def stage_dataset(
     opts = options or StagingOptions()
     started = time.monotonic()
     prefix = dataset_prefix if dataset_prefix.endswith("/") else dataset_prefix + "/"
-    final = hpc_dataset_dir(tenant_dir, manifest.name, manifest.version)
+    final = hpc_dataset_dir(areas, manifest.name, manifest.version)
+    area = areas.scratch  # where the dataset lives: every symlink walk starts here
     total = manifest.total_bytes
     n_files = len(manifest.files)
 
-    refuse_symlinks(shell, tenant_dir, final)  # before anything is read or written there
+    refuse_symlinks(shell, area, final)  # before anything is read or written there
     present = _inspect(shell, final, manifest, reverify=opts.reverify, log=log)
     if len(present.good) == n_files:
         if not present.marker_fresh:
@@ -102,8 +104,8 @@ def stage_dataset(
     parent = posixpath.dirname(final)  # the dataset's folder, beside its other versions
     own = f"{TMP_PREFIX}{manifest.version}-{owner}-" if owner else None
     tmp = join(parent, f"{own or TMP_PREFIX + manifest.version + '-'}{secrets.token_hex(4)}")
-    mkdir_private(shell, tenant_dir, hpc_datasets_dir(tenant_dir), parent, tmp)
-    refuse_symlinks(shell, tenant_dir, tmp)
+    mkdir_private(shell, area, hpc_datasets_dir(areas), parent, tmp)
+    refuse_symlinks(shell, area, tmp)
     _remove_abandoned(shell, parent, keep=tmp, own=own, log=log)
     good = set(present.good)
     to_send = [f for f in manifest.files if f.path not in good]
@@ -119,20 +121,20 @@ def stage_dataset(
         t0 = time.monotonic()
         bulk = getattr(shell, "bulk", None)
         if opts.mode == "push" and bulk is not None and to_send:
-            script = install_fetch_script(shell, tenant_dir)
+            script = install_fetch_script(shell, areas)
             _push_stream(s3, bulk, bucket=bucket, prefix=prefix, tmp=tmp, files=to_send,
                          options=opts, script=script, log=log)
         elif opts.mode == "push":
             _push(s3, shell, bucket=bucket, prefix=prefix, tmp=tmp, files=to_send, parallel=opts.parallel, log=log)
         else:
-            script = install_fetch_script(shell, tenant_dir)
+            script = install_fetch_script(shell, areas)
             _pull(s3, shell, bucket=bucket, prefix=prefix, tmp=tmp, files=to_send, options=opts, script=script, log=log)
         transfer_s = time.monotonic() - t0
         with shell.sftp_client().open(join(tmp, MANIFEST_NAME), "wb") as remote:
             remote.write(manifest.to_json().encode())
         # Swap into place: an old (bad) copy is moved aside first and removed after the rename.
         old = join(parent, f"{OLD_PREFIX}{manifest.version}-{secrets.token_hex(4)}")
-        refuse_symlinks(shell, tenant_dir, final)  # again: a link planted while the files travelled
+        refuse_symlinks(shell, area, final)  # again: a link planted while the files travelled
         check(
             shell,
             f"if [ -e {q(final)} ]; then mv -- {q(final)} {q(old)}; fi && mv -- {q(tmp)} {q(final)} "
