@@ -56,6 +56,15 @@ def test_tenant() -> str:
     return TEST_TENANT
 
 
+def tenant_areas(tenant: str):
+    """The tenant's project and scratch areas on its cluster, as every stage computes them
+    (``TenantSpec.areas``: the cluster spec's ``areas:`` templates)."""
+    from aifactory.tenants import load_cluster, load_tenant
+
+    spec = load_tenant(tenant)
+    return spec.areas(load_cluster(spec.cluster))
+
+
 def ssh_login(env: dict[str, str], username: str, key_file: str) -> paramiko.SSHClient:  # noqa: F821
     """A paramiko client logged in to the HPC side with the pinned host key (RejectPolicy).
 

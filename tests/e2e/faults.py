@@ -24,7 +24,7 @@ from aifactory import layout
 from aifactory.hpc.slurm import job_name
 from aifactory.local.airflow_api import AirflowClient
 from aifactory.local.localstack import state_dir
-from aifactory.tenants import load_tenant
+from aifactory.tenants import load_cluster, load_tenant
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = ["bash", str(REPO / "include" / "stack" / "stack.sh")]
@@ -246,22 +246,27 @@ def assert_one_of_each(api: AirflowClient, s3: Any, run_id: str, raw_key: str, *
     return export
 
 
-def hpc_path(*parts: str) -> Path:
-    """A path in the demo tenant's area on the (local) cluster."""
-    return Path(layout.tenant_dir(os.environ["AIFP_HPC_ROOT"], SPEC.tenant), *parts)
+def run_path(name: str, *parts: str) -> Path:
+    """A path in the run directory ``name`` of the demo tenant (its project area on the local cluster)."""
+    return Path(layout.run_dir(SPEC.areas(load_cluster(SPEC.cluster)), name), *parts)
+
+
+def dataset_path(name: str, *parts: str) -> Path:
+    """A path in the staged copies of the dataset ``name`` of the demo tenant (its scratch area)."""
+    return Path(layout.hpc_datasets_dir(SPEC.areas(load_cluster(SPEC.cluster))), name, *parts)
 
 
 def slow_steps(name: str, seconds: float) -> None:
     """The platform's test-only switch: the job of ``name`` pauses ``seconds`` after each step
     (written before the job starts; the job runs as the tenant, which owns the area)."""
-    switch = Path(layout.slow_steps_switch_path(str(hpc_path("runs", name))))
+    switch = Path(layout.slow_steps_switch_path(str(run_path(name))))
     switch.parent.mkdir(mode=0o700, exist_ok=True)
     switch.write_text(f"{seconds}\n")
-    owner = hpc_path("runs").stat()
+    owner = run_path(name).parent.stat()
     for path in (switch.parent, switch):
         os.chown(path, owner.st_uid, owner.st_gid)
 
 
 def job_log(name: str, job_id: str) -> str:
-    path = Path(layout.job_log_path(str(hpc_path("runs", name)), job_id))
+    path = Path(layout.job_log_path(str(run_path(name)), job_id))
     return path.read_text(errors="replace") if path.is_file() else ""

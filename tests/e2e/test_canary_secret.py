@@ -323,11 +323,11 @@ def test_canary_secret_is_nowhere(api, stack_env, s3_client, canary_connections)
     for p in files_under(run_logs):
         corpus.add(f"log file {p}", p.read_bytes())
     deltas.read(corpus)
-    # the HPC side: the tenant's whole directory (staged data, run dirs, job logs)
-    tenant_root = Path(layout.tenant_dir(CLUSTER.hpc_root, SPEC.tenant))
-    wrapper = Path(layout.run_dir(str(tenant_root), watch.name_)) / layout.JOB_WRAPPER
+    # the HPC side: the tenant's whole areas (staged data on scratch; run dirs and job logs in project)
+    areas = SPEC.areas(CLUSTER)
+    wrapper = Path(layout.run_dir(areas, watch.name_)) / layout.JOB_WRAPPER
     assert wrapper.is_file(), f"the job wrapper {wrapper} is missing: the run dir layout changed?"
-    for p in files_under(tenant_root):
+    for p in (p for area in areas.roots for p in files_under(Path(area))):
         corpus.add(f"HPC file {p}", p.read_bytes())
     # Slurm: the job as slurmctld held it, and everything sacct recorded
     assert watch.jobs, f"the train job {watch.name_} was never seen in squeue"

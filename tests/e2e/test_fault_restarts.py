@@ -20,7 +20,8 @@ from faults import (
     assert_one_of_each,
     component_down,
     dataset_name,
-    hpc_path,
+    dataset_path,
+    run_path,
     sshd_down,
     train_job_name,
     trigger,
@@ -40,8 +41,8 @@ TRY_ENDED = {"up_for_retry", "failed", "success"}
 def test_sshd_restart_mid_staging_and_s3_restart_mid_export(api, s3_client):
     run_id, key = trigger(api, s3_client, "restarts")
     name = train_job_name(run_id)
-    datasets = hpc_path("datasets", dataset_name(key))
-    marker = hpc_path("runs", name, "output", layout.COMPLETION_MARKER)
+    datasets = dataset_path(dataset_name(key))
+    marker = run_path(name, "output", layout.COMPLETION_MARKER)
 
     # -- sshd, mid-staging
     wait_for(lambda: datasets.is_dir() and any(p.name.startswith(".staging-") for p in datasets.iterdir()),

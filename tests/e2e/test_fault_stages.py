@@ -32,7 +32,7 @@ from faults import (
     assert_one_of_each,
     clear_from,
     dataset_name,
-    hpc_path,
+    dataset_path,
     model_name,
     slurm_jobs,
     train_job_name,
@@ -89,7 +89,7 @@ def test_each_stage_fails_in_turn_then_clears_to_one_job_dataset_and_model(api, 
     budget = allocation()
     run_id, key = trigger(api, s3_client, "stages", upload=False)
     name, model = dataset_name(key), model_name(key)
-    link = hpc_path("datasets", name)
+    link = dataset_path(name)
     # the faults of quality, stage and export are in place from the start: none of them touches an
     # earlier stage (each is removed just before its stage is cleared); train's comes just before it
     deny_put(iam_client, "fault-quality", f"{layout.datasets_prefix(SPEC.tenant)}{name}/*/quality/*")

@@ -40,9 +40,10 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 TENANTS = [load_tenant("demo"), load_tenant("acme")]
-HPC_ROOT = load_cluster(TENANTS[0].cluster).hpc_root
+CLUSTER = load_cluster(TENANTS[0].cluster)
 CANARY = f"aifp-canary-{secrets.token_hex(8)}"
-CANARIES = [f"/tmp/{CANARY}", *(f"{layout.tenant_dir(HPC_ROOT, t.tenant)}/{CANARY}" for t in TENANTS)]
+#: where an injected command would write: /tmp, and each of every tenant's areas
+CANARIES = [f"/tmp/{CANARY}", *(f"{area}/{CANARY}" for t in TENANTS for area in t.areas(CLUSTER).roots)]
 #: checked by the trigger itself (the form's Params): every value goes into each, refusals cost nothing
 TRIGGER_FIELDS = ["dataset_uri", "recipe", "partition", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb",
                   "time_limit_minutes", "hyperparameters"]
@@ -156,13 +157,13 @@ def _canaries_seen(tenant_ssh) -> list[str]:
     """The canary files that exist: on this machine (root sees all), and over SSH as each tenant."""
     found = [p for p in CANARIES if Path(p).exists()]
     for spec in TENANTS:
-        home = layout.tenant_dir(HPC_ROOT, spec.tenant)
-        # the tenant's own directory is readable by that user only (0700): ls proves the look worked
-        command = f"ls -d {home} && " + " ; ".join(
-            f"test -e {p} && echo FOUND {p}" for p in (CANARIES[0], f"{home}/{CANARY}")) + " ; true"
+        areas = spec.areas(CLUSTER).roots
+        # the tenant's own areas are readable by that user only (0700): ls proves the look worked
+        command = f"ls -d {' '.join(areas)} && " + " ; ".join(
+            f"test -e {p} && echo FOUND {p}" for p in (CANARIES[0], *(f"{a}/{CANARY}" for a in areas))) + " ; true"
         _, out, err = tenant_ssh(spec.tenant).exec_command(command, timeout=60)
         text = out.read().decode()
-        assert home in text.splitlines(), (spec.tenant, text, err.read().decode())
+        assert set(areas) <= set(text.splitlines()), (spec.tenant, text, err.read().decode())
         found += [line.split(" ", 1)[1] for line in text.splitlines() if line.startswith("FOUND ")]
     return sorted(set(found))
 

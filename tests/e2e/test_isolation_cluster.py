@@ -42,8 +42,8 @@ CLUSTER = load_cluster(A.cluster)
 CANARY = f"acme-private-{secrets.token_hex(8)}"
 
 
-def _area(stack_env, spec) -> str:
-    return layout.tenant_dir(stack_env["AIFP_HPC_ROOT"], spec.tenant)
+def _areas(spec) -> layout.TenantAreas:
+    return spec.areas(CLUSTER)
 
 
 def _run(client: paramiko.SSHClient, command: str) -> tuple[int, str, str]:
@@ -56,7 +56,7 @@ def _run(client: paramiko.SSHClient, command: str) -> tuple[int, str, str]:
 def b_dataset(stack_env, tenant_ssh):
     """A dataset version in B's area, laid out and private as staging leaves it, written by B's login."""
     b = tenant_ssh(B.tenant)
-    directory = layout.hpc_dataset_dir(_area(stack_env, B), f"iso-{secrets.token_hex(3)}", f"v-{secrets.token_hex(8)}")
+    directory = layout.hpc_dataset_dir(_areas(B), f"iso-{secrets.token_hex(3)}", f"v-{secrets.token_hex(8)}")
     rc, _, err = _run(b, f"mkdir -p -m 0700 -- {q(directory)} && chmod 0700 -- {q(directory)}")
     assert rc == 0, err
     with b.open_sftp() as sftp:
@@ -88,7 +88,7 @@ def _wait(hook, job_id: str, name: str, timeout: float = 180):
 
 
 def test_a_job_of_A_cannot_list_read_or_write_Bs_staged_dataset(stack_env, a_hook, b_dataset, tenant_ssh):
-    run_dir = layout.run_dir(_area(stack_env, A), f"itest-iso-{secrets.token_hex(4)}")
+    run_dir = layout.run_dir(_areas(A), f"itest-iso-{secrets.token_hex(4)}")
     rc, _, err = a_hook.run(f"mkdir -p -m 0700 -- {q(run_dir)}")
     assert rc == 0, err
     target = q(b_dataset)
@@ -98,7 +98,7 @@ def test_a_job_of_A_cannot_list_read_or_write_Bs_staged_dataset(stack_env, a_hoo
         f"ls -la -- {target}; echo \"ls=$?\"",
         f"cat -- {q(b_dataset + '/part-00000.parquet')}; echo \"read=$?\"",
         f"touch -- {q(b_dataset + '/planted-by-A')}; echo \"write=$?\"",
-        f"ls -- {q(_area(stack_env, B))}; echo \"list_area=$?\"",
+        f"ls -- {q(*_areas(B).roots)}; echo \"list_area=$?\"",
         "",
     ])
     with a_hook.sftp() as sftp:
@@ -138,7 +138,8 @@ def test_As_login_cannot_read_Bs_directory_over_ssh_or_sftp(stack_env, tenant_ss
     assert rc != 0 and err.count("Permission denied") == 2 and CANARY not in out
     with a.open_sftp() as sftp:
         for attempt in (lambda: sftp.listdir(b_dataset),
-                        lambda: sftp.listdir(_area(stack_env, B)),
+                        lambda: sftp.listdir(_areas(B).project),
+                        lambda: sftp.listdir(_areas(B).scratch),
                         lambda: sftp.open(f"{b_dataset}/part-00000.parquet").read(),
                         lambda: sftp.putfo(io.BytesIO(b"x"), f"{b_dataset}/planted-over-sftp")):
             with pytest.raises(PermissionError):

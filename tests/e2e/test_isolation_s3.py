@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from aifactory.data.s3 import make_client, put_if_absent
 from aifactory.platform.secrets import ConnectionStore
-from aifactory.tenants import load_tenant
+from aifactory.tenants import load_cluster, load_tenant
 
 A = load_tenant("demo")
 B = load_tenant("acme")
@@ -224,19 +224,21 @@ def test_pull_staging_with_the_tenants_credential(stack_env, a, platform, ssh_cl
     manifest = ingest_dataset(a, source_uri=f"s3://{A.bucket}/{raw}", bucket=A.bucket, tenant=A.tenant,
                               workdir=tmp_path, log=lambda m: None, row_group_rows=16, shard_rows=64)
     prefix = A.dataset_prefix(manifest.name, manifest.version)
-    dest = f"{layout.tenant_dir(stack_env['AIFP_HPC_ROOT'], A.tenant)}/itest-s3-{run}"
+    areas = A.areas(load_cluster(A.cluster))
+    dest = f"{areas.scratch}/itest-s3-{run}"  # a fresh area of its own, in A's scratch area
     options = StagingOptions(mode="pull", parallel=2, python="/srv/aifactory/venv/bin/python")
     with ParamikoShell(ssh_client) as shell:
         try:
             logs: list[str] = []
             result = stage_dataset(a, shell, bucket=A.bucket, dataset_prefix=prefix, manifest=manifest,
-                                   tenant_dir=dest, log=logs.append, options=options)
+                                   areas=layout.TenantAreas(dest, dest), log=logs.append, options=options)
             assert result.mode == "pull" and result.files == result.sent_files == len(manifest.files) >= 2, logs
             assert any("fetched by the HPC side" in line for line in logs), logs
             b = client_of(connection_of(stack_env, B))
             with pytest.raises((ClientError, FactoryError)):
                 stage_dataset(b, shell, bucket=A.bucket, dataset_prefix=prefix, manifest=manifest,
-                              tenant_dir=dest + "-b", log=lambda m: None, options=options)
+                              areas=layout.TenantAreas(dest + "-b", dest + "-b"), log=lambda m: None,
+                              options=options)
         finally:
             shell.run(f"rm -rf -- {q(dest)} {q(dest + '-b')}")
             for key in [raw, *(o["Key"] for o in platform.list_objects_v2(Bucket=A.bucket, Prefix=prefix)

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from aifactory import layout
 from aifactory.hpc.remote import q
 from aifactory.hpc.slurm.budget import budget_command, parse_assoc_mgr
 from aifactory.layout import PLATFORM_LOGIN
@@ -123,7 +124,7 @@ def test_train_task_fails_before_sbatch_when_the_allocation_is_exhausted(exhaust
                          map_index=-1, try_number=1)
     op = SlurmJobOperator(
         task_id="train", tenant=B, recipe="tabular_classifier", deferrable=False,
-        dataset_dir=f"/srv/aifactory/{B}/datasets/iris/budget-{token}",
+        dataset_dir=layout.hpc_dataset_dir(spec.areas(load_cluster(spec.cluster)), "iris", f"budget-{token}"),
         hyperparameters={"label_column": "species", "feature_columns": ["sepal_length"]},
         slurm_resources={"nodes": 1, "cpus_per_task": 1, "time_limit_minutes": 5},
     )

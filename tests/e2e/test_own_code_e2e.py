@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from aifactory import layout
 from aifactory.hpc.slurm import job_name
-from aifactory.tenants import load_tenant
+from aifactory.tenants import load_cluster, load_tenant
 
 pytestmark = pytest.mark.e2e
 
@@ -73,7 +74,8 @@ def test_own_code_trains_to_a_published_model_with_one_environment_per_lock(api,
     # the job ran the code's own environment, as the tenant, and the model was published
     run_id = together[0]
     train = api.xcom(DAG_ID, run_id, "train")
-    assert f"tenant_features {version} from /srv/aifactory/{SPEC.tenant}/envs/{envs[0][0]}/" in envs[0][2]
+    env_dir = layout.env_dir(SPEC.areas(load_cluster(SPEC.cluster)), envs[0][0])  # in the project area
+    assert f"tenant_features {version} from {env_dir}/" in envs[0][2]
     export = api.xcom(DAG_ID, run_id, "export")
     assert export["model_uri"].startswith(f"s3://{SPEC.bucket}/{SPEC.tenant}/models/")
     assert export["metrics"]["test_accuracy"] >= 0.8 and export["metrics"]["tenant_features"] == version

@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import json
+import posixpath
 import secrets
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,12 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "factory_demo"
 SPEC = load_tenant("demo")
-HPC_ROOT = load_cluster(SPEC.cluster).hpc_root
+CLUSTER = load_cluster(SPEC.cluster)
+AREAS = SPEC.areas(CLUSTER)
 OTHER = "other-tenant"  # a tenant name of the layout's rule (TENANT_RE); it has no spec here
+#: where that tenant's areas would be, by the cluster's templates
+OTHER_AREAS = replace(SPEC, tenant=OTHER, slurm_account=OTHER,
+                      identity=replace(SPEC.identity, unix_user=f"aifp-{OTHER}")).areas(CLUSTER)
 
 
 def _upload(s3, name: str) -> str:
@@ -88,8 +94,10 @@ def test_a_dataset_prefix_rewritten_to_another_tenant_is_refused_by_stage(api, f
     for key in list_keys(s3_client, SPEC.bucket, ingest["prefix"]):
         s3_client.copy_object(Bucket=SPEC.bucket, Key=foreign + key[len(ingest["prefix"]):],
                               CopySource={"Bucket": SPEC.bucket, "Key": key})
-    staged = layout.hpc_dataset_dir(layout.tenant_dir(HPC_ROOT, SPEC.tenant), ingest["name"], ingest["version"])
-    listing = f"ls -A {HPC_ROOT}; ls -la --time-style=full-iso {staged}"
+    staged = layout.hpc_dataset_dir(AREAS, ingest["name"], ingest["version"])
+    # every tenant's areas (the folders that hold them), and the staged copy
+    listing = (f"ls -A {' '.join(sorted({posixpath.dirname(a) for a in AREAS.roots}))}; "
+               f"ls -la --time-style=full-iso {staged}")
     staged_before = _remote(ssh_client, listing)
     assert layout.STAGING_MARKER in staged_before  # the run staged it
     api.patch_xcom(DAG_ID, run_id, "ingest", {**ingest, "prefix": foreign,
@@ -101,8 +109,8 @@ def test_a_dataset_prefix_rewritten_to_another_tenant_is_refused_by_stage(api, f
         log = _log(api, run_id, "stage")
         assert "not inside this tenant's datasets area" in log and foreign in log, log[-3000:]
         # refused before any SSH connection: nothing for the other tenant, nothing new for this one
-        assert _remote(ssh_client, f"test -e {layout.tenant_dir(HPC_ROOT, OTHER)} && echo present || echo absent"
-                       ).strip() == "absent"
+        for area in OTHER_AREAS.roots:
+            assert _remote(ssh_client, f"test -e {area} && echo present || echo absent").strip() == "absent"
         assert _remote(ssh_client, listing) == staged_before
         # the refusal is final: no retry was scheduled
         assert ti["try_number"] == _states(api, run_id)["stage"]["try_number"]
@@ -116,7 +124,7 @@ def test_an_output_dir_rewritten_to_another_tenant_is_refused_by_export(api, fin
     run_id = finished_run
     train = api.xcom(DAG_ID, run_id, "train")
     run_dir = train["output_dir"].rstrip("/").rsplit("/", 2)[-2]
-    foreign = layout.run_output_dir(layout.run_dir(layout.tenant_dir(HPC_ROOT, OTHER), run_dir))
+    foreign = layout.run_output_dir(layout.run_dir(OTHER_AREAS, run_dir))
     models_before = _models(s3_client)
     api.patch_xcom(DAG_ID, run_id, "train", {**train, "output_dir": foreign})
     try:

@@ -10,6 +10,7 @@ import pytest
 from aifactory import layout
 from aifactory.hpc.remote import ParamikoShell, q
 from aifactory.local.localstack import bulk_pipe
+from tests.conftest import tenant_areas
 
 
 @pytest.fixture()
@@ -28,9 +29,11 @@ def sftp_only_shell(ssh_client) -> Iterator[ParamikoShell]:
 
 
 @pytest.fixture()
-def tenant_dir(stack_env, shell, test_tenant) -> Iterator[str]:
-    """A private area per test on the HPC side, removed afterwards: inside the demo tenant's own
-    directory (the HPC root belongs to root; only the tenant's login may write in its area)."""
-    d = f"{layout.tenant_dir(stack_env['AIFP_HPC_ROOT'], test_tenant)}/itest-{secrets.token_hex(3)}"
-    yield d
-    shell.run("rm -rf -- " + q(d))
+def test_areas(shell, test_tenant) -> Iterator[layout.TenantAreas]:
+    """A private pair of areas per test on the HPC side, removed afterwards: a folder in the demo
+    tenant's project area and one in its scratch area (the HPC root belongs to root; only the
+    tenant's login may write in its areas)."""
+    areas, name = tenant_areas(test_tenant), f"itest-{secrets.token_hex(3)}"
+    mine = layout.TenantAreas(project=f"{areas.project}/{name}", scratch=f"{areas.scratch}/{name}")
+    yield mine
+    shell.run("rm -rf -- " + q(*mine.roots))

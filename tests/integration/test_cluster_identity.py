@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from aifactory import layout
 from aifactory.platform import cluster_identity as ci
 from aifactory.platform.onboard import Context
 from aifactory.tenants import load_cluster, load_tenant
+from tests.conftest import tenant_areas
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +42,13 @@ def test_the_tenants_area_key_and_login_are_its_own(stack_env, tenant):
 
     spec = load_tenant(tenant)
     user = spec.identity.unix_user
-    root = stack_env["AIFP_HPC_ROOT"]
-    assert _mode_owner(root) == ("0o755", "root")
-    assert _mode_owner(layout.tenant_dir(root, tenant)) == ("0o700", user)
+    areas = tenant_areas(tenant)
+    assert _mode_owner(stack_env["AIFP_HPC_ROOT"]) == ("0o755", "root")
+    assert len(areas.roots) == 2  # the local cluster: a project area per account, a scratch area per user
+    for area in areas.roots:  # the tenant's own, private; every directory above it root's, 0755
+        assert _mode_owner(area) == ("0o700", user), area
+        for parent in Path(area).parents:
+            assert _mode_owner(parent)[1] == "root" and int(_mode_owner(parent)[0], 8) & 0o022 == 0, parent
     key = ci.tenant_key_file(secrets_dir(stack_env), tenant)
     assert _mode_owner(key) == ("0o600", "root") and _mode_owner(key.parent) == ("0o700", "root")
     home = Path(pwd.getpwnam(user).pw_dir)
@@ -52,7 +56,7 @@ def test_the_tenants_area_key_and_login_are_its_own(stack_env, tenant):
     assert _mode_owner(home / ".ssh" / "authorized_keys") == ("0o600", user)
     hook = FactorySSHHook(ssh_conn_id=spec.identity.ssh_conn_id, connect_attempts=2)
     try:
-        rc, out, err = hook.run(f"whoami; id -nG; test -w {layout.tenant_dir(root, tenant)} && echo writable")
+        rc, out, err = hook.run(f"whoami; id -nG; test -w {areas.project} && test -w {areas.scratch} && echo writable")
     finally:
         hook.close()
     assert rc == 0, err
@@ -62,5 +66,6 @@ def test_the_tenants_area_key_and_login_are_its_own(stack_env, tenant):
 
 def test_the_service_login_cannot_enter_a_tenants_area(stack_env, service_ssh_client):
     for tenant in TENANTS:
-        _, out, err = service_ssh_client.exec_command(f"ls {layout.tenant_dir(stack_env['AIFP_HPC_ROOT'], tenant)}")
-        assert out.channel.recv_exit_status() != 0 and "Permission denied" in err.read().decode()
+        for area in tenant_areas(tenant).roots:
+            _, out, err = service_ssh_client.exec_command(f"ls {area}")
+            assert out.channel.recv_exit_status() != 0 and "Permission denied" in err.read().decode(), area

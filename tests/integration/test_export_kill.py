@@ -25,6 +25,7 @@ from aifactory.models.contract import parse_marker
 from aifactory.models.export import CardContext, ExportError, export_model
 from aifactory.models.modelcard import REQUIRED_FIELDS, missing_fields
 from aifactory.models.recipes import load_recipe
+from tests.conftest import tenant_areas
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +42,7 @@ def trained(stack_env, ssh_client, test_tenant):
     import pyarrow.csv as pc
     import pyarrow.parquet as pq
 
-    root = f"{layout.tenant_dir(stack_env['AIFP_HPC_ROOT'], test_tenant)}/itest-export-{secrets.token_hex(3)}"
+    root = layout.run_dir(tenant_areas(test_tenant), f"itest-export-{secrets.token_hex(3)}")
     with ParamikoShell(ssh_client) as sh:
         sh.run("mkdir -p -m 0700 " + q(root + "/ds", root + "/run", f"{root}/run/{layout.RUNTIME_PACKAGE}"))
         local = Path(f"/tmp/aifp-{secrets.token_hex(3)}.parquet")

@@ -22,6 +22,7 @@ import time
 
 import pytest
 
+from aifactory import layout
 from aifactory.hpc.remote import q
 from aifactory.hpc.site import SiteEnvironment
 from aifactory.hpc.slurm import (
@@ -35,6 +36,7 @@ from aifactory.hpc.slurm import (
 from aifactory.hpc.slurm.plan import JOB_PATH
 from aifactory.models import bundle
 from aifactory.tenants import load_cluster
+from tests.conftest import tenant_areas
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +49,7 @@ open("ran", "w").write("yes")
 
 @pytest.fixture()
 def run_root(stack_env, shell):
-    root = f"{stack_env['AIFP_HPC_ROOT']}/demo/runs/itest-site-{secrets.token_hex(4)}"
+    root = layout.run_dir(tenant_areas("demo"), f"itest-site-{secrets.token_hex(4)}")
     shell.run("mkdir -p -m 0700 " + q(root))
     yield root
     shell.run("rm -rf -- " + q(root))

@@ -43,12 +43,14 @@ from aifactory.hpc.slurm import (
     scancel_command,
     select_record,
 )
+from tests.conftest import tenant_areas
 
 pytestmark = pytest.mark.integration
 
 #: the demo tenant's own connection: tenant jobs run as the tenant's Unix user, in its 0700 area
 CONN_ID = "aifactory_hpc_local_demo"
-HPC_ROOT = "/srv/aifactory"
+#: the demo tenant's areas on the local cluster (runs in the project area, datasets on scratch)
+DEMO = tenant_areas("demo")
 POLICY = TenantSlurmPolicy(account="demo", partitions=("debug",), max_cpus_per_task=2, max_mem_gb=4)
 
 
@@ -63,7 +65,7 @@ def hook(stack_env):
 
 @pytest.fixture()
 def run_dir(hook):
-    path = f"{HPC_ROOT}/demo/runs/itest-{uuid.uuid4().hex[:10]}"
+    path = f"{DEMO.project}/runs/itest-{uuid.uuid4().hex[:10]}"
     rc, _, err = hook.run(f"mkdir -p -m 700 {path}")
     assert rc == 0, err
     return path
@@ -199,13 +201,13 @@ def test_operator_trains_recipe_end_to_end_and_adopts_on_retry(hook, stack_env):
     from operators.slurm import STATE_KEY, SlurmJobOperator
 
     key = uuid.uuid4().hex[:10]
-    dataset_dir = f"{HPC_ROOT}/demo/datasets/itest-{key}/v1"
+    dataset_dir = f"{DEMO.scratch}/datasets/itest-{key}/v1"
     _stage_dataset(hook, dataset_dir)
     op = SlurmJobOperator(
         task_id="train",
         tenant="demo",
         recipe="tabular_classifier",
-        run_dir=f"{HPC_ROOT}/demo/runs/itest-op-{key}",
+        run_dir=f"{DEMO.project}/runs/itest-op-{key}",
         dataset_dir=dataset_dir,
         hyperparameters={
             "label_column": "species",
@@ -258,11 +260,11 @@ def test_operator_bad_data_fails_with_clear_message(hook, stack_env):
     from operators.slurm import SlurmJobOperator
 
     key = uuid.uuid4().hex[:10]
-    dataset_dir = f"{HPC_ROOT}/demo/datasets/itest-{key}/v1"
+    dataset_dir = f"{DEMO.scratch}/datasets/itest-{key}/v1"
     _stage_dataset(hook, dataset_dir)
     op = SlurmJobOperator(
         task_id="train", tenant="demo", recipe="tabular_classifier",
-        run_dir=f"{HPC_ROOT}/demo/runs/itest-bad-{key}", dataset_dir=dataset_dir,
+        run_dir=f"{DEMO.project}/runs/itest-bad-{key}", dataset_dir=dataset_dir,
         hyperparameters={"label_column": "species", "feature_columns": ["no_such_column"], "epochs": 1},
         deferrable=False, poll_interval=2,
     )
@@ -290,11 +292,11 @@ def test_operator_deferrable_path(hook, stack_env):
     from operators.triggers import SlurmJobTrigger
 
     key = uuid.uuid4().hex[:10]
-    dataset_dir = f"{HPC_ROOT}/demo/datasets/itest-{key}/v1"
+    dataset_dir = f"{DEMO.scratch}/datasets/itest-{key}/v1"
     _stage_dataset(hook, dataset_dir)
     op = SlurmJobOperator(
         task_id="train", tenant="demo", recipe="tabular_classifier",
-        run_dir=f"{HPC_ROOT}/demo/runs/itest-defer-{key}", dataset_dir=dataset_dir,
+        run_dir=f"{DEMO.project}/runs/itest-defer-{key}", dataset_dir=dataset_dir,
         hyperparameters={"label_column": "species", "feature_columns": ["sepal_length", "petal_length"],
                          "epochs": 2},
         deferrable=True, poll_interval=2,

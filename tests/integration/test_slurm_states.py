@@ -24,13 +24,16 @@ from typing import Any
 import pytest
 from state_store import Store  # noqa: E402  (tests/integration is on sys.path under pytest)
 
+from aifactory import layout
 from aifactory.hpc.slurm import job_name
+from tests.conftest import tenant_areas
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 PROBES = REPO / "include" / "platform_recipes"
-HPC = "/srv/aifactory"
+#: the staged copy the probe jobs are told of (they read no dataset): in the demo tenant's scratch area
+PROBE_DATASET = layout.hpc_dataset_dir(tenant_areas("demo"), "probe", "v1")
 DAG = "itest_states"
 #: the demo tenant's own SSH connection: its jobs are watched as its own login
 TENANT_CONN = "aifactory_hpc_local_demo"
@@ -83,7 +86,7 @@ def probe(hp: dict[str, Any], resources: dict[str, Any] | None = None,
     key = uuid.uuid4().hex[:10]
     op = SlurmJobOperator(
         task_id="train", tenant="demo", recipe="probe", recipes_root=PROBES,
-        dataset_dir=f"{HPC}/demo/datasets/probe/v1", hyperparameters=hp,
+        dataset_dir=PROBE_DATASET, hyperparameters=hp,
         slurm_resources=resources or {"cpus_per_task": 1, "mem_gb": 1, "time_limit_minutes": 5},
         deferrable=False, poll_interval=2,
     )
@@ -238,7 +241,7 @@ WORKER = textwrap.dedent(
     hooks.FactorySSHHook.run = run
     from operators.slurm import SlurmJobOperator
     op = SlurmJobOperator(task_id="train", tenant="demo", recipe="probe", recipes_root=sys.argv[1],
-                          dataset_dir="/srv/aifactory/demo/datasets/probe/v1",
+                          dataset_dir=sys.argv[3],
                           hyperparameters={"mode": "sleep", "seconds": 15}, deferrable=False, poll_interval=2)
     ti = SimpleNamespace(dag_id="itest_states", run_id=sys.argv[2], task_id="train", map_index=-1, try_number=1)
     op.execute({"ti": ti, "task_state_store": None})
@@ -251,13 +254,13 @@ def test_worker_killed_right_after_sbatch_retry_reattaches(stack_env):
 
     run_id = f"manual__{uuid.uuid4().hex[:10]}"
     name = job_name("demo", DAG, run_id, "train", -1)
-    proc = subprocess.run([sys.executable, "-c", WORKER, str(PROBES), run_id], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", WORKER, str(PROBES), run_id, PROBE_DATASET], capture_output=True, text=True,
                           env=os.environ.copy(), timeout=120)
     assert proc.returncode == 137, proc.stderr[-2000:]
     assert "sbatch returned" in proc.stdout
     # the retry, with no saved job id, finds the job by its deterministic name and re-attaches
     op = SlurmJobOperator(task_id="train", tenant="demo", recipe="probe", recipes_root=PROBES,
-                          dataset_dir=f"{HPC}/demo/datasets/probe/v1",
+                          dataset_dir=PROBE_DATASET,
                           hyperparameters={"mode": "sleep", "seconds": 15}, deferrable=False, poll_interval=2)
     ti = SimpleNamespace(dag_id=DAG, run_id=run_id, task_id="train", map_index=-1, try_number=2)
     result = op.execute({"ti": ti, "task_state_store": Store()})

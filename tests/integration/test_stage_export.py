@@ -36,31 +36,31 @@ def dataset(s3_client, tmp_path):
     return manifest, f"itest/datasets/{manifest.name}/{manifest.version}/"
 
 
-def test_stage_verifies_skips_and_resends_tampered(s3_client, shell, tenant_dir, dataset):
+def test_stage_verifies_skips_and_resends_tampered(s3_client, shell, test_areas, dataset):
     manifest, prefix = dataset
     logs: list[str] = []
     first = stage_dataset(s3_client, shell, bucket=BUCKET, dataset_prefix=prefix, manifest=manifest,
-                          tenant_dir=tenant_dir, log=logs.append)
+                          areas=test_areas, log=logs.append)
     assert not first.skipped and first.files == len(manifest.files)
     remote = first.remote_dir
-    assert remote == f"{tenant_dir}/datasets/{manifest.name}/{manifest.version}"
+    assert remote == f"{test_areas.scratch}/datasets/{manifest.name}/{manifest.version}"  # scratch: datasets
     sums = sha256_many(shell, [f"{remote}/{f.path}" for f in manifest.files])
     assert sums == {f"{remote}/{f.path}": f.sha256 for f in manifest.files}
     # private directories, no temporary leftovers
-    rc, out, _ = shell.run(f"stat -c %a {q(tenant_dir)} {q(remote)}; ls -A {q(remote + '/..')}")
+    rc, out, _ = shell.run(f"stat -c %a {q(test_areas.scratch)} {q(remote)}; ls -A {q(remote + '/..')}")
     modes, listing = out.split()[:2], out.split()[2:]
     assert modes == ["700", "700"]
     assert listing == [manifest.version]
 
     second = stage_dataset(s3_client, shell, bucket=BUCKET, dataset_prefix=prefix, manifest=manifest,
-                           tenant_dir=tenant_dir, log=logs.append)
+                           areas=test_areas, log=logs.append)
     assert second.skipped
 
     # tamper with a staged file: the next staging detects it and sends the data again
     victim = f"{remote}/{manifest.files[0].path}"
     shell.run(f"printf garbage >> {q(victim)}")
     third = stage_dataset(s3_client, shell, bucket=BUCKET, dataset_prefix=prefix, manifest=manifest,
-                          tenant_dir=tenant_dir, log=logs.append)
+                          areas=test_areas, log=logs.append)
     assert not third.skipped
     assert sha256_many(shell, [victim])[victim] == manifest.files[0].sha256
     assert any("missing or differ" in line for line in logs)
@@ -99,8 +99,8 @@ def _card(version: str) -> CardContext:
     )
 
 
-def test_export_publishes_manifest_last_and_once(s3_client, shell, tenant_dir):
-    out_dir = f"{tenant_dir}/runs/r1/output"
+def test_export_publishes_manifest_last_and_once(s3_client, shell, test_areas):
+    out_dir = f"{test_areas.project}/runs/r1/output"
     _fake_job_outputs(shell, out_dir)
     version = "v-" + secrets.token_hex(6)
     prefix = f"itest/models/iris-tabular/{version}/"
@@ -125,8 +125,8 @@ def test_export_publishes_manifest_last_and_once(s3_client, shell, tenant_dir):
     assert s3_client.head_object(Bucket=BUCKET, Key=prefix + "manifest.json")["ETag"] == etag
 
 
-def test_export_refuses_damaged_outputs(s3_client, shell, tenant_dir):
-    out_dir = f"{tenant_dir}/runs/r2/output"
+def test_export_refuses_damaged_outputs(s3_client, shell, test_areas):
+    out_dir = f"{test_areas.project}/runs/r2/output"
     _fake_job_outputs(shell, out_dir, tamper=True)
     prefix = f"itest/models/iris-tabular/v-{secrets.token_hex(6)}/"
     with pytest.raises(ExportError, match="model.pt: sha256"):
@@ -135,8 +135,8 @@ def test_export_refuses_damaged_outputs(s3_client, shell, tenant_dir):
     assert not any(k.endswith("manifest.json") for k in list_keys(s3_client, BUCKET, prefix))
 
 
-def test_export_without_completion_marker_publishes_nothing(s3_client, shell, tenant_dir):
-    out_dir = f"{tenant_dir}/runs/r3/output"
+def test_export_without_completion_marker_publishes_nothing(s3_client, shell, test_areas):
+    out_dir = f"{test_areas.project}/runs/r3/output"
     shell.run("mkdir -p " + q(out_dir))
     prefix = f"itest/models/iris-tabular/v-{secrets.token_hex(6)}/"
     with pytest.raises(FactoryError, match="completion marker not found"):
@@ -147,9 +147,9 @@ def test_export_without_completion_marker_publishes_nothing(s3_client, shell, te
 
 @pytest.mark.parametrize("named", [layout.MANIFEST_NAME, "../x", "a/../../x", "/etc/passwd"])
 def test_export_refuses_a_marker_naming_a_platform_file_or_a_path_outside_the_output_dir(
-        s3_client, shell, tenant_dir, named):
+        s3_client, shell, test_areas, named):
     """The file exists and its digest matches the marker: only the path rule stops it."""
-    out_dir = f"{tenant_dir}/runs/r4-{secrets.token_hex(3)}/output"
+    out_dir = f"{test_areas.project}/runs/r4-{secrets.token_hex(3)}/output"
     shell.run("mkdir -p -m 0700 " + q(out_dir + "/a"))
     if named.startswith("/"):
         body = shell.run(f"cat {q(named)}")[1].encode()
@@ -166,8 +166,8 @@ def test_export_refuses_a_marker_naming_a_platform_file_or_a_path_outside_the_ou
     assert list_keys(s3_client, BUCKET, prefix) == []  # not one object: refused before any upload
 
 
-def test_export_publishes_the_formats_the_marker_declares(s3_client, shell, tenant_dir):
-    out_dir = f"{tenant_dir}/runs/r5/output"
+def test_export_publishes_the_formats_the_marker_declares(s3_client, shell, test_areas):
+    out_dir = f"{test_areas.project}/runs/r5/output"
     _fake_job_outputs(shell, out_dir)
     version = "v-" + secrets.token_hex(6)
     prefix = f"itest/models/iris-tabular/{version}/"

@@ -20,6 +20,7 @@ from aifactory.data.manifest import DatasetManifest, FileEntry
 from aifactory.hpc.remote import ParamikoShell, RemoteError, q, sha256_many
 from aifactory.hpc.staging import StagingOptions, stage_dataset
 from aifactory.layout import STAGING_MARKER
+from tests.conftest import tenant_areas
 
 pytestmark = pytest.mark.integration
 
@@ -45,21 +46,21 @@ def sharded(s3_client, tmp_path_factory):
     return manifest, f"itest/datasets/{manifest.name}/{manifest.version}/"
 
 
-def _stage(s3, shell, tenant_dir, dataset, mode, logs, **opts):
+def _stage(s3, shell, areas, dataset, mode, logs, **opts):
     manifest, prefix = dataset
     if mode == "push-sftp":
         shell, mode = ParamikoShell(shell.client), "push"  # the same login, no OpenSSH client
     return stage_dataset(
-        s3, shell, bucket=BUCKET, dataset_prefix=prefix, manifest=manifest, tenant_dir=tenant_dir,
+        s3, shell, bucket=BUCKET, dataset_prefix=prefix, manifest=manifest, areas=areas,
         log=logs.append, options=StagingOptions(mode=mode, parallel=3, python="/srv/aifactory/venv/bin/python", **opts),
     )
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_stage_verifies_skips_and_resends_only_tampered(s3_client, shell, tenant_dir, sharded, mode):
+def test_stage_verifies_skips_and_resends_only_tampered(s3_client, shell, test_areas, sharded, mode):
     manifest, _ = sharded
     logs: list[str] = []
-    first = _stage(s3_client, shell, tenant_dir, sharded, mode, logs)
+    first = _stage(s3_client, shell, test_areas, sharded, mode, logs)
     assert not first.skipped and first.sent_files == 5 and first.mode == mode.split("-")[0]
     assert any(TRANSPORT_LOG[mode] in line for line in logs), logs
     remote = first.remote_dir
@@ -67,7 +68,8 @@ def test_stage_verifies_skips_and_resends_only_tampered(s3_client, shell, tenant
     assert sums == {f"{remote}/{f.path}": f.sha256 for f in manifest.files}
     # private directories all the way down, nothing left over beside the version
     _, out, _ = shell.run(
-        f"stat -c %a {q(tenant_dir)} {q(tenant_dir + '/datasets')} {q(remote + '/..')} {q(remote)}; ls -A {q(remote + '/..')}"
+        f"stat -c %a {q(test_areas.scratch)} {q(test_areas.scratch + '/datasets')} {q(remote + '/..')} {q(remote)}; "
+        f"ls -A {q(remote + '/..')}"
     )
     assert out.split()[:4] == ["700"] * 4
     assert out.split()[4:] == [manifest.version]
@@ -77,7 +79,7 @@ def test_stage_verifies_skips_and_resends_only_tampered(s3_client, shell, tenant
 
     # unchanged: skipped from the marker, without hashing anything again
     logs.clear()
-    second = _stage(s3_client, shell, tenant_dir, sharded, mode, logs)
+    second = _stage(s3_client, shell, test_areas, sharded, mode, logs)
     assert second.skipped and second.sent_files == 0
     assert not any("hashed" in line for line in logs)
 
@@ -85,64 +87,64 @@ def test_stage_verifies_skips_and_resends_only_tampered(s3_client, shell, tenant
     victim, partial = (f"{remote}/{manifest.files[i].path}" for i in (1, 3))
     shell.run(f"printf X | dd of={q(victim)} bs=1 seek=10 conv=notrunc 2>/dev/null; truncate -s 100 {q(partial)}")
     logs.clear()
-    third = _stage(s3_client, shell, tenant_dir, sharded, mode, logs)
+    third = _stage(s3_client, shell, test_areas, sharded, mode, logs)
     assert not third.skipped and third.sent_files == 2 and third.reused_files == 3
     assert sha256_many(shell, [victim, partial]) == {victim: manifest.files[1].sha256, partial: manifest.files[3].sha256}
     assert any("missing or differ" in line for line in logs)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_missing_file_is_resent_and_reverify_hashes_everything(s3_client, shell, tenant_dir, sharded, mode):
+def test_missing_file_is_resent_and_reverify_hashes_everything(s3_client, shell, test_areas, sharded, mode):
     manifest, _ = sharded
-    first = _stage(s3_client, shell, tenant_dir, sharded, mode, [])
+    first = _stage(s3_client, shell, test_areas, sharded, mode, [])
     shell.run("rm -f -- " + q(f"{first.remote_dir}/{manifest.files[0].path}"))
-    again = _stage(s3_client, shell, tenant_dir, sharded, mode, [])
+    again = _stage(s3_client, shell, test_areas, sharded, mode, [])
     assert again.sent_files == 1 and again.reused_files == 4
     logs: list[str] = []
-    third = _stage(s3_client, shell, tenant_dir, sharded, mode, logs, reverify=True)
+    third = _stage(s3_client, shell, test_areas, sharded, mode, logs, reverify=True)
     assert third.skipped and any("hashed 5 file(s)" in line for line in logs)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_mismatch_stages_nothing(s3_client, shell, tenant_dir, sharded, mode):
+def test_mismatch_stages_nothing(s3_client, shell, test_areas, sharded, mode):
     manifest, prefix = sharded
     wrong = [dataclasses.replace(manifest.files[0], sha256="0" * 64), *manifest.files[1:]]
     bad = DatasetManifest.from_dict({**manifest.to_dict(), "files": [dataclasses.asdict(f) for f in wrong]})
     with pytest.raises(RemoteError, match="part-00000.parquet"):
-        _stage(s3_client, shell, tenant_dir, (bad, prefix), mode, [])
-    _, out, _ = shell.run(f"ls -A {q(tenant_dir + '/datasets/' + manifest.name)}")
+        _stage(s3_client, shell, test_areas, (bad, prefix), mode, [])
+    _, out, _ = shell.run(f"ls -A {q(test_areas.scratch + '/datasets/' + manifest.name)}")
     assert out.split() == []  # no version, no temporary directory
 
 
-def test_pull_keeps_urls_out_of_logs_and_argv(s3_client, shell, tenant_dir, sharded):
+def test_pull_keeps_urls_out_of_logs_and_argv(s3_client, shell, test_areas, sharded):
     logs: list[str] = []
-    _stage(s3_client, shell, tenant_dir, sharded, "pull", logs)
+    _stage(s3_client, shell, test_areas, sharded, "pull", logs)
     text = "\n".join(logs)
     assert "X-Amz-Signature" not in text and "http" not in text
     assert any("fetched by the HPC side" in line for line in logs)
-    # the fixed script is installed once, read-only, in the tenant's private area
-    _, out, _ = shell.run(f"stat -c '%a %n' {q(tenant_dir)}/.aifp/bin/aifp_fetch-*.py")
+    # the fixed script is installed once, read-only, in the tenant's project area (not on scratch)
+    _, out, _ = shell.run(f"stat -c '%a %n' {q(test_areas.project)}/.aifp/bin/aifp_fetch-*.py")
     assert out.startswith("500 ")
 
 
-def test_fetch_script_refuses_bad_requests(shell, tenant_dir, sharded, s3_client):
+def test_fetch_script_refuses_bad_requests(shell, test_areas, sharded, s3_client):
     from aifactory.hpc.remote import run_with_input
     from aifactory.hpc.staging import install_fetch_script
 
-    shell.run("mkdir -p -m 0700 " + q(tenant_dir + "/x"))
-    script = install_fetch_script(shell, tenant_dir)
+    shell.run("mkdir -p -m 0700 " + q(test_areas.scratch + "/x"))
+    script = install_fetch_script(shell, test_areas)
     bad = {"files": [{"name": "../evil", "url": "http://127.0.0.1:1/x", "sha256": "0" * 64, "bytes": 1}]}
-    rc, out, _ = run_with_input(shell, f"/srv/aifactory/venv/bin/python {q(script)} --dest {q(tenant_dir + '/x')}",
+    rc, out, _ = run_with_input(shell, f"/srv/aifactory/venv/bin/python {q(script)} --dest {q(test_areas.scratch + '/x')}",
                                 json.dumps(bad).encode())
     assert rc == 2 and "bad request" in out
     expired = s3_client.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": "nope"}, ExpiresIn=1)
     req = {"files": [{"name": "a.bin", "url": expired, "sha256": "0" * 64, "bytes": 1}]}
-    rc, out, _ = run_with_input(shell, f"/srv/aifactory/venv/bin/python {q(script)} --dest {q(tenant_dir + '/x')}",
+    rc, out, _ = run_with_input(shell, f"/srv/aifactory/venv/bin/python {q(script)} --dest {q(test_areas.scratch + '/x')}",
                                 json.dumps(req).encode())
     assert rc == 3 and "failed a.bin HTTP" in out and "X-Amz" not in out
 
 
-def test_receive_mode_keeps_only_verified_files(shell, tenant_dir):
+def test_receive_mode_keeps_only_verified_files(shell, test_areas):
     """Push's HPC side: a file whose bytes do not match, a stream cut short and a bad header leave
     nothing under the file's name; good files before them stay."""
     import hashlib
@@ -150,9 +152,9 @@ def test_receive_mode_keeps_only_verified_files(shell, tenant_dir):
     from aifactory.hpc.remote import run_with_input
     from aifactory.hpc.staging import install_fetch_script
 
-    dest = tenant_dir + "/rx"
+    dest = test_areas.scratch + "/rx"
     shell.run("mkdir -p -m 0700 " + q(dest))
-    script = install_fetch_script(shell, tenant_dir)
+    script = install_fetch_script(shell, test_areas)
     command = f"/srv/aifactory/venv/bin/python {q(script)} --dest {q(dest)} --receive"
 
     def header(name: str, data: bytes, sha: str | None = None) -> bytes:
@@ -171,11 +173,11 @@ def test_receive_mode_keeps_only_verified_files(shell, tenant_dir):
 
     rc, out, _ = run_with_input(shell, command, json.dumps({"name": "../evil", "bytes": 1, "sha256": "0" * 64}).encode() + b"\nx")
     assert rc == 2 and "bad request" in out
-    _, listing, _ = shell.run(f"ls -A {q(dest)} {q(tenant_dir)}")
+    _, listing, _ = shell.run(f"ls -A {q(dest)} {q(test_areas.scratch)}")
     assert "evil" not in listing
 
 
-def test_push_refuses_a_host_key_other_than_the_pinned_one(s3_client, ssh_client, stack_env, tenant_dir, sharded,
+def test_push_refuses_a_host_key_other_than_the_pinned_one(s3_client, ssh_client, stack_env, test_areas, sharded,
                                                            test_tenant):
     import dataclasses as dc
 
@@ -187,9 +189,9 @@ def test_push_refuses_a_host_key_other_than_the_pinned_one(s3_client, ssh_client
     other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
     sh = ParamikoShell(ssh_client, bulk=dc.replace(pipe, known_hosts_line=f"{pattern} {other}"))
     with pytest.raises(RemoteError, match="exit 255"):
-        _stage(s3_client, sh, tenant_dir, sharded, "push", [])
+        _stage(s3_client, sh, test_areas, sharded, "push", [])
     manifest, _ = sharded
-    _, out, _ = sh.run(f"ls -A {q(tenant_dir + '/datasets/' + manifest.name)}")
+    _, out, _ = sh.run(f"ls -A {q(test_areas.scratch + '/datasets/' + manifest.name)}")
     assert out.split() == []
 
 
@@ -200,20 +202,19 @@ def test_push_refuses_a_host_key_other_than_the_pinned_one(s3_client, ssh_client
     ("push", "datasets", "acme"),  # another tenant's area: refused before any attempt
 ])
 def test_a_real_symlink_in_the_destination_stops_the_stage_before_any_write(
-        s3_client, shell, stack_env, tenant_dir, sharded, mode, link, target):
+        s3_client, shell, stack_env, test_areas, sharded, mode, link, target):
     from aifactory import layout
     from aifactory.hpc.staging import SymlinkInPath
 
     manifest, _ = sharded
-    link_path = f"{tenant_dir}/{link.format(name=manifest.name, version=manifest.version)}"
-    dest = (layout.tenant_dir(stack_env["AIFP_HPC_ROOT"], "acme") + "/datasets" if target == "acme"
-            else f"{tenant_dir}/elsewhere")
-    rc, _, err = shell.run(f"mkdir -p -m 0700 {q(tenant_dir + '/elsewhere')} {q(link_path.rsplit('/', 1)[0])} "
+    link_path = f"{test_areas.scratch}/{link.format(name=manifest.name, version=manifest.version)}"
+    dest = (layout.hpc_datasets_dir(tenant_areas("acme")) if target == "acme" else f"{test_areas.scratch}/elsewhere")
+    rc, _, err = shell.run(f"mkdir -p -m 0700 {q(test_areas.scratch + '/elsewhere')} {q(link_path.rsplit('/', 1)[0])} "
                            f"&& ln -s {q(dest)} {q(link_path)} && test -L {q(link_path)}")
     assert rc == 0, err
     with pytest.raises(SymlinkInPath, match=f"{link_path}.* is a symlink"):
-        _stage(s3_client, shell, tenant_dir, sharded, mode, [])
-    _, out, _ = shell.run(f"ls -A {q(tenant_dir + '/elsewhere')}")
+        _stage(s3_client, shell, test_areas, sharded, mode, [])
+    _, out, _ = shell.run(f"ls -A {q(test_areas.scratch + '/elsewhere')}")
     assert out.split() == []  # nothing was written through the link
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from aifactory import layout
-from aifactory.hpc.containers import CONTAINER_ARGV_SEPARATOR, container_argv
+from aifactory.hpc.containers import CONTAINER_ARGV_SEPARATOR, container_argv, container_binds
 from aifactory.hpc.remote import q
 from aifactory.hpc.slurm import (
     Resources,
@@ -42,7 +42,8 @@ from aifactory.hpc.slurm import (
 from aifactory.models import bundle
 from aifactory.models.contract import parse_marker
 from aifactory.models.recipes import load_recipes
-from aifactory.tenants import load_cluster
+from aifactory.tenants import load_cluster, load_tenant
+from tests.conftest import tenant_areas
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +55,7 @@ HP = {"label_column": "species", "feature_columns": ["sepal_length", "sepal_widt
 
 @pytest.fixture()
 def area(stack_env, shell):
-    root = f"{stack_env['AIFP_HPC_ROOT']}/demo/runs/itest-train-{secrets.token_hex(4)}"
+    root = layout.run_dir(tenant_areas("demo"), f"itest-train-{secrets.token_hex(4)}")
     shell.run("mkdir -p -m 0700 " + q(root + "/ds"))
     yield root
     shell.run("rm -rf -- " + q(root))
@@ -93,7 +94,8 @@ def _submit(shell, root: str, name: str, hp: dict, nodes: int = 1, *, delay_s: i
     if container:  # what plan_job does for a recipe's container: (aifactory.hpc.containers)
         cluster = load_cluster("local")
         image = cluster.containers.image(container)
-        argv = container_argv(cluster.containers, image, hpc_root=cluster.hpc_root, run_dir=run_dir)
+        binds = container_binds(cluster.hpc_root, load_tenant("demo").areas(cluster))
+        argv = container_argv(cluster.containers, image, binds=binds, run_dir=run_dir)
         python = image.python
         with sftp.open(f"{run_dir}/{layout.CONTAINER_ARGV_FILE}", "wb") as fh:
             fh.write(CONTAINER_ARGV_SEPARATOR.join(a.encode() for a in argv))
