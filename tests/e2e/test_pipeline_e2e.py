@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from aifactory import layout
 from aifactory.data.s3 import list_keys
 from aifactory.hpc.slurm import job_name
 from aifactory.local.airflow_api import AirflowAPIError, AirflowClient
-from aifactory.tenants import load_tenant
+from aifactory.tenants import load_cluster, load_tenant
 
 pytestmark = pytest.mark.e2e
 
@@ -73,6 +74,11 @@ def test_demo_pipeline_end_to_end(api, stack_env, s3_client):
 
     train = api.xcom(DAG_ID, run_id, "train")
     export = api.xcom(DAG_ID, run_id, "export")
+    # the staged copy on the tenant's scratch area, the run (checkpoints, outputs) in its project area
+    areas = SPEC.areas(load_cluster(SPEC.cluster))
+    assert areas.project != areas.scratch
+    assert layout.path_inside(api.xcom(DAG_ID, run_id, "stage")["remote_dir"], layout.hpc_datasets_dir(areas))
+    assert layout.path_inside(train["output_dir"], layout.runs_dir(areas))
     # exactly one Slurm job for this run, under the tenant's account
     jobs = sacct_jobs(stack_env, job_name(SPEC.tenant, DAG_ID, run_id, "train", -1))
     assert [(j[0], j[1]) for j in jobs] == [(str(train["job_id"]), SPEC.slurm_account)]
