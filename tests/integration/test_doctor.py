@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from aifactory.platform.doctor_checks import fingerprint
+from tests.conftest import tenant_areas
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = "AIRFLOW_CONN_AIFACTORY_HPC_LOCAL"
@@ -84,3 +85,10 @@ def test_full_doctor_reports_every_check_of_a_tenant(stack_env, tenant):
     (env,) = [f for f in findings if f["check"] == "site environment"]
     assert env["target"] == "local" and env["verdict"] == "OK", env
     assert env["detail"] == "sources /etc/profile.d/lmod.sh, loaded: aifactory-train/1.0", env
+    # the tenant's two areas from the login node, and its scratch area from the data-transfer node
+    areas = tenant_areas(tenant)
+    dirs = {f["target"]: f["verdict"] for f in findings if f["check"] == "directory"}
+    assert dirs == {f"{tenant}: {areas.project}": "OK", f"{tenant}: {areas.scratch}": "OK",
+                    f"{tenant} (data-transfer node): {areas.scratch}": "OK"}, dirs
+    dtn = [f for f in findings if f"@127.0.0.1:{stack_env['AIFP_DTN_PORT']})" in f["target"]]
+    assert [(f["check"], f["verdict"]) for f in dtn] == [("reachable", "OK"), ("host key", "OK"), ("login", "OK")], dtn

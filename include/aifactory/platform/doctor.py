@@ -6,7 +6,8 @@ checks, through the same Airflow connections the tasks use:
 * each tenant spec file loads (a broken one is named with its key);
 * each cluster's service connection: reachable (TCP), host key (the pinned one), login;
 * each tenant's SSH connection: the same, its login is the spec's Unix user, and its areas
-  on the cluster (project and scratch) are its own, mode 700;
+  on the cluster (project and scratch) are its own, mode 700; on a site with a data-transfer node,
+  the same login there (reachable, host key, login) and the scratch area as that node sees it;
 * each tenant's Slurm account, through the service identity (``sacctmgr show assoc``): only the
   tenant's user is associated, and ``GrpTRESMins`` is the spec's allocation;
 * each tenant's S3 credential: its own bucket can be listed, written, read and cleaned up; every
@@ -64,15 +65,21 @@ def _tcp(host: str, port: int) -> BaseException | None:
 
 
 @contextlib.contextmanager
-def ssh_session(conn_id: str, findings: list[Finding], *, fix: str) -> Iterator[Any]:
+def ssh_session(conn_id: str, findings: list[Finding], *, fix: str, transfer: bool = False) -> Iterator[Any]:
     """Check one SSH connection (definition, reachability, host key, login); yield the connected
-    hook, or ``None`` when a check failed (the failure is in ``findings``)."""
+    hook, or ``None`` when a check failed (the failure is in ``findings``).
+
+    :param transfer: the connection's login on the site's data-transfer node (``transfer_host``)
+        instead of the login node, as staging and export reach it.
+    """
     from operators.hooks import FactorySSHHook, SSHEndpoint
 
-    hook = FactorySSHHook(ssh_conn_id=conn_id, conn_timeout=CONNECT_TIMEOUT_S, connect_attempts=1)
+    hook = FactorySSHHook(ssh_conn_id=conn_id, conn_timeout=CONNECT_TIMEOUT_S, connect_attempts=1,
+                          transfer=transfer)
     try:
         conn = hook.get_connection(conn_id)
         ep = SSHEndpoint.from_connection(conn)
+        ep = ep.for_transfer() if transfer else ep
     except Exception as exc:  # not defined, or refused by the factory's rules (no pinned key, ...)
         findings.append(Finding("connection", conn_id, False, f"{printable(exc, max_chars=400)}; {fix}"))
         yield None
@@ -142,13 +149,20 @@ def check_tenant_ssh(spec: TenantSpec, cluster: ClusterSpec, findings: list[Find
             findings.append(Finding("identity", conn_id, False, f"the connection logs in as "
                                     f"{printable(hook.endpoint.username)}, the spec says {user}; run make onboard"))
         try:
-            roots = spec.areas(cluster).roots
+            areas = spec.areas(cluster)
         except InputError as exc:
             findings.append(Finding("directory", spec.tenant, False, str(exc)))
             return
-        for path in roots:  # the project area and, when it is another directory, the scratch area
+        for path in areas.roots:  # the project area and, when it is another directory, the scratch area
             findings.append(directory_finding(spec.tenant, path, user,
                                               hook.run(f"stat -c '%U %a' -- {shlex.quote(path)}", timeout=30)))
+        if hook.endpoint.transfer is None:
+            return
+    # staging and export log in to the data-transfer node: the same login, and the scratch area seen there
+    with ssh_session(conn_id, findings, fix="fix the connection's transfer_host, or the node", transfer=True) as dtn:
+        if dtn is not None:
+            findings.append(directory_finding(f"{spec.tenant} (data-transfer node)", areas.scratch, user,
+                                              dtn.run(f"stat -c '%U %a' -- {shlex.quote(areas.scratch)}", timeout=30)))
 
 
 def _s3_client(conn_id: str) -> Any:
