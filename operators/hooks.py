@@ -193,6 +193,16 @@ def _pinned_key(raw: Any, what: str) -> str:
     return " ".join(parts[:2])
 
 
+def _paramiko_key(host_key: str) -> Any:
+    """A pinned ``'<type> <base64>'`` host key (checked by :func:`_pinned_key`) as paramiko's key object."""
+    import base64
+
+    import paramiko
+
+    key_type, key_b64 = host_key.split()
+    return paramiko.PKey.from_type_string(key_type, base64.b64decode(key_b64))
+
+
 def _pinned_host(raw: Any, conn_id: str, field: str) -> PinnedHost | None:
     """A connection's ``proxy_jump`` or ``transfer_host`` extra: ``{"host", "port", "host_key"[, "login"]}``
     or JSON of it."""
@@ -326,12 +336,7 @@ class FactorySSHHook(BaseHook):
                 "check ~/.ssh/config on this machine for overrides"
             )
         if self.transfer:
-            import base64
-
-            import paramiko
-
-            key_type, key_b64 = ep.host_key.split()
-            hook.host_key = paramiko.PKey.from_type_string(key_type, base64.b64decode(key_b64))
+            hook.host_key = _paramiko_key(ep.host_key)
         if hook.host_proxy_cmd:
             raise SSHPermanentError(
                 f"~/.ssh/config on this machine sets a ProxyCommand for {ep.host}; the factory reaches "
@@ -350,17 +355,14 @@ class FactorySSHHook(BaseHook):
     def _jump_channel(self) -> Any:
         """Log in to the bastion (pinned host key, same key and certificate); return a
         ``direct-tcpip`` channel to the cluster's login node, for paramiko's ``sock=``."""
-        import base64
-
         import paramiko
 
         ep = self.endpoint
         jump = ep.jump
         assert jump is not None
-        key_type, key_b64 = jump.host_key.split()
         client = paramiko.SSHClient()
-        client.get_host_keys().add(known_hosts_pattern(jump.host, jump.port), key_type,
-                                   paramiko.PKey.from_type_string(key_type, base64.b64decode(key_b64)))
+        client.get_host_keys().add(known_hosts_pattern(jump.host, jump.port), jump.host_key.split()[0],
+                                   _paramiko_key(jump.host_key))
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         self._jump_client = client
         client.connect(
