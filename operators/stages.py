@@ -298,6 +298,17 @@ class DatasetOperator(FactoryOperator):
 class QualityGateOperator(DatasetOperator):
     """Validate the dataset version with the tenant's Great Expectations suite; fail with a summary."""
 
+    def recipe_suite(self, params: RunParams) -> str | None:
+        """The suite the run's platform recipe asks for (``quality_suite:`` in its recipe.yaml: the
+        shape of data it trains on); None for the tenant's own code, which chooses no gate."""
+        from aifactory.layout import OWN_CODE_RECIPE
+        from aifactory.models.recipes import load_recipes
+
+        if params.recipe == OWN_CODE_RECIPE:
+            return None
+        recipe = self.call(load_recipes).get(params.recipe)
+        return recipe.quality_suite if recipe is not None else None
+
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -316,7 +327,7 @@ class QualityGateOperator(DatasetOperator):
                     bucket=spec.bucket,
                     manifest=manifest,
                     dataset_prefix=self.dataset["prefix"],
-                    suite_path=suite_path(spec.suite_for(self.dataset["name"])),
+                    suite_path=suite_path(spec.suite_for(self.dataset["name"], self.recipe_suite(params))),
                     params=params.hyperparameters,
                     workdir=Path(tmp),
                     log=self.log.info,

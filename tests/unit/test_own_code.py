@@ -90,6 +90,8 @@ def test_the_sample_passes_the_checks_and_its_digest_pins_its_content(sample):
     (lambda f: (f / "recipe.yaml").unlink(), r"recipe\.yaml is missing"),
     (lambda f: (f / "recipe.yaml").write_text((f / "recipe.yaml").read_text() + "container: aifactory-train\n"),
      "not in a container image"),
+    (lambda f: (f / "recipe.yaml").write_text((f / "recipe.yaml").read_text() + "quality_suite: text_default\n"),
+     "the platform gates a tenant's data"),
     (lambda f: (f / "recipe.yaml").write_text("name: other\nhyperparameters: {type: object}\n"),
      "must equal the folder name"),
 ])

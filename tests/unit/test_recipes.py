@@ -332,3 +332,17 @@ def test_train_empty_dataset_dir(tmp_path):
     (tmp_path / "empty").mkdir()
     r = _train(tmp_path, tmp_path / "empty")
     assert r.returncode == 2 and "no Parquet files" in r.stderr
+
+
+@pytest.mark.parametrize("suite, ok", [("text_default", True), ("no_such_suite", False), ("../iris", False), (7, False)])
+def test_a_recipes_quality_suite_must_be_one_of_the_platforms(tmp_path, suite, ok):
+    import shutil
+
+    folder = tmp_path / RECIPE_DIR.name
+    shutil.copytree(RECIPE_DIR, folder)
+    (folder / "recipe.yaml").write_text((folder / "recipe.yaml").read_text() + f"quality_suite: {suite}\n")
+    if ok:
+        assert load_recipe(folder).quality_suite == suite
+    else:
+        with pytest.raises(InputError, match="quality_suite .* must name a suite of"):
+            load_recipe(folder)

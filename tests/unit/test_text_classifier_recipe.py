@@ -209,6 +209,34 @@ def test_the_demo_tenant_gates_the_sample_with_its_suite():
     assert in_set["kwargs"]["value_set"] == CLASSES
 
 
+def test_a_text_dataset_the_tenant_names_no_suite_for_is_gated_by_the_recipes_suite():
+    from aifactory.tenants import load_tenant
+
+    spec, recipe = load_tenant("demo"), load_recipe(RECIPE_DIR)
+    assert recipe.quality_suite == "text_default"
+    assert spec.suite_for("tickets", recipe.quality_suite) == "text_default"  # not the tabular default
+    assert spec.suite_for("reviews", recipe.quality_suite) == "reviews"  # the tenant's own entry first
+    assert spec.suite_for("tickets") == spec.quality_suite == "tabular_default"  # a recipe that names none
+
+
+def test_the_text_suite_passes_the_sample_and_stops_empty_texts(tmp_path):
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    from aifactory.data.quality import suite_path
+    from aifactory.errors import QualityGateFailed
+    from tests.unit.test_quality import _validate
+
+    hyper = load_recipe(RECIPE_DIR).validate_hyperparameters(HP)
+    table = ds.dataset(_dataset(tmp_path)).to_table()
+    summary, _ = _validate(tmp_path / "good", [table], suite=suite_path("text_default"), params=hyper)
+    assert summary["success"] is True and len(summary["expectations"]) == 7, summary
+    broken = table.set_column(table.schema.get_field_index("text"), "text",
+                              pa.array([""] + table.column("text").to_pylist()[1:]))
+    with pytest.raises(QualityGateFailed, match="expect_column_value_lengths_to_be_between"):
+        _validate(tmp_path / "bad", [broken], suite=suite_path("text_default"), params=hyper)
+
+
 # ------------------------------------------------------------------------------------------ train.py
 
 

@@ -230,6 +230,9 @@ def check_code(folder: Path, uri: str, *, expect_digest: str | None = None) -> O
     if recipe.container:
         raise InputError(f"{uri}recipe.yaml names container {recipe.container!r}; a tenant's own code runs in "
                          "an environment built from its lock file, not in a container image. Remove the key")
+    if recipe.quality_suite:
+        raise InputError(f"{uri}recipe.yaml names quality_suite {recipe.quality_suite!r}; the platform gates a "
+                         "tenant's data (the tenant spec's quality_suites), not its code. Remove the key")
     lock_path = folder / layout.CODE_LOCK_FILE
     if not lock_path.is_file():
         raise InputError(f"{uri}{layout.CODE_LOCK_FILE} is missing; lock the code's requirements with "

@@ -43,7 +43,7 @@ from typing import Any
 import jsonschema
 
 from aifactory.errors import InputError
-from aifactory.layout import NAME_RE, OWN_CODE_RECIPE, RECIPES_DIR, SAFE_FILE_RE
+from aifactory.layout import EXPECTATIONS_DIR, NAME_RE, OWN_CODE_RECIPE, RECIPES_DIR, SAFE_FILE_RE
 from aifactory.text import shown, shown_list
 from aifactory.yamlfiles import cached, parse_yaml
 
@@ -98,6 +98,9 @@ class Recipe:
     #: the cluster's container image its jobs run in (``container:``, a name of the cluster spec's
     #: ``containers.images``); None: the node's own software (the cluster's python)
     container: str | None = None
+    #: the quality suite the recipe's data needs (``quality_suite:``, a suite of include/expectations),
+    #: for a dataset the tenant spec names no suite for; None: the tenant's ``quality_suite``
+    quality_suite: str | None = None
 
     def sbatch_signal(self, time_limit_minutes: int) -> str | None:
         """The ``sbatch --signal`` value (``USR1@60``), or None when the recipe asks for none.
@@ -229,7 +232,18 @@ def _load_recipe(folder: Path) -> Recipe:
         data_checks={k: dict(v) for k, v in checks.items()},
         model_card=_model_card(spec.get("model_card"), name),
         container=_container(spec.get("container"), name),
+        quality_suite=_quality_suite(spec.get("quality_suite"), name),
     )
+
+
+def _quality_suite(raw: Any, name: str) -> str | None:
+    """A suite of the platform's (``include/expectations/<name>.json``; the file is only looked for:
+    it is read, with Great Expectations, by the quality task)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not NAME_RE.fullmatch(raw) or not (EXPECTATIONS_DIR / f"{raw}.json").is_file():
+        raise InputError(f"recipe {name!r}: quality_suite {raw!r:.40} must name a suite of {EXPECTATIONS_DIR}")
+    return raw
 
 
 def _container(raw: Any, name: str) -> str | None:

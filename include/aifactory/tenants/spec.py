@@ -169,9 +169,11 @@ class TenantSpec:
     #: the recipe choice ``own-code`` with a ``code_uri``: aifactory.models.own_code)
     own_code: bool = False
 
-    def suite_for(self, dataset_name: str) -> str:
-        """The quality suite of one dataset: its own entry in ``quality_suites``, else ``quality_suite``."""
-        return self.quality_suites.get(dataset_name, self.quality_suite)
+    def suite_for(self, dataset_name: str, recipe_suite: str | None = None) -> str:
+        """The quality suite of one dataset: its own entry in ``quality_suites``; else the suite the
+        run's recipe asks for (``recipe_suite``: a platform recipe's ``quality_suite``, the shape of
+        data it trains on); else the tenant's ``quality_suite``."""
+        return self.quality_suites.get(dataset_name) or recipe_suite or self.quality_suite
 
     # --- the tenant's areas -------------------------------------------------------------------
     # (thin calls: the layout is defined once, in aifactory.layout)
