@@ -314,7 +314,12 @@ class SlurmJobOperator(BaseOperator):
     # ---------------------------------------------------------------------------------------------
 
     def _submit(self, hook: FactorySSHHook, plan: JobPlan, context: Context) -> str:
-        prepare_run_dir(hook, plan)
+        try:
+            prepare_run_dir(hook, plan)
+        except InputError as exc:  # the area or the run directory's path is wrong: a retry cannot help
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"InputError: {exc}. Nothing was submitted to Slurm") from exc
         try:
             rc, out, err = hook.run(plan.sbatch_command, timeout=120)
         except Exception:

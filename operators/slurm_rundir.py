@@ -39,14 +39,31 @@ def _mkdirs(sftp: Any, root: str, path: str) -> None:
             raise InputError(f"{current} exists and is not a plain directory; refusing to use it")
 
 
+def _require_area(sftp: Any, area: str) -> None:
+    """The tenant's project area must be there, a directory of its own: onboarding makes it (the
+    tenant's login cannot: the directory above it is root's)."""
+    try:
+        st = sftp.lstat(area)
+    except FileNotFoundError:
+        raise InputError(f"the tenant's project area {area} does not exist on the cluster; onboarding makes it "
+                         "(make onboard), then clear the task") from None
+    if stat.S_ISLNK(st.st_mode or 0) or not stat.S_ISDIR(st.st_mode or 0):
+        raise InputError(f"the tenant's project area {area} is not a plain directory; refusing to use it")
+
+
 def prepare_run_dir(hook: Any, plan: JobPlan) -> None:
-    """Create the run directory and upload ``params.json`` and the plan's files into it."""
+    """Create the run directory and upload ``params.json`` and the plan's files into it.
+
+    :raises InputError: the project area is missing or not a directory, or a path on the way to
+        the run directory is not a plain directory: nothing was written.
+    """
     uploads: list[tuple[str, bytes]] = [(layout.PARAMS_FILE, plan.params_json.encode())]
     uploads += [(remote, Path(local).read_bytes()) for local, remote in plan.files]
     if plan.container_argv:
         uploads.append((layout.CONTAINER_ARGV_FILE, CONTAINER_ARGV_SEPARATOR.join(a.encode() for a in plan.container_argv)))
     with hook.sftp() as sftp:
-        _mkdirs(sftp, posixpath.dirname(plan.project_dir), plan.run_dir)
+        _require_area(sftp, plan.project_dir)
+        _mkdirs(sftp, plan.project_dir, plan.run_dir)
         sftp.chmod(plan.run_dir, 0o700)
         for name, data in uploads:
             if not name or name.startswith("/") or ".." in name.split("/"):

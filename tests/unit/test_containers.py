@@ -173,6 +173,7 @@ def test_the_run_directory_gets_the_container_arguments_nul_separated():
             yield sftp
 
     plan = _plan(replace(load_recipes()["tabular_classifier"], container="aifactory-train"))
+    sftp.dirs.add(plan.project_dir)  # onboarding made the tenant's project area
     prepare_run_dir(Hook(), plan)
     data = sftp.files[f"{plan.run_dir}/{layout.CONTAINER_ARGV_FILE}"]
     assert tuple(data.decode().split("\0")) == plan.container_argv
@@ -180,3 +181,21 @@ def test_the_run_directory_gets_the_container_arguments_nul_separated():
     sftp.files.clear()
     prepare_run_dir(Hook(), plain)
     assert f"{plain.run_dir}/{layout.CONTAINER_ARGV_FILE}" not in sftp.files and sftp.files
+
+
+def test_a_missing_project_area_stops_the_run_directory_before_anything_is_written():
+    from contextlib import contextmanager
+
+    from operators.slurm_rundir import prepare_run_dir
+
+    sftp = RecordingSftp()
+
+    class Hook:
+        @contextmanager
+        def sftp(self):
+            yield sftp
+
+    plan = _plan(load_recipes()["tabular_classifier"])
+    with pytest.raises(InputError, match=f"project area {plan.project_dir} does not exist.*make onboard"):
+        prepare_run_dir(Hook(), plan)
+    assert sftp.dirs == set() and sftp.files == {}  # the tenant's login never creates its own area
