@@ -11,7 +11,7 @@ import yaml
 
 from aifactory import layout
 from aifactory.errors import InputError
-from aifactory.tenants import load_cluster, load_tenant, parse_cluster
+from aifactory.tenants import load_cluster, load_tenant, parse_cluster, parse_tenant
 from aifactory.tenants.spec import check_areas, load_tenant_specs, overlapping_areas
 
 SITE = {"name": "site", "ssh_conn_id": "c", "hpc_root": "/srv/x", "python": "/srv/x/venv/bin/python"}
@@ -127,3 +127,17 @@ def test_spec_files_whose_areas_meet_are_refused_each_naming_the_other(tmp_path:
     assert [e.path.name for e in loaded.errors] == ["alpha.yaml", "beta.yaml"]
     assert "overlaps tenant 'beta'" in loaded.errors[0].message and "/srv/aifactory/project/demo" in loaded.errors[0].message
     assert "overlaps tenant 'alpha'" in loaded.errors[1].message
+
+
+def test_a_tenant_spec_may_place_its_own_areas_where_the_site_put_its_project():
+    cluster = parse_cluster(_site(areas={"project": "/project/{account}", "scratch": "/scratch/{user}"}))
+    data = yaml.safe_load((layout.TENANTS_DIR / "demo.yaml").read_text())
+    spec = parse_tenant({**data, "areas": {"project": "/project/project_465000123/aifactory"}}, "demo.yaml")
+    assert spec.areas(cluster) == layout.TenantAreas("/project/project_465000123/aifactory",
+                                                     f"/scratch/{DEMO.identity.unix_user}")
+    other = replace(spec, tenant="other", identity=replace(spec.identity, unix_user="aifp-other"))
+    assert set(overlapping_areas([spec, other], {DEMO.cluster: cluster})) == {"demo", "other"}  # one fixed path
+    for bad, message in (({"project": "project/x"}, "absolute path"), ({"home": "/h"}, r"unknown key\(s\) 'home'"),
+                         ({"scratch": "/s/{home}"}, "may name only")):
+        with pytest.raises(InputError, match=f"demo.yaml: areas.*{message}"):
+            parse_tenant({**data, "areas": bad}, "demo.yaml")

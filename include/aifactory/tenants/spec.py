@@ -168,6 +168,9 @@ class TenantSpec:
     #: may run its own training code from ``s3://<bucket>/<tenant>/code/<name>/`` (``own_code: true``;
     #: the recipe choice ``own-code`` with a ``code_uri``: aifactory.models.own_code)
     own_code: bool = False
+    #: this tenant's own area templates (``areas: {project, scratch}``), where they differ from its
+    #: cluster's (a site's project number that is not the Slurm account); each key optional
+    area_templates: Mapping[str, str] = field(default_factory=dict)
 
     def suite_for(self, dataset_name: str, recipe_suite: str | None = None) -> str:
         """The quality suite of one dataset: its own entry in ``quality_suites``; else the suite the
@@ -240,12 +243,15 @@ class TenantSpec:
         )
 
     def areas(self, cluster: ClusterSpec) -> TenantAreas:
-        """The tenant's project and scratch areas on ``cluster`` (its ``areas:`` templates)."""
+        """The tenant's project and scratch areas on ``cluster``: its own ``areas:`` templates where
+        its spec has them, else the cluster's."""
         user = self.identity.unix_user if self.identity is not None else None
+        templates = (self.area_templates.get("project") or cluster.areas.project,
+                     self.area_templates.get("scratch") or cluster.areas.scratch)
         try:
             return TenantAreas(*(layout.area_path(template, hpc_root=cluster.hpc_root, tenant=self.tenant,
                                                   account=self.slurm_account, user=user)
-                                 for template in (cluster.areas.project, cluster.areas.scratch)))
+                                 for template in templates))
         except ValueError as exc:
             raise InputError(f"cluster {cluster.name!r}, areas: {exc}; fix the cluster spec's areas: or the "
                              "tenant spec") from exc
@@ -308,6 +314,7 @@ def parse_tenant(data: Mapping[str, Any], where: str = "tenant spec") -> TenantS
         constraint=constraint,
         reservation=reservation,
         own_code=_flag(data.get("own_code", False), f"{where}: own_code"),
+        area_templates=_area_templates(data.get("areas"), where, shared=False),
     )
 
 
@@ -597,7 +604,7 @@ def parse_cluster(data: Mapping[str, Any], where: str = "cluster spec") -> Clust
         gpus=_gpu_offers(data.get("partitions"), where),
         environment=parse_environment(data.get("environment"), where),
         containers=parse_containers(data.get("containers"), where),
-        areas=_area_templates(data.get("areas"), where),
+        areas=AreaTemplates(**_area_templates(data.get("areas"), where, shared=True)),
     )
 
 
@@ -609,19 +616,24 @@ def _hpc_root(raw: Any, where: str) -> str:
     return root
 
 
-def _area_templates(raw: Any, where: str) -> AreaTemplates:
+def _area_templates(raw: Any, where: str, *, shared: bool) -> dict[str, str]:
     """``areas: {project: "/project/{account}", scratch: "/scratch/{user}"}``: each a path template of
-    :data:`layout.AREA_FIELDS`; one that is left out is ``{hpc_root}/{tenant}``."""
+    :data:`layout.AREA_FIELDS`, only the keys given.
+
+    :param shared: a cluster's templates, which every tenant shares: each must name ``{tenant}``,
+        ``{account}`` or ``{user}``. A tenant's own may be a fixed path.
+    """
     where = f"{where}: areas"
     raw = spec_block(raw, where, ("project", "scratch"),
                      '{project: "{hpc_root}/project/{account}", scratch: "/scratch/{user}"}')
     templates = {}
-    for key in ("project", "scratch"):
-        template = raw.get(key) or layout.DEFAULT_AREA_TEMPLATE
+    for key, template in raw.items():
+        if template is None:
+            continue
         if not isinstance(template, str):
             raise InputError(f"{where}: {key} must be a path template (a string), got {type(template).__name__}")
         fields = layout.area_template_fields(template)
-        if not set(fields) - {"hpc_root"}:
+        if shared and not set(fields) - {"hpc_root"}:
             raise InputError(f"{where}: {key} {shown(template)} names none of {{tenant}}, {{account}}, {{user}}: every "
                              "tenant would share one area; add one of them")
         try:  # with sample values: the template's own text must make a normal absolute path
@@ -630,7 +642,7 @@ def _area_templates(raw: Any, where: str) -> AreaTemplates:
         except ValueError as exc:
             raise InputError(f"{where}: {key}: {exc}") from exc
         templates[key] = template
-    return AreaTemplates(**templates)
+    return templates
 
 
 def check_areas(spec: TenantSpec, cluster: ClusterSpec) -> TenantAreas:
