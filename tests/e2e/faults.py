@@ -270,3 +270,16 @@ def slow_steps(name: str, seconds: float) -> None:
 def job_log(name: str, job_id: str) -> str:
     path = Path(layout.job_log_path(str(run_path(name)), job_id))
     return path.read_text(errors="replace") if path.is_file() else ""
+
+
+def allocation() -> str:
+    """The demo account's GrpTRESMins as sacctmgr shows it (``cpu=30000``)."""
+    out = subprocess.run(["sacctmgr", "-n", "-P", "show", "assoc", f"account={SPEC.slurm_account}", "user=",
+                          "format=GrpTRESMins"], capture_output=True, text=True, check=True).stdout.split()
+    assert out and out[0], "the demo account has no GrpTRESMins (run make onboard)"
+    return out[0]
+
+
+def set_allocation(tres: str) -> None:
+    subprocess.run(["sacctmgr", "-i", "modify", "account", SPEC.slurm_account, "set", f"GrpTRESMins={tres}"],
+                   capture_output=True, text=True, check=True)

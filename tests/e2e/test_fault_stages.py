@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 from faults import (
     DAG_ID,
     SPEC,
+    allocation,
     assert_one_of_each,
     clear_from,
     dataset_name,
     dataset_path,
     model_name,
+    set_allocation,
     slurm_jobs,
     train_job_name,
     trigger,
@@ -68,19 +69,6 @@ def deny_put(iam_client, name: str, key_pattern: str) -> None:
 
 def allow_again(iam_client, name: str) -> None:
     iam_client.delete_user_policy(UserName=iam_user(SPEC), PolicyName=name)
-
-
-def allocation() -> str:
-    """The demo account's GrpTRESMins as sacctmgr shows it (``cpu=30000``)."""
-    out = subprocess.run(["sacctmgr", "-n", "-P", "show", "assoc", f"account={SPEC.slurm_account}", "user=",
-                          "format=GrpTRESMins"], capture_output=True, text=True, check=True).stdout.split()
-    assert out and out[0], "the demo account has no GrpTRESMins (run make onboard)"
-    return out[0]
-
-
-def set_allocation(tres: str) -> None:
-    subprocess.run(["sacctmgr", "-i", "modify", "account", SPEC.slurm_account, "set", f"GrpTRESMins={tres}"],
-                   capture_output=True, text=True, check=True)
 
 
 def test_each_stage_fails_in_turn_then_clears_to_one_job_dataset_and_model(api, api_as, s3_client, stack_env):
