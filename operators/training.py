@@ -119,12 +119,12 @@ class RecipeTrainOperator(SlurmJobOperator):
         from aifactory.models.own_code import env_build_command, materialize_wheels, read_env_result
         from aifactory.tenants import load_cluster
 
-        code = self._code
+        code, cluster = self._code, load_cluster(plan.cluster)
         env = layout.env_dir(plan.areas, code.env_id)
         src = env + ".src"
         try:
-            command = env_build_command(env_dir=env, src_dir=src, base_python=load_cluster(plan.cluster).python,
-                                        lock=code.lock, with_wheels=bool(code.wheels))
+            command = env_build_command(env_dir=env, src_dir=src, base_python=cluster.python, lock=code.lock,
+                                        with_wheels=bool(code.wheels), index_url=cluster.package_index)
         except InputError as exc:
             raise AirflowFailException(f"InputError: {exc}. Nothing was submitted to Slurm") from exc
         rc, out, err = hook.run("mkdir -p -m 0700 -- " + q(src, f"{src}/{layout.CODE_WHEELS_DIR}"), timeout=60)

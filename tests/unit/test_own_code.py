@@ -162,6 +162,62 @@ def test_the_environment_is_built_once_reused_and_sees_the_base_environment(tmp_
     assert read_env_result(second.stdout) == (True, json.loads((env / ".aifp-env.json").read_text()))
 
 
+def _index_of(wheels: Path, root: Path) -> str:
+    """A PEP 503 index (the form of a site's PyPI mirror) of ``wheels``, as a file:// URL."""
+    import hashlib
+    import shutil
+
+    for wheel in wheels.glob("*.whl"):
+        project = root / wheel.name.split("-")[0].replace("_", "-")
+        project.mkdir(parents=True, exist_ok=True)
+        shutil.copy(wheel, project / wheel.name)
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        (project / "index.html").write_text(f'<a href="{wheel.name}#sha256={digest}">{wheel.name}</a>\n')
+    return f"file://{root}"
+
+
+def test_code_without_wheels_builds_its_environment_from_the_clusters_package_index(tmp_path, sample):
+    import shutil
+
+    index = _index_of(sample / "wheels", tmp_path / "mirror")
+    shutil.rmtree(sample / "wheels")  # the folder ships its lock file only
+    code = check_code(sample, "u")
+    assert code.wheels == ()
+    with pytest.raises(InputError, match="no package index \\(its spec has no package_index\\)"):
+        env_build_command(env_dir="/e", src_dir=str(sample), base_python=sys.executable, lock=code.lock,
+                          with_wheels=False)
+    env = tmp_path / "envs" / code.env_id
+    cmd = env_build_command(env_dir=str(env), src_dir=str(sample), base_python=sys.executable, lock=code.lock,
+                            with_wheels=False, index_url=index)
+    assert "--index-url" in cmd and "--require-hashes" in cmd
+    built = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    assert read_env_result(built.stdout)[1]["requirements"] == ["tenant-features==0.1.0"]
+    out = subprocess.run([str(env / "bin" / "python"), "-c", "import tenant_features; print(tenant_features.__file__)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.startswith(str(env))
+    empty = _index_of(tmp_path / "none", tmp_path / "empty-mirror")  # a mirror without the package
+    cmd = env_build_command(env_dir=str(tmp_path / "e2"), src_dir=str(sample), base_python=sys.executable,
+                            lock=code.lock, with_wheels=False, index_url=empty)
+    failed = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert failed.returncode != 0 and not (tmp_path / "e2" / ".aifp-env.json").exists()
+
+
+@pytest.mark.parametrize("url, ok", [("https://pypi.example.eu/simple", True), ("http://10.0.0.5:3141/root/pypi", True),
+                                     ("file:///opt/site/simple", True), ("ftp://x/simple", False),
+                                     ("https://pypi.example.eu/simple; id", False), ("https://a b/simple", False),
+                                     ("https://pypi.example.eu", False), (7, False)])
+def test_the_clusters_package_index_is_checked(url, ok):
+    from aifactory.tenants import parse_cluster
+
+    spec = {"name": "site", "ssh_conn_id": "c", "hpc_root": "/srv/x", "python": "/p", "package_index": url}
+    if ok:
+        assert parse_cluster(spec).package_index == url
+    else:
+        with pytest.raises(InputError, match="package_index .* must be an https://"):
+            parse_cluster(spec)
+
+
 def test_a_wheel_that_does_not_match_its_hash_fails_the_build_with_pips_reason(tmp_path, sample):
     code = check_code(sample, "u")
     wheel = sample / "wheels" / code.wheels[0]

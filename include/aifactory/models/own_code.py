@@ -265,8 +265,8 @@ def env_build_command(*, env_dir: str, src_dir: str, base_python: str, lock: Loc
     """
     if lock.requirements and not with_wheels and not index_url:
         raise InputError(f"{layout.CODE_LOCK_FILE} pins {len(lock.requirements)} packages, but this cluster's login "
-                         f"nodes reach no package index; ship the locked wheels in {layout.CODE_WHEELS_DIR}/ "
-                         "(pip download --no-deps -r requirements.lock -d wheels)")
+                         f"nodes reach no package index (its spec has no package_index); ship the locked wheels in "
+                         f"{layout.CODE_WHEELS_DIR}/ (pip download --no-deps -r requirements.lock -d wheels)")
     marker = posixpath.join(env_dir, layout.ENV_READY_MARKER)
     source = ["--no-index", "--find-links", posixpath.join(src_dir, layout.CODE_WHEELS_DIR)] if with_wheels \
         else ["--index-url", str(index_url)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,9 @@ class ClusterSpec:
     containers: Containers = field(default_factory=Containers)
     #: where each tenant's project and scratch areas are (``areas: {project, scratch}``; layout.AreaTemplates)
     areas: AreaTemplates = field(default_factory=AreaTemplates)
+    #: the package index (a site's PyPI mirror) the login nodes reach, for the environments of tenants'
+    #: own code whose folder ships no wheels (``package_index:``); None: wheels only
+    package_index: str | None = None
 
     @property
     def platform_paths(self) -> tuple[str, ...]:
@@ -605,7 +609,22 @@ def parse_cluster(data: Mapping[str, Any], where: str = "cluster spec") -> Clust
         environment=parse_environment(data.get("environment"), where),
         containers=parse_containers(data.get("containers"), where),
         areas=AreaTemplates(**_area_templates(data.get("areas"), where, shared=True)),
+        package_index=_package_index(data.get("package_index"), where),
     )
+
+
+#: ``package_index:``: an https, http or file URL of a PEP 503 index; quoted where it is used, and
+#: still only these characters (it is written into the build command the tenant's login runs)
+PACKAGE_INDEX_RE = re.compile(r"^(?:https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?|file://)/[A-Za-z0-9._~/%+-]{0,500}$")
+
+
+def _package_index(raw: Any, where: str) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not PACKAGE_INDEX_RE.fullmatch(raw):
+        raise InputError(f"{where}: package_index {shown(raw)} must be an https://, http:// or file:/// URL of a "
+                         "package index (the site's PyPI mirror), e.g. https://pypi.example.eu/simple")
+    return raw
 
 
 def _hpc_root(raw: Any, where: str) -> str:
