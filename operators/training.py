@@ -124,7 +124,8 @@ class RecipeTrainOperator(SlurmJobOperator):
         src = env + ".src"
         try:
             command = env_build_command(env_dir=env, src_dir=src, base_python=cluster.python, lock=code.lock,
-                                        with_wheels=bool(code.wheels), index_url=cluster.package_index)
+                                        with_wheels=bool(code.wheels), index_url=cluster.package_index,
+                                        retention_days=cluster.env_retention_days)
         except InputError as exc:
             raise AirflowFailException(f"InputError: {exc}. Nothing was submitted to Slurm") from exc
         rc, out, err = hook.run("mkdir -p -m 0700 -- " + q(src, f"{src}/{layout.CODE_WHEELS_DIR}"), timeout=60)
@@ -142,6 +143,9 @@ class RecipeTrainOperator(SlurmJobOperator):
                 f"failed on the cluster (exit {rc}): {(err.strip() or out.strip())[-1500:]}. Fix the lock file (or "
                 "the wheels it names) and upload the code again; nothing was submitted to Slurm")
         reused, marker = read_env_result(out)
+        for line in out.splitlines():  # the tenant's environments no run used for the cluster's retention
+            if line.startswith("aifp-env: removed "):
+                self.log.info("Python environment %s", line.removeprefix("aifp-env: "))
         if reused:
             self.log.info("Python environment %s reused: built %s from lock sha256 %s; the job runs %s/bin/python",
                           code.env_id, marker.get("built_at", "earlier"), code.lock.sha256[:16], env)

@@ -16,6 +16,7 @@ import pytest
 
 from aifactory.errors import InputError
 from aifactory.models.own_code import (
+    ENV_USED_STAMP,
     check_code,
     code_digest,
     code_uri_pattern,
@@ -218,6 +219,49 @@ def test_the_clusters_package_index_is_checked(url, ok):
             parse_cluster(spec)
 
 
+def test_environments_no_run_used_for_the_retention_are_removed_by_the_next_build(tmp_path, sample):
+    """The real command, run by sh: of the tenant's other environments, those whose last use is older
+    than the retention go (the one a build holds the lock of right then stays), the others stay."""
+    import os
+    import time
+
+    code = check_code(sample, "u")
+    envs = tmp_path / "envs"
+    old = time.time() - 40 * 86400
+
+    def env(name: str, *, stamp: str | None = ENV_USED_STAMP, age: float = old) -> Path:
+        d = envs / name
+        d.mkdir(parents=True)
+        (envs / f"{name}.src").mkdir()
+        if stamp:
+            (d / stamp).write_text("{}")
+            os.utime(d / stamp, (age, age))
+        os.utime(d, (age, age))
+        return d
+
+    stale, recent = env("env-00000000000000a1"), env("env-00000000000000a2", age=time.time() - 5 * 86400)
+    legacy = env("env-00000000000000a3", stamp=".aifp-env.json")  # built before the stamp: its marker counts
+    half = env("env-00000000000000a4", stamp=None)  # a build that died half-way, long ago
+    busy = env("env-00000000000000a5")
+    holder = subprocess.Popen(["flock", str(envs / "env-00000000000000a5.lock"), "sleep", "30"])
+    try:
+        time.sleep(0.3)  # the lock is held: a build or a reuse of it right now
+        cmd = env_build_command(env_dir=str(envs / code.env_id), src_dir=str(sample), base_python=sys.executable,
+                                lock=code.lock, with_wheels=True, retention_days=30)
+        out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+    assert out.returncode == 0, out.stderr
+    removed = sorted(line.split()[2] for line in out.stdout.splitlines() if line.startswith("aifp-env: removed"))
+    assert removed == sorted([stale.name, legacy.name, half.name]), out.stdout
+    assert not stale.exists() and not (envs / f"{stale.name}.src").exists() and not legacy.exists() and not half.exists()
+    assert recent.is_dir() and busy.is_dir() and (envs / code.env_id / ENV_USED_STAMP).is_file()
+    assert read_env_result(out.stdout)[1]["env_id"] == code.env_id  # the marker is still the last line
+    with pytest.raises(InputError, match="env_retention_days .*0.* must be a whole number of days"):
+        env_build_command(env_dir="/e", src_dir="/s", base_python="/py", lock=code.lock, with_wheels=True,
+                          retention_days=0)
+
+
 def test_a_wheel_that_does_not_match_its_hash_fails_the_build_with_pips_reason(tmp_path, sample):
     code = check_code(sample, "u")
     wheel = sample / "wheels" / code.wheels[0]
@@ -282,3 +326,13 @@ def test_the_stream_of_the_sample_wheel_is_a_zip_pip_accepts():
     data = make_code.build_wheel(Path(__import__("tempfile").mkdtemp()), "0.2.0").read_bytes()
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert "tenant_features/__init__.py" in names and "tenant_features-0.2.0.dist-info/RECORD" in names
+
+
+def test_the_clusters_retention_of_environments_is_checked():
+    from aifactory.tenants import parse_cluster
+
+    spec = {"name": "site", "ssh_conn_id": "c", "hpc_root": "/srv/x", "python": "/p"}
+    assert parse_cluster(spec).env_retention_days == 30 and parse_cluster({**spec, "env_retention_days": 7}).env_retention_days == 7
+    for bad in (0, 3651, "7", True, 1.5):
+        with pytest.raises(InputError, match="env_retention_days .* must be a whole number of days"):
+            parse_cluster({**spec, "env_retention_days": bad})

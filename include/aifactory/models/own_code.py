@@ -41,7 +41,7 @@ from aifactory.hpc.remote import q
 from aifactory.models.recipes import Recipe, load_recipe
 from aifactory.text import shown
 
-__all__ = ["Lock", "OwnCode", "check_code", "code_digest", "code_uri_pattern", "env_build_command", "env_id", "fetch_code",
+__all__ = ["ENV_RETENTION_DAYS", "ENV_USED_STAMP", "Lock", "OwnCode", "check_code", "check_retention_days", "code_digest", "code_uri_pattern", "env_build_command", "env_id", "fetch_code",
            "parse_code_uri", "parse_lock"]
 
 #: bounds of one code folder (code, not data: datasets go through ingest)
@@ -253,21 +253,42 @@ def check_code(folder: Path, uri: str, *, expect_digest: str | None = None) -> O
     return OwnCode(uri=uri, recipe=recipe, lock=lock, digest=digest, wheels=wheels)
 
 
+#: how long an environment of a tenant's own code stays after the last run that used it, unless the
+#: cluster spec says otherwise (``env_retention_days``)
+ENV_RETENTION_DAYS = 30
+#: touched by every run that builds or reuses an environment: what the retention counts from
+ENV_USED_STAMP = ".aifp-env.used"
+
+
+def check_retention_days(value: Any, where: str) -> int:
+    """An environment retention (the cluster spec's ``env_retention_days``): whole days, 1 to 3650."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3650:
+        raise InputError(f"{where} {shown(value)} must be a whole number of days from 1 to 3650")
+    return value
+
+
 def env_build_command(*, env_dir: str, src_dir: str, base_python: str, lock: Lock, with_wheels: bool,
-                      index_url: str | None = None) -> str:
+                      index_url: str | None = None, retention_days: int = ENV_RETENTION_DAYS) -> str:
     """The shell command that builds (or finds) one environment, run as the tenant on the login node.
 
     ``src_dir`` holds the lock file (and ``wheels/``). One build per environment at a time
     (``flock`` on ``<env_dir>.lock``); a build that failed half-way left no marker and is redone.
-    Prints ``aifp-env: reused`` or ``aifp-env: built`` and the marker's JSON last.
+    Every run that builds or reuses an environment touches its :data:`ENV_USED_STAMP`; then the
+    tenant's other environments that no run used for more than ``retention_days`` days are removed,
+    each under its own lock (one being built or reused right then is skipped), one
+    ``aifp-env: removed <env id> ...`` line each. Prints ``aifp-env: reused`` or ``aifp-env: built``
+    and the marker's JSON last.
 
-    :raises InputError: when the lock needs packages and there is neither a wheels folder nor an index.
+    :raises InputError: when the lock needs packages and there is neither a wheels folder nor an
+        index, or ``retention_days`` is not a whole number of days from 1 to 3650.
     """
     if lock.requirements and not with_wheels and not index_url:
         raise InputError(f"{layout.CODE_LOCK_FILE} pins {len(lock.requirements)} packages, but this cluster's login "
                          f"nodes reach no package index (its spec has no package_index); ship the locked wheels in "
                          f"{layout.CODE_WHEELS_DIR}/ (pip download --no-deps -r requirements.lock -d wheels)")
+    retention_days = check_retention_days(retention_days, "env_retention_days")
     marker = posixpath.join(env_dir, layout.ENV_READY_MARKER)
+    envs = posixpath.dirname(env_dir)
     source = ["--no-index", "--find-links", posixpath.join(src_dir, layout.CODE_WHEELS_DIR)] if with_wheels \
         else ["--index-url", str(index_url)]
     pip = [posixpath.join(env_dir, "bin", "python"), "-m", "pip", "install", "--no-input",
@@ -278,10 +299,10 @@ def env_build_command(*, env_dir: str, src_dir: str, base_python: str, lock: Loc
                         "requirements": [f"{n}=={v}" for n, v in lock.requirements]})
     script = "\n".join([
         "set -eu",
-        f"mkdir -p -m 0700 {q(posixpath.dirname(env_dir))}",
+        f"mkdir -p -m 0700 {q(envs)}",
         f"exec 9>{q(env_dir + '.lock')}",
         "flock 9",
-        f"if [ -f {q(marker)} ]; then echo 'aifp-env: reused'; cat {q(marker)}; exit 0; fi",
+        f"if [ -f {q(marker)} ]; then echo 'aifp-env: reused'; else",
         f"rm -rf -- {q(env_dir)}",
         "echo 'aifp-env: building'",
         f"{q(base_python, '-m', 'venv', '--', env_dir)}",
@@ -293,6 +314,18 @@ def env_build_command(*, env_dir: str, src_dir: str, base_python: str, lock: Loc
         f"printf '%s\\n' {q(facts[:-1])}\", \\\"built_at\\\": \\\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\\\"}}\" >{q(marker + '.tmp')}",
         f"mv -f -- {q(marker + '.tmp')} {q(marker)}",
         "echo 'aifp-env: built'",
+        "fi",
+        f"touch -- {q(posixpath.join(env_dir, ENV_USED_STAMP))}",
+        # the tenant's other environments, unused for longer than the retention: each under its own lock
+        f"for d in {q(envs)}/env-*; do",
+        f"  case \"$d\" in *.src|*.lock|{q(env_dir)}) continue;; esac",
+        "  [ -d \"$d\" ] && [ ! -L \"$d\" ] || continue",
+        f"  s=\"$d/{ENV_USED_STAMP}\"; [ -f \"$s\" ] || s=\"$d/{layout.ENV_READY_MARKER}\"; [ -f \"$s\" ] || s=\"$d\"",
+        f"  [ -n \"$(find \"$s\" -prune -mtime +{retention_days - 1})\" ] || continue",
+        "  if flock -n \"$d.lock\" rm -rf -- \"$d\" \"$d.src\"; then",
+        f"    echo \"aifp-env: removed ${{d##*/}} (no run used it for more than {retention_days} days)\"",
+        "  fi",
+        "done",
         f"cat {q(marker)}",
     ])
     return "sh -c " + q(script)

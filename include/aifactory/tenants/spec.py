@@ -32,6 +32,7 @@ from aifactory.hpc.slurm.checks import SLURM_NAME_RE, check_remote_path
 from aifactory.hpc.slurm.resources import GpuOffer, check_placement
 from aifactory.hpc.staging.options import STAGING_MODES, StagingOptions
 from aifactory.layout import CLUSTERS_DIR, TENANT_RE, AreaTemplates, TenantAreas
+from aifactory.models.own_code import ENV_RETENTION_DAYS, check_retention_days
 from aifactory.tenants.notifications import NotificationTarget, parse_notifications
 from aifactory.text import shown
 from aifactory.yamlfiles import cached, parse_yaml, spec_block
@@ -118,6 +119,9 @@ class ClusterSpec:
     #: the package index (a site's PyPI mirror) the login nodes reach, for the environments of tenants'
     #: own code whose folder ships no wheels (``package_index:``); None: wheels only
     package_index: str | None = None
+    #: an own-code environment no run used for this many days is removed by the tenant's next build
+    #: or reuse of another (``env_retention_days``; aifactory.models.own_code)
+    env_retention_days: int = ENV_RETENTION_DAYS
 
     @property
     def platform_paths(self) -> tuple[str, ...]:
@@ -610,6 +614,8 @@ def parse_cluster(data: Mapping[str, Any], where: str = "cluster spec") -> Clust
         containers=parse_containers(data.get("containers"), where),
         areas=AreaTemplates(**_area_templates(data.get("areas"), where, shared=True)),
         package_index=_package_index(data.get("package_index"), where),
+        env_retention_days=check_retention_days(data.get("env_retention_days", ENV_RETENTION_DAYS),
+                                                f"{where}: env_retention_days"),
     )
 
 
