@@ -22,6 +22,7 @@ from faults import (
     clear_from,
     set_allocation,
     slurm_jobs,
+    task_instances,
     train_job_name,
     trigger,
     wait_failed,
@@ -54,7 +55,9 @@ def test_a_purged_scratch_area_is_staged_again_before_sbatch(api, api_as, s3_cli
     clear_from(operator, run_id, "train")
     run = api.wait_for_run(DAG_ID, run_id, timeout=420)
     assert run["state"] == "success", run
-    log = api.task_log(DAG_ID, run_id, "train")
+    tries = task_instances(api, run_id)["train"]["try_number"]
+    assert tries == 2, tries
+    log = api.task_log(DAG_ID, run_id, "train", try_number=tries)  # the cleared task's own try
     assert f"stage: push {len(files)} file(s)" in log and staged in log, log[-3000:]  # all sent again
     assert (Path(staged) / layout.STAGING_MARKER).is_file()
     assert sorted(p.name for p in Path(staged).glob(layout.SHARD_GLOB)) == files
