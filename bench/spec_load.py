@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         with_checks = _time(spec.load_tenant_specs, folder, args.repeat)
         checks = spec.check_areas, spec.overlapping_areas
         spec.check_areas = lambda s, c: None  # type: ignore[assignment]
-        spec.overlapping_areas = lambda specs, clusters: {}  # type: ignore[assignment]
+        spec.overlapping_areas = lambda placed: {}  # type: ignore[assignment]
         try:
             without = _time(spec.load_tenant_specs, folder, args.repeat)
         finally:

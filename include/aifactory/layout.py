@@ -59,6 +59,12 @@ RUNTIME_DIR = INCLUDE_DIR / "runtime"
 TENANTS_DIR_ENV = "AIFP_TENANTS_DIR"
 
 
+def suite_file(name: str, directory: Path | None = None) -> Path:
+    """The file of quality suite ``name`` (``<name>.json`` in :data:`EXPECTATIONS_DIR`, or ``directory``);
+    ``name`` by :data:`NAME_RE`, checked by the caller."""
+    return (directory or EXPECTATIONS_DIR) / f"{name}.json"
+
+
 def tenants_dir() -> Path:
     """The folder the tenant specs are loaded from: ``$AIFP_TENANTS_DIR`` when set, else
     :data:`TENANTS_DIR`. Read at each load (not at import), so one process can point it elsewhere."""
@@ -306,15 +312,16 @@ def area_path(template: str, *, hpc_root: str, tenant: str, account: str, user: 
     absolute path in normal form; a template that needs ``{user}`` for a tenant without one raises.
     """
     values = {"hpc_root": hpc_root.rstrip("/"), "tenant": tenant, "account": account, "user": user}
-    unknown = [f for f in area_template_fields(template) if f not in values]
+    fields = area_template_fields(template)
+    unknown = [f for f in fields if f not in values]
     if unknown:
         raise ValueError(f"area template {template!r} names {unknown}; it may name only "
                          + ", ".join("{" + f + "}" for f in AREA_FIELDS))
-    if "user" in area_template_fields(template) and not user:
+    if "user" in fields and not user:
         raise ValueError(f"area template {template!r} names {{user}}, and tenant {tenant!r} has no "
                          "identity.unix_user")
     path = template.format_map(values)
-    if not path.startswith("/") or posixpath.normpath(path) != path or "//" in path:
+    if not normal_abs_path(path):
         raise ValueError(f"area {path!r} (template {template!r}) must be an absolute path in normal form "
                          "(no '..', '.', '//' or trailing '/')")
     return path
@@ -383,6 +390,16 @@ def platform_bin_dir(areas: TenantAreas) -> str:
 def job_log_path(run_dir_: str, job_id: str) -> str:
     """The batch log sbatch writes from ``--output=<run_dir>/slurm-%j.out``."""
     return f"{run_dir_.rstrip('/')}/slurm-{job_id}.out"
+
+
+def normal_abs_path(path: str) -> bool:
+    """True when ``path`` is absolute and already in normal form: no '..', '.', '//' or trailing '/'."""
+    return path.startswith("/") and posixpath.normpath(path) == path and "//" not in path
+
+
+def paths_overlap(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` are the same directory or one lies inside the other (:func:`path_inside`)."""
+    return a == b or path_inside(a, b) or path_inside(b, a)
 
 
 def path_inside(path: str, parent: str) -> bool:

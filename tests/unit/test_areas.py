@@ -22,6 +22,11 @@ def _site(**over) -> dict:
     return {**SITE, **over}
 
 
+def _clashes(specs, clusters) -> dict[str, str]:
+    """:func:`overlapping_areas` of ``specs``, each on its cluster of ``clusters`` (by name)."""
+    return overlapping_areas((s.tenant, s.cluster, s.areas(clusters[s.cluster])) for s in specs)
+
+
 def test_a_cluster_without_templates_keeps_one_area_per_tenant_under_the_root():
     cluster = parse_cluster(SITE)
     assert cluster.areas == layout.AreaTemplates(layout.DEFAULT_AREA_TEMPLATE, layout.DEFAULT_AREA_TEMPLATE)
@@ -42,7 +47,7 @@ def test_the_local_cluster_gives_each_tenant_a_project_and_a_scratch_area_of_its
     assert areas["demo"] == layout.TenantAreas("/srv/aifactory/project/demo", "/srv/aifactory/scratch/aifp-demo")
     roots = [root for a in areas.values() for root in a.roots]
     assert len(roots) == 4 and not any(layout.path_inside(a, b) for a in roots for b in roots)
-    assert overlapping_areas([load_tenant("demo"), load_tenant("acme")], {"local": cluster}) == {}
+    assert _clashes([load_tenant("demo"), load_tenant("acme")], {"local": cluster}) == {}
 
 
 @pytest.mark.parametrize(
@@ -94,7 +99,7 @@ def test_tenants_whose_areas_meet_are_both_named():
     a = replace(DEMO, tenant="alpha", slurm_account="shared")
     b = replace(DEMO, tenant="beta", slurm_account="shared")  # the same account: the same project area
     c = replace(DEMO, tenant="gamma", slurm_account="gamma")
-    clashes = overlapping_areas([a, b, c], {"site": cluster, DEMO.cluster: cluster})
+    clashes = _clashes([a, b, c], {"site": cluster, DEMO.cluster: cluster})
     assert set(clashes) == {"alpha", "beta"} and "/project/shared" in clashes["alpha"] and "'beta'" in clashes["alpha"]
 
 
@@ -102,9 +107,9 @@ def test_an_area_inside_another_tenants_is_a_clash_and_a_name_that_only_starts_a
     cluster = parse_cluster(_site(areas={"project": "/p/{account}", "scratch": "/s/{tenant}"}))
     outer = replace(DEMO, tenant="alpha", slurm_account="team")
     inner = replace(DEMO, tenant="beta", slurm_account="team/beta".replace("/", "-"))  # /p/team-beta: apart
-    assert overlapping_areas([outer, inner], {DEMO.cluster: cluster}) == {}
+    assert _clashes([outer, inner], {DEMO.cluster: cluster}) == {}
     deep = parse_cluster(_site(areas={"project": "/p/{tenant}", "scratch": "/p/alpha/{user}"}))
-    clashes = overlapping_areas([outer, replace(DEMO, tenant="beta")], {DEMO.cluster: deep})
+    clashes = _clashes([outer, replace(DEMO, tenant="beta")], {DEMO.cluster: deep})
     assert "beta" in clashes and "alpha" in clashes  # beta's scratch /p/alpha/aifp-demo is inside alpha's project
 
 
@@ -112,7 +117,7 @@ def test_the_same_path_on_two_clusters_is_no_clash():
     cluster = parse_cluster(_site(areas={"project": "/p/{account}"}))
     a = replace(DEMO, tenant="alpha", slurm_account="shared", cluster="one")
     b = replace(DEMO, tenant="beta", slurm_account="shared", cluster="two")
-    assert overlapping_areas([a, b], {"one": cluster, "two": replace(cluster, name="two")}) == {}
+    assert _clashes([a, b], {"one": cluster, "two": replace(cluster, name="two")}) == {}
 
 
 def test_spec_files_whose_areas_meet_are_refused_each_naming_the_other(tmp_path: Path):
@@ -136,7 +141,7 @@ def test_a_tenant_spec_may_place_its_own_areas_where_the_site_put_its_project():
     assert spec.areas(cluster) == layout.TenantAreas("/project/project_465000123/aifactory",
                                                      f"/scratch/{DEMO.identity.unix_user}")
     other = replace(spec, tenant="other", identity=replace(spec.identity, unix_user="aifp-other"))
-    assert set(overlapping_areas([spec, other], {DEMO.cluster: cluster})) == {"demo", "other"}  # one fixed path
+    assert set(_clashes([spec, other], {DEMO.cluster: cluster})) == {"demo", "other"}  # one fixed path
     for bad, message in (({"project": "project/x"}, "absolute path"), ({"home": "/h"}, r"unknown key\(s\) 'home'"),
                          ({"scratch": "/s/{home}"}, "may name only")):
         with pytest.raises(InputError, match=f"demo.yaml: areas.*{message}"):

@@ -13,9 +13,8 @@ and :mod:`aifactory.hpc.slurm`: this module only reads the files.
 from __future__ import annotations
 
 import logging
-import posixpath
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -511,7 +510,7 @@ def _read_tenant_file(path: Path) -> TenantSpec:
     return spec
 
 
-def _load_file(path: Path) -> TenantSpec:
+def _load_file(path: Path) -> tuple[TenantSpec, TenantAreas]:
     # once per version of the file: a task process parses its DAG file (every spec), then reads its
     # own tenant's again at each tenant_spec() (aifactory.yamlfiles: a broken file is never cached)
     spec = cached("tenant", [path], lambda: _read_tenant_file(path))
@@ -520,10 +519,9 @@ def _load_file(path: Path) -> TenantSpec:
     except InputError as exc:
         raise InputError(f"{path}: cluster: {exc}") from exc
     try:
-        check_areas(spec, cluster)
+        return spec, check_areas(spec, cluster)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from exc
-    return spec
 
 
 def load_tenant_specs(directory: Path | None = None) -> TenantSpecs:
@@ -534,19 +532,19 @@ def load_tenant_specs(directory: Path | None = None) -> TenantSpecs:
         ``include/tenants``).
     """
     directory = directory or layout.tenants_dir()
-    loaded: list[tuple[Path, TenantSpec]] = []
+    loaded: list[tuple[Path, TenantSpec, TenantAreas]] = []
     errors: list[SpecError] = []
     for path in sorted(directory.glob("*.yaml")):
         try:
-            loaded.append((path, _load_file(path)))
+            loaded.append((path, *_load_file(path)))
         except InputError as exc:
             errors.append(SpecError(path, str(exc)))
     claims: dict[str, list[Path]] = {}
-    for path, spec in loaded:
+    for path, spec, _ in loaded:
         claims.setdefault(spec.tenant, []).append(path)
-    clashes = overlapping_areas([spec for _, spec in loaded], {s.cluster: load_cluster(s.cluster) for _, s in loaded})
+    clashes = overlapping_areas((spec.tenant, spec.cluster, areas) for _, spec, areas in loaded)
     specs = []
-    for path, spec in loaded:
+    for path, spec, _ in loaded:
         if len(claims[spec.tenant]) > 1:
             others = ", ".join(str(p) for p in claims[spec.tenant] if p != path)
             errors.append(SpecError(path, f"{path}: tenant {spec.tenant!r} is also defined in {others}; "
@@ -636,7 +634,7 @@ def _package_index(raw: Any, where: str) -> str | None:
 def _hpc_root(raw: Any, where: str) -> str:
     root = str(raw).rstrip("/")
     check_remote_path(root, f"{where}: hpc_root")
-    if posixpath.normpath(root) != root or "//" in root:
+    if not layout.normal_abs_path(root):
         raise InputError(f"{where}: hpc_root {shown(raw)} must be an absolute path in normal form, like /srv/aifactory")
     return root
 
@@ -674,28 +672,28 @@ def check_areas(spec: TenantSpec, cluster: ClusterSpec) -> TenantAreas:
     """The tenant's areas on ``cluster``, refused when the two nest (they are the same directory or
     apart) or when one holds, or lies inside, what the platform installs there."""
     areas = spec.areas(cluster)
-    if areas.project != areas.scratch and (layout.path_inside(areas.project, areas.scratch)
-                                           or layout.path_inside(areas.scratch, areas.project)):
+    if areas.project != areas.scratch and layout.paths_overlap(areas.project, areas.scratch):
         raise InputError(f"cluster {cluster.name!r}: tenant {spec.tenant!r}'s project area {areas.project} and scratch "
                          f"area {areas.scratch} nest; make them the same directory or two apart in the areas: templates")
     for root in areas.roots:
         for path in cluster.platform_paths:
-            if root == path or layout.path_inside(path, root) or layout.path_inside(root, path):
+            if layout.paths_overlap(root, path):
                 raise InputError(f"cluster {cluster.name!r}: tenant {spec.tenant!r}'s area {root} and the platform's "
                                  f"{path} overlap; the tenant would own the platform's files. Change the areas: "
                                  "templates or the tenant's name")
     return areas
 
 
-def overlapping_areas(specs: Sequence[TenantSpec], clusters: Mapping[str, ClusterSpec]) -> dict[str, str]:
+def overlapping_areas(placed: Iterable[tuple[str, str, TenantAreas]]) -> dict[str, str]:
     """``{tenant: why}`` for every tenant whose area is, holds or lies inside another tenant's on the
     same cluster (both are named: neither may be used until the specs differ).
+
+    :param placed: ``(tenant, cluster name, its areas there)`` of each tenant (:func:`check_areas`).
 
     In sorted order a directory comes before everything inside it, so one pass with the stack of the
     enclosing areas finds every clash (n log n: the DAG files load every spec at each parse).
     """
-    placed = sorted((spec.cluster, root + "/", spec.tenant)
-                    for spec in specs for root in spec.areas(clusters[spec.cluster]).roots)
+    entries = sorted((cluster, root + "/", tenant) for tenant, cluster, areas in placed for root in areas.roots)
     clashes: dict[str, str] = {}
 
     def clash(a: tuple[str, str, str], b: tuple[str, str, str]) -> None:
@@ -705,7 +703,7 @@ def overlapping_areas(specs: Sequence[TenantSpec], clusters: Mapping[str, Cluste
                                        "(the cluster's areas: templates, the tenants' accounts or users)")
 
     enclosing: list[tuple[str, str, str]] = []
-    for entry in placed:
+    for entry in entries:
         while enclosing and not (enclosing[-1][0] == entry[0] and entry[1].startswith(enclosing[-1][1])):
             enclosing.pop()
         if enclosing and enclosing[-1][2] != entry[2]:
