@@ -43,7 +43,7 @@ from typing import Any
 import jsonschema
 
 from aifactory.errors import InputError
-from aifactory.layout import EXPECTATIONS_DIR, NAME_RE, OWN_CODE_RECIPE, RECIPES_DIR, SAFE_FILE_RE
+from aifactory.layout import EXPECTATIONS_DIR, NAME_RE, OWN_CODE_RECIPE, RECIPES_DIR, SAFE_FILE_RE, suite_file
 from aifactory.text import shown, shown_list
 from aifactory.yamlfiles import cached, parse_yaml
 
@@ -241,7 +241,7 @@ def _quality_suite(raw: Any, name: str) -> str | None:
     it is read, with Great Expectations, by the quality task)."""
     if raw is None:
         return None
-    if not isinstance(raw, str) or not NAME_RE.fullmatch(raw) or not (EXPECTATIONS_DIR / f"{raw}.json").is_file():
+    if not isinstance(raw, str) or not NAME_RE.fullmatch(raw) or not suite_file(raw).is_file():
         raise InputError(f"recipe {name!r}: quality_suite {raw!r:.40} must name a suite of {EXPECTATIONS_DIR}")
     return raw
 

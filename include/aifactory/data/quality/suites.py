@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aifactory.errors import InputError
-from aifactory.layout import EXPECTATIONS_DIR, NAME_RE
+from aifactory.layout import NAME_RE, suite_file
 from aifactory.text import shown
 
 _TEMPLATE_RE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
@@ -41,7 +41,7 @@ def suite_path(name: str, *, directory: Path | None = None) -> Path:
     """
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise InputError(f"quality suite name {shown(name)} is not valid; use a-z, 0-9, '_' and '-'")
-    path = (directory or EXPECTATIONS_DIR) / f"{name}.json"
+    path = suite_file(name, directory)
     if not path.is_file():
         raise InputError(
             f"quality suite {shown(name)} does not exist ({path}); check the tenant spec's quality_suite"
