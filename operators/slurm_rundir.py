@@ -24,31 +24,33 @@ from operators.slurm_facts import read_marker
 __all__ = ["move_outputs_aside", "prepare_run_dir"]
 
 
+def _plain_dir(sftp: Any, path: str) -> bool:
+    """True for a plain directory, False when nothing is there; anything else (a symlink, a file) is refused."""
+    try:
+        st = sftp.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(st.st_mode or 0) or not stat.S_ISDIR(st.st_mode or 0):
+        raise InputError(f"{path} exists and is not a plain directory; refusing to use it")
+    return True
+
+
 def _mkdirs(sftp: Any, root: str, path: str) -> None:
     """Create every missing directory from ``root`` down to ``path`` 0700; refuse symlinks on the way."""
     current = root
     for part in path[len(root) + 1 :].split("/") if path != root else []:
         current = f"{current}/{part}"
-        try:
-            st = sftp.lstat(current)
-        except FileNotFoundError:
+        if not _plain_dir(sftp, current):
             sftp.mkdir(current, mode=0o700)
             sftp.chmod(current, 0o700)  # mkdir's mode is filtered by the remote umask
-            continue
-        if stat.S_ISLNK(st.st_mode or 0) or not stat.S_ISDIR(st.st_mode or 0):
-            raise InputError(f"{current} exists and is not a plain directory; refusing to use it")
 
 
 def _require_area(sftp: Any, area: str) -> None:
     """The tenant's project area must be there, a directory of its own: onboarding makes it (the
     tenant's login cannot: the directory above it is root's)."""
-    try:
-        st = sftp.lstat(area)
-    except FileNotFoundError:
+    if not _plain_dir(sftp, area):
         raise InputError(f"the tenant's project area {area} does not exist on the cluster; onboarding makes it "
-                         "(make onboard), then clear the task") from None
-    if stat.S_ISLNK(st.st_mode or 0) or not stat.S_ISDIR(st.st_mode or 0):
-        raise InputError(f"the tenant's project area {area} is not a plain directory; refusing to use it")
+                         "(make onboard), then clear the task")
 
 
 def prepare_run_dir(hook: Any, plan: JobPlan) -> None:

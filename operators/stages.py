@@ -370,7 +370,7 @@ class StageDatasetOperator(DatasetOperator):
                 bucket=spec.bucket,
                 dataset_prefix=self.dataset["prefix"],
                 manifest=manifest,
-                areas=self.call(spec.areas, cluster),
+                areas=self.areas(spec),
                 log=self.log.info,
                 options=options,
                 owner=task_token(context),

@@ -3,8 +3,9 @@
 Every tenant task reaches the cluster as the tenant's own Unix user (``identity.unix_user``),
 through the tenant's own Airflow SSH connection (``identity.ssh_conn_id``) and key. That user owns
 the tenant's project and scratch areas (0700; ``TenantSpec.areas``: the cluster spec's ``areas:``
-templates), so a job of tenant A runs as A's user and the kernel, not our code, refuses it B's files. The cluster's service connection (the cluster spec's ``ssh_conn_id``, Unix
-user ``aifactory``) is the platform's: it manages accounts and sweeps, and never runs a tenant's job.
+templates), so a job of tenant A runs as A's user and the kernel, not our code, refuses it B's
+files. The cluster's service connection (the cluster spec's ``ssh_conn_id``, Unix user
+``aifactory``) is the platform's: it manages accounts and sweeps, and never runs a tenant's job.
 
 This module is the one place of the Unix and SSH rules: where a tenant's key lives, the modes of
 its directories and key files, and the login group sshd admits (``AllowGroups``; stack.sh reads

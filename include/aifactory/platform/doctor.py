@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from aifactory import layout
-from aifactory.errors import InputError
 from aifactory.platform.doctor_checks import (
     Finding,
     SSHTarget,
@@ -72,14 +71,12 @@ def ssh_session(conn_id: str, findings: list[Finding], *, fix: str, transfer: bo
     :param transfer: the connection's login on the site's data-transfer node (``transfer_host``)
         instead of the login node, as staging and export reach it.
     """
-    from operators.hooks import FactorySSHHook, SSHEndpoint
+    from operators.hooks import FactorySSHHook
 
     hook = FactorySSHHook(ssh_conn_id=conn_id, conn_timeout=CONNECT_TIMEOUT_S, connect_attempts=1,
                           transfer=transfer)
     try:
-        conn = hook.get_connection(conn_id)
-        ep = SSHEndpoint.from_connection(conn)
-        ep = ep.for_transfer() if transfer else ep
+        ep = hook.endpoint  # the login node's, or the data-transfer node's for a transfer hook
     except Exception as exc:  # not defined, or refused by the factory's rules (no pinned key, ...)
         findings.append(Finding("connection", conn_id, False, f"{printable(exc, max_chars=400)}; {fix}"))
         yield None
@@ -148,21 +145,20 @@ def check_tenant_ssh(spec: TenantSpec, cluster: ClusterSpec, findings: list[Find
         if hook.endpoint.username != user:
             findings.append(Finding("identity", conn_id, False, f"the connection logs in as "
                                     f"{printable(hook.endpoint.username)}, the spec says {user}; run make onboard"))
-        try:
-            areas = spec.areas(cluster)
-        except InputError as exc:
-            findings.append(Finding("directory", spec.tenant, False, str(exc)))
-            return
+        areas = spec.areas(cluster)  # a loaded spec's: its templates were checked when it was read
         for path in areas.roots:  # the project area and, when it is another directory, the scratch area
-            findings.append(directory_finding(spec.tenant, path, user,
-                                              hook.run(f"stat -c '%U %a' -- {shlex.quote(path)}", timeout=30)))
+            findings.append(_area_finding(spec.tenant, hook, path, user))
         if hook.endpoint.transfer is None:
             return
     # staging and export log in to the data-transfer node: the same login, and the scratch area seen there
     with ssh_session(conn_id, findings, fix="fix the connection's transfer_host, or the node", transfer=True) as dtn:
         if dtn is not None:
-            findings.append(directory_finding(f"{spec.tenant} (data-transfer node)", areas.scratch, user,
-                                              dtn.run(f"stat -c '%U %a' -- {shlex.quote(areas.scratch)}", timeout=30)))
+            findings.append(_area_finding(f"{spec.tenant} (data-transfer node)", dtn, areas.scratch, user))
+
+
+def _area_finding(label: str, hook: Any, path: str, user: str) -> Finding:
+    """``stat`` of one of the tenant's areas as its own login: the user's, mode 700."""
+    return directory_finding(label, path, user, hook.run(f"stat -c '%U %a' -- {shlex.quote(path)}", timeout=30))
 
 
 def _s3_client(conn_id: str) -> Any:
